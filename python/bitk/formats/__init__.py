@@ -1,0 +1,266 @@
+"""Ternary weight codecs: absmean ternarization and the I2_S, TQ2_0 and TQ1_0 byte layouts.
+
+    codes, scale = ternarize(w)                       # absmean, numerics.md
+    data = quantize(codes * scale, "I2_S")            # bytes exactly as bitnet.cpp reads them
+    w2 = dequantize(data, w.shape, "I2_S")            # == codes * scale
+
+Two backends compute the same bytes: the numpy reference (`bitk.formats.reference`, the
+definition) and the compiled C++ extension (`bitk._codecs`, the default when built). `backend()`
+names the active one; `set_backend` / `use_backend` choose, and BITK_FORMATS_BACKEND sets the
+default. Layouts and byte diagrams: docs/formats.md. No torch import is needed here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from bitk.formats import reference
+from bitk.formats.constants import (
+    I2S_DEFAULT_LAYOUT,
+    I2S_LAYOUTS,
+    I2S_ROWS_INTERLEAVED,
+    QTYPES,
+    bits_per_weight,
+    nbytes,
+    row_multiple,
+)
+
+try:
+    from bitk import _codecs
+except ImportError as exc:  # the extension is optional: the numpy reference takes over
+    _codecs = None
+    _CPP_IMPORT_ERROR: ImportError | None = exc
+else:
+    _CPP_IMPORT_ERROR = None
+
+__all__ = [
+    "QTYPES",
+    "I2S_LAYOUTS",
+    "ternarize",
+    "quantize",
+    "dequantize",
+    "pack_i2s",
+    "unpack_i2s",
+    "nbytes",
+    "bits_per_weight",
+    "backend",
+    "available_backends",
+    "set_backend",
+    "use_backend",
+]
+
+_BACKEND_NAMES = ("cpp", "numpy")
+_active = os.environ.get("BITK_FORMATS_BACKEND", "").strip().lower() or ("cpp" if _codecs else "numpy")
+
+
+# --------------------------------------------------------------------------- backends
+
+
+def available_backends() -> tuple[str, ...]:
+    """The backends that can run here: ("cpp", "numpy") when the extension is built, else ("numpy",)."""
+    return ("cpp", "numpy") if _codecs is not None else ("numpy",)
+
+
+def backend() -> str:
+    """Name of the active backend: "cpp" (the compiled extension) or "numpy" (the reference)."""
+    return _active
+
+
+def set_backend(name: str) -> None:
+    """Make `name` ("cpp" or "numpy") the active backend for this process."""
+    global _active
+    _impl(name)  # raises if it cannot run here
+    _active = name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run a block with another backend: `with use_backend("numpy"): ...`."""
+    previous = _active
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def _impl(name: str | None = None) -> Any:
+    name = _active if name is None else name
+    if name == "numpy":
+        return reference
+    if name == "cpp":
+        if _codecs is None:
+            raise RuntimeError(
+                "the C++ codecs (bitk._codecs) are not built in this install "
+                f"({_CPP_IMPORT_ERROR}); reinstall with `pip install -e .` or use the numpy backend"
+            )
+        return _codecs
+    raise ValueError(f"unknown formats backend {name!r}; expected one of {', '.join(_BACKEND_NAMES)}")
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+def _float_matrix(w: Any, what: str) -> np.ndarray:
+    """A float32/float16/bfloat16 2-D numpy array or torch tensor -> C-contiguous float32 numpy."""
+    if _is_torch(w):
+        import torch
+
+        if w.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"{what}: expected a float32, float16 or bfloat16 tensor; got {w.dtype}")
+        w = w.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
+    elif isinstance(w, np.ndarray):
+        if w.dtype.name not in ("float32", "float16", "bfloat16"):
+            hint = " (bitk never rounds silently: convert with .astype(np.float32))" if w.dtype == np.float64 else ""
+            raise ValueError(f"{what}: expected a float32, float16 or bfloat16 array; got {w.dtype}{hint}")
+        w = np.ascontiguousarray(w, dtype=np.float32)
+    else:
+        raise ValueError(f"{what}: expected a numpy array or torch tensor; got {type(w).__name__}")
+    _check_matrix_shape(w.shape, what)
+    return w
+
+
+def _check_matrix_shape(shape: tuple[int, ...], what: str) -> tuple[int, int]:
+    if len(shape) != 2:
+        raise ValueError(f"{what}: expected a 2-D matrix [rows, cols]; got shape {tuple(shape)}")
+    rows, cols = (int(s) for s in shape)
+    if rows <= 0 or cols <= 0:
+        raise ValueError(f"{what}: the matrix is empty (shape {(rows, cols)})")
+    return rows, cols
+
+
+def _qtype(qtype: str) -> str:
+    q = str(qtype).upper()
+    if q not in QTYPES:
+        raise ValueError(f"unknown ternary qtype {qtype!r}; expected one of {', '.join(QTYPES)}")
+    return q
+
+
+def _layout(qtype: str, layout: str | None) -> str | None:
+    if qtype != "I2_S":
+        if layout is not None:
+            raise ValueError(f"{qtype} has a single layout; layout={layout!r} applies to I2_S only")
+        return None
+    layout = I2S_DEFAULT_LAYOUT if layout is None else layout
+    if layout not in I2S_LAYOUTS:
+        raise ValueError(f"unknown I2_S layout {layout!r}; expected one of {', '.join(I2S_LAYOUTS)}")
+    return layout
+
+
+def _check_fits(qtype: str, layout: str | None, rows: int, cols: int, what: str) -> None:
+    multiple = row_multiple(qtype)
+    if cols % multiple:
+        raise ValueError(
+            f"{what}: {qtype} needs the row length (cols, ne0) to be a multiple of {multiple}; got "
+            f"[{rows}, {cols}]. A row that is not a whole number of blocks cannot be stored in {qtype} "
+            "(keep the tensor in F16/F32)"
+        )
+    if layout == "x86-1x4" and rows % I2S_ROWS_INTERLEAVED:
+        raise ValueError(f"{what}: the I2_S x86-1x4 layout interleaves 4 rows; got {rows} rows (not a multiple of 4)")
+
+
+def _byte_buffer(data: Any, expected: int, qtype: str, shape: tuple[int, int]) -> np.ndarray:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        data = np.frombuffer(data, dtype=np.uint8)
+    elif _is_torch(data):
+        data = data.detach().cpu().numpy()
+    if not isinstance(data, np.ndarray):
+        raise ValueError(f"{qtype} data: expected a uint8 numpy array or bytes; got {type(data).__name__}")
+    if data.dtype not in (np.uint8, np.int8):
+        raise ValueError(f"{qtype} data: expected uint8 bytes; got dtype {data.dtype}")
+    data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    if data.size != expected:
+        raise ValueError(f"{qtype} data has {data.size} bytes; a {list(shape)} tensor needs {expected}")
+    return data
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def ternarize(w: Any) -> tuple[Any, float]:
+    """Absmean ternarization (BitNet b1.58): `(codes, scale)` with W ~ codes * scale.
+
+    `w`: a 2-D float32/float16/bfloat16 numpy array or torch tensor. Codes are int8 in {-1, 0, 1}
+    (a torch tensor on w's device for torch input, else numpy); scale is a python float:
+    gamma = max(mean|W|, 1e-5), codes = clamp(round_half_even(W / gamma), -1, 1), the same codes as
+    `bitk.numerics.quantize_weights` for the same input. NaN/Inf raise ValueError.
+    """
+    w32 = _float_matrix(w, "ternarize")
+    codes, scale = _impl().ternarize(w32)
+    if _is_torch(w):
+        import torch
+
+        return torch.from_numpy(codes).to(w.device), scale
+    return codes, scale
+
+
+def quantize(w: Any, qtype: str, layout: str | None = None) -> np.ndarray:
+    """Already-ternary weights -> the bytes of one GGUF tensor of type `qtype` (flat uint8).
+
+    qtype: "I2_S" (layout "x86" default, "arm", "x86-1x4"), "TQ2_0" or "TQ1_0". The input must
+    already be ternary: {-s, 0, +s} with one s per tensor for I2_S, one per 256-value block for TQ
+    types (e.g. `codes * scale` from `ternarize`); anything else raises ValueError instead of being
+    rounded. TQ bytes equal `gguf.quants.quantize(w, ...)`.
+    """
+    q = _qtype(qtype)
+    lay = _layout(q, layout)
+    w32 = _float_matrix(w, f"quantize({q})")
+    _check_fits(q, lay, *w32.shape, f"quantize({q})")
+    impl = _impl()
+    if q == "I2_S":
+        return impl.quantize_i2s(w32, lay)
+    return impl.quantize_tq2_0(w32) if q == "TQ2_0" else impl.quantize_tq1_0(w32)
+
+
+def dequantize(data: Any, shape: tuple[int, int], qtype: str, layout: str | None = None) -> np.ndarray:
+    """Bytes of one tensor -> float32 weights of `shape` ([rows, cols], cols = ne0).
+
+    Raises ValueError for a wrong byte count, code 3, or a non-finite scale.
+    """
+    q = _qtype(qtype)
+    lay = _layout(q, layout)
+    rows, cols = _check_matrix_shape(tuple(shape), f"dequantize({q})")
+    _check_fits(q, lay, rows, cols, f"dequantize({q})")
+    buf = _byte_buffer(data, nbytes(q, rows, cols), q, (rows, cols))
+    impl = _impl()
+    if q == "I2_S":
+        return impl.dequantize_i2s(buf, rows, cols, lay)
+    return impl.dequantize_tq2_0(buf, rows, cols) if q == "TQ2_0" else impl.dequantize_tq1_0(buf, rows, cols)
+
+
+def pack_i2s(codes: Any, scale: float, layout: str = I2S_DEFAULT_LAYOUT) -> np.ndarray:
+    """int8 codes [rows, cols] in {-1, 0, 1} and one scale -> I2_S bytes (rows*cols/4 + 32)."""
+    lay = _layout("I2_S", layout)
+    if _is_torch(codes):
+        codes = codes.detach().cpu().numpy()
+    if not isinstance(codes, np.ndarray):
+        raise ValueError(f"pack_i2s: expected an int8 numpy array or torch tensor; got {type(codes).__name__}")
+    if codes.dtype != np.int8:
+        raise ValueError(f"pack_i2s: codes must be int8 in {{-1, 0, 1}}; got dtype {codes.dtype}")
+    rows, cols = _check_matrix_shape(codes.shape, "pack_i2s")
+    _check_fits("I2_S", lay, rows, cols, "pack_i2s")
+    try:
+        scale = float(scale)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"pack_i2s: scale must be a number; got {scale!r}") from exc
+    if np.isfinite(scale) and np.isinf(np.float32(scale)):
+        raise ValueError(f"pack_i2s: scale {scale!r} overflows float32, which I2_S stores")
+    return _impl().pack_i2s(np.ascontiguousarray(codes), scale, lay)
+
+
+def unpack_i2s(data: Any, shape: tuple[int, int], layout: str = I2S_DEFAULT_LAYOUT) -> tuple[np.ndarray, float]:
+    """I2_S bytes -> (int8 codes of `shape` in {-1, 0, 1}, float scale). Rejects code 3."""
+    lay = _layout("I2_S", layout)
+    rows, cols = _check_matrix_shape(tuple(shape), "unpack_i2s")
+    _check_fits("I2_S", lay, rows, cols, "unpack_i2s")
+    buf = _byte_buffer(data, nbytes("I2_S", rows, cols), "I2_S", (rows, cols))
+    return _impl().unpack_i2s(buf, rows, cols, lay)

@@ -1,0 +1,144 @@
+"""Reference BitLinear of BitNet b1.58 (arXiv 2402.17764, training-tips FAQ) and bitnet.cpp.
+
+``y = (xq @ Wt^T) * (gamma / s) + bias`` with per-tensor absmean ternary weights (Wt, gamma) and
+per-token absmax int8 activations (xq, s); straight-through backward ``dx = dy @ (Wt * gamma)``,
+``dW = dy^T @ (xq / s)``. Three forms: the autograd.Function that saves only int8 codes and float
+scales (the contract of the fused kernels), the fake-quant + F.linear form, and the I2_S forward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .quant import (
+    fake_quantize_activations,
+    fake_quantize_weights,
+    quantize_activations,
+    quantize_activations_bitnet_cpp,
+    quantize_weights,
+)
+
+__all__ = ["bitlinear", "bitlinear_fake_quant", "bitlinear_bitnet_cpp"]
+
+
+def _check_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating point tensor, got dtype {x.dtype}")
+    if not weight.is_floating_point():
+        raise ValueError(f"weight must be a floating point tensor, got dtype {weight.dtype}")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D [out, in], got shape {tuple(weight.shape)}")
+    if x.dim() < 1 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"x shape {tuple(x.shape)} does not match weight shape {tuple(weight.shape)}: "
+            f"x's last dimension must equal in_features={weight.shape[1]}"
+        )
+    if weight.shape[1] == 0:
+        raise ValueError(f"in_features must be > 0, got weight shape {tuple(weight.shape)}")
+    if bias is not None:
+        if not bias.is_floating_point():
+            raise ValueError(f"bias must be a floating point tensor, got dtype {bias.dtype}")
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(
+                f"bias shape {tuple(bias.shape)} does not match out_features: expected ({weight.shape[0]},)"
+            )
+
+
+def _exact_int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b^T`` of two small-integer (int8) matrices, exact, as float64.
+
+    Every product has |a*b| <= 128 * 128 and every partial sum is an integer below 2^14 * K in
+    magnitude; float64 holds all integers up to 2^53 exactly, so the result is exact in any
+    summation order for K < 2^39 (float64 matmul also runs on every device, int64 does not).
+    """
+    return a.to(torch.float64) @ b.to(torch.float64).T
+
+
+class _BitLinearFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        cd = torch.float64 if x.dtype == torch.float64 else torch.float32
+        # The compute dtype follows x; W is quantized in it too (a no-op cast for float32 W).
+        codes, gamma = quantize_weights(weight.to(cd))
+        xq, s = quantize_activations(x.reshape(-1, x.shape[-1]))
+        y = _exact_int_matmul(xq, codes).to(cd) * (gamma / s)
+        if bias is not None:
+            y = y + bias.to(cd)
+        ctx.save_for_backward(xq, s, codes, gamma)
+        ctx.x_shape = x.shape
+        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+        return y.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, dy):
+        xq, s, codes, gamma = ctx.saved_tensors
+        x_dtype, w_dtype, b_dtype = ctx.dtypes
+        cd = s.dtype
+        dy2 = dy.reshape(-1, codes.shape[0]).to(cd)
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = (dy2 @ (codes.to(cd) * gamma)).to(x_dtype).reshape(ctx.x_shape)
+        if ctx.needs_input_grad[1]:
+            dw = (dy2.T @ (xq.to(cd) / s)).to(w_dtype)
+        if ctx.needs_input_grad[2]:
+            db = dy2.sum(dim=0).to(b_dtype)
+        return dx, dw, db
+
+
+def bitlinear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference BitLinear: x [..., in], latent weight [out, in], optional bias [out] -> [..., out].
+
+    The integer product is exact; scaling is in float32 (float64 for float64 x) and the result
+    has x's dtype. Backward is the straight-through formula, computed from the saved int8 xq,
+    per-row s, int8 codes and gamma (never x or W); each gradient has its input's dtype.
+    """
+    _check_linear(x, weight, bias)
+    return _BitLinearFunction.apply(x, weight, bias)
+
+
+def bitlinear_fake_quant(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    lam: float | torch.Tensor = 1.0,
+) -> torch.Tensor:
+    """BitLinear written with the STE fake quantizers and ``F.linear`` (autograd backward).
+
+    Equal to :func:`bitlinear` up to float rounding for lam = 1; lam < 1 is quantization warm-up.
+    Computed in float32 (float64 for float64 x) whatever the input dtypes; result in x's dtype.
+    """
+    _check_linear(x, weight, bias)
+    cd = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xf = fake_quantize_activations(x.to(cd), lam)
+    wf = fake_quantize_weights(weight.to(cd), lam)
+    y = F.linear(xf, wf, None if bias is None else bias.to(cd))
+    return y.to(x.dtype)
+
+
+def bitlinear_bitnet_cpp(
+    x: torch.Tensor, codes: torch.Tensor, scale: float | torch.Tensor
+) -> torch.Tensor:
+    """Forward of an I2_S matmul as bitnet.cpp computes it; float32 output [..., out].
+
+    ``codes`` int8 [out, in] in {-1, 0, 1} (not checked: that would sync the host), ``scale`` the
+    tensor's float32 scale. ``acc = sum((codes + 1) * q) - sum(q)`` exactly, then
+    ``y = (float32(acc) / s) * scale`` in float32, in that order.
+    """
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating point tensor, got dtype {x.dtype}")
+    if codes.dtype != torch.int8 or codes.dim() != 2:
+        raise ValueError(f"codes must be a 2-D int8 tensor [out, in], got {codes.dtype} of shape {tuple(codes.shape)}")
+    if x.dim() < 1 or x.shape[-1] != codes.shape[1] or codes.shape[1] == 0:
+        raise ValueError(
+            f"x shape {tuple(x.shape)} does not match codes shape {tuple(codes.shape)}: "
+            f"x's last dimension must equal in_features={codes.shape[1]} (> 0)"
+        )
+    scale = torch.as_tensor(scale, dtype=torch.float32)
+    if scale.dim() != 0:
+        raise ValueError(f"scale must be a float or a 0-dim tensor, got shape {tuple(scale.shape)}")
+    xq, s = quantize_activations_bitnet_cpp(x.reshape(-1, x.shape[-1]))
+    # The runtime's unsigned-code form; c = codes + 1 in {0, 1, 2}, so acc == sum(codes * q).
+    acc = _exact_int_matmul(xq, codes.to(torch.int16) + 1) - xq.to(torch.float64).sum(dim=-1, keepdim=True)
+    y = (acc.to(torch.float32) / s) * scale
+    return y.reshape(*x.shape[:-1], codes.shape[0])
