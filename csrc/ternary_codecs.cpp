@@ -25,7 +25,6 @@ constexpr int64_t kTQ2Bytes = 66;        // qs[64], d
 constexpr int64_t kTQ1Bytes = 54;        // qs[48], qh[4], d
 constexpr int64_t kI2STail = 32;
 constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
-constexpr int kAbsMaxLanes = 16;
 
 std::string fmt_float(double v) {
   char buf[64];
@@ -57,30 +56,53 @@ int64_t first_nonfinite(const float* w, int64_t n) {
   fail(std::string(what) + ": input contains NaN or Inf (first at " + fmt_pos(first_nonfinite(w, n), cols) + ")");
 }
 
-// max|x| over x[0..len) in lanes (so it vectorizes; max is exact in any order); sets *nonfinite
-// if a NaN or Inf is present.
+// max|x| over x[0..len) (max is exact in any order); sets *nonfinite if a NaN or Inf is present.
+// GCC does not vectorize a float max reduction without -ffast-math, which bitk cannot use (results
+// must be bit-exact), so the hot loop is written with GCC/Clang vector extensions.
+#if defined(__GNUC__)
+#if defined(__AVX__)
+constexpr int kVecFloats = 8;
+#else
+constexpr int kVecFloats = 4;
+#endif
+using FloatVec = float __attribute__((vector_size(4 * kVecFloats)));
+using IntVec = int32_t __attribute__((vector_size(4 * kVecFloats)));
+
 float abs_max(const float* __restrict x, int64_t len, bool* nonfinite) {
-  float m[kAbsMaxLanes] = {};
-  uint8_t bad[kAbsMaxLanes] = {};
+  const FloatVec largest = FloatVec{} + std::numeric_limits<float>::max();
+  const IntVec abs_mask = IntVec{} + 0x7fffffff;
+  FloatVec m0 = {}, m1 = {};
+  IntVec finite = IntVec{} - 1;
   int64_t i = 0;
-  for (; i + kAbsMaxLanes <= len; i += kAbsMaxLanes)
-    for (int l = 0; l < kAbsMaxLanes; ++l) {
-      const float a = std::fabs(x[i + l]);
-      bad[l] |= uint8_t(!(a <= std::numeric_limits<float>::max()));  // NaN fails every comparison
-      m[l] = a > m[l] ? a : m[l];
-    }
-  for (; i < len; ++i) {
-    const float a = std::fabs(x[i]);
-    bad[0] |= uint8_t(!(a <= std::numeric_limits<float>::max()));
-    m[0] = a > m[0] ? a : m[0];
+  for (; i + 2 * kVecFloats <= len; i += 2 * kVecFloats) {
+    FloatVec a0, a1;
+    std::memcpy(&a0, x + i, sizeof a0);
+    std::memcpy(&a1, x + i + kVecFloats, sizeof a1);
+    a0 = FloatVec(IntVec(a0) & abs_mask);
+    a1 = FloatVec(IntVec(a1) & abs_mask);
+    finite &= (a0 <= largest) & (a1 <= largest);  // NaN fails every comparison
+    m0 = a0 > m0 ? a0 : m0;
+    m1 = a1 > m1 ? a1 : m1;
   }
   float result = 0.0f;
-  uint8_t any_bad = 0;
-  for (int l = 0; l < kAbsMaxLanes; ++l) {
-    result = m[l] > result ? m[l] : result;
-    any_bad |= bad[l];
+  bool bad = false;
+  for (int l = 0; l < kVecFloats; ++l) {
+    result = m0[l] > result ? m0[l] : result;
+    result = m1[l] > result ? m1[l] : result;
+    bad |= finite[l] == 0;
   }
-  *nonfinite = any_bad != 0;
+#else
+float abs_max(const float* __restrict x, int64_t len, bool* nonfinite) {
+  float result = 0.0f;
+  bool bad = false;
+  int64_t i = 0;
+#endif
+  for (; i < len; ++i) {
+    const float a = std::fabs(x[i]);
+    bad |= !(a <= std::numeric_limits<float>::max());
+    result = a > result ? a : result;
+  }
+  *nonfinite = bad;
   return result;
 }
 

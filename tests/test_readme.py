@@ -1,0 +1,35 @@
+"""The README's two fresh-machine commands are exactly what CI runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_commands() -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    return [line.strip() for block in blocks for line in block.splitlines() if "pip install" in line]
+
+
+def test_readme_has_setup_and_test_commands():
+    commands = readme_commands()
+    assert len(commands) == 2, commands
+    setup, tests = commands
+    assert setup.endswith("python -m bitk.demo")
+    assert tests.endswith("python -m pytest")
+    for command in commands:
+        assert command.startswith("python3 -m venv .venv && . .venv/bin/activate && ")
+        assert "-c constraints/cpu.txt" in command  # a fresh machine must get the CPU torch
+
+
+def test_ci_runs_the_readme_commands_verbatim():
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    for command in readme_commands():
+        assert command in ci_lines, f"README command not run by .ci/run: {command}"
+
+
+def test_constraints_pin_a_cpu_installable_torch():
+    pins = [line for line in (ROOT / "constraints" / "cpu.txt").read_text().splitlines() if line.startswith("torch")]
+    assert pins == ["torch==2.13.0"]
