@@ -36,7 +36,7 @@ py::tuple ternarize(const FloatArray& w) {
   float gamma;
   {
     py::gil_scoped_release release;
-    gamma = bitk::ternarize(w.data(), w.size(), codes.mutable_data());
+    gamma = bitk::ternarize(w.data(), w.shape(0), w.shape(1), codes.mutable_data());
   }
   return py::make_tuple(codes, double(gamma));
 }

@@ -177,8 +177,9 @@ void ternary_codes(const float* __restrict w, int8_t* __restrict codes, int64_t 
 
 }  // namespace
 
-float ternarize(const float* w, int64_t n, int8_t* codes) {
-  const float gamma = absmean_scale("ternarize", w, n, n);
+float ternarize(const float* w, int64_t rows, int64_t cols, int8_t* codes) {
+  const int64_t n = rows * cols;
+  const float gamma = absmean_scale("ternarize", w, n, cols);
   parallel_for(n, 1, [&](int64_t begin, int64_t end) { ternary_codes(w + begin, codes + begin, end - begin, gamma); });
   return gamma;
 }

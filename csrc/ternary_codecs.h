@@ -26,7 +26,7 @@ double abs_sum(const float* w, int64_t n);
 
 // Absmean ternarization: gamma = max(float32(abs_sum / n), 1e-5); codes = clamp(round(w / gamma),
 // -1, 1) with round-half-even, as int8. Returns gamma.
-float ternarize(const float* w, int64_t n, int8_t* codes);
+float ternarize(const float* w, int64_t rows, int64_t cols, int8_t* codes);
 
 // I2_S: n/4 bytes of 2-bit codes (c = w + 1, four per byte, first value in the top bits) and a
 // 32-byte tail holding the float32 scale (repeated eight times; readers use the first).

@@ -33,3 +33,13 @@ def test_ci_runs_the_readme_commands_verbatim():
 def test_constraints_pin_a_cpu_installable_torch():
     pins = [line for line in (ROOT / "constraints" / "cpu.txt").read_text().splitlines() if line.startswith("torch")]
     assert pins == ["torch==2.13.0"]
+
+
+def test_ci_runs_the_benchmark_gate_the_readme_documents():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "python bench/gate.py" in readme
+    gate_lines = [line for line in ci.splitlines() if "python bench/gate.py" in line]
+    assert gate_lines, ".ci/run does not run the benchmark gate"
+    # The gate runs after the README's test command, as its own step.
+    assert ci.index(gate_lines[0]) > ci.index("python -m pytest")

@@ -2,7 +2,7 @@
 
     codes, scale = ternarize(w)                       # absmean, numerics.md
     data = quantize(codes * scale, "I2_S")            # bytes exactly as bitnet.cpp reads them
-    w2 = dequantize(data, w.shape, "I2_S")            # == codes * scale
+    w2 = dequantize(data, w.shape, "I2_S")            # == codes * scale (float32)
 
 Two backends compute the same bytes: the numpy reference (`bitk.formats.reference`, the
 definition) and the compiled C++ extension (`bitk._codecs`, the default when built). `backend()`
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -55,7 +56,21 @@ __all__ = [
 ]
 
 _BACKEND_NAMES = ("cpp", "numpy")
-_active = os.environ.get("BITK_FORMATS_BACKEND", "").strip().lower() or ("cpp" if _codecs else "numpy")
+
+
+def _default_backend() -> str:
+    requested = os.environ.get("BITK_FORMATS_BACKEND", "").strip().lower()
+    if requested and requested not in _BACKEND_NAMES:
+        warnings.warn(
+            f"BITK_FORMATS_BACKEND={requested!r} is not a formats backend ({', '.join(_BACKEND_NAMES)}); ignoring it",
+            stacklevel=3,
+        )
+        requested = ""
+    # An explicit "cpp" without the extension stays requested: the first codec call says why it fails.
+    return requested or ("cpp" if _codecs is not None else "numpy")
+
+
+_active = _default_backend()
 
 
 # --------------------------------------------------------------------------- backends
@@ -74,6 +89,8 @@ def backend() -> str:
 def set_backend(name: str) -> None:
     """Make `name` ("cpp" or "numpy") the active backend for this process."""
     global _active
+    if name not in _BACKEND_NAMES:
+        raise ValueError(f"unknown formats backend {name!r}; expected one of {', '.join(_BACKEND_NAMES)}")
     _impl(name)  # raises if it cannot run here
     _active = name
 
@@ -110,18 +127,35 @@ def _is_torch(x: Any) -> bool:
     return type(x).__module__.split(".")[0] == "torch"
 
 
-def _float_matrix(w: Any, what: str) -> np.ndarray:
-    """A float32/float16/bfloat16 2-D numpy array or torch tensor -> C-contiguous float32 numpy."""
+def _float_matrix(w: Any, what: str, exact_float64: bool = False) -> np.ndarray:
+    """A float32/float16/bfloat16 2-D numpy array or torch tensor -> C-contiguous float32 numpy.
+
+    With `exact_float64`, float64 input is taken too when every value is a float32 (as
+    `codes * scale` is): converting it loses nothing. Otherwise float64 is refused, never rounded.
+    """
     if _is_torch(w):
         import torch
 
-        if w.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        if exact_float64 and w.dtype == torch.float64:
+            w = w.detach().cpu().numpy()
+        elif w.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"{what}: expected a float32, float16 or bfloat16 tensor; got {w.dtype}")
-        w = w.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
-    elif isinstance(w, np.ndarray):
-        if w.dtype.name not in ("float32", "float16", "bfloat16"):
+        else:
+            w = w.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
+    if isinstance(w, np.ndarray):
+        if exact_float64 and w.dtype == np.float64:
+            with np.errstate(over="ignore"):
+                w32 = w.astype(np.float32)
+            if not np.array_equal(w32, w, equal_nan=True):
+                raise ValueError(
+                    f"{what}: float64 input holds values that are not float32 numbers; bitk never rounds "
+                    "silently: ternarize float32 weights, or convert with .astype(np.float32) first"
+                )
+            w = w32
+        elif w.dtype.name not in ("float32", "float16", "bfloat16"):
             hint = " (bitk never rounds silently: convert with .astype(np.float32))" if w.dtype == np.float64 else ""
             raise ValueError(f"{what}: expected a float32, float16 or bfloat16 array; got {w.dtype}{hint}")
+        _check_matrix_shape(w.shape, what)  # before ascontiguousarray, which makes 0-D input 1-D
         w = np.ascontiguousarray(w, dtype=np.float32)
     else:
         raise ValueError(f"{what}: expected a numpy array or torch tensor; got {type(w).__name__}")
@@ -132,6 +166,8 @@ def _float_matrix(w: Any, what: str) -> np.ndarray:
 def _check_matrix_shape(shape: tuple[int, ...], what: str) -> tuple[int, int]:
     if len(shape) != 2:
         raise ValueError(f"{what}: expected a 2-D matrix [rows, cols]; got shape {tuple(shape)}")
+    if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in shape):
+        raise ValueError(f"{what}: the shape must be two integers [rows, cols]; got {tuple(shape)}")
     rows, cols = (int(s) for s in shape)
     if rows <= 0 or cols <= 0:
         raise ValueError(f"{what}: the matrix is empty (shape {(rows, cols)})")
@@ -209,11 +245,12 @@ def quantize(w: Any, qtype: str, layout: str | None = None) -> np.ndarray:
     qtype: "I2_S" (layout "x86" default, "arm", "x86-1x4"), "TQ2_0" or "TQ1_0". The input must
     already be ternary: {-s, 0, +s} with one s per tensor for I2_S, one per 256-value block for TQ
     types (e.g. `codes * scale` from `ternarize`); anything else raises ValueError instead of being
-    rounded. TQ bytes equal `gguf.quants.quantize(w, ...)`.
+    rounded. TQ bytes equal `gguf.quants.quantize(w, ...)`. float64 input (numpy's `codes * scale`)
+    is accepted when every value is exactly a float32.
     """
     q = _qtype(qtype)
     lay = _layout(q, layout)
-    w32 = _float_matrix(w, f"quantize({q})")
+    w32 = _float_matrix(w, f"quantize({q})", exact_float64=True)
     _check_fits(q, lay, *w32.shape, f"quantize({q})")
     impl = _impl()
     if q == "I2_S":
@@ -252,7 +289,9 @@ def pack_i2s(codes: Any, scale: float, layout: str = I2S_DEFAULT_LAYOUT) -> np.n
         scale = float(scale)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"pack_i2s: scale must be a number; got {scale!r}") from exc
-    if np.isfinite(scale) and np.isinf(np.float32(scale)):
+    with np.errstate(over="ignore"):
+        overflows = np.isfinite(scale) and np.isinf(np.float32(scale))
+    if overflows:
         raise ValueError(f"pack_i2s: scale {scale!r} overflows float32, which I2_S stores")
     return _impl().pack_i2s(np.ascontiguousarray(codes), scale, lay)
 
