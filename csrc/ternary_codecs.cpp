@@ -486,14 +486,6 @@ void tq_quantize(const char* name, const float* w, int64_t rows, int64_t cols, u
   }
 }
 
-float read_scale(const uint8_t* p, const char* name, int64_t block) {
-  const float d = half_to_float(uint16_t(p[0] | p[1] << 8));
-  if (!is_finite(d))
-    fail(std::string(name) + " data holds a non-finite block scale " + fmt_float(d) + " in block " +
-         std::to_string(block));
-  return d;
-}
-
 // trit n of a TQ1_0 byte (first trit most significant): ((b * 3^n) mod 256) * 3 >> 8.
 inline uint8_t trit(uint8_t b, uint8_t pow3) { return uint8_t((uint16_t(uint8_t(b * pow3)) * 3) >> 8); }
 
@@ -514,8 +506,8 @@ void quantize_tq2_0(const float* w, int64_t rows, int64_t cols, uint8_t* out) {
 
 namespace {
 
-// Decodes one TQ2_0 block; returns true if code 3 occurs.
-bool decode_tq2_block(const uint8_t* __restrict p, float d, float* __restrict o) {
+// Decodes one TQ2_0 block; returns the index of its first code 3, or -1.
+int64_t decode_tq2_block(const uint8_t* __restrict p, float d, float* __restrict o) {
   uint8_t any3 = 0;
   for (int h = 0; h < 2; ++h)
     for (int k = 0; k < 4; ++k)
@@ -524,36 +516,46 @@ bool decode_tq2_block(const uint8_t* __restrict p, float d, float* __restrict o)
         any3 |= uint8_t(c == 3);
         o[128 * h + 32 * k + j] = d * float(int(c) - 1);
       }
-  return any3 != 0;
+  if (!any3) return -1;
+  for (int64_t i = 0; i < kQK; ++i)  // value i = 128h + 32k + j sits in byte 32h + j, bits 2k
+    if (((p[32 * (i / 128) + i % 32] >> (2 * ((i % 128) / 32))) & 3) == 3) return i;
+  return -1;
+}
+
+// Decodes every block with decode(bytes, d, out) -> index of the block's first code 3, or -1.
+// Non-finite block scales and code 3 raise, naming the first offender.
+template <typename DecodeBlock>
+void tq_dequantize(const char* name, const uint8_t* data, int64_t rows, int64_t cols, float* out,
+                   int64_t block_bytes, DecodeBlock decode) {
+  check_tq_shape(name, rows, cols);
+  const int64_t blocks = rows * cols / kQK;
+  std::atomic<int64_t> first3{kNone}, bad_scale{kNone};
+  parallel_for(blocks, kQK, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const uint8_t* p = data + b * block_bytes;
+      const float d = half_to_float(uint16_t(p[block_bytes - 2] | p[block_bytes - 1] << 8));
+      if (!is_finite(d)) {
+        atomic_min(bad_scale, b);
+        continue;
+      }
+      const int64_t bad = decode(p, d, out + b * kQK);
+      if (bad >= 0) atomic_min(first3, b * kQK + bad);
+    }
+  });
+  if (const int64_t b = bad_scale.load(); b != kNone) {
+    const uint8_t* p = data + b * block_bytes + block_bytes - 2;
+    fail(std::string(name) + " data holds a non-finite block scale " + fmt_float(half_to_float(uint16_t(p[0] | p[1] << 8))) +
+         " in block " + std::to_string(b));
+  }
+  if (first3.load() != kNone)
+    fail(std::string(name) + " data holds the invalid code 3 (first at value " + fmt_pos(first3.load(), cols) +
+         "); the tensor is corrupt or not " + name);
 }
 
 }  // namespace
 
 void dequantize_tq2_0(const uint8_t* data, int64_t rows, int64_t cols, float* out) {
-  check_tq_shape("TQ2_0", rows, cols);
-  const int64_t blocks = rows * cols / kQK;
-  std::atomic<int64_t> first3{kNone}, bad_scale{kNone};
-  parallel_for(blocks, kQK, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const uint8_t* p = data + b * kTQ2Bytes;
-      const float d = half_to_float(uint16_t(p[64] | p[65] << 8));
-      if (!is_finite(d)) {
-        atomic_min(bad_scale, b);
-        continue;
-      }
-      if (decode_tq2_block(p, d, out + b * kQK)) {
-        for (int64_t i = 0; i < kQK; ++i)
-          if (((p[32 * (i / 128) + i % 32] >> (2 * ((i % 128) / 32))) & 3) == 3) {
-            atomic_min(first3, b * kQK + i);
-            break;
-          }
-      }
-    }
-  });
-  if (bad_scale.load() != kNone) read_scale(data + bad_scale.load() * kTQ2Bytes + 64, "TQ2_0", bad_scale.load());
-  if (first3.load() != kNone)
-    fail("TQ2_0 data holds the invalid code 3 (first at value " + fmt_pos(first3.load(), cols) +
-         "); the tensor is corrupt or not TQ2_0");
+  tq_dequantize("TQ2_0", data, rows, cols, out, kTQ2Bytes, decode_tq2_block);
 }
 
 void quantize_tq1_0(const float* w, int64_t rows, int64_t cols, uint8_t* out) {
@@ -571,33 +573,20 @@ void quantize_tq1_0(const float* w, int64_t rows, int64_t cols, uint8_t* out) {
 
 namespace {
 
-void decode_tq1_block(const uint8_t* __restrict p, float d, float* __restrict o) {
+int64_t decode_tq1_block(const uint8_t* __restrict p, float d, float* __restrict o) {
   for (int n = 0; n < 5; ++n)
     for (int m = 0; m < 32; ++m) o[32 * n + m] = d * float(int(trit(p[m], kPow3[n])) - 1);
   for (int n = 0; n < 5; ++n)
     for (int m = 0; m < 16; ++m) o[160 + 16 * n + m] = d * float(int(trit(p[32 + m], kPow3[n])) - 1);
   for (int n = 0; n < 4; ++n)
     for (int j = 0; j < 4; ++j) o[240 + 4 * n + j] = d * float(int(trit(p[48 + j], kPow3[n])) - 1);
+  return -1;  // every byte decodes to valid trits: TQ1_0 has no invalid code
 }
 
 }  // namespace
 
 void dequantize_tq1_0(const uint8_t* data, int64_t rows, int64_t cols, float* out) {
-  check_tq_shape("TQ1_0", rows, cols);
-  const int64_t blocks = rows * cols / kQK;
-  std::atomic<int64_t> bad_scale{kNone};
-  parallel_for(blocks, kQK, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const uint8_t* p = data + b * kTQ1Bytes;
-      const float d = half_to_float(uint16_t(p[52] | p[53] << 8));
-      if (!is_finite(d)) {
-        atomic_min(bad_scale, b);
-        continue;
-      }
-      decode_tq1_block(p, d, out + b * kQK);
-    }
-  });
-  if (bad_scale.load() != kNone) read_scale(data + bad_scale.load() * kTQ1Bytes + 52, "TQ1_0", bad_scale.load());
+  tq_dequantize("TQ1_0", data, rows, cols, out, kTQ1Bytes, decode_tq1_block);
 }
 
 }  // namespace bitk

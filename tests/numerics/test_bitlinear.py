@@ -1,6 +1,5 @@
 """Tests of bitk.numerics bitlinear, bitlinear_fake_quant and bitlinear_bitnet_cpp."""
 
-import contextlib
 
 import numpy as np
 import pytest
@@ -17,22 +16,6 @@ from bitk.numerics import (
 )
 
 
-@contextlib.contextmanager
-def no_host_sync():
-    """Make every tensor -> python conversion raise while the block runs."""
-
-    def boom(*args, **kwargs):
-        raise AssertionError("host sync: a tensor was converted to a python value")
-
-    names = ["item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__", "__complex__"]
-    saved = {n: getattr(torch.Tensor, n) for n in names}
-    for n in names:
-        setattr(torch.Tensor, n, boom)
-    try:
-        yield
-    finally:
-        for n, f in saved.items():
-            setattr(torch.Tensor, n, f)
 
 
 def _gen(seed):
@@ -238,7 +221,7 @@ def test_bitlinear_bitnet_cpp_matches_int64_formula():
     torch.testing.assert_close(bitlinear_bitnet_cpp(x, codes, gamma), bitlinear(x, w), rtol=4 * EPS32, atol=0)
 
 
-def test_bitlinears_do_not_sync_host():
+def test_bitlinears_do_not_sync_host(no_host_sync):
     g = _gen(6)
     x = torch.randn(2, 3, 16, generator=g, requires_grad=True)
     w = torch.randn(8, 16, generator=g, requires_grad=True)
