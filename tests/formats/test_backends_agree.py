@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -36,11 +37,6 @@ from bitk_formats_testing import (
     ternary_tensors,
     tq_ternary_tensors,
 )
-
-try:
-    import ml_dtypes
-except ImportError:  # pragma: no cover - ml_dtypes comes with gguf/torch in this environment
-    ml_dtypes = None
 
 # No deadline and no too_slow check: outcomes must not depend on the machine's speed.
 EXAMPLES = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -287,13 +283,11 @@ def test_torch_reference_equals_ternarize(dtype, w):
 
 
 def _numpy_half_inputs():
-    params = [pytest.param(np.float16, torch.float16, id="numpy-float16")]
-    if ml_dtypes is None:
-        params.append(pytest.param(None, torch.bfloat16, id="numpy-bfloat16",
-                                   marks=pytest.mark.skip(reason="ml_dtypes is not installed (numpy has no bfloat16)")))
-    else:
-        params.append(pytest.param(ml_dtypes.bfloat16, torch.bfloat16, id="numpy-bfloat16"))
-    return params
+    # numpy has no bfloat16 of its own: ml_dtypes (in the test extras) provides the dtype users have.
+    return [
+        pytest.param(np.float16, torch.float16, id="numpy-float16"),
+        pytest.param(ml_dtypes.bfloat16, torch.bfloat16, id="numpy-bfloat16"),
+    ]
 
 
 @pytest.mark.parametrize("np_dtype, torch_dtype", _numpy_half_inputs())
