@@ -126,7 +126,13 @@ def table(judged: list[dict]) -> str:
     rows = [("metric", "measured", "threshold", "result", "reason")]
     for r in judged:
         rows.append(
-            (r["metric"], f"{r['ratio']:.2f}x", f">= {r['min_ratio']:g}x", "pass" if r["passed"] else "FAIL", r["reason"])
+            (
+                r["metric"],
+                f"{r['ratio']:.2f}x",
+                f">= {r['min_ratio']:g}x",
+                "pass" if r["passed"] else "FAIL",
+                r["reason"],
+            )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = []
@@ -146,7 +152,12 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu or "unknown", "cores": os.cpu_count(), "system": platform.platform(), "python": platform.python_version()}
+    return {
+        "cpu": cpu or "unknown",
+        "cores": os.cpu_count(),
+        "system": platform.platform(),
+        "python": platform.python_version(),
+    }
 
 
 def benchmark_tables(bench: dict) -> list[str]:
@@ -166,7 +177,12 @@ def benchmark_tables(bench: dict) -> list[str]:
     for name, rows in sorted(groups.items()):
         rows.sort(key=lambda b: b["stats"]["min"])
         fastest = rows[0]["stats"]["min"]
-        lines += [f"**{name}**", "", "| implementation | min | median | rounds | vs fastest | throughput (min) |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"**{name}**",
+            "",
+            "| implementation | min | median | rounds | vs fastest | throughput (min) |",
+            "|---|---|---|---|---|---|",
+        ]
         for b in rows:
             st = b["stats"]
             impl = (b.get("param") or b["name"]).split("-")[-1]
@@ -219,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7, help="alternating rounds per case (default 7)")
     parser.add_argument("--retries", type=int, default=1, help="re-measurements of a failing case (default 1)")
     parser.add_argument("--only", nargs="+", metavar="METRIC", help="measure only these metrics")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"where to save results (default {DEFAULT_JSON})")
+    parser.add_argument(
+        "--json", type=Path, default=DEFAULT_JSON, help=f"where to save results (default {DEFAULT_JSON})"
+    )
     parser.add_argument("--evaluate", type=Path, metavar="FILE", help="judge saved measurements instead of timing")
     parser.add_argument("--perf-md", type=Path, metavar="FILE", help="also write the perf table as Markdown")
     parser.add_argument("--bench-json", type=Path, metavar="FILE", help="pytest-benchmark JSON to add to --perf-md")

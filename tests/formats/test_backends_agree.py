@@ -332,7 +332,11 @@ def test_quantize_i2s_agrees(case):
 
 
 @EXAMPLES
-@given(st.sampled_from(I2S_LAYOUTS), ternary_codes(rows_multiple=4), st.one_of(st.sampled_from([0.0, -0.0]), f32_scales()))
+@given(
+    st.sampled_from(I2S_LAYOUTS),
+    ternary_codes(rows_multiple=4),
+    st.one_of(st.sampled_from([0.0, -0.0]), f32_scales()),
+)
 def test_pack_i2s_agrees(layout, codes, scale):
     kind, data = assert_backends_agree("pack_i2s", codes, scale, layout)
     assert kind == "ok"

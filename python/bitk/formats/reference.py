@@ -12,7 +12,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from bitk.formats.constants import ABS_SUM_CHUNK, ABS_SUM_LANES, ABSMEAN_EPS, I2S_BLOCK, I2S_ROWS_INTERLEAVED, I2S_TAIL_BYTES, QK_K
+from bitk.formats.constants import (
+    ABS_SUM_CHUNK,
+    ABS_SUM_LANES,
+    ABSMEAN_EPS,
+    I2S_BLOCK,
+    I2S_ROWS_INTERLEAVED,
+    I2S_TAIL_BYTES,
+    QK_K,
+)
 
 _TRIT_WEIGHTS5 = np.array([81, 27, 9, 3, 1], dtype=np.uint16)  # first trit most significant
 _TRIT_WEIGHTS4 = _TRIT_WEIGHTS5[:4]  # qh: a five-trit number whose last trit is 0
