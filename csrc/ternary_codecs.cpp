@@ -73,8 +73,9 @@ float abs_max(const float* __restrict x, int64_t len, bool* nonfinite) {
   const IntVec abs_mask = IntVec{} + 0x7fffffff;
   FloatVec m0 = {}, m1 = {};
   IntVec finite = IntVec{} - 1;
+  const int64_t vector_end = len - len % (2 * kVecFloats);
   int64_t i = 0;
-  for (; i + 2 * kVecFloats <= len; i += 2 * kVecFloats) {
+  for (; i < vector_end; i += 2 * kVecFloats) {
     FloatVec a0, a1;
     std::memcpy(&a0, x + i, sizeof a0);
     std::memcpy(&a1, x + i + kVecFloats, sizeof a1);
