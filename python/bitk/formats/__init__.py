@@ -108,16 +108,15 @@ def use_backend(name: str) -> Iterator[None]:
 
 def _impl(name: str | None = None) -> Any:
     name = _active if name is None else name
+    assert name in _BACKEND_NAMES, name  # set_backend and _default_backend admit only these
     if name == "numpy":
         return reference
-    if name == "cpp":
-        if _codecs is None:
-            raise RuntimeError(
-                "the C++ codecs (bitk._codecs) are not built in this install "
-                f"({_CPP_IMPORT_ERROR}); reinstall with `pip install -e .` or use the numpy backend"
-            )
-        return _codecs
-    raise ValueError(f"unknown formats backend {name!r}; expected one of {', '.join(_BACKEND_NAMES)}")
+    if _codecs is None:
+        raise RuntimeError(
+            "the C++ codecs (bitk._codecs) are not built in this install "
+            f"({_CPP_IMPORT_ERROR}); reinstall with `pip install -e .` or use the numpy backend"
+        )
+    return _codecs
 
 
 # --------------------------------------------------------------------------- input checks

@@ -20,6 +20,10 @@ from bitk.formats.constants import (
     I2S_ROWS_INTERLEAVED,
     I2S_TAIL_BYTES,
     QK_K,
+    TQ1_0_BLOCK_BYTES,
+    TQ1_0_QH_BYTES,
+    TQ1_0_QS_BYTES,
+    TQ2_0_BLOCK_BYTES,
 )
 
 _TRIT_WEIGHTS5 = np.array([81, 27, 9, 3, 1], dtype=np.uint16)  # first trit most significant
@@ -178,9 +182,9 @@ def quantize_tq2_0(w: np.ndarray) -> np.ndarray:
 
 
 def dequantize_tq2_0(data: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    blocks = data.reshape(-1, 66)
-    d = _read_f16_scales(blocks[:, 64:66], "TQ2_0")
-    qs = blocks[:, :64].reshape(-1, 2, 1, 32)
+    blocks = data.reshape(-1, TQ2_0_BLOCK_BYTES)
+    d = _read_f16_scales(blocks[:, -2:], "TQ2_0")  # every TQ block ends with its float16 scale
+    qs = blocks[:, :-2].reshape(-1, 2, 1, 32)
     c = (qs >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)) & 3
     _check_no_code3(c.reshape(rows, cols), "TQ2_0")
     values = d[:, None] * (c.reshape(-1, QK_K).astype(np.float32) - 1)
@@ -213,11 +217,12 @@ def _decode_trits(b: np.ndarray, k: int) -> np.ndarray:
 
 
 def dequantize_tq1_0(data: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    blocks = data.reshape(-1, 54)
-    d = _read_f16_scales(blocks[:, 52:54], "TQ1_0")
-    c0 = _decode_trits(blocks[:, :32], 5).reshape(-1, 160)
-    c1 = _decode_trits(blocks[:, 32:48], 5).reshape(-1, 80)
-    ch = _decode_trits(blocks[:, 48:52], 4).reshape(-1, 16)
+    blocks = data.reshape(-1, TQ1_0_BLOCK_BYTES)
+    d = _read_f16_scales(blocks[:, -2:], "TQ1_0")
+    qs, qh = blocks[:, :TQ1_0_QS_BYTES], blocks[:, TQ1_0_QS_BYTES : TQ1_0_QS_BYTES + TQ1_0_QH_BYTES]
+    c0 = _decode_trits(qs[:, :32], 5).reshape(-1, 160)
+    c1 = _decode_trits(qs[:, 32:], 5).reshape(-1, 80)
+    ch = _decode_trits(qh, 4).reshape(-1, 16)
     c = np.concatenate([c0, c1, ch], axis=1)
     values = d[:, None] * (c.astype(np.float32) - 1)
     return values.reshape(rows, cols)
