@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import gguf
 import numpy as np
+import torch
 
 from bitk import formats
 
@@ -66,6 +67,7 @@ class Group:
     make: Callable[[], dict[str, Callable[[], object]]]  # implementation name -> zero-arg call
     reference: str = "numpy"  # whose output every other implementation must equal
     unchecked: tuple[str, ...] = ()  # baselines that compute something else (a memory copy)
+    suite: str = "formats"  # the bench_<suite>.py file that times it
 
 
 def _tq_quantize(qtype: str) -> dict[str, Callable[[], object]]:
@@ -93,6 +95,89 @@ def _i2s_ternarize_pack() -> dict[str, Callable[[], object]]:
     }
 
 
+# --------------------------------------------------------------------------- BitLinear on CPU
+
+# BitNet b1.58 2B4T's FFN up projection on 512 tokens: the shape the CPU targets of issue 3 name.
+NN_TOKENS, NN_IN, NN_OUT = 512, 2560, 6912
+
+
+@functools.cache
+def _nn_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(NN_TOKENS, NN_IN, generator=g)
+    w = torch.randn(NN_OUT, NN_IN, generator=g) * 0.02
+    dy = torch.randn(NN_TOKENS, NN_OUT, generator=g)
+    return x, w, dy
+
+
+def _nn_layers() -> dict[str, torch.nn.Module]:
+    from transformers.integrations.bitnet import AutoBitLinear
+
+    from bitk.nn import BitLinear
+
+    _, w, _ = _nn_tensors()
+    linear = torch.nn.Linear(NN_IN, NN_OUT, bias=False)
+    auto = AutoBitLinear(NN_IN, NN_OUT, bias=False, online_quant=True)
+    with torch.no_grad():
+        linear.weight.copy_(w)
+        auto.weight.copy_(w)
+    bit = BitLinear.from_linear(torch.nn.Linear(NN_IN, NN_OUT, bias=False))
+    with torch.no_grad():
+        bit.weight.copy_(w)
+    return {"bitk": bit, "linear": linear, "autobitlinear": auto}
+
+
+def _with_backend(name: str, fn: Callable[[], object]) -> Callable[[], object]:
+    from bitk.nn import use_backend
+
+    def run():
+        with use_backend(name):
+            return fn()
+
+    return run
+
+
+def _bitlinear_forward() -> dict[str, Callable[[], object]]:
+    x, _, _ = _nn_tensors()
+    layers = _nn_layers()
+
+    def forward(layer):
+        def run():
+            with torch.no_grad():
+                return layer(x)
+
+        return run
+
+    impls = {name: forward(layer) for name, layer in layers.items()}
+    impls["reference"] = _with_backend("reference", forward(layers["bitk"]))
+    impls["bitk"] = _with_backend("cpu", impls["bitk"])
+    return impls
+
+
+def _bitlinear_forward_backward(autocast: bool = False) -> dict[str, Callable[[], object]]:
+    x0, _, dy = _nn_tensors()
+    layers = _nn_layers()
+
+    def step(layer):
+        def run():
+            x = x0.clone().requires_grad_()
+            layer.weight.grad = None
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                y = layer(x)
+            y.backward(dy.to(y.dtype))
+            return y.detach(), x.grad, layer.weight.grad
+
+        return run
+
+    impls = {name: step(layer) for name, layer in layers.items()}
+    impls["reference"] = _with_backend("reference", step(layers["bitk"]))
+    impls["bitk"] = _with_backend("cpu", impls["bitk"])
+    return impls
+
+
+NN_PARAMS = NN_IN * NN_OUT
+NN_BASELINES = ("linear", "autobitlinear")  # compute something else: not compared with the reference
+
 GROUPS = {
     g.name: g
     for g in [
@@ -102,6 +187,23 @@ GROUPS = {
         Group("I2_S dequantize", PARAMS, lambda: _dequantize("I2_S")),
         Group("TQ2_0 dequantize", PARAMS, lambda: _dequantize("TQ2_0")),
         Group("TQ1_0 dequantize", PARAMS, lambda: _dequantize("TQ1_0")),
+        Group("BitLinear forward", NN_PARAMS, _bitlinear_forward, reference="reference", unchecked=NN_BASELINES, suite="nn"),
+        Group(
+            "BitLinear forward+backward",
+            NN_PARAMS,
+            _bitlinear_forward_backward,
+            reference="reference",
+            unchecked=NN_BASELINES,
+            suite="nn",
+        ),
+        Group(
+            "BitLinear forward+backward (bf16 autocast)",
+            NN_PARAMS,
+            lambda: _bitlinear_forward_backward(autocast=True),
+            reference="reference",
+            unchecked=NN_BASELINES,
+            suite="nn",
+        ),
     ]
 }
 
@@ -124,7 +226,19 @@ GATE_CASES = [
     GateCase("i2s_dequantize_vs_numpy", "I2_S dequantize", "cpp", "numpy"),
     GateCase("tq2_0_dequantize_vs_gguf", "TQ2_0 dequantize", "cpp", "gguf"),
     GateCase("tq1_0_dequantize_vs_gguf", "TQ1_0 dequantize", "cpp", "gguf"),
+    GateCase("bitlinear_forward_vs_linear", "BitLinear forward", "bitk", "linear"),
+    GateCase("bitlinear_forward_vs_autobitlinear", "BitLinear forward", "bitk", "autobitlinear"),
+    GateCase("bitlinear_forward_backward_vs_linear", "BitLinear forward+backward", "bitk", "linear"),
+    GateCase("bitlinear_forward_backward_vs_autobitlinear", "BitLinear forward+backward", "bitk", "autobitlinear"),
 ]
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, tuple):
+        return isinstance(b, tuple) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    return np.array_equal(np.asarray(a).reshape(-1), np.asarray(b).reshape(-1))
 
 
 def check_outputs(group: Group, impls: dict[str, Callable[[], object]], names: list[str] | None = None) -> None:
@@ -133,6 +247,5 @@ def check_outputs(group: Group, impls: dict[str, Callable[[], object]], names: l
     for name in names or list(impls):
         if name in group.unchecked or name == group.reference:
             continue
-        got = impls[name]()
-        if not np.array_equal(np.asarray(got).reshape(-1), np.asarray(expected).reshape(-1)):
+        if not _same(impls[name](), expected):
             raise AssertionError(f"{group.name}: {name} does not give the {group.reference} reference's output")

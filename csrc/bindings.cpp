@@ -2,13 +2,17 @@
 // argument order as python/bitk/formats/reference.py, over numpy buffers (no libtorch). Inputs are
 // validated for dtype/shape by bitk.formats; these wrappers only check what would be unsafe to
 // trust. The GIL is released while the codecs run; std::invalid_argument becomes ValueError.
+// The ternary GEMM entries (ternary_gemm.h) check their own inputs; see their section.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "ternary_codecs.h"
+#include "ternary_gemm.h"
 
 namespace py = pybind11;
 
@@ -103,10 +107,114 @@ FloatArray dequantize_tq(const ByteArray& data, int64_t rows, int64_t cols) {
   return out;
 }
 
+// ---------------------------------------------------------------------------- ternary GEMM
+// The Python side hands these torch tensors' .numpy() views, so they check everything themselves:
+// a numpy array of the exact dtype (else TypeError), then ndim, shape and C-contiguity (else
+// ValueError). Nothing is converted or copied.
+
+std::string shape_str(const py::array& a) {
+  std::string out = "(";
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) out += (d ? ", " : "") + std::to_string(a.shape(d));
+  return out + (a.ndim() == 1 ? ",)" : ")");
+}
+
+template <class T>
+py::array_t<T> gemm_array(const py::object& obj, const char* name, const char* dtype, py::ssize_t ndim) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string(name) + " must be a numpy array, got " +
+                         std::string(py::str(py::type::handle_of(obj))));
+  auto a = py::reinterpret_borrow<py::array>(obj);
+  if (!py::isinstance<py::array_t<T>>(a))
+    throw py::type_error(std::string(name) + " must have dtype " + dtype + ", got " + std::string(py::str(a.dtype())));
+  if (a.ndim() != ndim)
+    throw py::value_error(std::string(name) + " must be " + std::to_string(ndim) + "-D, got shape " + shape_str(a));
+  if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(name) + " must be C-contiguous");
+  return py::reinterpret_borrow<py::array_t<T>>(a);
+}
+
+void require_shape(const py::array& a, const char* name, std::initializer_list<py::ssize_t> shape) {
+  py::ssize_t d = 0;
+  bool same = a.ndim() == py::ssize_t(shape.size());
+  for (py::ssize_t want : shape) same = same && a.shape(d++) == want;
+  if (same) return;
+  std::string expected = "(";
+  d = 0;
+  for (py::ssize_t want : shape) expected += (d++ ? ", " : "") + std::to_string(want);
+  throw py::value_error(std::string(name) + " has shape " + shape_str(a) + "; expected " + expected +
+                        (shape.size() == 1 ? ",)" : ")"));
+}
+
+// Checks xq [m, k] and packed (the size ternary_gemm_pack gives for n, k); returns (m, k).
+std::pair<int64_t, int64_t> gemm_inputs(const py::array_t<int8_t>& xq, const py::array_t<uint8_t>& packed, int64_t n) {
+  if (n < 0) throw py::value_error("n must be >= 0, got " + std::to_string(n));
+  const int64_t m = xq.shape(0), k = xq.shape(1);
+  const int64_t expected = bitk::ternary_gemm_packed_size(n, k);
+  if (packed.size() != expected)
+    throw py::value_error("packed has " + std::to_string(packed.size()) + " bytes; n=" + std::to_string(n) +
+                          " and k=" + std::to_string(k) + " (from xq) need " + std::to_string(expected) +
+                          " (ternary_gemm_pack of codes [n, k])");
+  return {m, k};
+}
+
+template <class T>
+py::array_t<T> gemm_output(const py::object& out, const char* dtype, int64_t m, int64_t n) {
+  if (out.is_none()) return py::array_t<T>({m, n});
+  auto a = gemm_array<T>(out, "out", dtype, 2);
+  require_shape(a, "out", {m, n});
+  if (!a.writeable()) throw py::value_error("out must be writeable");
+  return a;
+}
+
+int64_t ternary_gemm_packed_size(int64_t n, int64_t k) { return bitk::ternary_gemm_packed_size(n, k); }
+
+ByteArray ternary_gemm_pack(const py::object& codes_obj) {
+  const auto codes = gemm_array<int8_t>(codes_obj, "codes", "int8", 2);
+  const int64_t n = codes.shape(0), k = codes.shape(1);
+  ByteArray packed(bitk::ternary_gemm_packed_size(n, k));
+  py::gil_scoped_release release;
+  bitk::ternary_gemm_pack(codes.data(), n, k, packed.mutable_data());
+  return packed;
+}
+
+FloatArray ternary_gemm(const py::object& xq_obj, const py::object& s_obj, const py::object& packed_obj, int64_t n,
+                        float gamma, const py::object& out) {
+  const auto xq = gemm_array<int8_t>(xq_obj, "xq", "int8", 2);
+  const auto s = gemm_array<float>(s_obj, "s", "float32", 1);
+  const auto packed = gemm_array<uint8_t>(packed_obj, "packed", "uint8", 1);
+  const auto [m, k] = gemm_inputs(xq, packed, n);
+  require_shape(s, "s", {m});
+  auto y = gemm_output<float>(out, "float32", m, n);
+  float* data = y.mutable_data();
+  py::gil_scoped_release release;
+  bitk::ternary_gemm(xq.data(), s.data(), m, k, packed.data(), n, gamma, data);
+  return y;
+}
+
+py::array_t<int32_t> ternary_gemm_int32(const py::object& xq_obj, const py::object& packed_obj, int64_t n,
+                                        const py::object& out) {
+  const auto xq = gemm_array<int8_t>(xq_obj, "xq", "int8", 2);
+  const auto packed = gemm_array<uint8_t>(packed_obj, "packed", "uint8", 1);
+  const auto [m, k] = gemm_inputs(xq, packed, n);
+  auto acc = gemm_output<int32_t>(out, "int32", m, n);
+  int32_t* data = acc.mutable_data();
+  py::gil_scoped_release release;
+  bitk::ternary_gemm_int32(xq.data(), m, k, packed.data(), n, data);
+  return acc;
+}
+
+FloatArray ternary_scale(const py::object& codes_obj, float gamma) {
+  const auto codes = gemm_array<int8_t>(codes_obj, "codes", "int8", 2);
+  FloatArray out({codes.shape(0), codes.shape(1)});
+  float* data = out.mutable_data();
+  py::gil_scoped_release release;
+  bitk::ternary_scale(codes.data(), codes.size(), gamma, data);
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_codecs, m) {
-  m.doc() = "bitk's C++ ternary codecs (I2_S, TQ2_0, TQ1_0); see bitk.formats.";
+  m.doc() = "bitk's C++ ternary codecs (I2_S, TQ2_0, TQ1_0; see bitk.formats) and exact ternary matmul.";
   m.def("abs_sum", &abs_sum, py::arg("w"));
   m.def("ternarize", &ternarize, py::arg("w"));
   m.def("pack_i2s", &pack_i2s, py::arg("codes"), py::arg("scale"), py::arg("layout"));
@@ -119,6 +227,18 @@ PYBIND11_MODULE(_codecs, m) {
   m.def("quantize_tq1_0", &quantize_tq<bitk::quantize_tq1_0, 54>, py::arg("w"));
   m.def("dequantize_tq1_0", &dequantize_tq<bitk::dequantize_tq1_0, 54>, py::arg("data"), py::arg("rows"),
         py::arg("cols"));
+  m.def("ternary_gemm_packed_size", &ternary_gemm_packed_size, py::arg("n"), py::arg("k"));
+  m.def("ternary_gemm_pack", &ternary_gemm_pack, py::arg("codes"),
+        "int8 codes [n, k] in {-1, 0, 1} -> the uint8 packed weights of ternary_gemm (about n k / 4 bytes).");
+  m.def("ternary_gemm", &ternary_gemm, py::arg("xq"), py::arg("s"), py::arg("packed"), py::arg("n"),
+        py::arg("gamma"), py::arg("out") = py::none(),
+        "y[m, n] = float32(sum_k xq[m, k] codes[n, k]) * (gamma / s[m]) as float32 [m, n], exactly; gamma is\n"
+        "rounded to float32. xq int8 [m, k], s float32 [m], packed from ternary_gemm_pack(codes [n, k]);\n"
+        "out (optional) a float32 [m, n] array to write into (not overlapping the inputs).");
+  m.def("ternary_gemm_int32", &ternary_gemm_int32, py::arg("xq"), py::arg("packed"), py::arg("n"),
+        py::arg("out") = py::none(), "acc[m, n] = sum_k xq[m, k] codes[n, k] as int32 [m, n].");
+  m.def("ternary_scale", &ternary_scale, py::arg("codes"), py::arg("gamma"),
+        "int8 codes [n, k] -> float32 codes * gamma [n, k] (exact; gamma is rounded to float32).");
   m.def("float_to_half", &bitk::float_to_half, py::arg("f"));
   m.def("half_to_float", &bitk::half_to_float, py::arg("h"));
 }

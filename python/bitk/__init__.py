@@ -5,6 +5,7 @@ compiled extension:
 
 - `bitk.formats`: absmean ternarization and the I2_S / TQ2_0 / TQ1_0 codecs (numpy + C++).
 - `bitk.numerics`: the pure-torch reference numerics every kernel is tested against.
+- `bitk.nn`: the layers (BitLinear, SubLN, BitLinearLRC), dispatched to kernels per device.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("formats", "numerics")
+_SUBMODULES = ("formats", "numerics", "nn")
 
 
 def __getattr__(name: str) -> Any:

@@ -19,10 +19,11 @@ from .quant import (
     quantize_weights,
 )
 
-__all__ = ["bitlinear", "bitlinear_fake_quant", "bitlinear_bitnet_cpp"]
+__all__ = ["bitlinear", "bitlinear_fake_quant", "bitlinear_bitnet_cpp", "check_linear"]
 
 
-def _check_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+def check_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Raise ValueError unless x [..., in], weight [out, in] and bias [out] fit a linear layer."""
     if not x.is_floating_point():
         raise ValueError(f"x must be a floating point tensor, got dtype {x.dtype}")
     if not weight.is_floating_point():
@@ -93,7 +94,7 @@ def bitlinear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
     has x's dtype. Backward is the straight-through formula, computed from the saved int8 xq,
     per-row s, int8 codes and gamma (never x or W); each gradient has its input's dtype.
     """
-    _check_linear(x, weight, bias)
+    check_linear(x, weight, bias)
     return _BitLinearFunction.apply(x, weight, bias)
 
 
@@ -108,7 +109,7 @@ def bitlinear_fake_quant(
     Equal to :func:`bitlinear` up to float rounding for lam = 1; lam < 1 is quantization warm-up.
     Computed in float32 (float64 for float64 x) whatever the input dtypes; result in x's dtype.
     """
-    _check_linear(x, weight, bias)
+    check_linear(x, weight, bias)
     cd = torch.float64 if x.dtype == torch.float64 else torch.float32
     xf = fake_quantize_activations(x.to(cd), lam)
     wf = fake_quantize_weights(weight.to(cd), lam)

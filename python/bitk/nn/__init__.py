@@ -1,0 +1,26 @@
+"""bitk's layers: BitLinear (ternary weights, int8 activations), SubLN / RMSNorm, BitLinearLRC.
+
+Each layer dispatches per device (`bitk.nn.dispatch`): the fused Triton kernels on CUDA, an exact
+and faster CPU path on CPU, the pure-torch reference (`bitk.numerics`) when forced or elsewhere.
+All paths compute the reference's numbers (bit for bit or within derived tolerances).
+"""
+
+from . import functional
+from .dispatch import BACKENDS, backend, resolve, set_backend, use_backend
+from .bitlinear import BitLinear, set_quant_lambda
+from .lrc import BitLinearLRC
+from .norm import RMSNorm, SubLN
+
+__all__ = [
+    "BitLinear",
+    "BitLinearLRC",
+    "RMSNorm",
+    "SubLN",
+    "set_quant_lambda",
+    "functional",
+    "BACKENDS",
+    "backend",
+    "set_backend",
+    "use_backend",
+    "resolve",
+]

@@ -1,0 +1,147 @@
+"""The CPU fast path of BitLinear: exact integer products, the reference's numbers, less time.
+
+The forward's int8 x ternary product is exact, so any engine that computes it exactly gives the
+reference's output bit for bit: bitk's AVX2 kernel (`bitk._codecs.ternary_gemm`), torch's int8
+GEMM (`torch._int_mm`, fast where the CPU has VNNI/AMX int8 dot products, very slow without), or a
+float32 GEMM of the integer-valued codes (exact for K <= 2^17, see `_float_engine`).
+Weights are ternarized by the C++ codecs (bit-identical to `bitk.numerics.quantize_weights`).
+The backward is the reference's: two float32 GEMMs from the saved int8 tensors and scales.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from bitk import formats, numerics
+from bitk.numerics.bitlinear import check_linear
+
+__all__ = ["ENGINES", "matmul_engine", "bitlinear", "quantize_weights", "dequantize_weights", "scaled_int_matmul"]
+
+ENGINES = ("cpp", "int_mm", "float")
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def _codecs():
+    try:
+        from bitk import _codecs
+    except ImportError:
+        return None
+    return _codecs if hasattr(_codecs, "ternary_gemm") else None
+
+
+def matmul_engine() -> str:
+    """The engine of the forward's integer product: BITK_CPU_MATMUL if set, else the fastest here.
+
+    torch's int8 GEMM where the CPU has int8 dot-product instructions (VNNI or AMX), else bitk's
+    AVX2 kernel when the extension is built, else the exact float GEMM.
+    """
+    requested = os.environ.get("BITK_CPU_MATMUL", "").strip().lower()
+    if requested:
+        if requested not in ENGINES:
+            raise ValueError(f"BITK_CPU_MATMUL={requested!r} is not one of {', '.join(ENGINES)}")
+        if requested == "cpp" and _codecs() is None:
+            raise RuntimeError("BITK_CPU_MATMUL=cpp but bitk._codecs has no ternary_gemm: reinstall with `pip install -e .`")
+        return requested
+    if _cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"}:
+        return "int_mm"
+    return "cpp" if _codecs() is not None else "float"
+
+
+def quantize_weights(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 codes, 0-dim float32 gamma) of a 2-D CPU weight, as `bitk.numerics.quantize_weights`."""
+    if weight.dim() == 2 and formats.backend() == "cpp":
+        codes, scale = formats.ternarize(weight.detach())
+        return codes, torch.tensor(scale, dtype=torch.float32)
+    return numerics.quantize_weights(weight.detach().float())
+
+
+def dequantize_weights(codes: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """float32 ``codes * gamma`` (exact products), multi-threaded in C++ when the extension is built."""
+    codecs = _codecs()
+    if codecs is None:
+        return codes.float() * gamma
+    return torch.from_numpy(codecs.ternary_scale(codes.numpy(), gamma.item()))
+
+
+def _float_engine(xq: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    # Every partial sum is an integer of magnitude <= 128 * K; float32 holds integers up to 2^24
+    # exactly, so the float32 GEMM is exact (in any summation order) for K <= 2^17; else float64.
+    dt = torch.float32 if xq.shape[1] <= 1 << 17 else torch.float64
+    return (xq.to(dt) @ codes.to(dt).T).to(torch.float32)
+
+
+def scaled_int_matmul(
+    xq: torch.Tensor, s: torch.Tensor, codes: torch.Tensor, gamma: torch.Tensor, engine: str | None = None
+) -> torch.Tensor:
+    """``float32(xq @ codes^T) * (gamma / s)`` (float32 [M, N]) with an exact integer product."""
+    engine = engine or matmul_engine()
+    if engine == "cpp":
+        codecs = _codecs()
+        packed = codecs.ternary_gemm_pack(codes.numpy())
+        y = codecs.ternary_gemm(xq.numpy(), s.reshape(-1).numpy(), packed, codes.shape[0], gamma.item())
+        return torch.from_numpy(y)
+    if engine == "int_mm":
+        acc = torch._int_mm(xq, codes.T).to(torch.float32)
+    else:
+        acc = _float_engine(xq, codes)
+    return acc * (gamma / s)
+
+
+def _out_dtype(x: torch.Tensor) -> torch.dtype:
+    if torch.is_autocast_enabled("cpu"):
+        return torch.get_autocast_dtype("cpu")
+    return x.dtype
+
+
+class CPUBitLinearFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        # Autocast would run the exact float GEMM in bf16: the layer does its own precision.
+        with torch.autocast("cpu", enabled=False):
+            codes, gamma = quantize_weights(weight)
+            xq, s = numerics.quantize_activations(x.detach().reshape(-1, x.shape[-1]).float())
+            y = scaled_int_matmul(xq.contiguous(), s, codes, gamma)
+            if bias is not None:
+                y = y + bias.float()
+        ctx.save_for_backward(xq, s, codes, gamma)
+        ctx.x_shape, ctx.dtypes = x.shape, (x.dtype, weight.dtype, getattr(bias, "dtype", None))
+        return y.to(_out_dtype(x)).reshape(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, dy):
+        xq, s, codes, gamma = ctx.saved_tensors
+        x_dtype, w_dtype, b_dtype = ctx.dtypes
+        dy2 = dy.reshape(-1, codes.shape[0]).float()
+        dx = dw = db = None
+        # The reference's formulas, so the CPU path's gradients are the reference's.
+        if ctx.needs_input_grad[0]:
+            dx = (dy2 @ dequantize_weights(codes, gamma)).to(x_dtype).reshape(ctx.x_shape)
+        if ctx.needs_input_grad[1]:
+            dw = (dy2.T @ (xq.float() / s)).to(w_dtype)
+        if ctx.needs_input_grad[2]:
+            db = dy2.sum(dim=0).to(b_dtype)
+        return dx, dw, db
+
+
+def bitlinear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """BitLinear on CPU tensors: the reference's forward values and gradients, computed faster."""
+    check_linear(x, weight, bias)
+    if x.device.type != "cpu" or weight.device.type != "cpu":
+        raise ValueError(f"the CPU BitLinear path takes CPU tensors, got {x.device} and {weight.device}")
+    if x.dtype == torch.float64 or weight.dtype == torch.float64:
+        return numerics.bitlinear(x, weight, bias)  # the reference computes float64 input in float64
+    return CPUBitLinearFunction.apply(x, weight, bias)

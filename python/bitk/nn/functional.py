@@ -1,0 +1,60 @@
+"""Functional forms of the bitk.nn layers, dispatched per device (see `bitk.nn.dispatch`)."""
+
+from __future__ import annotations
+
+import torch
+
+from bitk import numerics
+
+from . import cpu
+from .dispatch import kernel_module, resolve
+
+__all__ = ["bitlinear", "rms_norm"]
+
+
+def _check_lam(lam: float | torch.Tensor) -> bool:
+    """True when lam asks for quantization warm-up (lam != 1); a tensor lam always does."""
+    if isinstance(lam, torch.Tensor):
+        if lam.dim() != 0:
+            raise ValueError(f"lam must be a float or a 0-dim tensor, got shape {tuple(lam.shape)}")
+        return True  # comparing a device tensor with 1 would sync the host
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam (quantization warm-up) must be in [0, 1], got {lam}")
+    return lam != 1.0
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """RMSNorm of the last dimension (statistics in float32): the Triton kernel on CUDA, else the reference."""
+    if resolve(x.device) == "triton" and x.dtype != torch.float64:
+        return kernel_module("rms_norm").rms_norm(x, weight, eps)
+    return numerics.rms_norm(x, weight, eps)
+
+
+def bitlinear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    lam: float | torch.Tensor = 1.0,
+    norm_weight: torch.Tensor | None = None,
+    norm_eps: float = 1e-6,
+) -> torch.Tensor:
+    """BitLinear (BitNet b1.58): ternary weights, per-token int8 activations, STE backward.
+
+    ``lam`` < 1 is quantization warm-up (``W + lam * (Q(W) - W)``, not ternary, so it runs the
+    fake-quant reference). With ``norm_weight`` the input first goes through an RMSNorm with that
+    gain (a SubLN); the Triton path fuses it with the activation quantization.
+    """
+    warmup = _check_lam(lam)
+    impl = resolve(x.device)
+    if norm_weight is not None:
+        if impl == "triton" and not warmup and x.dtype != torch.float64:
+            return kernel_module("bitlinear").rms_norm_bitlinear(x, norm_weight, weight, bias, norm_eps)
+        x = rms_norm(x, norm_weight, norm_eps)
+    if warmup:
+        return numerics.bitlinear_fake_quant(x, weight, bias, lam)
+    if impl == "triton" and x.dtype != torch.float64 and weight.dtype != torch.float64:
+        return kernel_module("bitlinear").bitlinear(x, weight, bias)
+    if impl == "cpu":
+        return cpu.bitlinear(x, weight, bias)
+    return numerics.bitlinear(x, weight, bias)

@@ -1,0 +1,183 @@
+"""BitLinear: a drop-in nn.Linear whose every path computes the reference's numbers.
+
+The CPU path's forward is exact integer arithmetic and its backward uses the reference's own
+formulas, so it equals the reference bit for bit, whatever engine multiplies. The Triton path
+(interpreted here, on CUDA on a GPU) equals the reference's forward and its gradients within the
+tolerance derived in bitk_kernel_testing.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from bitk_testing import assert_derived_close
+from bitk_nn_testing import DTYPES, exact_grads
+
+from bitk import numerics
+from bitk.nn import BitLinear, SubLN, functional, set_quant_lambda, use_backend
+from bitk.nn import cpu as cpu_path
+
+# (tokens shape, in, out): one token, odd K, prime N, a 3-D batch.
+SHAPES = [((1,), 64, 5), ((7,), 33, 13), ((2, 9), 256, 97), ((40,), 130, 67)]
+ENGINES = ("cpp", "int_mm", "float")
+
+
+def _layer(k: int, n: int, bias: bool = True, seed: int = 0) -> BitLinear:
+    torch.manual_seed(seed)
+    layer = BitLinear(k, n, bias=bias)
+    with torch.no_grad():
+        layer.weight.mul_(3.0)
+        if bias:
+            layer.bias.uniform_(-0.5, 0.5)
+    return layer
+
+
+def _run(layer: BitLinear, x: torch.Tensor, dy: torch.Tensor, backend: str, norm=None):
+    x = x.detach().clone().requires_grad_()
+    for p in layer.parameters():
+        p.grad = None
+    if norm is not None:
+        norm.weight.grad = None
+    with use_backend(backend):
+        y = layer(x, norm=norm)
+    y.backward(dy.to(y.dtype))
+    grads = [x.grad] + [p.grad for p in layer.parameters()]
+    if norm is not None:
+        grads.append(norm.weight.grad)
+    return y.detach(), grads
+
+
+def test_is_a_drop_in_linear():
+    layer = _layer(32, 16)
+    linear = torch.nn.Linear(32, 16)
+    assert isinstance(layer, torch.nn.Linear)
+    assert layer.state_dict().keys() == linear.state_dict().keys()
+    assert BitLinear(32, 16, bias=False).bias is None
+    assert "quant_lambda=1.0" in repr(layer)
+
+
+def test_from_linear_shares_the_parameters():
+    linear = torch.nn.Linear(32, 16)
+    layer = BitLinear.from_linear(linear)
+    assert layer.weight is linear.weight and layer.bias is linear.bias
+    no_bias = BitLinear.from_linear(torch.nn.Linear(32, 16, bias=False))
+    assert no_bias.bias is None and list(no_bias.state_dict()) == ["weight"]
+    x = torch.randn(3, 32)
+    assert torch.equal(layer(x), numerics.bitlinear(x, linear.weight, linear.bias))
+    with pytest.raises(ValueError, match="nn.Linear"):
+        BitLinear.from_linear(torch.nn.Conv1d(3, 3, 1))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("lead", "k", "n"), SHAPES)
+def test_cpu_path_equals_the_reference_bit_for_bit(monkeypatch, engine, dtype, lead, k, n):
+    monkeypatch.setenv("BITK_CPU_MATMUL", engine)
+    if engine == "cpp" and cpu_path._codecs() is None:
+        pytest.fail("bitk._codecs.ternary_gemm is not built")
+    layer = _layer(k, n)
+    torch.manual_seed(1)
+    x = torch.randn(*lead, k).to(dtype)
+    dy = torch.randn(*lead, n)
+    y_ref, g_ref = _run(layer, x, dy, "reference")
+    y, g = _run(layer, x, dy, "cpu")
+    assert y.dtype == dtype
+    assert torch.equal(y, y_ref)
+    for a, b in zip(g, g_ref):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("lead", "k", "n"), SHAPES)
+def test_triton_path_matches_the_reference(dtype, lead, k, n):
+    layer = _layer(k, n)
+    torch.manual_seed(1)
+    x = torch.randn(*lead, k).to(dtype)
+    dy = torch.randn(*lead, n).to(dtype)
+    y_ref, g_ref = _run(layer, x, dy, "reference")
+    y, g = _run(layer, x, dy, "triton")
+    assert y.dtype == dtype
+    # Same int8 codes and scales, the same float32 epilogue, the same final rounding.
+    assert torch.equal(y, y_ref)
+    dx64, dw64 = exact_grads(x, layer.weight, dy)
+    assert_derived_close(g[0], dx64, g_ref[0], "dx")
+    assert_derived_close(g[1], dw64, g_ref[1], "dW")
+    assert_derived_close(g[2], dy.double().reshape(-1, n).sum(0), g_ref[2], "dbias")
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_subln_fusion_equals_norm_then_layer(backend):
+    layer = _layer(96, 40)
+    norm = SubLN(96)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    torch.manual_seed(2)
+    x = torch.randn(12, 96) * 4
+    dy = torch.randn(12, 40)
+    y, g = _run(layer, x, dy, backend, norm=norm)
+    xx = x.clone().requires_grad_()
+    nw = norm.weight.detach().clone().requires_grad_()
+    w = layer.weight.detach().clone().requires_grad_()
+    b = layer.bias.detach().clone().requires_grad_()
+    y_ref = numerics.bitlinear(numerics.rms_norm(xx, nw, norm.eps), w, b)
+    y_ref.backward(dy)
+    # The fused kernel rounds the norm's statistics in its own order: a code may move by one at a
+    # near-tie, which moves an output by about gamma * |x| / s; compare with that slack.
+    tol = 2e-2 * y_ref.abs().max().item() if backend == "triton" else 0.0
+    assert (y - y_ref.detach()).abs().max().item() <= tol
+    for got, want in zip([g[0], g[1], g[2], g[3]], [xx.grad, w.grad, b.grad, nw.grad]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_saves_only_int8_activations_and_scales(backend):
+    layer = _layer(64, 48, bias=False)
+    x = torch.randn(16, 64, requires_grad=True)
+    saved = []
+    with use_backend(backend), torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        layer(x)
+    kinds = sorted((str(t.dtype), tuple(t.shape)) for t in saved)
+    # xq [16, 64] int8, s [16, 1] float32, codes [48, 64] int8, gamma [] float32: no float input.
+    assert kinds == sorted(
+        [("torch.int8", (16, 64)), ("torch.float32", (16, 1)), ("torch.int8", (48, 64)), ("torch.float32", ())]
+    )
+
+
+def test_warmup_lambda_blends_latent_and_quantized():
+    layer = _layer(64, 24)
+    x = torch.randn(5, 64)
+    set_quant_lambda(layer, 0.0)
+    torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+    set_quant_lambda(layer, 0.5)
+    assert torch.equal(layer(x), numerics.bitlinear_fake_quant(x, layer.weight, layer.bias, 0.5))
+    set_quant_lambda(layer, 1.0)
+    torch.testing.assert_close(layer(x), numerics.bitlinear_fake_quant(x, layer.weight, layer.bias, 1.0))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        set_quant_lambda(layer, 1.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        functional.bitlinear(x, layer.weight, lam=-0.1)
+
+
+def test_autocast_returns_the_autocast_dtype():
+    layer = _layer(64, 24)
+    x = torch.randn(5, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y, layer(x).to(torch.bfloat16))
+
+
+def test_quantized_weight_is_what_the_forward_multiplies_by():
+    layer = _layer(64, 24, bias=False)
+    codes, gamma = layer.quantized_weight()
+    x = torch.randn(3, 64)
+    xq, s = numerics.quantize_activations(x)
+    torch.testing.assert_close(layer(x), (xq.double() @ codes.double().T).float() * (gamma / s), rtol=0, atol=0)
+
+
+def test_bad_input_is_named():
+    layer = _layer(64, 24)
+    with pytest.raises(ValueError, match="in_features=64"):
+        layer(torch.randn(3, 63))
+    with pytest.raises(ValueError, match="floating point"):
+        layer(torch.ones(3, 64, dtype=torch.int64))
