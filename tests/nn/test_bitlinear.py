@@ -17,8 +17,8 @@ from bitk import numerics
 from bitk.nn import BitLinear, SubLN, functional, set_quant_lambda, use_backend
 from bitk.nn import cpu as cpu_path
 
-# (tokens shape, in, out): one token, odd K, prime N, a 3-D batch.
-SHAPES = [((1,), 64, 5), ((7,), 33, 13), ((2, 9), 256, 97), ((40,), 130, 67)]
+# (tokens shape, in, out): no tokens, one token, odd K, prime N, a 3-D batch.
+SHAPES = [((0,), 64, 5), ((1,), 64, 5), ((7,), 33, 13), ((2, 9), 256, 97), ((40,), 130, 67)]
 ENGINES = ("cpp", "int_mm", "float")
 
 
@@ -158,13 +158,16 @@ def test_warmup_lambda_blends_latent_and_quantized():
         functional.bitlinear(x, layer.weight, lam=-0.1)
 
 
-def test_autocast_returns_the_autocast_dtype():
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_autocast_returns_the_autocast_dtype(backend):
     layer = _layer(64, 24)
     x = torch.randn(5, 64)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = layer(x)
+    with use_backend(backend):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(x)
+        want = layer(x).to(torch.bfloat16)
     assert y.dtype == torch.bfloat16
-    assert torch.equal(y, layer(x).to(torch.bfloat16))
+    assert torch.equal(y, want)
 
 
 def test_quantized_weight_is_what_the_forward_multiplies_by():

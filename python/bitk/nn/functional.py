@@ -51,10 +51,13 @@ def bitlinear(
         if impl == "triton" and not warmup and x.dtype != torch.float64:
             return kernel_module("bitlinear").rms_norm_bitlinear(x, norm_weight, weight, bias, norm_eps)
         x = rms_norm(x, norm_weight, norm_eps)
-    if warmup:
-        return numerics.bitlinear_fake_quant(x, weight, bias, lam)
-    if impl == "triton" and x.dtype != torch.float64 and weight.dtype != torch.float64:
+    if impl == "triton" and not warmup and x.dtype != torch.float64 and weight.dtype != torch.float64:
         return kernel_module("bitlinear").bitlinear(x, weight, bias)
-    if impl == "cpu":
+    if impl == "cpu" and not warmup:
         return cpu.bitlinear(x, weight, bias)
-    return numerics.bitlinear(x, weight, bias)
+    y = numerics.bitlinear_fake_quant(x, weight, bias, lam) if warmup else numerics.bitlinear(x, weight, bias)
+    # Like nn.Linear (and the kernel paths), return the autocast dtype under autocast.
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev) and y.dtype != torch.float64:
+        y = y.to(torch.get_autocast_dtype(dev))
+    return y
