@@ -47,11 +47,13 @@ def bitlinear(
     """
     warmup = _check_lam(lam)
     impl = resolve(x.device)
+    # The kernels take float32/16/bf16; float64 goes to the reference, which computes in float64.
+    kernels = impl == "triton" and not warmup and torch.float64 not in (x.dtype, weight.dtype)
     if norm_weight is not None:
-        if impl == "triton" and not warmup and x.dtype != torch.float64:
+        if kernels and norm_weight.dtype != torch.float64:
             return kernel_module("bitlinear").rms_norm_bitlinear(x, norm_weight, weight, bias, norm_eps)
         x = rms_norm(x, norm_weight, norm_eps)
-    if impl == "triton" and not warmup and x.dtype != torch.float64 and weight.dtype != torch.float64:
+    if kernels:
         return kernel_module("bitlinear").bitlinear(x, weight, bias)
     if impl == "cpu" and not warmup:
         return cpu.bitlinear(x, weight, bias)
