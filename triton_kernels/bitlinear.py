@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from bitk.numerics.bitlinear import check_linear
+
 from .activation_quant import quantize_activations
 from .rms_norm import rms_norm_bwd
 from .rms_norm_quant import rms_norm_quant_fwd
@@ -22,19 +24,11 @@ __all__ = ["bitlinear", "rms_norm_bitlinear"]
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    check_linear(x, weight, bias)  # shapes, as the reference checks them
     check_float_input("x", x)
     check_float_input("weight", weight)
-    if weight.dim() != 2:
-        raise ValueError(f"weight must be 2-D [out, in], got shape {tuple(weight.shape)}")
-    if x.dim() < 1 or x.shape[-1] != weight.shape[1]:
-        raise ValueError(
-            f"x shape {tuple(x.shape)} does not match weight shape {tuple(weight.shape)}: "
-            f"x's last dimension must equal in_features={weight.shape[1]}"
-        )
     if bias is not None:
         check_float_input("bias", bias)
-        if bias.shape != (weight.shape[0],):
-            raise ValueError(f"bias shape {tuple(bias.shape)} does not match out_features: expected ({weight.shape[0]},)")
     if x.device != weight.device or (bias is not None and bias.device != weight.device):
         raise ValueError(f"x, weight and bias must be on one device, got {x.device} and {weight.device}")
 
