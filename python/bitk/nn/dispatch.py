@@ -58,12 +58,7 @@ def use_backend(name: str) -> Iterator[None]:
     try:
         yield
     finally:
-        _set_raw(previous)
-
-
-def _set_raw(name: str) -> None:
-    global _active
-    _active = name
+        set_backend(previous)
 
 
 @functools.cache
