@@ -6,6 +6,10 @@ compiled extension:
 - `bitk.formats`: absmean ternarization and the I2_S / TQ2_0 / TQ1_0 codecs (numpy + C++).
 - `bitk.numerics`: the pure-torch reference numerics every kernel is tested against.
 - `bitk.nn`: the layers (BitLinear, SubLN, BitLinearLRC), dispatched to kernels per device.
+- `bitk.models`: the decoder, presets, checkpoints and Hugging Face interop (`bitk.load_model`).
+- `bitk.gguf`: the GGUF packer (`bitk-pack`), reader and `bitk.gguf.load`.
+- `bitk.data`: the embedded corpus and tokenizer, text loading and packing.
+- `bitk.eval`: perplexity and tokens/s (`python -m bitk.eval`).
 """
 
 from __future__ import annotations
@@ -15,14 +19,16 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("formats", "numerics", "nn")
+_SUBMODULES = ("formats", "numerics", "nn", "models", "gguf", "data", "eval")
 
 
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"bitk.{name}")
+    if name == "load_model":
+        return importlib.import_module("bitk.models").load_model
     raise AttributeError(f"module 'bitk' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_SUBMODULES])
+    return sorted([*globals(), *_SUBMODULES, "load_model"])

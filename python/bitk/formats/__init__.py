@@ -22,6 +22,7 @@ import numpy as np
 
 from bitk.formats import reference
 from bitk.formats.constants import (
+    ABSMEAN_EPS,
     I2S_DEFAULT_LAYOUT,
     I2S_LAYOUTS,
     I2S_ROWS_INTERLEAVED,
@@ -43,6 +44,7 @@ __all__ = [
     "QTYPES",
     "I2S_LAYOUTS",
     "ternarize",
+    "latent_weights",
     "quantize",
     "dequantize",
     "pack_i2s",
@@ -236,6 +238,67 @@ def ternarize(w: Any) -> tuple[Any, float]:
 
         return torch.from_numpy(codes).to(w.device), scale
     return codes, scale
+
+
+def latent_weights(codes: Any, scale: float) -> np.ndarray:
+    """float32 latent weights whose `ternarize` gives exactly `(codes, float32(scale))` back.
+
+    For weights that arrive already ternary (a GGUF tensor, a packed Hugging Face checkpoint): a
+    bitk model re-ternarizes its latent weights every forward, and `codes * scale` would not
+    survive that (its absmean is scale times the non-zero fraction, not scale). Here every
+    non-zero code becomes ``c * a`` with ``a ~ scale * n / nnz`` (some of them one ulp larger), so
+    the absmean is the scale again and every ratio rounds back to its code; the float32 gamma that
+    `ternarize` computes is the scale bit for bit, and the result is checked by ternarizing it.
+    All-zero codes give zeros (the scale then multiplies nothing).
+    """
+    if _is_torch(codes):
+        codes = codes.detach().cpu().numpy()
+    codes = np.asarray(codes)
+    if codes.dtype != np.int8 or codes.ndim != 2 or codes.size == 0:
+        raise ValueError(f"latent_weights: codes must be a non-empty 2-D int8 array; got {codes.dtype} {codes.shape}")
+    if codes.min() < -1 or codes.max() > 1:
+        raise ValueError("latent_weights: codes must be in {-1, 0, 1}")
+    s = np.float32(scale)
+    if not np.isfinite(s) or s < np.float32(ABSMEAN_EPS):
+        raise ValueError(f"latent_weights: scale must be finite and >= {ABSMEAN_EPS} (the absmean floor); got {scale!r}")
+    n, nnz = codes.size, int(np.count_nonzero(codes))
+    if nnz == 0:
+        return np.zeros(codes.shape, np.float32)
+    # Magnitudes a (and its float32 successor for the first k non-zeros): every partial sum is a
+    # whole number of ulp(a) below 2^53 of them, so sum|W| = nnz*a + k*ulp(a) exactly in float64
+    # and the gamma of `ternarize` is float32(sum / n). Pick a with gamma(k=0) <= s <= gamma(k=nnz),
+    # then the k (monotone) that hits s.
+    def gamma_of(total: float) -> np.float32:
+        return np.float32(total / n)
+
+    a = np.float32(np.float64(s) * n / nnz)
+    for _ in range(64):
+        up = np.nextafter(a, np.float32(np.inf))
+        if gamma_of(nnz * np.float64(a)) > s:
+            a = np.nextafter(a, np.float32(-np.inf))
+        elif gamma_of(nnz * np.float64(up)) < s:
+            a = up
+        else:
+            break
+    else:
+        raise ValueError(f"latent_weights: no float32 latent magnitude reproduces scale {scale!r}")
+    ulp = np.float64(np.nextafter(a, np.float32(np.inf))) - np.float64(a)
+    lo, hi = 0, nnz
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if gamma_of(nnz * np.float64(a) + mid * ulp) < s:
+            lo = mid + 1
+        else:
+            hi = mid
+    w = codes.astype(np.float32) * a
+    if lo:
+        flat = w.reshape(-1)
+        first = np.flatnonzero(flat)[:lo]
+        flat[first] = np.sign(flat[first]) * np.nextafter(a, np.float32(np.inf))
+    back, gamma = ternarize(w)
+    if np.float32(gamma) != s or not np.array_equal(back, codes):
+        raise ValueError(f"latent_weights: cannot reproduce scale {scale!r} for these codes exactly")
+    return w
 
 
 def quantize(w: Any, qtype: str, layout: str | None = None) -> np.ndarray:

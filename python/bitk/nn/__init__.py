@@ -8,6 +8,7 @@ All paths compute the reference's numbers (bit for bit or within derived toleran
 from . import functional
 from .dispatch import BACKENDS, backend, resolve, set_backend, use_backend
 from .bitlinear import BitLinear, set_quant_lambda
+from .inference import NUMERICS, set_numerics
 from .lrc import BitLinearLRC
 from .norm import RMSNorm, SubLN
 
@@ -17,6 +18,8 @@ __all__ = [
     "RMSNorm",
     "SubLN",
     "set_quant_lambda",
+    "set_numerics",
+    "NUMERICS",
     "functional",
     "BACKENDS",
     "backend",

@@ -13,6 +13,7 @@ from torch import nn
 from bitk import numerics
 
 from . import functional as F
+from . import inference
 from .norm import RMSNorm
 
 __all__ = ["BitLinear", "set_quant_lambda"]
@@ -24,7 +25,11 @@ class BitLinear(nn.Linear):
     ``forward(x, norm=None)``: with ``norm`` (an RMSNorm/SubLN) computes ``self(norm(x))``, fused
     into one kernel on the Triton path. ``quant_lambda`` (default 1.0, plain BitNet) blends latent
     and quantized values during warm-up: ``W + lam * (Q(W) - W)``, likewise for activations.
+    ``numerics`` ("train" default, "i2s", "float"; `bitk.nn.set_numerics`) selects the evaluation
+    forward of `bitk.nn.inference`: as trained, as bitnet.cpp runs an I2_S file, or in float.
     """
+
+    numerics = "train"
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
@@ -47,6 +52,12 @@ class BitLinear(nn.Linear):
         return new
 
     def forward(self, x: torch.Tensor, norm: RMSNorm | None = None) -> torch.Tensor:
+        if self.numerics != "train":
+            if norm is not None:
+                x = F.rms_norm(x, norm.weight, norm.eps)
+            if self.numerics == "i2s":
+                return inference.bitlinear_i2s(x, self)
+            return inference.bitlinear_float(x, self)
         if norm is None:
             return F.bitlinear(x, self.weight, self.bias, lam=self.quant_lambda)
         return F.bitlinear(
@@ -59,7 +70,8 @@ class BitLinear(nn.Linear):
         return numerics.quantize_weights(self.weight.float())
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, quant_lambda={self.quant_lambda}"
+        extra = f", numerics={self.numerics}" if self.numerics != "train" else ""
+        return f"{super().extra_repr()}, quant_lambda={self.quant_lambda}{extra}"
 
 
 def set_quant_lambda(module: nn.Module, lam: float) -> None:

@@ -1,0 +1,195 @@
+"""Text in, token blocks out: reading documents, tokenizing them and packing them into fixed-length rows.
+
+Sources (`load_texts`): "default" (the embedded corpus), local .txt / .jsonl / .json / .parquet files
+or folders of them (read with `datasets`: a .txt file is one document, a JSON/parquet row is one),
+or a Hugging Face hub dataset name when the hub is reachable.
+
+Packing (`pack_tokens`): every document becomes `<|endoftext|> doc`, the documents follow each
+other in one stream closed by one more `<|endoftext|>`, and the stream is cut into rows of
+`block_size`. Position ids count from 0 at each document's leading EOS and at each row start, so
+a model that starts a new attention segment wherever the position id is 0 never lets a token see
+another document, and the prediction of each EOS (a document's end) still sees its document.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bitk.data.corpus import SPLITS, default_corpus
+
+__all__ = ["EXTENSIONS", "encode_documents", "load_texts", "pack_tokens", "packed_length"]
+
+# file extension -> the `datasets` builder that reads it
+EXTENSIONS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def _local_files(path: Path) -> tuple[str, list[str]]:
+    """The `datasets` builder and the sorted files of a local file or folder; ValueError when unusable."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
+        if not files:
+            raise ValueError(f"no {'/'.join(EXTENSIONS)} files in the folder {path}")
+    else:
+        files = [path]
+    builders = {EXTENSIONS.get(p.suffix.lower()) for p in files}
+    if None in builders:
+        raise ValueError(f"cannot read {path}: supported files are {', '.join(EXTENSIONS)}")
+    if len(builders) > 1:
+        raise ValueError(f"the folder {path} mixes file types ({', '.join(sorted(builders))}); use one kind")
+    return builders.pop(), [str(p) for p in files]
+
+
+def looks_like_path(source: str) -> bool:
+    """True for what cannot be a hub name ("name" or "owner/name"): so a mistyped path is not sent to the hub."""
+    return (source.startswith(("/", ".", "~")) or source.count("/") > 1 or os.sep != "/" and os.sep in source
+            or Path(source).suffix.lower() in EXTENSIONS)
+
+
+def _check_hub(source: str) -> None:
+    """Fail fast (instead of `datasets`' minute of retries) when the hub cannot be reached."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    message = f"{source!r} is not a local path; no hub access"
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_DATASETS_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        raise ValueError(f"{message} (offline mode is set)")
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=5).close()
+    except OSError as exc:
+        raise ValueError(f"{message} ({url.hostname}: {exc})") from exc
+
+
+def load_texts(source: str | os.PathLike, split: str | None = None, text_field: str = "text",
+               streaming: bool = False) -> list[str] | Iterator[str]:
+    """The documents of ``source``: a list of strings, or a lazy iterator of them when ``streaming``.
+
+    ``source`` is "default" (the embedded corpus; ``split`` "train" (default) or "heldout"), a
+    local file or folder (``split`` must be None or "train", the one split `datasets` makes of
+    local files), or a hub dataset name (``split`` picks the split; None works when there is one).
+    ``text_field`` names the column holding the text of JSON / parquet / hub rows.
+    """
+    if str(source) == "default":
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"unknown split {split!r} of the embedded corpus; splits: {', '.join(SPLITS)}")
+        docs = default_corpus(split or "train")
+        return iter(docs) if streaming else docs
+    import datasets
+
+    path = Path(source).expanduser()
+    if path.exists():
+        if split not in (None, "train"):
+            raise ValueError(f"local data has the single split 'train', not {split!r}")
+        builder, files = _local_files(path)
+        if all(os.path.getsize(f) == 0 for f in files):
+            raise ValueError(f"{path} is empty")
+        # A .txt file is one document: splitting by lines would swap every newline for an EOS.
+        extra = {"sample_by": "document"} if builder == "text" else {}
+        try:
+            data = datasets.load_dataset(builder, data_files=files, split="train", streaming=streaming, **extra)
+        except (StopIteration, datasets.exceptions.DatasetGenerationError) as exc:
+            raise ValueError(f"cannot read {path} as {builder}: {exc or type(exc).__name__}") from exc
+    elif isinstance(source, os.PathLike) or looks_like_path(str(source)):
+        raise ValueError(f"no such file or folder: {source}")
+    else:
+        _check_hub(str(source))
+        data = datasets.load_dataset(str(source), split=split, streaming=streaming)
+        if isinstance(data, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+            if len(data) != 1:
+                raise ValueError(f"{source} has the splits {', '.join(data)}; choose one")
+            data = next(iter(data.values()))
+    columns = data.column_names
+    if columns is not None and text_field not in columns:
+        raise ValueError(f"{source} has no column {text_field!r}; its columns: {', '.join(columns)}")
+    if streaming:
+        return _texts(data, text_field, source)
+    return [text or "" for text in data[text_field]]
+
+
+def _texts(rows: Iterable[dict], text_field: str, source) -> Iterator[str]:
+    for row in rows:
+        if text_field not in row:
+            raise ValueError(f"{source} has no column {text_field!r}; its columns: {', '.join(row)}")
+        yield row[text_field] or ""
+
+
+def encode_documents(texts: Iterable[str], tokenizer, max_tokens: int | None = None,
+                     chunk: int = 256) -> list[list[int]]:
+    """Token ids of each document (no special tokens added), read in chunks of ``chunk`` documents.
+
+    With ``max_tokens``, reading stops once the packed stream (`pack_tokens`: one EOS per document
+    and a closing one) would hold that many tokens, so a cap on a large data set does not tokenize
+    all of it; the last document is cut to fit.
+    """
+    if max_tokens is not None and max_tokens < 3:
+        raise ValueError(f"max_tokens must be at least 3 (EOS, a token, the closing EOS), got {max_tokens}")
+    out: list[list[int]] = []
+    total = 0  # tokens of the stream so far, without the closing EOS
+    budget = None if max_tokens is None else max_tokens - 1
+    it = iter(texts)
+    while budget is None or total < budget:
+        batch = [t for _, t in zip(range(chunk), it)]
+        if not batch:
+            break
+        for enc in tokenizer.encode_batch(batch, add_special_tokens=False):
+            ids = enc.ids
+            if budget is not None:
+                ids = ids[: max(0, budget - total - 1)]
+            out.append(ids)
+            total += len(ids) + 1
+            if budget is not None and total >= budget:
+                break
+    return out
+
+
+def packed_length(token_lists: Iterable[Sequence[int]]) -> int:
+    """Length of the stream `pack_tokens` makes of ``token_lists`` (before cutting or padding)."""
+    n = sum(len(doc) + 1 for doc in token_lists if len(doc))
+    return n + 1 if n else 0
+
+
+def pack_tokens(token_lists: Iterable[Sequence[int]], block_size: int, eos_id: int,
+                pad_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pack documents into ``(input_ids, position_ids)``, both int64 [N, block_size].
+
+    The stream is `EOS d1 EOS d2 ... EOS dn EOS` (empty documents are skipped). A stream that does
+    not fill the last row is cut there when ``pad_id`` is None (the tail's tokens are dropped) or
+    padded with ``pad_id`` when given (the padding forms its own segment starting at position 0, so
+    no real token's context changes; a scorer ignores the targets after the first
+    `packed_length(token_lists)` positions, as the eval CLI does).
+    """
+    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    pieces: list[np.ndarray] = []
+    for doc in token_lists:
+        if len(doc):
+            pieces.append(np.asarray([eos_id], dtype=np.int64))
+            pieces.append(np.asarray(doc, dtype=np.int64))
+    if not pieces:
+        empty = torch.zeros((0, block_size), dtype=torch.int64)
+        return empty, empty.clone()
+    pieces.append(np.asarray([eos_id], dtype=np.int64))
+    stream = np.concatenate(pieces)
+    starts = np.zeros(len(stream), dtype=bool)
+    # the leading EOS of each document (pieces alternate EOS, doc, ..., closing EOS)
+    starts[np.cumsum([0] + [len(p) for p in pieces[:-1]])[0::2]] = True
+    starts[-1] = True
+    rows, tail = divmod(len(stream), block_size)
+    if tail and pad_id is not None:
+        fill = block_size - tail
+        stream = np.concatenate([stream, np.full(fill, pad_id, dtype=np.int64)])
+        starts = np.concatenate([starts, np.arange(fill) == 0])
+        rows += 1
+    stream = stream[: rows * block_size].reshape(rows, block_size)
+    starts = starts[: rows * block_size].reshape(rows, block_size)
+    starts[:, 0] = True
+    index = np.broadcast_to(np.arange(block_size, dtype=np.int64), stream.shape)
+    last_start = np.maximum.accumulate(np.where(starts, index, 0), axis=1)
+    return torch.from_numpy(np.ascontiguousarray(stream)), torch.from_numpy(index - last_start)

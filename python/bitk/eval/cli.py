@@ -1,0 +1,241 @@
+"""`python -m bitk.eval CHECKPOINT`: perplexity and tokens/s of a checkpoint on a text set.
+
+Cheap checks first (the checkpoint's config, the sequence length, the data, the tokenizer), so
+a wrong argument costs seconds and prints one line (exit status 2, like argparse); then the data
+is tokenized and packed (`bitk.data`), the model loads (`bitk.models.load_model`) and
+`bitk.eval.evaluate` runs with a progress bar. Results: a rich table, and JSON (--json).
+Usage and the meaning of each figure: docs/eval.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bitk.nn import NUMERICS
+
+__all__ = ["build_parser", "main"]
+
+DEFAULT_SEQ_LEN = 512
+# The roles transformers' tokenizer_config.json gives the document separator, in order of preference.
+_EOS_KEYS = ("eos_token", "bos_token")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bitk.eval",
+        description="Perplexity and forward tokens/s of a bitk checkpoint or Hugging Face model folder.",
+    )
+    p.add_argument("checkpoint", help="bitk checkpoint folder, Hugging Face model folder or hub id")
+    p.add_argument("--data", default=None,
+                   help="text to score: a .txt/.jsonl/.json/.parquet file or folder, a hub dataset name, or "
+                        "'default' (the embedded corpus's held-out split; the default)")
+    p.add_argument("--split", default=None, help="split of a hub dataset or of 'default' (train|heldout)")
+    p.add_argument("--text-field", default="text", help="column holding the text in JSON/parquet/hub rows")
+    p.add_argument("--numerics", choices=NUMERICS, default="train",
+                   help="BitLinear numerics: train (as trained), i2s (as bitnet.cpp runs an I2_S GGUF), "
+                        "float (dequantized ternary weights, float activations)")
+    p.add_argument("--seq-len", type=_positive, default=None,
+                   help=f"tokens per row (default: min({DEFAULT_SEQ_LEN}, max_position_embeddings))")
+    p.add_argument("--batch-size", type=_positive, default=1, help="rows per forward pass (default 1)")
+    p.add_argument("--max-tokens", type=_positive, default=None, help="read at most this many tokens of the data")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer.json or its folder, or 'default' (bitk's); default: the checkpoint's")
+    p.add_argument("--full-precision", action="store_true",
+                   help="load without the ternary conversion (a full-precision model evaluates as it is)")
+    p.add_argument("--threads", type=_positive, default=None, help="torch CPU threads")
+    p.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON to PATH ('-': stdout)")
+    return p
+
+
+@dataclass
+class _Plan:
+    """Everything the cheap checks resolved, before the model loads."""
+
+    checkpoint: str
+    data_name: str
+    seq_len: int
+    input_ids: Any
+    position_ids: Any
+    labels: Any
+    model: Any = None
+
+
+def _eos_id(tokenizer, tokenizer_dir: Path | None, config) -> int:
+    """The token that joins documents: the tokenizer config's EOS, else the model's, else <|endoftext|>."""
+    if tokenizer_dir is not None and (tokenizer_dir / "tokenizer_config.json").is_file():
+        try:
+            tok_config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            tok_config = {}
+        for key in _EOS_KEYS:
+            token = tok_config.get(key)
+            token = token.get("content") if isinstance(token, dict) else token
+            if isinstance(token, str) and tokenizer.token_to_id(token) is not None:
+                return tokenizer.token_to_id(token)
+    if config is not None and config.eos_token_id is not None:
+        return config.eos_token_id
+    from bitk.data import EOS_TOKEN
+
+    if tokenizer.token_to_id(EOS_TOKEN) is not None:
+        return tokenizer.token_to_id(EOS_TOKEN)
+    raise ValueError("cannot tell which token ends a document: the tokenizer names no eos_token and the model "
+                     "config no eos_token_id")
+
+
+def _load_model(args: argparse.Namespace):
+    from bitk.models import load_model
+
+    return load_model(args.checkpoint, ternary=not args.full_precision)
+
+
+def _prepare(args: argparse.Namespace) -> _Plan:
+    """Every check that needs no model weights, then the packed data; ValueError on bad input."""
+    from bitk import data
+    from bitk.data.loading import looks_like_path
+    from bitk.models import open_source
+
+    model = None
+    if args.json not in (None, "-") and not Path(args.json).expanduser().parent.is_dir():
+        raise ValueError(f"--json {args.json}: no such folder {Path(args.json).expanduser().parent}")
+    local = Path(args.checkpoint).expanduser()
+    if local.exists():
+        source = open_source(local)
+        config, tokenizer_dir = source.config, source.tokenizer_dir
+    else:
+        config = tokenizer_dir = None
+        if looks_like_path(args.checkpoint):
+            raise ValueError(f"no such checkpoint: {args.checkpoint}")
+
+    def check_seq_len(config) -> int:
+        seq_len = args.seq_len if args.seq_len is not None else min(DEFAULT_SEQ_LEN, config.max_position_embeddings)
+        if seq_len > config.max_position_embeddings:
+            raise ValueError(f"--seq-len {seq_len} exceeds the model's max_position_embeddings "
+                             f"({config.max_position_embeddings})")
+        if seq_len < 2:
+            raise ValueError("--seq-len must be at least 2 (a row's first token is never scored)")
+        return seq_len
+
+    if config is not None:
+        check_seq_len(config)
+    if args.data is None or args.data == "default":
+        data_source, split = "default", args.split or "heldout"
+        data_name = f"default:{split}"
+    else:
+        data_source, split, data_name = args.data, args.split, args.data
+    texts = data.load_texts(data_source, split=split, text_field=args.text_field,
+                            streaming=args.max_tokens is not None)
+    if config is None:  # a hub id: only the downloaded folder tells its config and tokenizer
+        model = _load_model(args)
+        config, tokenizer_dir = model.config, model.tokenizer_dir
+    seq_len = check_seq_len(config)
+
+    if args.tokenizer == "default":
+        tokenizer, tokenizer_dir = data.default_tokenizer(), None
+    elif args.tokenizer is not None:
+        tokenizer = data.load_tokenizer(args.tokenizer)
+        tokenizer_dir = Path(args.tokenizer) if Path(args.tokenizer).is_dir() else Path(args.tokenizer).parent
+    elif tokenizer_dir is not None:
+        tokenizer = data.load_tokenizer(tokenizer_dir)
+    else:
+        raise ValueError(f"{args.checkpoint} holds no tokenizer; pass --tokenizer (a tokenizer.json or folder, "
+                         "or 'default' for bitk's)")
+    if tokenizer.get_vocab_size() > config.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.get_vocab_size()} tokens, more than the model's "
+                         f"vocab_size {config.vocab_size}: it is not this model's tokenizer")
+    eos_id = _eos_id(tokenizer, tokenizer_dir, config)
+
+    docs = data.encode_documents(texts, tokenizer, max_tokens=args.max_tokens)
+    length = data.packed_length(docs)
+    if length == 0:
+        raise ValueError(f"no text in {data_name}")
+    pad_id = eos_id  # any id: padded targets are masked out through labels
+    input_ids, position_ids = data.pack_tokens(docs, seq_len, eos_id, pad_id=pad_id)
+    labels = input_ids.clone()
+    labels.view(-1)[length:] = -100
+    if int((labels[:, 1:] != -100).sum()) == 0:
+        raise ValueError(f"{data_name} is too short to score: it packs into {length} token(s)")
+    return _Plan(args.checkpoint, data_name, seq_len, input_ids, position_ids, labels, model)
+
+
+def _table(record: dict[str, Any]):
+    from rich.table import Table
+
+    table = Table(title=f"bitk.eval  {record['checkpoint']}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    rows = [
+        ("data", record["data"]),
+        ("numerics", record["numerics"]),
+        ("tokens scored", f"{record['tokens']:,}"),
+        ("loss (nats)", f"{record['loss']:.4f}"),
+        ("perplexity", f"{record['perplexity']:.3f}" if math.isfinite(record["perplexity"]) else "inf"),
+        ("tokens/s (forward)", f"{record['tokens_per_s']:,.0f}"),
+        ("forward seconds", f"{record['seconds']:.2f}"),
+        ("seq len x batch", f"{record['seq_len']} x {record['batch_size']}"),
+        ("torch threads", str(record["torch_threads"])),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    import torch
+    from rich.console import Console
+
+    from bitk.eval.perplexity import evaluate
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        plan = _prepare(args)
+        model = plan.model if plan.model is not None else _load_model(args)
+        result = evaluate(model, plan.input_ids, plan.position_ids, args.batch_size, args.numerics,
+                          labels=plan.labels, progress=True)
+    except ValueError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    record = {
+        "checkpoint": plan.checkpoint,
+        "data": plan.data_name,
+        "numerics": args.numerics,
+        "tokens": result.tokens,
+        "loss": result.loss,
+        "perplexity": result.perplexity,
+        "tokens_per_s": result.tokens_per_s,
+        "seconds": result.seconds,
+        "seq_len": plan.seq_len,
+        "batch_size": args.batch_size,
+        "torch_threads": torch.get_num_threads(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    text = json.dumps(record, indent=2)
+    # With JSON on stdout, the table goes to stderr so stdout stays parseable.
+    Console(stderr=args.json == "-").print(_table(record))
+    if args.json == "-":
+        print(text)
+    elif args.json is not None:
+        Path(args.json).expanduser().write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

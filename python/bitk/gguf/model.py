@@ -1,0 +1,198 @@
+"""The torch side of the packer: export a `bitk.models.CausalLM`, load a GGUF back as one.
+
+`export` saves the model as a bitk checkpoint in a temporary folder and packs that, so a model in
+memory and one on disk go through the same code. `load` rebuilds the model a GGUF file describes:
+config from the metadata (arch -> FFN activation), ternary tensors decoded to codes and scale and
+turned into latent weights (`bitk.formats.latent_weights`) that the model's own ternarization maps
+back to exactly those codes and scale; each BitLinear then computes what the runtime computes for
+its tensor type: I2_S -> "i2s" (bitnet.cpp's per-token int8), F16/F32 -> "float". TQ tensors run
+with Q8_K activations (int8 per block of 256) in llama.cpp, which bitk does not emulate: they
+get "train" numerics (per-token int8), close to but not bit-exact with the runtime.
+torch is imported inside these functions only; the rest of bitk.gguf stays torch-free.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bitk.gguf.constants import (
+    ACTIVATION_BY_ARCH,
+    KEY_ADD_BOS,
+    KEY_BOS_ID,
+    KEY_EOS_ID,
+    KEY_MERGES,
+    KEY_PAD_ID,
+    KEY_TOKEN_TYPE,
+    KEY_TOKENIZER_MODEL,
+    KEY_TOKENIZER_PRE,
+    KEY_TOKENS,
+    TOKENIZER_GPT2,
+    arch_key,
+    gguf_to_hf_name,
+)
+from bitk.gguf.reader import GGUFFile, read_gguf
+
+__all__ = ["export", "load", "load_tokenizer", "NUMERICS_BY_TYPE"]
+
+# What a BitLinear computes for a tensor of each GGUF type (see the module doc for TQ).
+NUMERICS_BY_TYPE = {"I2_S": "i2s", "F16": "float", "F32": "float", "TQ1_0": "train", "TQ2_0": "train"}
+
+
+def export(model_or_path: Any, path: str | Path, qtype: str = "i2_s", **options: Any) -> Any:
+    """Write a GGUF file from a `bitk.models.CausalLM` or a model folder; returns the PackResult.
+
+    options: those of `bitk.gguf.pack` (arch, i2s_layout, embedding_type, tokenizer_pre, ...).
+    For a model, `tokenizer` may be a folder or a `tokenizers.Tokenizer`; by default the folder the
+    model was loaded with (`model.tokenizer_dir`) is used.
+    """
+    from bitk.gguf.writer import pack
+
+    if isinstance(model_or_path, (str, os.PathLike)):
+        return pack(model_or_path, path, qtype, **options)
+    from bitk.models.model import CausalLM
+
+    if not isinstance(model_or_path, CausalLM):
+        raise ValueError(  # noqa: TRY004 - bad user input is a ValueError throughout bitk
+            f"export takes a bitk.models.CausalLM or a model folder, got {type(model_or_path).__name__}")
+    tokenizer = options.pop("tokenizer", None)
+    options.setdefault("name", "bitk-model")
+    with tempfile.TemporaryDirectory(prefix="bitk-export-") as tmp:
+        ckpt = model_or_path.save(Path(tmp) / "checkpoint", tokenizer=tokenizer)
+        return pack(ckpt, path, qtype, **options)
+
+
+def _round_f32(value: float) -> float:
+    """The shortest decimal that float32 `value` came from (1e-5 stored as float32 -> 1e-5)."""
+    return float(str(np.float32(value)))
+
+
+def _one_scale(values: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """(codes, scale) if `values` is ternary with one magnitude {-s, 0, s}, else None."""
+    mags = np.abs(values)
+    nz = mags[mags != 0]
+    if nz.size == 0:
+        return np.zeros(values.shape, np.int8), 1.0  # the scale multiplies nothing
+    s = nz.min()
+    if (nz != s).any():
+        return None
+    return np.sign(values).astype(np.int8), float(s)
+
+
+def _decode_projection(f: GGUFFile, name: str) -> tuple[np.ndarray | None, np.ndarray | None, float | None]:
+    """(float32 values, codes, scale) of a projection; codes None when it is not ternary."""
+    from bitk.gguf.verifier import decode
+
+    t = f.tensors[name].type_name
+    values, codes, scale = decode(f, name)
+    if t == "I2_S":
+        return values, codes, scale
+    tern = _one_scale(values)
+    if tern is None and t in ("TQ1_0", "TQ2_0"):
+        raise ValueError(
+            f"{f.path}: {name} ({t}) has blocks with different scales; a bitk model has one scale per "
+            "tensor, so this file (not written from one ternary tensor) cannot be loaded as a bitk model"
+        )
+    return (values, None, None) if tern is None else (values, *tern)
+
+
+def load(path: str | Path, tokenizer_dir: str | Path | None = None) -> Any:
+    """A `bitk.models.CausalLM` computing what the GGUF file `path` holds, in the runtime's numerics.
+
+    tokenizer_dir: if given, the file's byte-level vocabulary is written there as tokenizer.json
+    (+ tokenizer_config.json) and becomes `model.tokenizer_dir`. ValueError for files that are
+    not BitNet models bitk can express.
+    """
+    import torch
+
+    from bitk.formats import latent_weights
+    from bitk.gguf.verifier import decode, model_dims
+    from bitk.models.checkpoint import assign_tensors, write_tokenizer
+    from bitk.models.config import ModelConfig
+    from bitk.models.model import CausalLM
+    from bitk.nn import set_numerics
+
+    with read_gguf(path) as f:
+        meta = f.metadata
+        try:
+            dims = model_dims(meta)
+        except ValueError as exc:
+            raise ValueError(f"{f.path}: {exc}") from None
+        arch = meta["general.architecture"]
+        floats: dict[str, np.ndarray] = {}
+        ternary: dict[str, tuple[np.ndarray, float]] = {}
+        types: dict[str, str] = {}
+        for name, info in f.tensors.items():
+            hf = gguf_to_hf_name(name)
+            if hf is None:
+                raise ValueError(f"{f.path}: tensor {name} has no place in a bitk model")
+            types[hf] = info.type_name
+            if hf.endswith("_proj.weight"):
+                values, codes, scale = _decode_projection(f, name)
+                floats[hf] = values
+                if codes is not None:
+                    ternary[hf] = (codes, scale)
+            else:
+                floats[hf] = decode(f, name)[0]
+
+        def special(key: str) -> int | None:
+            v = meta.get(key)
+            return int(v) if v is not None and 0 <= int(v) < dims["vocab"] else None
+
+        projections = [n for n in floats if n.endswith("_proj.weight")]
+        is_ternary = all(n in ternary for n in projections)
+        config = ModelConfig(
+            vocab_size=dims["vocab"], hidden_size=dims["hidden"], intermediate_size=dims["ffn"],
+            num_hidden_layers=dims["layers"], num_attention_heads=dims["heads"],
+            num_key_value_heads=dims["kv_heads"], head_dim=dims["head_dim"], hidden_act=ACTIVATION_BY_ARCH[arch],
+            max_position_embeddings=int(meta[arch_key(arch, "context_length")]),
+            rope_theta=_round_f32(meta.get(arch_key(arch, "rope_freq_base"), 10000.0)),
+            rms_norm_eps=_round_f32(meta[arch_key(arch, "rms_eps")]), tie_word_embeddings=True, qk_norm=False,
+            subln=True, ternary=is_ternary, attention_bias=False,
+            bos_token_id=special(KEY_BOS_ID), eos_token_id=special(KEY_EOS_ID), pad_token_id=special(KEY_PAD_ID),
+        )
+        tensors = {}
+        for hf, values in floats.items():
+            if is_ternary and hf in ternary:
+                values = latent_weights(*ternary[hf])
+            tensors[hf] = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+        tok = _tokenizer(f) if tokenizer_dir is not None else None
+
+    with torch.device("meta"):
+        model = CausalLM(config)
+    try:
+        assign_tensors(model, tensors)
+    except AssertionError as exc:
+        raise ValueError(f"{path}: the tensors do not form a complete bitk model ({exc})") from None
+    if is_ternary:
+        for hf in projections:
+            set_numerics(model.get_submodule(hf.removesuffix(".weight")), NUMERICS_BY_TYPE[types[hf]])
+    if tokenizer_dir is not None:
+        dest = Path(tokenizer_dir)
+        dest.mkdir(parents=True, exist_ok=True)
+        write_tokenizer(tok, dest, config)
+        model.tokenizer_dir = dest
+    return model
+
+
+def _tokenizer(f: GGUFFile) -> Any:
+    from bitk.gguf.tokenizer import to_hf_tokenizer
+
+    meta = f.metadata
+    if meta.get(KEY_TOKENIZER_MODEL) != TOKENIZER_GPT2 or KEY_MERGES not in meta:
+        raise ValueError(f"{f.path}: bitk rebuilds byte-level BPE (gpt2) vocabularies only; this file has "
+                         f"{meta.get(KEY_TOKENIZER_MODEL)!r}")
+    bos = meta.get(KEY_BOS_ID)
+    return to_hf_tokenizer(list(meta[KEY_TOKENS]), [int(t) for t in meta[KEY_TOKEN_TYPE]], list(meta[KEY_MERGES]),
+                           meta.get(KEY_TOKENIZER_PRE, ""), None if bos is None else int(bos),
+                           bool(meta.get(KEY_ADD_BOS, False)))
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """The `tokenizers.Tokenizer` of a GGUF file's byte-level BPE (gpt2) vocabulary; ValueError otherwise."""
+    with read_gguf(path) as f:
+        return _tokenizer(f)

@@ -1,0 +1,398 @@
+"""Read a model folder without torch: a bitk checkpoint or a Hugging Face Llama / Qwen3 / BitNet folder.
+
+The GGUF packer (numpy only) and `bitk.load_model` (torch) both read models through here, so
+they agree on what a folder means: its ModelConfig, its tensors under Hugging Face names as
+float32 arrays, which weights arrive already ternary (the packed BitNet form) and where the
+tokenizer is. Safetensors are parsed here (header + memory map) because numpy has no bfloat16:
+bf16 is widened by shifting its 16 bits into float32's high half (formats.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import ModelConfig
+
+__all__ = [
+    "BITK_FORMAT",
+    "BITK_FORMAT_VERSION",
+    "CHECKPOINT_FILE",
+    "HF_MODEL_TYPES",
+    "PROJECTIONS",
+    "ModelSource",
+    "open_source",
+    "tensor_shapes",
+    "unpack_bitnet_weight",
+    "read_safetensors",
+]
+
+BITK_FORMAT = "bitk"
+BITK_FORMAT_VERSION = 1
+CHECKPOINT_FILE = "bitk.json"
+HF_MODEL_TYPES = ("llama", "qwen3", "bitnet")
+PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+
+# transformers' defaults where config.json omits the RoPE base: falling back to any other value
+# silently breaks the model (formats.md), so use exactly what transformers would.
+_DEFAULT_ROPE_THETA = {"llama": 10000.0, "qwen3": 10000.0, "bitnet": 500000.0}
+_HF_ACT = {"silu": "silu", "swish": "silu", "relu2": "relu2"}
+_SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64,
+                       "U8": np.uint8, "I8": np.int8}
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def tensor_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a model of `config` has, by Hugging Face name, with its [out, in] shape."""
+    c = config
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (c.vocab_size, c.hidden_size)}
+    proj_shapes = {
+        "self_attn.q_proj": (c.q_size, c.hidden_size),
+        "self_attn.k_proj": (c.kv_size, c.hidden_size),
+        "self_attn.v_proj": (c.kv_size, c.hidden_size),
+        "self_attn.o_proj": (c.hidden_size, c.q_size),
+        "mlp.gate_proj": (c.intermediate_size, c.hidden_size),
+        "mlp.up_proj": (c.intermediate_size, c.hidden_size),
+        "mlp.down_proj": (c.hidden_size, c.intermediate_size),
+    }
+    for i in range(c.num_hidden_layers):
+        p = f"model.layers.{i}."
+        shapes[p + "input_layernorm.weight"] = (c.hidden_size,)
+        for name, shape in proj_shapes.items():
+            shapes[f"{p}{name}.weight"] = shape
+            if c.attention_bias and name.startswith("self_attn."):
+                shapes[f"{p}{name}.bias"] = (shape[0],)
+        if c.qk_norm:
+            shapes[p + "self_attn.q_norm.weight"] = (c.head_dim,)
+            shapes[p + "self_attn.k_norm.weight"] = (c.head_dim,)
+        if c.subln:
+            shapes[p + "self_attn.attn_sub_norm.weight"] = (c.q_size,)
+            shapes[p + "mlp.ffn_sub_norm.weight"] = (c.intermediate_size,)
+        shapes[p + "post_attention_layernorm.weight"] = (c.hidden_size,)
+    shapes["model.norm.weight"] = (c.hidden_size,)
+    if not c.tie_word_embeddings:
+        shapes["lm_head.weight"] = (c.vocab_size, c.hidden_size)
+    return shapes
+
+
+# --------------------------------------------------------------------------- safetensors
+
+
+@dataclass(frozen=True)
+class _Entry:
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+    start: int  # absolute byte offsets in the file
+    end: int
+
+
+def read_safetensors(path: Path) -> dict[str, _Entry]:
+    """The tensor table of one .safetensors file; ValueError if the file is short or malformed."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8 or n > 100_000_000:
+            raise ValueError(f"{path}: truncated or not a safetensors file (header of {n} bytes, file of {size})")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: unreadable safetensors header ({exc})") from exc
+    entries = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype, shape, (a, b) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+        if dtype not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"{path}: tensor {name} has dtype {dtype}; bitk reads {', '.join(_SAFETENSORS_DTYPES)}")
+        expected = math.prod(shape) * np.dtype(_SAFETENSORS_DTYPES[dtype]).itemsize
+        if b - a != expected:
+            raise ValueError(f"{path}: tensor {name} holds {b - a} bytes, its shape {list(shape)} needs {expected}")
+        if 8 + n + b > size:
+            raise ValueError(f"{path}: truncated: tensor {name} ends at byte {8 + n + b}, the file has {size}")
+        entries[name] = _Entry(path, dtype, shape, 8 + n + a, 8 + n + b)
+    return entries
+
+
+def _load_entry(e: _Entry) -> np.ndarray:
+    raw = np.memmap(e.file, dtype=np.uint8, mode="r", offset=e.start, shape=(e.end - e.start,)) if e.end > e.start \
+        else np.zeros(0, np.uint8)
+    arr = np.frombuffer(raw, dtype=_SAFETENSORS_DTYPES[e.dtype]).reshape(e.shape)
+    if e.dtype == "BF16":
+        out = np.empty(arr.shape, np.uint32)  # one pass: widening and shifting in a single ufunc
+        np.left_shift(arr, 16, out=out, dtype=np.uint32)
+        return out.view(np.float32)
+    return arr
+
+
+def _safetensors_index(folder: Path) -> dict[str, _Entry]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        files = sorted(set(weight_map.values()))
+    else:
+        files = sorted(p.name for p in folder.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{folder}: no .safetensors weights (bitk reads safetensors, not .bin/.pt files)")
+    entries: dict[str, _Entry] = {}
+    for name in files:
+        path = folder / name
+        if not path.is_file():
+            raise ValueError(f"{folder}: the index names {name}, which is missing")
+        entries.update(read_safetensors(path))
+    return entries
+
+
+# --------------------------------------------------------------------------- BitNet packed form
+
+
+def unpack_bitnet_weight(packed: np.ndarray) -> np.ndarray:
+    """transformers' uint8 BitNet packing -> int8 codes [out, in].
+
+    Four ternary rows per byte along the output dimension: byte row r, bits 2i..2i+1 hold output
+    row ``i * (out / 4) + r`` as value + 1 (transformers.integrations.bitnet.unpack_weights).
+    """
+    if packed.dtype != np.uint8 or packed.ndim != 2:
+        raise ValueError(f"a packed BitNet weight is a 2-D uint8 array; got {packed.dtype} {packed.shape}")
+    parts = [((packed >> (2 * i)) & 3) for i in range(4)]
+    codes = np.concatenate(parts, axis=0).astype(np.int8) - 1
+    if (codes > 1).any():
+        raise ValueError("packed BitNet weight holds the invalid code 3")
+    return codes
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def _hf_rope_theta(hf: dict[str, Any], model_type: str, folder: Path) -> float:
+    params = hf.get("rope_parameters") or {}
+    scaling = hf.get("rope_scaling") or {}
+    for spec in (params, scaling):
+        rope_type = spec.get("rope_type", spec.get("type", "default"))
+        if rope_type not in (None, "default"):
+            raise ValueError(f"{folder}: RoPE scaling {rope_type!r} is not supported by bitk (only plain RoPE)")
+    theta = params.get("rope_theta", hf.get("rope_theta"))
+    return float(theta) if theta is not None else _DEFAULT_ROPE_THETA[model_type]
+
+
+def _first_id(value: Any) -> int | None:
+    if isinstance(value, list):
+        return int(value[0]) if value else None
+    return None if value is None else int(value)
+
+
+def config_from_hf(hf: dict[str, Any], folder: Path | str = "<config>") -> ModelConfig:
+    """ModelConfig of a Hugging Face config.json (llama, qwen3, bitnet); ValueError if not expressible."""
+    folder = Path(folder)
+    model_type = hf.get("model_type")
+    if model_type not in HF_MODEL_TYPES:
+        raise ValueError(
+            f"{folder}: model_type {model_type!r} is not supported; bitk reads {', '.join(HF_MODEL_TYPES)} "
+            f"Hugging Face folders and bitk checkpoints ({CHECKPOINT_FILE})"
+        )
+    act = hf.get("hidden_act", "relu2" if model_type == "bitnet" else "silu")
+    if act not in _HF_ACT:
+        raise ValueError(f"{folder}: hidden_act {act!r} is not supported; bitk has {', '.join(sorted(_HF_ACT))}")
+    if hf.get("mlp_bias"):
+        raise ValueError(f"{folder}: mlp_bias=true is not supported (bitk's FFN has no biases)")
+    if model_type == "qwen3" and hf.get("use_sliding_window"):
+        raise ValueError(f"{folder}: use_sliding_window=true is not supported (bitk attends over the whole context)")
+    heads = int(hf["num_attention_heads"])
+    try:
+        return ModelConfig(
+            vocab_size=int(hf["vocab_size"]),
+            hidden_size=int(hf["hidden_size"]),
+            intermediate_size=int(hf["intermediate_size"]),
+            num_hidden_layers=int(hf["num_hidden_layers"]),
+            num_attention_heads=heads,
+            num_key_value_heads=int(hf.get("num_key_value_heads") or heads),
+            head_dim=int(hf.get("head_dim") or hf["hidden_size"] // heads),
+            hidden_act=_HF_ACT[act],
+            max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
+            rope_theta=_hf_rope_theta(hf, model_type, folder),
+            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6 if model_type == "qwen3" else 1e-5)),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            qk_norm=model_type == "qwen3",
+            subln=model_type == "bitnet",
+            ternary=model_type == "bitnet",
+            attention_bias=bool(hf.get("attention_bias", False)),
+            initializer_range=float(hf.get("initializer_range", 0.02)),
+            bos_token_id=_first_id(hf.get("bos_token_id")),
+            eos_token_id=_first_id(hf.get("eos_token_id")),
+            pad_token_id=_first_id(hf.get("pad_token_id")),
+        )
+    except KeyError as exc:
+        raise ValueError(f"{folder}/config.json lacks the field {exc.args[0]!r}") from exc
+
+
+# --------------------------------------------------------------------------- sources
+
+
+@dataclass
+class ModelSource:
+    """A model folder opened for reading: config, tensors by Hugging Face name, tokenizer folder."""
+
+    path: Path
+    kind: str  # "bitk" | "llama" | "qwen3" | "bitnet"
+    config: ModelConfig
+    hf_config: dict[str, Any] | None = None
+    bitk_meta: dict[str, Any] | None = None
+    tokenizer_dir: Path | None = None
+    linear_class: str | None = None  # BitNet quantization_config.linear_class, when weights are pre-quantized
+    _entries: dict[str, _Entry] = field(default_factory=dict, repr=False)
+    _packed: bool = field(default=False, repr=False)
+
+    def names(self) -> list[str]:
+        """The model's tensor names (Hugging Face names, lm_head only when untied), in model order."""
+        return list(tensor_shapes(self.config))
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tensor_shapes(self.config)[name]
+
+    def is_projection(self, name: str) -> bool:
+        return name.endswith(".weight") and any(f".{p}." in name for p in PROJECTIONS)
+
+    def ternary(self, name: str) -> tuple[np.ndarray, float] | None:
+        """(int8 codes, float scale) for a weight stored already ternary (BitNet offline form), else None.
+
+        The scale follows transformers: linear_class "bitlinear" divides the output by
+        weight_scale (scale = 1 / weight_scale), "autobitlinear" multiplies (scale = weight_scale).
+        """
+        if not (self._packed and self.is_projection(name)):
+            return None
+        entry = self._entry(name)
+        raw = _load_entry(entry)
+        if self.linear_class == "bitlinear":
+            codes = unpack_bitnet_weight(np.asarray(raw))
+        else:
+            values = np.asarray(raw, dtype=np.float32)
+            if not np.isin(values, (-1.0, 0.0, 1.0)).all():
+                raise ValueError(f"{self.path}: {name} should hold ternary values (-1, 0, 1) for linear_class "
+                                 f"{self.linear_class!r} offline; it does not")
+            codes = values.astype(np.int8)
+        if codes.shape != self.shape(name):
+            raise ValueError(f"{self.path}: {name} unpacks to {list(codes.shape)}, the config needs {list(self.shape(name))}")
+        ws_name = name[: -len("weight")] + "weight_scale"
+        if ws_name not in self._entries:
+            raise ValueError(f"{self.path}: {ws_name} is missing (pre-quantized BitNet weights need their weight_scale)")
+        ws = np.asarray(_load_entry(self._entries[ws_name]), dtype=np.float64).reshape(-1)
+        if ws.size != 1 or not np.isfinite(ws[0]) or ws[0] <= 0:
+            raise ValueError(f"{self.path}: {ws_name} must be one positive finite number; got {ws.tolist()[:4]}")
+        scale = 1.0 / ws[0] if self.linear_class == "bitlinear" else ws[0]
+        return codes, float(np.float32(scale))
+
+    def tensor(self, name: str) -> np.ndarray:
+        """float32 array of a tensor (bf16/f16 widened; pre-quantized weights as codes * scale)."""
+        tern = self.ternary(name)
+        if tern is not None:
+            codes, scale = tern
+            return codes.astype(np.float32) * np.float32(scale)
+        arr = _load_entry(self._entry(name))
+        if arr.dtype not in (np.float32, np.float16, np.float64):
+            raise ValueError(f"{self.path}: {name} has dtype {self._entry(name).dtype}; expected a float tensor")
+        return np.asarray(arr, dtype=np.float32)
+
+    def _entry(self, name: str) -> _Entry:
+        if name not in self._entries:
+            raise ValueError(f"{self.path}: tensor {name} is missing")
+        return self._entries[name]
+
+    def check(self) -> None:
+        """Every expected tensor present with its shape, nothing unexpected; ValueError naming them."""
+        expected = tensor_shapes(self.config)
+        missing = [n for n in expected if n not in self._entries]
+        if missing:
+            raise ValueError(f"{self.path}: missing tensor(s) {', '.join(missing[:6])}"
+                             + (f" and {len(missing) - 6} more" if len(missing) > 6 else ""))
+        for name, shape in expected.items():
+            got = self._entries[name].shape
+            if self._packed and self.is_projection(name) and self.linear_class == "bitlinear":
+                got = (got[0] * 4, *got[1:])
+            if tuple(got) != shape:
+                raise ValueError(f"{self.path}: tensor {name} has shape {list(got)}, the config needs {list(shape)}")
+        allowed = set(expected)
+        if self._packed:
+            allowed |= {n[: -len("weight")] + "weight_scale" for n in expected if self.is_projection(n)}
+        if self.config.tie_word_embeddings:
+            allowed.add("lm_head.weight")  # some exporters write the tied head too; it is ignored
+        unexpected = [n for n in self._entries if n not in allowed and not n.endswith(_IGNORED_SUFFIXES)]
+        if unexpected:
+            raise ValueError(f"{self.path}: unexpected tensor(s) {', '.join(sorted(unexpected)[:6])} "
+                             f"(a model bitk cannot express, or a config that does not match the weights)")
+
+
+def _tokenizer_dir(folder: Path) -> Path | None:
+    return folder if any((folder / f).is_file() for f in TOKENIZER_FILES) else None
+
+
+def open_source(path: str | Path) -> ModelSource:
+    """Open a bitk checkpoint (a folder with bitk.json) or a Hugging Face model folder (config.json).
+
+    Reads only headers and configs; tensors load on request. ValueError names what is wrong:
+    a missing folder, an unknown model type (listing the supported ones), missing or mis-shaped
+    tensors, a truncated file.
+    """
+    folder = Path(path)
+    if not folder.exists():
+        raise ValueError(f"{folder}: no such file or directory")
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: expected a model folder (a bitk checkpoint with {CHECKPOINT_FILE} "
+                         f"or a Hugging Face folder with config.json)")
+    if (folder / CHECKPOINT_FILE).is_file():
+        meta = _read_json(folder / CHECKPOINT_FILE)
+        if meta.get("format") != BITK_FORMAT:
+            raise ValueError(f"{folder / CHECKPOINT_FILE}: not a bitk checkpoint (format {meta.get('format')!r})")
+        if meta.get("format_version", 0) > BITK_FORMAT_VERSION:
+            raise ValueError(f"{folder}: checkpoint format version {meta['format_version']} is newer than this "
+                             f"bitk reads ({BITK_FORMAT_VERSION}); upgrade bitk")
+        config = ModelConfig.from_dict(meta.get("model", {}))
+        src = ModelSource(folder, "bitk", config, bitk_meta=meta, tokenizer_dir=_tokenizer_dir(folder),
+                          _entries=_safetensors_index(folder))
+    elif (folder / "config.json").is_file():
+        hf = _read_json(folder / "config.json")
+        config = config_from_hf(hf, folder)
+        qc = hf.get("quantization_config") or {}
+        entries = _safetensors_index(folder)
+        probe = entries.get("model.layers.0.self_attn.q_proj.weight")
+        packed = False
+        linear_class = None
+        if config.ternary and qc:
+            if qc.get("quant_method", "bitnet") != "bitnet":
+                raise ValueError(f"{folder}: quantization_config.quant_method {qc.get('quant_method')!r} is not supported")
+            linear_class = qc.get("linear_class", "bitlinear")
+            if linear_class not in ("bitlinear", "autobitlinear"):
+                raise ValueError(f"{folder}: quantization_config.linear_class {linear_class!r} is not "
+                                 f"bitlinear or autobitlinear")
+            online = linear_class == "autobitlinear" and qc.get("quantization_mode", "offline") == "online"
+            packed = not online
+            if packed and linear_class == "bitlinear" and probe is not None and probe.dtype != "U8":
+                raise ValueError(f"{folder}: linear_class bitlinear expects uint8-packed weights; "
+                                 f"q_proj is {probe.dtype}")
+        src = ModelSource(folder, hf["model_type"], config, hf_config=hf, tokenizer_dir=_tokenizer_dir(folder),
+                          linear_class=linear_class if packed else None, _entries=entries, _packed=packed)
+    else:
+        raise ValueError(f"{folder}: neither a bitk checkpoint ({CHECKPOINT_FILE}) nor a Hugging Face folder "
+                         f"(config.json)")
+    src.check()
+    return src
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data

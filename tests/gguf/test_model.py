@@ -1,0 +1,182 @@
+"""export -> load: the loaded model computes what the file holds, in the runtime's numerics.
+
+I2_S with an F32 embedding gives bit-identical logits to the source model in "i2s" numerics
+(bitnet.cpp's per-token int8 formula); an F16 embedding gives those of the source with its
+embedding rounded to float16; F32 projections those of "float" numerics; TQ those of the
+source whose scales are rounded to float16 (the type's block scale).
+"""
+
+from __future__ import annotations
+
+import bitk.formats as fmt
+import numpy as np
+import pytest
+import torch
+from bitk.gguf import export, load, load_tokenizer, pack, read_gguf
+from bitk.models import CausalLM
+from bitk_gguf_testing import make_checkpoint, text_ids, tiny_config, tokenizer
+
+PROJ = "model.layers.1.mlp.up_proj"
+
+
+def make_model(act: str, seed: int = 0, **changes) -> CausalLM:
+    torch.manual_seed(seed)
+    model = CausalLM(tiny_config(act, **changes))
+    with torch.no_grad():  # gains other than 1, so a dropped or misplaced norm shows
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.2 * torch.randn_like(p))
+    return model.eval()
+
+
+@torch.no_grad()
+def logits(model: CausalLM) -> torch.Tensor:
+    return model(torch.tensor([text_ids()])).logits
+
+
+@pytest.mark.parametrize("act", ["relu2", "silu"])
+def test_i2s_with_f32_embedding_gives_identical_logits(tmp_path, act):
+    model = make_model(act)
+    export(model, tmp_path / "m.gguf", "i2_s", tokenizer=tokenizer(), embedding_type="f32")
+    loaded = load(tmp_path / "m.gguf")
+    assert loaded.config.hidden_act == act and loaded.config.ternary and loaded.config.subln
+    assert loaded.config.rms_norm_eps == model.config.rms_norm_eps  # 1e-5 survives float32 storage
+    assert {m.numerics for m in loaded.modules() if hasattr(m, "numerics")} == {"i2s"}
+    model.set_numerics("i2s")
+    assert torch.equal(logits(loaded), logits(model))
+    model.set_numerics("train")
+    assert not torch.equal(logits(loaded), logits(model))  # the numerics matter: the test can fail
+
+
+def test_i2s_with_f16_embedding_matches_the_f16_rounded_embedding(tmp_path):
+    model = make_model("relu2", seed=1)
+    export(model, tmp_path / "m.gguf", "i2_s", tokenizer=tokenizer())
+    loaded = load(tmp_path / "m.gguf")
+    with torch.no_grad():
+        model.model.embed_tokens.weight.copy_(model.model.embed_tokens.weight.half().float())
+    model.set_numerics("i2s")
+    assert torch.equal(logits(loaded), logits(model))
+
+
+def test_f32_projections_give_float_numerics(tmp_path):
+    model = make_model("silu", seed=2)
+    export(model, tmp_path / "m.gguf", "f32", tokenizer=tokenizer(), embedding_type="f32")
+    loaded = load(tmp_path / "m.gguf")
+    assert loaded.config.ternary and {m.numerics for m in loaded.modules() if hasattr(m, "numerics")} == {"float"}
+    model.set_numerics("float")
+    assert torch.equal(logits(loaded), logits(model))
+
+
+def test_tq_loads_the_float16_scales_in_train_numerics(tmp_path):
+    model = make_model("relu2", seed=3)
+    export(model, tmp_path / "m.gguf", "tq2_0", tokenizer=tokenizer(), embedding_type="f32")
+    loaded = load(tmp_path / "m.gguf")
+    assert {m.numerics for m in loaded.modules() if hasattr(m, "numerics")} == {"train"}
+    with torch.no_grad():  # the source as TQ stores it: codes x float16(scale)
+        for name, p in model.named_parameters():
+            if name.endswith("_proj.weight"):
+                codes, scale = fmt.ternarize(p.detach().numpy())
+                p.copy_(torch.from_numpy(fmt.latent_weights(codes, float(np.float16(scale)))))
+    assert torch.equal(logits(loaded), logits(model))
+
+
+def test_fallback_tensors_get_float_numerics(tmp_path):
+    # hidden 192 fits no I2_S row; ffn_down (input 256) does
+    model = make_model("silu", seed=4, hidden_size=192, num_attention_heads=3, num_key_value_heads=1)
+    res = export(model, tmp_path / "m.gguf", "i2_s", tokenizer=tokenizer())
+    assert {r.type for r in res.rows if "ffn_down" in r.name} == {"I2_S"}
+    loaded = load(tmp_path / "m.gguf")
+    numerics = {n: m.numerics for n, m in loaded.named_modules() if hasattr(m, "numerics")}
+    assert numerics["model.layers.0.mlp.down_proj"] == "i2s" and numerics["model.layers.0.mlp.up_proj"] == "float"
+    w = model.model.layers[0].mlp.up_proj.weight.detach().numpy()
+    codes, scale = fmt.ternarize(w)
+    got_codes, got_scale = fmt.ternarize(loaded.model.layers[0].mlp.up_proj.weight.detach().numpy())
+    np.testing.assert_array_equal(got_codes, codes)
+    assert got_scale == float(np.float32(np.float16(scale)))  # F16 stores codes x float16(scale)
+
+
+def test_full_precision_subln_model_round_trips(tmp_path):
+    model = make_model("silu", seed=5, ternary=False)
+    export(model, tmp_path / "m.gguf", "f32", tokenizer=tokenizer(), embedding_type="f32")
+    loaded = load(tmp_path / "m.gguf")
+    assert not loaded.config.ternary
+    assert torch.equal(logits(loaded), logits(model))
+    with pytest.raises(ValueError, match="full precision"):
+        export(model, tmp_path / "t.gguf", "i2_s", tokenizer=tokenizer())
+
+
+def test_tokenizer_comes_back(tmp_path):
+    model = make_model("relu2")
+    export(model, tmp_path / "m.gguf", "i2_s", tokenizer=tokenizer())
+    loaded = load(tmp_path / "m.gguf", tokenizer_dir=tmp_path / "tok")
+    assert loaded.tokenizer_dir == tmp_path / "tok" and (tmp_path / "tok" / "tokenizer.json").is_file()
+    from tokenizers import Tokenizer
+
+    again = Tokenizer.from_file(str(tmp_path / "tok" / "tokenizer.json"))
+    text = "class Foo:\n    pass  # 12 <|endoftext|>"
+    assert again.encode(text).ids == tokenizer().encode(text).ids == load_tokenizer(tmp_path / "m.gguf").encode(text).ids
+    assert loaded.config.bos_token_id == 0 and loaded.config.pad_token_id == 1
+
+
+def test_export_of_a_folder_packs_it(tmp_path, relu2_ckpt):
+    res = export(relu2_ckpt, tmp_path / "m.gguf", "tq1_0")
+    assert res.qtype == "TQ1_0" and res.path.is_file()
+    with pytest.raises(ValueError, match="CausalLM or a model folder"):
+        export(object(), tmp_path / "x.gguf")
+
+
+def test_tq_blocks_with_different_scales_cannot_be_loaded(tmp_path, relu2_ckpt):
+    path = pack(relu2_ckpt, tmp_path / "m.gguf", "tq2_0").path
+    with read_gguf(path) as f:
+        t = f.tensors["blk.0.attn_q.weight"]
+        start = f.data_offset + t.offset
+    with open(path, "r+b") as fh:
+        fh.seek(start + 64)  # block 0's float16 scale
+        fh.write(np.float16(0.25).tobytes())
+    with pytest.raises(ValueError, match="blocks with different scales"):
+        load(path)
+
+
+def test_non_bitnet_file_is_refused(tmp_path):
+    from gguf import GGUFWriter
+
+    w = GGUFWriter(tmp_path / "l.gguf", "llama")
+    w.add_uint32("llama.block_count", 1)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ValueError, match="not a BitNet arch"):
+        load(tmp_path / "l.gguf")
+
+
+def test_checkpoint_written_by_the_model_helper_packs_like_ours(tmp_path):
+    """model.save (bitk.models) and the test builder write the same checkpoint format."""
+    model = make_model("relu2", seed=6)
+    saved = model.save(tmp_path / "saved", tokenizer=tokenizer())
+    tensors = {k: v.detach().numpy().copy() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    ours = make_checkpoint(tmp_path / "ours", model.config, tensors=tensors)
+    a = pack(saved, tmp_path / "a.gguf", "i2_s", name="x").path.read_bytes()
+    b = pack(ours, tmp_path / "b.gguf", "i2_s", name="x").path.read_bytes()
+    assert a == b
+
+
+def test_bitk_default_tokenizer_and_tiny_preset(tmp_path):
+    from bitk.data import default_tokenizer
+    from bitk.models import preset
+
+    torch.manual_seed(7)
+    model = CausalLM(preset("tiny", num_hidden_layers=1))
+    tok = default_tokenizer()
+    res = export(model, tmp_path / "m.gguf", "i2_s", tokenizer=tok, embedding_type="f32")
+    assert not res.notes and {r.type for r in res.rows if "blk" in r.name and "norm" not in r.name} == {"I2_S"}
+    with read_gguf(res.path) as f:
+        assert f.metadata["tokenizer.ggml.pre"] == "gpt-2" and f.metadata["tokenizer.ggml.eos_token_id"] == 0
+        assert f.metadata["tokenizer.ggml.add_bos_token"] is False
+    text = "import os\nprint(os.getcwd())  # 2024"
+    assert load_tokenizer(res.path).encode(text).ids == tok.encode(text).ids
+    loaded = load(res.path)
+    model.set_numerics("i2s")
+    ids = torch.tensor([tok.encode(text).ids])
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
