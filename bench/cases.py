@@ -9,9 +9,13 @@ Every implementation of a group must give the reference's output, checked before
 
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import gguf
 import numpy as np
@@ -175,6 +179,34 @@ def _bitlinear_forward_backward(autocast: bool = False) -> dict[str, Callable[[]
     return impls
 
 
+def _gguf_export() -> dict[str, Callable[[], object]]:
+    """pack() of a bf16 BitNet folder at 2B4T widths (bench_gguf.py) against reading + writing its bytes."""
+    from bench_gguf import _read_and_write, write_source
+
+    from bitk.gguf import pack
+
+    tmp = Path(tempfile.mkdtemp(prefix="bitk-bench-gguf-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    src, out = tmp / "src", tmp / "model.gguf"
+    write_source(src, GGUF_LAYERS)
+    pack(src, out, "i2_s")
+    out_bytes = out.stat().st_size
+    return {
+        "bitk": lambda: pack(src, out, "i2_s"),
+        "io": lambda: _read_and_write(src / "model.safetensors", tmp / "floor.bin", out_bytes),
+    }
+
+
+def _eval_forward(preset_name: str) -> dict[str, Callable[[], object]]:
+    """One evaluation forward (bench_eval.py) in the I2_S-faithful int8 numerics and in float."""
+    from bench_eval import eval_step
+
+    return {numerics: eval_step(preset_name, numerics) for numerics in ("i2s", "float")}
+
+
+GGUF_LAYERS = 2  # two 2B4T blocks + a 4096-token embedding: 149.45 M parameters, 299 MB of bf16
+GGUF_PARAMS = 149_453_824
+
 NN_PARAMS = NN_IN * NN_OUT
 NN_BASELINES = ("linear", "autobitlinear")  # compute something else: not compared with the reference
 
@@ -204,6 +236,10 @@ GROUPS = {
             unchecked=NN_BASELINES,
             suite="nn",
         ),
+        Group("GGUF export (2B4T widths, bf16 -> I2_S)", GGUF_PARAMS, _gguf_export, reference="bitk",
+              unchecked=("io",), suite="gguf"),
+        Group("Eval forward smollm2_135m (1 x 256)", 134_578_368, lambda: _eval_forward("smollm2_135m"),
+              reference="i2s", unchecked=("float",), suite="eval"),
     ]
 }
 
@@ -230,6 +266,8 @@ GATE_CASES = [
     GateCase("bitlinear_forward_vs_autobitlinear", "BitLinear forward", "bitk", "autobitlinear"),
     GateCase("bitlinear_forward_backward_vs_linear", "BitLinear forward+backward", "bitk", "linear"),
     GateCase("bitlinear_forward_backward_vs_autobitlinear", "BitLinear forward+backward", "bitk", "autobitlinear"),
+    GateCase("gguf_export_vs_io", "GGUF export (2B4T widths, bf16 -> I2_S)", "bitk", "io"),
+    GateCase("eval_i2s_vs_float", "Eval forward smollm2_135m (1 x 256)", "i2s", "float"),
 ]
 
 
