@@ -204,6 +204,13 @@ def _eval_forward(preset_name: str) -> dict[str, Callable[[], object]]:
     return {numerics: eval_step(preset_name, numerics) for numerics in ("i2s", "float")}
 
 
+def _train_step() -> dict[str, Callable[[], object]]:
+    """One training step of the tiny preset (bench_train.py): ternary BitLinear against float nn.Linear."""
+    from bench_train import CPU_STEP, make_train_step
+
+    return {name: make_train_step(**CPU_STEP, ternary=name == "ternary")[0] for name in ("ternary", "float")}
+
+
 GGUF_LAYERS = 2  # two 2B4T blocks + a 4096-token embedding: 149.45 M parameters, 299 MB of bf16
 GGUF_PARAMS = 149_453_824
 
@@ -240,6 +247,8 @@ GROUPS = {
               unchecked=("io",), suite="gguf"),
         Group("Eval forward smollm2_135m (1 x 256)", 134_578_368, lambda: _eval_forward("smollm2_135m"),
               reference="i2s", unchecked=("float",), suite="eval"),
+        Group("Train step tiny (8 x 256, AdamW)", 8 * 256, _train_step, reference="ternary", unchecked=("float",),
+              suite="train"),
     ]
 }
 
@@ -268,6 +277,7 @@ GATE_CASES = [
     GateCase("bitlinear_forward_backward_vs_autobitlinear", "BitLinear forward+backward", "bitk", "autobitlinear"),
     GateCase("gguf_export_vs_io", "GGUF export (2B4T widths, bf16 -> I2_S)", "bitk", "io"),
     GateCase("eval_i2s_vs_float", "Eval forward smollm2_135m (1 x 256)", "i2s", "float"),
+    GateCase("train_step_ternary_vs_float", "Train step tiny (8 x 256, AdamW)", "ternary", "float"),
 ]
 
 

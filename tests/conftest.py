@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
@@ -19,6 +20,23 @@ settings.register_profile(
 )
 settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bitk_cache_dir(tmp_path_factory):
+    """Fresh caches for the whole run: bitk's trained tokenizer and `datasets`' files, never the user's.
+
+    Environment variables, so CLI tests run in subprocesses use the same folders.
+    """
+    import datasets
+
+    path = tmp_path_factory.mktemp("bitk-cache")
+    hf_cache = tmp_path_factory.mktemp("hf-datasets-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BITK_CACHE_DIR", str(path))
+        mp.setenv("HF_DATASETS_CACHE", str(hf_cache))
+        mp.setattr(datasets.config, "HF_DATASETS_CACHE", hf_cache)
+        yield path
 
 
 # --------------------------------------------------------------------------- derived tolerances

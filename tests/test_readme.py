@@ -17,7 +17,7 @@ def test_readme_has_setup_and_test_commands():
     commands = readme_commands()
     assert len(commands) == 2, commands
     setup, tests = commands
-    assert setup.endswith("python -m bitk.demo")
+    assert setup.endswith("python -m bitk.train")
     assert tests.endswith("python -m pytest")
     for command in commands:
         assert command.startswith("python3 -m venv .venv && . .venv/bin/activate && ")

@@ -1,4 +1,4 @@
-"""Shared fixtures of the bitk.eval tests: a fresh tokenizer cache and a small saved checkpoint."""
+"""Shared fixtures of the bitk.eval tests: a small saved checkpoint (fresh caches come from tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,21 +8,7 @@ from bitk.models import ModelConfig
 
 # A narrow model on bitk's 4096-token vocabulary: saves, loads and evaluates in well under a second.
 SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "num_key_value_heads": 1, "max_position_embeddings": 128}
-
-
-@pytest.fixture(scope="session", autouse=True)
-def bitk_cache_dir(tmp_path_factory):
-    import datasets
-
-    path = tmp_path_factory.mktemp("bitk-cache")
-    hf_cache = tmp_path_factory.mktemp("hf-datasets-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BITK_CACHE_DIR", str(path))
-        # `datasets` caches what it reads from local files: keep that out of the user's cache too
-        mp.setenv("HF_DATASETS_CACHE", str(hf_cache))
-        mp.setattr(datasets.config, "HF_DATASETS_CACHE", hf_cache)
-        yield path
+         "num_key_value_heads": 1, "max_position_embeddings": 128}
 
 
 @pytest.fixture(scope="session")

@@ -167,3 +167,11 @@ def test_load_validates_the_folder(tmp_path):
     (path / "model.safetensors").unlink()
     with pytest.raises(ValueError, match="no model.safetensors"):
         load_checkpoint(path)
+
+
+def test_checkpoint_files_are_ordinary_shareable_files(tmp_path):
+    path = _model().save(tmp_path / "ckpt")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in path.iterdir() if p.is_file()}
+    assert "model.safetensors" in modes
+    for name, mode in modes.items():
+        assert mode & 0o044 == 0o044, f"{name} is not readable by group/others: {oct(mode)}"

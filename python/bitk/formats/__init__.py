@@ -137,12 +137,14 @@ def _float_matrix(w: Any, what: str, exact_float64: bool = False) -> np.ndarray:
     if _is_torch(w):
         import torch
 
+        # np.from_dlpack, not Tensor.numpy(): .numpy() marks the storage non-resizable for good,
+        # which breaks FSDP2's freeing of sharded parameters (they pass through here every forward).
         if exact_float64 and w.dtype == torch.float64:
-            w = w.detach().cpu().numpy()
+            w = np.from_dlpack(w.detach().cpu())
         elif w.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"{what}: expected a float32, float16 or bfloat16 tensor; got {w.dtype}")
         else:
-            w = w.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
+            w = np.from_dlpack(w.detach().to(device="cpu", dtype=torch.float32).contiguous())
     if isinstance(w, np.ndarray):
         if exact_float64 and w.dtype == np.float64:
             with np.errstate(over="ignore"):

@@ -162,6 +162,7 @@ def write_safetensors(tensors: dict[str, torch.Tensor], file: Path) -> None:
     from safetensors.torch import save_file
 
     save_file(tensors, str(file), metadata={"format": "pt"})
+    os.chmod(file, 0o644)  # safetensors writes owner-only; a checkpoint is an ordinary shareable file
 
 
 # --------------------------------------------------------------------------- save / load

@@ -1,0 +1,415 @@
+"""The training data stream: sources -> packed blocks -> a seeded, weighted, rank-sharded order.
+
+Sources (``DataConfig.sources``, read with `bitk.data.load_texts`): "default" (the embedded corpus),
+local .txt/.jsonl/.json/.parquet files or folders, hub dataset names. Every source is tokenized
+with the model's tokenizer and packed like `bitk.data.pack_tokens` does: documents joined by EOS,
+cut into ``block_size`` rows, position ids restarting at 0 at each document (and each row), the
+tail that does not fill a row dropped (docs/data.md "Packing").
+
+Held-out split (``heldout()``, the same blocks on every rank, at most ``max_eval_tokens`` tokens,
+taken round-robin from the sources):
+- "default": the embedded corpus's own heldout split;
+- other in-memory sources: the last ``heldout_fraction`` of their documents; a source with too few
+  documents for that (one .txt file is one document) holds out the last ``heldout_fraction`` of its
+  packed blocks instead;
+- streaming sources: their first documents, up to ``max_eval_tokens`` tokens (a stream's length is
+  unknown), which the training stream then skips.
+``heldout_fraction = 0`` holds nothing out (the embedded corpus keeps its split).
+
+Order of the training blocks. Global block k (k = 0, 1, 2, ... over the whole run) comes from source
+``choice[k]``, drawn with probabilities ``weights`` by a generator seeded with (seed, k // 1024);
+a source hands out its blocks in order of a permutation seeded with (seed, source, epoch), one new
+permutation per pass over its blocks (epoch), so every epoch is reshuffled. Streaming sources hand
+out their blocks in stream order (no shuffle: shuffle the data set beforehand) and restart at their
+first training document after the last.
+
+Rank sharding. Each ``next_batch(m)`` call takes the next ``m * world_size`` global blocks
+``k0 .. k0 + m*world_size - 1`` and rank r gets ``k0 + r, k0 + r + world_size, ...`` (every
+world_size-th block, m of them); every rank advances the same global position, so a run is
+described by one state for all ranks. Hence for the same seed and data, one process calling
+``next_batch(m * world_size)`` gets exactly the union of the ranks' ``next_batch(m)`` batches
+(rank r's rows are its rows ``r::world_size``), and over a whole optimizer step (grad_accum calls)
+the blocks seen are the same whether the batch is split over ranks or over micro-steps:
+    single process, micro-batch m*W, accumulation A  ==  W ranks, micro-batch m, accumulation A
+(the same blocks in each micro-step) and a single process with micro-batch m and accumulation A*W
+sees the same set of blocks per optimizer step. Every rank computes the whole global order (cheap
+for in-memory sources; a streaming source is read and tokenized in full by every rank, which keeps
+only its own blocks).
+
+Resume: ``state_dict()`` holds the global position and each source's position (blocks taken, and
+for streams the document and token offset) and the settings it checks on load, all plain JSON
+values; ``load_state_dict`` continues with
+exactly the blocks the interrupted run would have taken next. Streams resume by reopening the
+source and skipping documents (read, not tokenized) up to the saved one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["EOS_TOKENS", "TrainData", "find_eos_id"]
+
+EOS_TOKENS = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
+_CHOICE_CHUNK = 1024  # global blocks per seeded draw of source choices
+_STATE_FORMAT = 1
+_TOKENIZE_CHUNK = 64  # documents tokenized at a time by a stream
+
+
+def find_eos_id(tokenizer: Any) -> int:
+    """The id of the tokenizer's end-of-text token (the first of EOS_TOKENS it has)."""
+    for token in EOS_TOKENS:
+        tid = tokenizer.token_to_id(token)
+        if tid is not None:
+            return tid
+    raise ValueError(f"the tokenizer has none of the end-of-text tokens {', '.join(EOS_TOKENS)}; pass eos_id")
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([k % 2**63 for k in key]))
+
+
+_DEFAULT_CACHE: dict[tuple[str, str], list[list[int]]] = {}
+
+
+def _encode_default(split: str, tokenizer: Any) -> list[list[int]]:
+    """Token ids of the embedded corpus's split, cached per tokenizer (the corpus never changes in a process)."""
+    from bitk.data import default_corpus, encode_documents
+
+    key = (split, hashlib.sha256(tokenizer.to_str().encode()).hexdigest())
+    if key not in _DEFAULT_CACHE:
+        _DEFAULT_CACHE[key] = encode_documents(default_corpus(split), tokenizer)
+    return _DEFAULT_CACHE[key]
+
+
+def _pack(docs: list[list[int]], block_size: int, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from bitk.data import pack_tokens
+
+    ids, pos = pack_tokens(docs, block_size, eos_id)
+    return ids.to(torch.int32), pos.to(torch.int32)  # stored narrow, widened per batch
+
+
+class _PackedSource:
+    """A source held in memory as packed blocks, handed out by a per-epoch seeded permutation."""
+
+    streaming = False
+
+    def __init__(self, name: str, index: int, ids: torch.Tensor, pos: torch.Tensor, seed: int) -> None:
+        self.name, self.index, self.seed = name, index, seed
+        self.ids, self.pos = ids, pos
+        self.num_blocks = ids.shape[0]
+        self.taken = 0
+        self._perm_epoch = -1
+        self._perm: np.ndarray | None = None
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch != self._perm_epoch:
+            self._perm = _rng(self.seed, 0, self.index, epoch).permutation(self.num_blocks)
+            self._perm_epoch = epoch
+        return self._perm
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, i = divmod(self.taken, self.num_blocks)
+        row = int(self._order(epoch)[i])
+        self.taken += 1
+        return self.ids[row], self.pos[row]
+
+    @property
+    def epoch(self) -> float:
+        return self.taken / self.num_blocks
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"taken": self.taken, "num_blocks": self.num_blocks}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("num_blocks") != self.num_blocks:
+            raise ValueError(f"data source {self.name!r} now packs into {self.num_blocks} blocks, the saved state "
+                             f"had {state.get('num_blocks')}: the data or block_size changed since the checkpoint")
+        self.taken = int(state["taken"])
+
+
+class _StreamSource:
+    """A source read lazily: documents tokenized a few at a time and packed on the fly, in stream order.
+
+    The position is (epoch, document index, token offset into that document's ``EOS + tokens``
+    piece; the document index equal to the number of documents denotes the closing EOS).
+    """
+
+    streaming = True
+
+    def __init__(self, name: str, index: int, open_texts: Callable[[], Iterator[str]], tokenizer: Any,
+                 block_size: int, eos_id: int, first_doc: int) -> None:
+        self.name, self.index = name, index
+        self._open_texts, self._tokenizer = open_texts, tokenizer
+        self.block_size, self.eos_id, self.first_doc = block_size, eos_id, first_doc
+        self.taken = 0
+        self.epoch_count = 0
+        self._seek(0, first_doc, 0)
+
+    def _seek(self, epoch: int, doc: int, offset: int) -> None:
+        """Position the stream at token ``offset`` of document ``doc`` of ``epoch``."""
+        self.epoch_count = epoch
+        self._texts = itertools.islice(self._open_texts(), doc, None)
+        self._next_doc = doc  # index of the next document the iterator yields
+        self._closed = False  # closing EOS appended
+        self._pieces: deque[list] = deque()  # [doc index, np.int64 tokens of EOS+doc, offset]
+        self._buffered = 0
+        self._fill()
+        if offset:
+            if not self._pieces or self._pieces[0][0] != doc:
+                raise ValueError(f"cannot resume the stream {self.name!r}: document {doc} no longer holds token "
+                                 f"{offset} (the data changed since the checkpoint)")
+            piece = self._pieces[0]
+            if offset >= len(piece[1]):
+                raise ValueError(f"cannot resume the stream {self.name!r}: document {doc} is shorter than "
+                                 f"{offset + 1} tokens now (the data changed since the checkpoint)")
+            piece[2] = offset
+            self._buffered -= offset
+
+    def _fill(self) -> bool:
+        """Read and tokenize the next few documents (or append the closing EOS); False at the epoch's end."""
+        while True:
+            if self._closed:
+                return False
+            batch = list(itertools.islice(self._texts, _TOKENIZE_CHUNK))
+            if not batch:
+                self._pieces.append([self._next_doc, np.asarray([self.eos_id], dtype=np.int64), 0])
+                self._buffered += 1
+                self._closed = True
+                return True
+            added = False
+            for enc in self._tokenizer.encode_batch(batch, add_special_tokens=False):
+                if enc.ids:  # empty documents are skipped, as pack_tokens does
+                    piece = np.empty(len(enc.ids) + 1, dtype=np.int64)
+                    piece[0] = self.eos_id
+                    piece[1:] = enc.ids
+                    self._pieces.append([self._next_doc, piece, 0])
+                    self._buffered += len(piece)
+                    added = True
+                self._next_doc += 1
+            if added:
+                return True
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
+        B = self.block_size
+        restarted = False
+        while self._buffered < B:
+            if not self._fill():  # the tail that does not fill a block is dropped; next epoch
+                if restarted:
+                    raise ValueError(f"data source {self.name!r} holds fewer than {B} training tokens")
+                self._seek(self.epoch_count + 1, self.first_doc, 0)
+                restarted = True
+        ids = np.empty(B, dtype=np.int64)
+        starts = np.zeros(B, dtype=bool)
+        filled = 0
+        while filled < B:
+            piece = self._pieces[0]
+            tokens, offset = piece[1], piece[2]
+            n = min(B - filled, len(tokens) - offset)
+            ids[filled:filled + n] = tokens[offset:offset + n]
+            starts[filled] = offset == 0
+            filled += n
+            if offset + n == len(tokens):
+                self._pieces.popleft()
+            else:
+                piece[2] = offset + n
+        self._buffered -= B
+        self.taken += 1
+        starts[0] = True
+        index = np.arange(B, dtype=np.int64)
+        pos = index - np.maximum.accumulate(np.where(starts, index, 0))
+        return torch.from_numpy(ids), torch.from_numpy(pos)
+
+    @property
+    def epoch(self) -> float:
+        return float(self.epoch_count)
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._pieces:
+            doc, offset = self._pieces[0][0], self._pieces[0][2]
+        else:
+            doc, offset = self._next_doc, 0
+        return {"taken": self.taken, "epoch": self.epoch_count, "doc": doc, "offset": offset}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._seek(int(state["epoch"]), int(state["doc"]), int(state["offset"]))
+        self.taken = int(state["taken"])
+
+
+class TrainData:
+    """The training blocks of a `DataConfig` for one rank, and the held-out blocks (module doc).
+
+    Reads cfg.sources, weights, text_field, block_size, streaming, heldout_fraction, max_eval_tokens.
+    ``eos_id`` defaults to the tokenizer's end-of-text token (`find_eos_id`).
+    """
+
+    def __init__(self, cfg: Any, tokenizer: Any, *, seed: int, rank: int = 0, world_size: int = 1,
+                 eos_id: int | None = None) -> None:
+        sources = list(cfg.sources)
+        if not sources:
+            raise ValueError("data.sources is empty: name at least one source ('default' is the embedded corpus)")
+        weights = [1.0] * len(sources) if cfg.weights is None else [float(w) for w in cfg.weights]
+        if len(weights) != len(sources):
+            raise ValueError(f"data.weights has {len(weights)} entries for {len(sources)} sources")
+        if any(not math.isfinite(w) or w <= 0 for w in weights):
+            raise ValueError(f"data.weights must be positive numbers, got {weights}")
+        if not isinstance(world_size, int) or world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in range for world_size {world_size}")
+        block = cfg.block_size
+        if not isinstance(block, int) or block < 2:
+            raise ValueError(f"data.block_size must be an integer >= 2, got {block!r}")
+        self.cfg = cfg
+        self.seed, self.rank, self.world_size = int(seed), rank, world_size
+        self.tokens_per_block = block
+        self.eos_id = find_eos_id(tokenizer) if eos_id is None else int(eos_id)
+        self.names = [str(s) for s in sources]
+        total = sum(weights)
+        self.weights = np.asarray([w / total for w in weights], dtype=np.float64)
+        self.position = 0  # global blocks handed out (over all ranks)
+        self._choices_chunk = -1
+        self._choices: np.ndarray | None = None
+        self._sources: list[_PackedSource | _StreamSource] = []
+        heldout: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for i, name in enumerate(self.names):
+            source, held = self._open(i, name, tokenizer)
+            self._sources.append(source)
+            heldout.append(held)
+        self._heldout = self._merge_heldout(heldout)
+
+    # -- building -------------------------------------------------------------------------------
+    def _open(self, index: int, name: str, tokenizer: Any):
+        from bitk.data import encode_documents, load_texts
+
+        cfg, B = self.cfg, self.tokens_per_block
+        fraction, max_eval = float(cfg.heldout_fraction), int(cfg.max_eval_tokens)
+        if not 0.0 <= fraction < 1.0:
+            raise ValueError(f"data.heldout_fraction must be in [0, 1), got {fraction}")
+        eval_cap = max(max_eval, B)
+        empty = torch.zeros((0, B), dtype=torch.int32)
+        if cfg.streaming:
+            if name == "default":
+                held_docs = _encode_default("heldout", tokenizer)
+                first_doc = 0
+
+                def open_texts() -> Iterator[str]:
+                    return load_texts("default", "train", streaming=True)
+            else:
+                def open_texts() -> Iterator[str]:
+                    return load_texts(name, text_field=cfg.text_field, streaming=True)
+
+                held_docs, first_doc = [], 0
+                if fraction > 0:
+                    held_docs = encode_documents(open_texts(), tokenizer, max_tokens=eval_cap)
+                    first_doc = len(held_docs)
+            held = _pack(held_docs, B, self.eos_id) if held_docs else (empty, empty)
+            source = _StreamSource(name, index, open_texts, tokenizer, B, self.eos_id, first_doc)
+            return source, held
+        if name == "default":
+            train_ids = _pack(_encode_default("train", tokenizer), B, self.eos_id)
+            held = _pack(_encode_default("heldout", tokenizer)[:], B, self.eos_id)
+        else:
+            docs = load_texts(name, text_field=cfg.text_field)
+            n_held = math.floor(len(docs) * fraction)
+            if n_held > 0:
+                train_ids = _pack(encode_documents(docs[: len(docs) - n_held], tokenizer), B, self.eos_id)
+                held = _pack(encode_documents(docs[len(docs) - n_held:], tokenizer, max_tokens=eval_cap + 1),
+                             B, self.eos_id)
+            else:  # too few documents: hold out the last blocks instead
+                ids, pos = _pack(encode_documents(docs, tokenizer), B, self.eos_id)
+                n_blocks = math.ceil(fraction * ids.shape[0]) if fraction > 0 and ids.shape[0] >= 2 else 0
+                train_ids = (ids[: ids.shape[0] - n_blocks], pos[: ids.shape[0] - n_blocks])
+                held = (ids[ids.shape[0] - n_blocks:], pos[ids.shape[0] - n_blocks:])
+        if train_ids[0].shape[0] == 0:
+            raise ValueError(f"data source {name!r} holds fewer than block_size={B} training tokens")
+        return _PackedSource(name, index, *train_ids, self.seed), held
+
+    def _merge_heldout(self, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Round-robin over the sources' held-out blocks, at most max(1, max_eval_tokens // block_size) blocks."""
+        limit = max(1, int(self.cfg.max_eval_tokens) // self.tokens_per_block)
+        rows: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for j in itertools.count():
+            if len(rows) >= limit or all(j >= ids.shape[0] for ids, _ in parts):
+                break
+            for ids, pos in parts:
+                if j < ids.shape[0] and len(rows) < limit:
+                    rows.append((ids[j], pos[j]))
+        if not rows:
+            empty = torch.zeros((0, self.tokens_per_block), dtype=torch.int64)
+            return empty, empty.clone()
+        return (torch.stack([r[0] for r in rows]).long(), torch.stack([r[1] for r in rows]).long())
+
+    # -- the stream -----------------------------------------------------------------------------
+    def _choice(self, k: int) -> int:
+        if len(self._sources) == 1:
+            return 0
+        chunk, i = divmod(k, _CHOICE_CHUNK)
+        if chunk != self._choices_chunk:
+            self._choices = _rng(self.seed, 1, chunk).choice(len(self._sources), size=_CHOICE_CHUNK, p=self.weights)
+            self._choices_chunk = chunk
+        return int(self._choices[i])
+
+    def next_batch(self, micro_batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's next ``(input_ids, position_ids)``, int64 [micro_batch_size, block_size] (module doc)."""
+        m, W = micro_batch_size, self.world_size
+        if not isinstance(m, int) or m < 1:
+            raise ValueError(f"micro_batch_size must be a positive integer, got {m!r}")
+        ids, pos = [], []
+        for j in range(m * W):
+            block = self._sources[self._choice(self.position)].take()
+            self.position += 1
+            if j % W == self.rank:
+                ids.append(block[0])
+                pos.append(block[1])
+        return torch.stack(ids).long(), torch.stack(pos).long()
+
+    def heldout(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The held-out blocks (int64 [N, block_size], N * block_size <= max(max_eval_tokens, block_size);
+        N may be 0), the same on every rank."""
+        return self._heldout[0].clone(), self._heldout[1].clone()
+
+    @property
+    def tokens_seen(self) -> int:
+        """Training tokens handed out so far, over all ranks."""
+        return self.position * self.tokens_per_block
+
+    def epochs(self) -> list[float]:
+        """Passes made over each source's training blocks (whole passes only for streams)."""
+        return [s.epoch for s in self._sources]
+
+    def summary(self) -> str:
+        """One line per source: kind, training blocks, weight, held-out blocks in total."""
+        lines = []
+        for s, w in zip(self._sources, self.weights):
+            size = "streaming" if s.streaming else f"{s.num_blocks} blocks x {self.tokens_per_block} tokens"
+            lines.append(f"  {s.name}: {size}, weight {w:.3f}")
+        lines.append(f"  held out: {self._heldout[0].shape[0]} blocks")
+        return "\n".join(lines)
+
+    # -- resume ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The exact position (plain ints), the same on every rank."""
+        return {"format": _STATE_FORMAT, "position": self.position, "seed": self.seed, "names": list(self.names),
+                "block_size": self.tokens_per_block, "weights": [float(w) for w in self.weights],
+                "sources": [s.state_dict() for s in self._sources]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (ValueError when the sources, weights, block size or seed differ)."""
+        if state.get("format") != _STATE_FORMAT:
+            raise ValueError(f"unknown data state format {state.get('format')!r}")
+        for key, mine in (("names", self.names), ("block_size", self.tokens_per_block), ("seed", self.seed)):
+            if state[key] != mine:
+                raise ValueError(f"the data state was saved with {key}={state[key]!r}, this run has {mine!r}: "
+                                 "an exact resume needs the same data settings")
+        if not np.allclose(state["weights"], self.weights, rtol=0, atol=1e-12):
+            raise ValueError(f"the data state was saved with weights {state['weights']}, this run has "
+                             f"{self.weights.tolist()}: an exact resume needs the same data settings")
+        for source, s in zip(self._sources, state["sources"]):
+            source.load_state_dict(s)
+        self.position = int(state["position"])

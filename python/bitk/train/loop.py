@@ -1,0 +1,518 @@
+"""The training loop: `train(cfg)`, one function to read top to bottom.
+
+processes and seed -> tokenizer and model -> data -> batch geometry -> optimizer and clipping ->
+resume -> loop (micro-steps with gradient accumulation, NaN/Inf check, clip, step, schedule, log,
+eval, checkpoint) -> final checkpoint, loss curve, GGUF. The pieces it calls live next to it
+(config, optim, schedule, zclip, data, auto_batch, flops, distributed, state, metrics); the helpers
+below the loop are small and only keep it short. Options and outputs: docs/train.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import functools
+import math
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bitk.models import PRESETS, CausalLM, load_model
+from bitk.nn import set_quant_lambda
+
+from .auto_batch import find_micro_batch
+from .config import Config, config_from_dict, config_to_dict, config_to_yaml
+from .data import TrainData
+from .distributed import (
+    DistInfo,
+    all_reduce_mean,
+    barrier,
+    cleanup,
+    init_distributed,
+    load_state_for_resume,
+    no_sync,
+    state_dict_for_save,
+    wrap_model,
+)
+from .flops import flops_per_token, mfu, peak_flops
+from .metrics import LOSS_CURVE_FILE, Metrics, ProgressBar, plot_loss_curve
+from .optim import build_optimizer, sync_hyperparameters
+from .schedule import apply_lr, quant_lambda
+from .state import find_checkpoint, list_checkpoints, load_state, rng_state, save_state, set_rng_state
+from .zclip import clip_gradients, make_zclip
+
+__all__ = ["train", "TrainingError", "next_token_loss"]
+
+
+class TrainingError(RuntimeError):
+    """The run stopped on a fault it cannot step over; the message names the checkpoint to resume from."""
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Train as ``cfg`` says; returns a summary (steps, tokens, losses, paths, stop reason).
+
+    Raises ValueError for a bad configuration (before any work) and TrainingError when too many
+    steps in a row have a non-finite loss. SIGTERM / SIGINT end the run after the current step
+    with a checkpoint; the summary's "stopped" then names the signal.
+    """
+    cfg.validate()
+    cfg = copy.deepcopy(cfg)  # the auto batch size writes micro_batch_size into the saved config
+    t = cfg.training
+    started = time.perf_counter()
+
+    # -- processes, seed, output folder
+    info = init_distributed(cfg.device)
+    seed_everything(t.seed)
+    out = Path(cfg.output_dir).expanduser()
+    resume_from = find_checkpoint(cfg.resume, out)
+    if cfg.resume == "none" and list_checkpoints(out):
+        raise ValueError(f"output_dir {out} already holds checkpoints of another run; resume=auto continues it, "
+                         "or choose another output_dir (or delete that one) to start afresh")
+    if t.global_batch_size % info.world_size:
+        raise ValueError(f"training.global_batch_size ({t.global_batch_size}) must be a multiple of the number "
+                         f"of processes ({info.world_size})")
+    say = print if info.is_main else _quiet
+    say(f"bitk.train: resolved config\n{config_to_yaml(cfg).rstrip()}", flush=True)
+
+    # -- tokenizer and model
+    raw, tokenizer = build_model(cfg)
+    if cfg.data.block_size > raw.config.max_position_embeddings:
+        raise ValueError(f"data.block_size ({cfg.data.block_size}) exceeds the model's max_position_embeddings "
+                         f"({raw.config.max_position_embeddings})")
+    model = wrap_model(raw, info, cfg.distributed)
+    if t.compile:
+        model = torch.compile(model)
+    use_bf16 = t.precision == "bf16" or (t.precision == "auto" and info.device.type == "cuda")
+    autocast = functools.partial(torch.autocast, info.device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    # -- data
+    data = TrainData(cfg.data, tokenizer, seed=t.seed, rank=info.rank, world_size=info.world_size)
+    eval_ids, eval_pos = data.heldout()
+
+    # -- batch geometry: global batch = micro-batch x accumulation x processes
+    per_rank = t.global_batch_size // info.world_size
+    if t.auto_batch_size:
+        t.micro_batch_size = auto_micro_batch(model, raw, info, t, data.tokens_per_block, autocast, say)
+    if per_rank % t.micro_batch_size:
+        raise ValueError(f"training.micro_batch_size ({t.micro_batch_size}) must divide the per-process batch "
+                         f"({t.global_batch_size} / {info.world_size} processes = {per_rank})")
+    grad_accum = per_rank // t.micro_batch_size
+    tokens_per_step = t.global_batch_size * data.tokens_per_block
+    say(f"model: {cfg.model} ({raw.extra_repr()}) on {info.device}"
+        f"{f' x {info.world_size} processes' if info.enabled else ''}; "
+        f"{'bf16 autocast' if use_bf16 else 'float32'}\n"
+        f"batch: {t.global_batch_size} sequences x {data.tokens_per_block} tokens = {tokens_per_step:,} tokens per "
+        f"step (micro-batch {t.micro_batch_size} x {grad_accum} accumulation x {info.world_size} processes)\n"
+        f"data:\n{data.summary()}", flush=True)
+
+    # -- optimizer and clipping
+    optimizer = build_optimizer(model, t)
+    zclip = make_zclip(t)
+
+    # -- resume: model, optimizer, clipping, data position, RNG, counters
+    step = tokens = bad_total = bad_run = 0
+    last_eval: dict[str, Any] | None = None
+    if resume_from is not None:
+        meta, model_sd, state = load_state(resume_from)
+        check_resumable(meta, raw, resume_from)
+        load_state_for_resume(model, optimizer, model_sd, state["optimizer"], info)
+        sync_hyperparameters(optimizer, t)  # a changed lr / weight decay / betas applies from here on
+        del model_sd
+        if zclip is not None and state.get("zclip") is not None:
+            zclip.load_state_dict(state["zclip"])
+        data.load_state_dict(state["data"])
+        set_rng_state(state["rng"])
+        step, tokens = state["step"], state["tokens"]
+        bad_total, bad_run = state["bad_steps"]["total"], state["bad_steps"]["consecutive"]
+        last_eval = meta.get("eval")
+        say(f"resumed from {resume_from} (step {step}, {tokens:,} tokens){describe_changes(meta, cfg)}", flush=True)
+        if step >= t.max_steps:
+            say(f"already at training.max_steps={t.max_steps}: nothing to train (raise it to go on, or use another "
+                "output_dir to start afresh)", flush=True)
+
+    metrics = Metrics(out, enabled=info.is_main, resume_step=step if resume_from else None,
+                      tensorboard=cfg.tensorboard, wandb=cfg.wandb, wandb_project=cfg.wandb_project,
+                      config=config_to_dict(cfg))
+    peak = peak_flops(info.device, torch.bfloat16 if use_bf16 else torch.float32)
+    model_flops = flops_per_token(raw.config, data.tokens_per_block)
+    saved = Saved(path=resume_from, step=step if resume_from else -1)
+    eval_step = -1
+    window = Window()
+    stop = StopSignal()
+    progress = ProgressBar(t.max_steps, step, enabled=cfg.progress, quiet=not info.is_main)
+
+    def save() -> Path:  # every process takes part; the main one writes
+        nonlocal saved
+        if not params_finite(model, info):
+            raise TrainingError(f"step {step}: the weights hold NaN/Inf values, not saved; the last good "
+                                f"checkpoint is {saved.path or 'none (nothing was saved yet)'}")
+        model_sd, optim_sd = state_dict_for_save(model, optimizer, info)
+        path = out / "checkpoints" / f"step-{step:06d}"
+        if info.is_main:
+            trainer_state = {"step": step, "tokens": tokens, "optimizer": optim_sd,
+                             "zclip": None if zclip is None else zclip.state_dict(), "data": data.state_dict(),
+                             "rng": rng_state(), "bad_steps": {"total": bad_total, "consecutive": bad_run},
+                             "world_size": info.world_size, "micro_batch_size": t.micro_batch_size}
+            meta = {"train_config": config_to_dict(cfg), "step": step, "tokens": tokens, "eval": last_eval}
+            path = save_state(out, step, raw, model_sd, trainer_state, keep_last=t.keep_last, meta=meta,
+                              tokenizer=None if raw.tokenizer_dir else tokenizer)
+            progress.print(f"saved {path}")
+        barrier(info)
+        saved = Saved(path=path, step=step)
+        return path
+
+    def evaluate_heldout() -> dict[str, Any] | None:
+        from bitk.eval import evaluate
+
+        if eval_ids.shape[0] == 0:
+            return None
+        with autocast():
+            result = evaluate(model, eval_ids, eval_pos, batch_size=t.micro_batch_size)
+        record = {"kind": "eval", "step": step, "tokens": tokens, "loss": result.loss,
+                  "perplexity": result.perplexity, "eval_tokens": result.tokens}
+        metrics.log(record)
+        progress.print(f"step {step:>6} | held-out loss {result.loss:.4f} | perplexity {result.perplexity:.2f}")
+        return record
+
+    # -- the loop
+    stop.install()
+    model.train()
+    try:
+        with progress:
+            while step < t.max_steps:
+                step_start = time.perf_counter()
+                apply_lr(optimizer, step, t)
+                if t.quant_warmup_steps:
+                    set_quant_lambda(raw, quant_lambda(step, t))
+                loss_sum = torch.zeros((), device=info.device)
+                for micro in range(grad_accum):
+                    input_ids, position_ids = (x.to(info.device, non_blocking=True)
+                                               for x in data.next_batch(t.micro_batch_size))
+                    with no_sync(model, info, last_micro_step=micro == grad_accum - 1):
+                        with autocast():
+                            loss = next_token_loss(model(input_ids, position_ids=position_ids).logits, input_ids)
+                        (loss / grad_accum).backward()
+                    loss_sum += loss.detach()
+                grad_norm = clip_gradients(model.parameters(), t, zclip)
+                # the step's one host sync: its global loss and gradient norm, and whether any process must stop
+                loss_value, norm_value, stopping = step_outcome(loss_sum / grad_accum, grad_norm, stop, info)
+                step += 1
+                tokens += tokens_per_step
+                if math.isfinite(loss_value) and math.isfinite(norm_value):
+                    optimizer.step()
+                    bad_run = 0
+                    window.add(loss_value, norm_value)
+                else:  # skipped: weights and optimizer state stay as they were
+                    bad_total += 1
+                    bad_run += 1
+                    metrics.log({"kind": "bad_step", "step": step, "loss": loss_value, "grad_norm": norm_value,
+                                 "consecutive": bad_run})
+                    progress.print(f"step {step:>6} | non-finite loss {loss_value} / grad norm {norm_value}: step "
+                                   f"skipped ({bad_run} in a row, {bad_total} in all)")
+                optimizer.zero_grad(set_to_none=True)
+                window.seconds += time.perf_counter() - step_start
+                window.tokens += tokens_per_step
+                if bad_run >= t.max_bad_steps:
+                    raise TrainingError(
+                        f"stopped at step {step}: {bad_run} steps in a row had a non-finite loss or gradient norm "
+                        f"(training.max_bad_steps={t.max_bad_steps}). The last good checkpoint is "
+                        f"{saved.path or 'none (nothing was saved yet)'}; resume from it with resume=PATH and, "
+                        "e.g., a lower training.lr, or check the data around this step.")
+                if step % t.log_every == 0 or step == t.max_steps:
+                    record = window.record(step, tokens, optimizer, bad_total, info, peak, model_flops)
+                    metrics.log(record)
+                    progress.print(format_record(record, t.max_steps))
+                    progress.update(step, f"loss {record['loss']:.3f}, {record['tokens_per_s']:,.0f} tok/s")
+                else:
+                    progress.update(step)
+                if stopping:
+                    save()
+                    break
+                if t.eval_every and step % t.eval_every == 0:
+                    last_eval, eval_step = evaluate_heldout() or last_eval, step
+                if t.save_every and step % t.save_every == 0 and bad_run == 0:
+                    save()
+
+        # -- the end: final checkpoint, evaluation, loss curve, GGUF
+        if saved.step != step:
+            save()
+        if stop.requested is None and eval_step != step:
+            last_eval = evaluate_heldout() or last_eval
+        curve = plot_loss_curve(metrics.path, out / LOSS_CURVE_FILE, title=f"bitk.train {cfg.model}") \
+            if info.is_main else None
+        gguf, gguf_error = None, None
+        if info.is_main and cfg.export_gguf != "none" and stop.requested is None:
+            gguf, gguf_error = export_gguf(saved.path, out / f"model-{cfg.export_gguf}.gguf", cfg.export_gguf, say)
+        barrier(info)
+    except TrainingError:
+        raise
+    except Exception as e:  # a fault mid-run (a failed save, a kernel error): say where to resume from
+        raise TrainingError(f"training failed at step {step} ({type(e).__name__}: {e}); the last good checkpoint "
+                            f"is {saved.path or 'none (nothing was saved yet)'}") from e
+    finally:
+        stop.restore()
+        metrics.close()
+        cleanup(info)
+
+    summary = {
+        "steps": step,
+        "tokens": tokens,
+        "train_loss": window.last_loss,
+        "eval_loss": None if last_eval is None else last_eval["loss"],
+        "eval_perplexity": None if last_eval is None else last_eval["perplexity"],
+        "skipped_steps": bad_total,
+        "checkpoint": str(saved.path),
+        "metrics": str(metrics.path),
+        "loss_curve": None if curve is None else str(curve),
+        "gguf": None if gguf is None else str(gguf),
+        "gguf_error": gguf_error,
+        "seconds": time.perf_counter() - started,
+        "stopped": stop.requested,
+    }
+    say(format_summary(summary), flush=True)
+    return summary
+
+
+# --------------------------------------------------------------------------- the loss
+
+
+def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of predicting token t+1 from the logits at t, over every position of the batch."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten())
+
+
+# --------------------------------------------------------------------------- helpers of train()
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    pass
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # every device
+
+
+def build_model(cfg: Config) -> tuple[CausalLM, Any]:
+    """The model (a fresh preset, or loaded from a path) and its `tokenizers.Tokenizer`."""
+    from bitk.data import default_tokenizer, load_tokenizer
+
+    if cfg.model in PRESETS:
+        return CausalLM(cfg.model_config()), default_tokenizer()
+    model = load_model(cfg.model, ternary=cfg.ternary)
+    if model.tokenizer_dir is None:
+        raise ValueError(f"model={cfg.model} has no tokenizer.json next to its weights: the trainer tokenizes "
+                         "the data with the model's own tokenizer")
+    return model, load_tokenizer(model.tokenizer_dir)
+
+
+def check_resumable(meta: dict[str, Any], model: CausalLM, path: Path) -> None:
+    """ValueError when the checkpoint's model is not the one this run builds."""
+    saved, built = meta["model"], model.config.to_dict()
+    diff = sorted(k for k in set(saved) | set(built) if saved.get(k) != built.get(k))
+    if diff:
+        changes = ", ".join(f"{k} {saved.get(k)!r} -> {built.get(k)!r}" for k in diff)
+        raise ValueError(f"cannot resume from {path}: it holds a different model ({changes}); use resume=none with "
+                         "another output_dir, or the same model settings")
+
+
+def describe_changes(meta: dict[str, Any], cfg: Config) -> str:
+    """'' or '; changed since: key old -> new, ...' between the checkpoint's config and this run's."""
+    try:
+        before = _flatten(config_to_dict(config_from_dict(meta.get("train_config") or {})))
+    except ValueError:
+        return ""
+    now = _flatten(config_to_dict(cfg))
+    changed = [f"{k} {before[k]!r} -> {now[k]!r}" for k in now if k in before and before[k] != now[k]]
+    return f"; changed since: {', '.join(changed)}" if changed else ""
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "model_overrides":
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def auto_micro_batch(model: torch.nn.Module, raw: CausalLM, info: DistInfo, t: Any, block: int, autocast: Any,
+                     say: Any) -> int:
+    """The largest micro-batch that fits (`find_micro_batch`), tried with real steps that leave no trace.
+
+    Each try runs forward, backward and a step of a scratch optimizer with lr 0 and no weight decay
+    (its state is what the real optimizer will hold; the weights do not move), then drops it all.
+    """
+    per_rank = t.global_batch_size // info.world_size
+    scratch_cfg = dataclasses.replace(t, lr=0.0, muon_lr=0.0, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(0)
+    positions = torch.arange(block, device=info.device)
+
+    def try_step(mb: int) -> None:
+        scratch = build_optimizer(model, scratch_cfg)
+        try:
+            ids = torch.randint(0, raw.config.vocab_size, (mb, block), generator=generator).to(info.device)
+            with no_sync(model, info, last_micro_step=False):
+                with autocast():
+                    loss = next_token_loss(model(ids, position_ids=positions.expand(mb, block)).logits, ids)
+                loss.backward()
+            scratch.step()
+        finally:
+            model.zero_grad(set_to_none=True)
+            del scratch
+
+    mb = find_micro_batch(try_step, start=t.micro_batch_size, limit=per_rank, device=info.device,
+                          memory_budget_gb=t.memory_budget_gb, log=say)
+    if info.enabled:  # every process takes the smallest choice
+        import torch.distributed as dist
+
+        choice = torch.tensor([mb], device=info.device)
+        dist.all_reduce(choice, op=dist.ReduceOp.MIN)
+        mb = int(choice.item())
+    return mb
+
+
+def step_outcome(loss: torch.Tensor, grad_norm: torch.Tensor, stop: StopSignal,
+                 info: DistInfo) -> tuple[float, float, bool]:
+    """(loss, gradient norm, stop now) of a step, the same on every process: one host sync.
+
+    Under torchrun the loss is averaged over the processes (the norm already is global) and a stop
+    request seen by any process stops all of them, so they never disagree about the next collective.
+    """
+    values = torch.stack([loss.detach().float(), grad_norm.detach().float().to(loss.device)])
+    if not info.enabled:
+        loss_value, norm_value = values.tolist()
+        return loss_value, norm_value, stop.requested is not None
+    flag = values.new_tensor([float(stop.requested is not None)])
+    reduced = all_reduce_mean(torch.cat([values[:1], flag]), info)  # the norm is global already
+    loss_value, stop_value, norm_value = torch.cat([reduced, values[1:]]).tolist()
+    return loss_value, norm_value, stop_value > 0
+
+
+@torch.no_grad()
+def params_finite(model: torch.nn.Module, info: DistInfo) -> bool:
+    """Every weight is finite, on every process (FSDP2: each checks its shards)."""
+    local = [getattr(p, "to_local", lambda p=p: p)() for p in model.parameters()]
+    bad = torch.zeros((), device=info.device)
+    for p in local:
+        bad += (~torch.isfinite(p)).any().float().to(bad.device)
+    return all_reduce_mean(bad, info).item() == 0
+
+
+def export_gguf(checkpoint: Path, path: Path, qtype: str, say: Any) -> tuple[Path | None, str | None]:
+    """Pack the final checkpoint with bitk.gguf.pack; a refusal is reported, not raised (training is done)."""
+    from bitk.gguf import pack
+
+    try:
+        pack(checkpoint, path, qtype)
+    except ValueError as e:
+        say(f"GGUF export skipped: {e}\n(retry with: bitk-pack {checkpoint} {path} --type {qtype} and the options "
+            "the message names)", flush=True)
+        return None, str(e)
+    say(f"wrote {path}", flush=True)
+    return path, None
+
+
+@dataclasses.dataclass
+class Saved:
+    path: Path | None
+    step: int
+
+
+class Window:
+    """Sums over the steps since the last log record (good steps only for loss and norm)."""
+
+    def __init__(self) -> None:
+        self.last_loss: float | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss = self.norm = self.seconds = 0.0
+        self.good = self.tokens = 0
+
+    def add(self, loss: float, norm: float) -> None:
+        self.loss += loss
+        self.norm += norm
+        self.good += 1
+
+    def record(self, step: int, tokens: int, optimizer: Any, skipped: int, info: DistInfo, peak: float | None,
+               model_flops: float) -> dict[str, Any]:
+        tokens_per_s = self.tokens / self.seconds if self.seconds > 0 else 0.0
+        loss = self.loss / self.good if self.good else math.nan
+        rec = {"kind": "train", "step": step, "tokens": tokens, "loss": loss,
+               "lr": optimizer.param_groups[-1]["lr"], "grad_norm": self.norm / self.good if self.good else math.nan,
+               "tokens_per_s": tokens_per_s, "skipped_steps": skipped}
+        value = mfu(tokens_per_s / info.world_size, model_flops, peak)
+        if value is not None:
+            rec["mfu"] = value
+        if self.good:
+            self.last_loss = loss
+        self._reset()
+        return rec
+
+
+def format_record(r: dict[str, Any], max_steps: int) -> str:
+    line = (f"step {r['step']:>6}/{max_steps} | loss {r['loss']:.4f} | lr {r['lr']:.2e} | "
+            f"grad norm {r['grad_norm']:.3f} | {r['tokens_per_s']:,.0f} tok/s | {r['tokens']:,} tokens")
+    if "mfu" in r:
+        line += f" | MFU {100 * r['mfu']:.1f}%"
+    return line
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    minutes, seconds = divmod(s["seconds"], 60)
+    lines = [f"bitk.train: {'stopped by ' + s['stopped'] if s['stopped'] else 'done'} after {s['steps']} steps, "
+             f"{s['tokens']:,} tokens, {int(minutes)}m{seconds:04.1f}s"]
+    if s["train_loss"] is not None:
+        lines.append(f"  train loss        {s['train_loss']:.4f}")
+    if s["eval_loss"] is not None:
+        lines.append(f"  held-out loss     {s['eval_loss']:.4f} (perplexity {s['eval_perplexity']:.2f})")
+    if s["skipped_steps"]:
+        lines.append(f"  skipped steps     {s['skipped_steps']} (non-finite loss)")
+    lines.append(f"  checkpoint        {s['checkpoint']}")
+    lines.append(f"  metrics           {s['metrics']}")
+    if s["loss_curve"]:
+        lines.append(f"  loss curve        {s['loss_curve']}")
+    if s["gguf"]:
+        lines.append(f"  GGUF              {s['gguf']}")
+    return "\n".join(lines)
+
+
+class StopSignal:
+    """SIGTERM / SIGINT set ``requested`` (the signal's name); the loop saves and stops after the step.
+
+    A second signal of the same kind acts as it would without the trainer (SIGINT raises
+    KeyboardInterrupt, SIGTERM kills): the checkpoint save is atomic, so that is safe.
+    """
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals reach the main thread only
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = signal.Signals(signum).name
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+        print(f"\n{self.requested} received: saving a checkpoint after this step, then stopping "
+              "(send it again to stop at once)", flush=True)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._previous.clear()

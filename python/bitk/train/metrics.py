@@ -1,0 +1,181 @@
+"""Where the trainer's numbers go: metrics.jsonl, loss.png, TensorBoard / W&B, the progress bar.
+
+metrics.jsonl holds one JSON object per line, each with "kind" and "step":
+  {"kind": "train", "step": 10, "tokens": 40960, "loss": 6.91, "lr": 0.001, "grad_norm": 1.2,
+   "tokens_per_s": 5123.4, "elapsed_s": 8.0, "skipped_steps": 0[, "mfu": 0.41]}
+  {"kind": "eval", "step": 100, "tokens": ..., "loss": 4.2, "perplexity": 66.7, "eval_tokens": 16320}
+  {"kind": "bad_step", "step": 41, "loss": "nan", "grad_norm": "nan", "consecutive": 1}
+"loss" of a train record is the mean over the good steps since the previous record. Only the
+main process writes. On resume, records past the resumed step (written after that checkpoint by
+the interrupted run) are dropped, so the file describes the run that the checkpoints continue.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["METRICS_FILE", "LOSS_CURVE_FILE", "Metrics", "read_metrics", "plot_loss_curve", "ProgressBar"]
+
+METRICS_FILE = "metrics.jsonl"
+LOSS_CURVE_FILE = "loss.png"
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl file (a torn last line, from a kill, is ignored)."""
+    records = []
+    path = Path(path)
+    if not path.is_file():
+        return records
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+class Metrics:
+    """Writes records to metrics.jsonl and, when asked, TensorBoard and W&B (main process only)."""
+
+    def __init__(self, output_dir: str | Path, *, enabled: bool = True, resume_step: int | None = None,
+                 tensorboard: bool = False, wandb: bool = False, wandb_project: str = "bitk",
+                 config: dict[str, Any] | None = None) -> None:
+        self.enabled = enabled
+        self.path = Path(output_dir) / METRICS_FILE
+        self._file = None
+        self._tb = None
+        self._wandb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step] if resume_step else []
+        with open(self.path, "w") as f:  # rewritten: a fresh run starts empty, a resumed one keeps its past
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        self._file = open(self.path, "a", buffering=1)  # line-buffered: a kill loses at most the last line
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ValueError("tensorboard=true needs the tensorboard package: pip install tensorboard") from e
+            self._tb = SummaryWriter(str(Path(output_dir) / "tensorboard"), purge_step=resume_step)
+        if wandb:
+            try:
+                import wandb as wandb_module
+            except ImportError as e:
+                raise ValueError("wandb=true needs the wandb package: pip install wandb") from e
+            self._wandb = wandb_module.init(project=wandb_project, name=Path(output_dir).name, config=config,
+                                            dir=str(output_dir), resume="allow")
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one record ("kind" and "step" required); numbers also go to TensorBoard / W&B."""
+        if not self.enabled:
+            return
+        clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in record.items()}
+        self._file.write(json.dumps(clean) + "\n")
+        kind, step = record["kind"], record["step"]
+        scalars = {f"{kind}/{k}": v for k, v in record.items()
+                   if k not in ("kind", "step") and isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and math.isfinite(v)}
+        if self._tb is not None:
+            for key, value in scalars.items():
+                self._tb.add_scalar(key, value, step)
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def plot_loss_curve(metrics_path: str | Path, png_path: str | Path, title: str = "") -> Path | None:
+    """Plot train (and eval) loss against step into ``png_path`` (matplotlib, Agg); None if no records."""
+    records = read_metrics(metrics_path)
+    train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train" and isinstance(r.get("loss"), float)]
+    evals = [(r["step"], r["loss"]) for r in records if r.get("kind") == "eval" and isinstance(r.get("loss"), float)]
+    if not train and not evals:
+        return None
+    from matplotlib.figure import Figure  # without pyplot: rendered by Agg, no GUI backend, no global state
+
+    fig = Figure(figsize=(7, 4.2), dpi=110)
+    ax = fig.add_subplot(1, 1, 1)
+    if train:
+        ax.plot(*zip(*train), label="train loss", linewidth=1.2)
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="held-out loss", linewidth=1.2, markersize=4)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats / token)")
+    ax.set_title(title or "bitk training")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    png_path = Path(png_path)
+    tmp = png_path.with_name(f".{png_path.name}.tmp")
+    fig.savefig(tmp, format="png")
+    tmp.replace(png_path)
+    return png_path
+
+
+class ProgressBar:
+    """One rich progress bar over the steps (on stderr), or plain lines when off.
+
+    ``enabled=None`` shows the bar when stderr is a terminal. `print` writes a line above the bar
+    (or to stdout without one). ``quiet`` (the non-main processes of a distributed run) shows and
+    prints nothing.
+    """
+
+    def __init__(self, total: int, start: int = 0, enabled: bool | None = None, quiet: bool = False) -> None:
+        self.total = total
+        self.quiet = quiet
+        if quiet:
+            enabled = False
+        if enabled is None:
+            enabled = sys.stderr.isatty()
+        self._progress = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                                      TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                      console=Console(stderr=True))
+            self._task = self._progress.add_task("train", total=total, completed=start, info="")
+
+    def __enter__(self) -> ProgressBar:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def update(self, step: int, info: str | None = None) -> None:
+        if self._progress is not None:
+            fields = {} if info is None else {"info": info}
+            self._progress.update(self._task, completed=step, **fields)
+
+    def print(self, line: str) -> None:
+        if self.quiet:
+            return
+        if self._progress is not None:
+            self._progress.console.print(line, highlight=False, markup=False, soft_wrap=True)
+        else:
+            print(line, flush=True)

@@ -1,0 +1,82 @@
+"""Shared settings of the trainer tests: a micro configuration that trains in a second or two.
+
+`micro_args(tmp_path, *overrides)` gives the ``key=value`` list of a micro run (a one-layer,
+128-wide model with bitk's 4096-token vocabulary, 32-token blocks, global batch 4 = micro-batch 2
+x accumulation 2); `micro_config` parses it. Later overrides win, as on the command line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+MICRO_ARGS = (
+    "model=tiny",
+    "model_overrides.num_hidden_layers=1",
+    "model_overrides.hidden_size=128",
+    "model_overrides.intermediate_size=256",
+    "model_overrides.num_attention_heads=2",
+    "model_overrides.num_key_value_heads=1",
+    "data.block_size=32",
+    "data.max_eval_tokens=256",
+    "training.max_steps=8",
+    "training.global_batch_size=4",
+    "training.micro_batch_size=2",
+    "training.warmup_steps=2",
+    "training.zclip_warmup_steps=3",
+    "training.log_every=1",
+    "training.eval_every=4",
+    "training.save_every=4",
+    "export_gguf=none",
+    "progress=false",
+    "device=cpu",
+)
+
+
+def micro_args(output_dir: str | Path, *overrides: str) -> list[str]:
+    return [*MICRO_ARGS, f"output_dir={output_dir}", *overrides]
+
+
+@pytest.fixture
+def micro_config(tmp_path):
+    """factory(*overrides, output_dir=tmp_path/"run") -> a parsed micro Config."""
+    from bitk.train.config import parse_args
+
+    def make(*overrides: str, output_dir: str | Path | None = None):
+        return parse_args(micro_args(output_dir or tmp_path / "run", *overrides))
+
+    return make
+
+
+@pytest.fixture
+def micro_argv(tmp_path):
+    """factory(*overrides, output_dir=tmp_path/"run") -> the micro run's key=value list."""
+
+    def make(*overrides: str, output_dir: str | Path | None = None) -> list[str]:
+        return micro_args(output_dir or tmp_path / "run", *overrides)
+
+    return make
+
+
+@pytest.fixture
+def run_env():
+    """Environment of a `python -m bitk.train` subprocess: this interpreter's, on CPU, unbuffered."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    env.pop("RANK", None)
+    return env
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Train with one thread: on a busy 2-core machine two OpenMP threads per process oversubscribe
+    the cores and every small op waits out a time slice (the golden run measured 170 s with two
+    threads next to another job, 16 s with one). The losses do not depend on the thread count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,153 @@
+"""Configuration: defaults, overrides, groups and presets, refusals, --help."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+from bitk.models import PRESETS
+from bitk.train.config import (
+    TRAINING_PRESETS,
+    Config,
+    DataConfig,
+    TrainingConfig,
+    config_from_dict,
+    config_to_dict,
+    config_to_yaml,
+    field_docs,
+    format_help,
+    iter_fields,
+    parse_args,
+    register_training_preset,
+)
+
+
+def test_no_arguments_is_the_documented_default():
+    cfg = parse_args([])
+    assert cfg == Config() and cfg.model == "tiny" and cfg.training == TRAINING_PRESETS["base"]
+    assert cfg.data.sources == ["default"] and cfg.export_gguf == "i2_s" and cfg.resume == "auto"
+
+
+def test_overrides_and_groups():
+    cfg = parse_args(["model=tiny", "training=base", "training.max_steps=100", "training.lr=1e-3",
+                      "training.auto_batch_size=true", "training.betas=[0.8,0.99]", "data.sources=[default,default]",
+                      "data.weights=[1,3]", "model_overrides.num_hidden_layers=2", "output_dir=/tmp/x",
+                      "progress=false"])
+    t = cfg.training
+    assert (t.max_steps, t.lr, t.auto_batch_size, t.betas) == (100, 1e-3, True, (0.8, 0.99))
+    assert cfg.data.weights == [1.0, 3.0] and cfg.data.sources == ["default", "default"]
+    assert cfg.model_overrides == {"num_hidden_layers": 2} and cfg.model_config().num_hidden_layers == 2
+    assert cfg.output_dir == "/tmp/x" and cfg.progress is False
+    # later overrides win, as on any command line
+    assert parse_args(["training.lr=1e-3", "training.lr=2e-3"]).training.lr == 2e-3
+
+
+def test_training_presets_are_a_registry(monkeypatch):
+    monkeypatch.setattr("bitk.train.config.TRAINING_PRESETS", dict(TRAINING_PRESETS))
+    monkeypatch.setattr("bitk.train.config.TRAINING_PRESET_DOCS", {})
+    register_training_preset("short", TrainingConfig(max_steps=10, warmup_steps=2, lr=1e-3), "a short run")
+    cfg = parse_args(["training=short", "training.lr=5e-4"])
+    assert (cfg.training.max_steps, cfg.training.lr) == (10, 5e-4)  # preset, then the override on top
+    assert "short" in format_help() and "a short run" in format_help()
+    with pytest.raises(ValueError, match="training.lr must be in"):
+        register_training_preset("broken", TrainingConfig(lr=-1.0), "")
+    with pytest.raises(ValueError, match="unknown training preset 'nope'; presets: base, short"):
+        parse_args(["training=nope"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["foo=1"], r"unknown key 'foo'; valid keys: model, model_overrides, .*output_dir"),
+    (["training.foo=1"], r"unknown key 'training.foo'; valid keys of training: training.max_steps, .*training.seed"),
+    (["data.foo.bar=1"], r"unknown key 'data.foo'; valid keys of data: data.sources"),
+    (["model_overrides.foo=1"], r"unknown model_overrides key\(s\) foo; ModelConfig fields: .*hidden_size"),
+    (["training.lr=abc"], r"bad value for training.lr: .*'abc'.*\(expected float\)"),
+    (["training.max_steps=2.5"], r"bad value for training.max_steps.*\(expected int\)"),
+    (["progress=maybe"], r"bad value for progress"),
+    (["training.optimizer=sgd"], r"training.optimizer must be one of adamw, muon; got 'sgd'"),
+    (["training.schedule=linear"], r"training.schedule must be one of cosine, wsd, constant"),
+    (["training.clip=value"], r"training.clip must be one of zclip, norm, none"),
+    (["training.precision=fp16"], r"training.precision must be one of auto, fp32, bf16"),
+    (["distributed=horovod"], r"distributed must be one of auto, ddp, fsdp"),
+    (["export_gguf=q4_0"], r"export_gguf must be one of i2_s, tq1_0, tq2_0, f16, f32, none"),
+    (["ternary=false"], r"export_gguf=i2_s stores ternary weights.*export_gguf=f16, f32 or none"),
+    (["device=tpu"], r"device must be one of auto, cpu, cuda, cuda:N"),
+    (["training.lr=0"], r"training.lr must be in \(0.0, inf\]"),
+    (["training.max_steps=0"], r"training.max_steps must be >= 1"),
+    (["training.global_batch_size=12", "training.micro_batch_size=8"], r"must be a multiple of"),
+    (["data.block_size=1024"], r"exceeds the model's max_position_embeddings \(512\)"),
+    (["data.sources=[a,b]", "data.weights=[1]"], r"data.weights has 1 entries, data.sources has 2"),
+    (["model=nope"], r"neither a preset \(tiny, smollm2_135m.*\) nor an existing path"),
+    (["model=smollm2_135m"], r"49152-token vocabulary.*give model=PATH"),
+    (["model_overrides.hidden_size=-3"], r"ModelConfig.hidden_size must be a positive integer"),
+    (["resume=/no/such/dir"], r"no such checkpoint folder"),
+    (["wandb=true"], r"wandb=true needs the wandb package"),
+    (["tensorboard=true"], r"tensorboard=true needs the tensorboard package"),
+    (["data"], r"is not of the form key=value"),
+    (["training.max_steps"], r"is not of the form key=value"),
+    (["data=x"], r"data is a group: set its fields"),
+])
+def test_bad_keys_and_values_are_refused(args, message):
+    import importlib.util
+
+    if "wandb" in message and importlib.util.find_spec("wandb") or \
+            "tensorboard" in message and importlib.util.find_spec("tensorboard"):
+        pytest.skip("installed here")
+    with pytest.raises(ValueError, match=message):
+        parse_args(args)
+
+
+def test_dict_round_trip_and_yaml():
+    cfg = parse_args(["training.max_steps=7", "model_overrides.hidden_size=128", "data.weights=null"])
+    d = config_to_dict(cfg)
+    assert d["training"]["betas"] == [0.9, 0.95]  # JSON-safe
+    assert config_from_dict(d) == cfg
+    assert config_from_dict({"training": {"max_steps": 3}}).training.max_steps == 3
+    with pytest.raises(ValueError, match="unknown key 'training.nope'"):
+        config_from_dict({"training": {"nope": 1}})
+    text = config_to_yaml(cfg)
+    assert "max_steps: 7" in text and "hidden_size: 128" in text
+
+
+def test_every_field_has_a_docstring():
+    for cls in (Config, DataConfig, TrainingConfig):
+        docs = field_docs(cls)
+        missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]
+        assert not missing, f"{cls.__name__} fields without a docstring: {missing}"
+
+
+def test_help_lists_presets_and_every_field():
+    text = format_help()
+    for name in PRESETS:
+        assert f"  {name} " in text
+    for name in TRAINING_PRESETS:
+        assert f"  {name} " in text
+    for key, _, _, _ in iter_fields():
+        assert f"  {key} (" in text, key
+    assert "training.max_steps (int, default 400)" in text
+
+
+def test_command_line_help_and_errors():
+    """`python -m bitk.train --help` and a bad key: fast (no torch import), clear, right exit status."""
+    run = [sys.executable, "-m", "bitk.train"]
+    proc = subprocess.run([*run, "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout == format_help()
+    proc = subprocess.run([*run, "training.max_step=3"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "unknown key 'training.max_step'" in proc.stderr and "Did you mean" not in proc.stderr
+    assert "training.max_steps" in proc.stderr and proc.stdout == ""
+    # no torch needed to parse or reject a config
+    code = "import sys; from bitk.train.config import parse_args; parse_args([]); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_docs_list_every_field():
+    """docs/train.md's field table is the generated one (regenerate: see docs/train.md)."""
+    from pathlib import Path
+
+    from bitk.train.config import fields_markdown
+
+    doc = (Path(__file__).parents[2] / "docs" / "train.md").read_text()
+    table = doc.split("<!-- fields:begin -->\n", 1)[1].split("<!-- fields:end -->", 1)[0]
+    assert table == fields_markdown()
