@@ -9,6 +9,7 @@ compiled extension:
 - `bitk.models`: the decoder, presets, checkpoints and Hugging Face interop (`bitk.load_model`).
 - `bitk.gguf`: the GGUF packer (`bitk-pack`), reader and `bitk.gguf.load`.
 - `bitk.data`: the embedded corpus and tokenizer, text loading and packing.
+- `bitk.objectives`: the losses (CE, DLM, distillation, LRC) and their curricula.
 - `bitk.train`: the trainer (`python -m bitk.train`): config, loop, checkpoints, DDP / FSDP2.
 - `bitk.eval`: perplexity and tokens/s (`python -m bitk.eval`).
 """
@@ -20,7 +21,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("formats", "numerics", "nn", "models", "gguf", "data", "train", "eval")
+_SUBMODULES = ("formats", "numerics", "nn", "models", "gguf", "data", "objectives", "train", "eval")
 
 
 def __getattr__(name: str) -> Any:

@@ -104,6 +104,7 @@ def test_perf_markdown_records_machine_date_command_and_figures(tmp_path):
     assert "2026-11-24 00:00 UTC" in text and "test cpu, 2 cores" in text and "`python bench/gate.py`" in text
     assert text.count("| pass |") == len(cases.GATE_CASES)
     assert "1.68 G params/s" in text  # 2^24 params in 10 ms
+    assert gate.PERF_NOTES.read_text().splitlines()[0] in text  # the hand-measured runs follow the tables
 
 
 def test_bad_measurements_or_thresholds_exit_2(tmp_path):

@@ -145,3 +145,9 @@ def test_tokenizer_bigger_than_the_model_is_refused(tmp_path):
     cfg = tiny_config("relu2", vocab_size=256)
     with pytest.raises(ValueError, match="only 256 embedding rows"):
         plan_of(make_checkpoint(tmp_path / "ckpt", cfg))
+
+
+def test_lrc_models_are_refused(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "ckpt", tiny_config("relu2", lrc_rank_ratio=0.1))
+    with pytest.raises(ValueError, match="low-rank correction"):
+        plan_of(ckpt)

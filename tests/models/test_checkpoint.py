@@ -19,6 +19,7 @@ CONFIGS = {
     "ternary_tied": SMALL,
     "ternary_untied_bias_qk": SMALL.replace(tie_word_embeddings=False, attention_bias=True, qk_norm=True, head_dim=16),
     "full_precision": SMALL.replace(ternary=False, subln=False, hidden_act="silu"),
+    "ternary_lrc": SMALL.replace(lrc_rank_ratio=0.25),
 }
 
 

@@ -34,6 +34,8 @@ def test_bitnet_2b_dimensions():
         ({"rope_theta": float("nan")}, "rope_theta"),
         ({"eos_token_id": 10**9}, "eos_token_id"),
         ({"subln": "yes"}, "subln must be true or false"),
+        ({"lrc_rank_ratio": 1.5}, "lrc_rank_ratio must be in"),
+        ({"lrc_rank_ratio": 0.1, "ternary": False}, "lrc_rank_ratio > 0 needs ternary"),
     ],
 )
 def test_validation(changes, match):
@@ -46,3 +48,9 @@ def test_unknown_names():
         preset("huge")
     with pytest.raises(ValueError, match="unknown ModelConfig field"):
         ModelConfig.from_dict({"hidden": 3})
+
+
+def test_lrc_rank():
+    assert preset("tiny").lrc_rank(256, 768) == 0
+    c = preset("tiny", lrc_rank_ratio=0.1)
+    assert (c.lrc_rank(256, 768), c.lrc_rank(768, 256), c.lrc_rank(4, 4)) == (26, 26, 1)

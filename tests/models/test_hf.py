@@ -286,6 +286,7 @@ def test_ternary_export_round_trip(transformers, helpers, tokenizer, tmp_path):
         ({"head_dim": 16}, "attention width"),
         ({"subln": False}, "without SubLN"),
         ({"ternary": False}, "full-precision model with SubLN"),
+        ({"lrc_rank_ratio": 0.25}, "low-rank correction"),
     ],
 )
 def test_export_refusals_write_nothing(helpers, tmp_path, change, match):

@@ -2,15 +2,19 @@
 
 `micro_args(tmp_path, *overrides)` gives the ``key=value`` list of a micro run (a one-layer,
 128-wide model with bitk's 4096-token vocabulary, 32-token blocks, global batch 4 = micro-batch 2
-x accumulation 2); `micro_config` parses it. Later overrides win, as on the command line.
+x accumulation 2); `micro_config` parses it. Later overrides win, as on the command line. Importable as
+`bitk_train_testing`.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+sys.modules["bitk_train_testing"] = sys.modules[__name__]
 
 MICRO_ARGS = (
     "model=tiny",

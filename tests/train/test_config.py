@@ -53,7 +53,7 @@ def test_training_presets_are_a_registry(monkeypatch):
     assert "short" in format_help() and "a short run" in format_help()
     with pytest.raises(ValueError, match="training.lr must be in"):
         register_training_preset("broken", TrainingConfig(lr=-1.0), "")
-    with pytest.raises(ValueError, match="unknown training preset 'nope'; presets: base, short"):
+    with pytest.raises(ValueError, match="unknown training preset .nope.; presets: base, unified, bitdistill_full, lrc_calibration, short"):
         parse_args(["training=nope"])
 
 

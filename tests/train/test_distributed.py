@@ -268,3 +268,16 @@ def test_trainer_fsdp_resumes_a_single_process_checkpoint(single_run, tmp_path):
     assert [got[s] for s in (3, 4)] == pytest.approx([expected[s] for s in (3, 4)], rel=ADAMW_RTOL)
     final = out / "checkpoints" / "step-000004"
     assert (final / "model.safetensors").is_file()  # the gathered full state, written by rank 0
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_trainer_runs_a_curriculum_under_torchrun(tmp_path, strategy):
+    """The unified recipe (CE, then CE + DLM in one forward) on two processes: objectives averaged over ranks."""
+    out = tmp_path / strategy
+    _torchrun(["-m", "bitk.train", *TRAIN_ARGS, "training=unified", "training.objectives=0:ce=1;0.5:ce=1,dlm=1",
+               f"distributed={strategy}", f"output_dir={out}"], cwd=tmp_path)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+    train = [r for r in records if r["kind"] == "train"]
+    assert [sorted(r["objectives"]) for r in train] == [["ce"], ["ce"], ["ce", "dlm"], ["ce", "dlm"]]
+    for r in train:
+        assert r["loss"] == pytest.approx(sum(r["objectives"].values()), rel=1e-5)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from bitk.models import CausalLM, preset
 from bitk.train.flops import flops_per_token, matmul_params, mfu, peak_flops
 

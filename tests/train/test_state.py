@@ -31,7 +31,8 @@ class Crash(Exception):
 @pytest.mark.parametrize("extra", [
     (),  # AdamW + ZClip (whose warm-up ends mid-run) + cosine
     ("training.optimizer=muon", "training.schedule=wsd", "training.clip=norm", "training.quant_warmup_steps=5"),
-], ids=["adamw-zclip", "muon-wsd-quantwarmup"])
+    ("training=unified", "training.objectives=0:ce=1;0.25:ce=1,dlm=1"),  # DLM masks drawn across the resume
+], ids=["adamw-zclip", "muon-wsd-quantwarmup", "unified-dlm"])
 def test_resume_reproduces_the_losses_bit_for_bit(micro_config, tmp_path, monkeypatch, extra):
     steps = ("training.max_steps=8", "training.eval_every=0", *extra)
     straight = loop.train(micro_config(*steps, "training.save_every=0", output_dir=tmp_path / "straight"))

@@ -138,6 +138,12 @@ def plan_pack(src, options: PackOptions | None = None) -> PackPlan:
     notes: list[str] = []
 
     # --- what the BitNet graphs can evaluate
+    if getattr(c, "lrc_rank_ratio", 0.0):
+        raise ValueError(
+            f"{where}: the model has low-rank correction factors (LRC, lrc_rank_ratio={c.lrc_rank_ratio}), which "
+            "no BitNet GGUF graph evaluates: the packed model would lose the correction. Keep the bitk checkpoint "
+            "for LRC models (python -m bitk.eval runs it)"
+        )
     if not c.subln:
         raise ValueError(
             f"{where}: the model has no SubLN (attn_sub_norm / ffn_sub_norm), which every BitNet GGUF graph "

@@ -56,6 +56,9 @@ class ModelConfig:
     """Projections are BitLinear (ternary weights, int8 activations); False = full precision."""
     attention_bias: bool = False
     """Biases on q/k/v/o projections."""
+    lrc_rank_ratio: float = 0.0
+    """Low-rank correction on every projection (BitLinearLRC, ``y = BitLinear(x) + (x V) U``) of rank
+    ratio * min(in, out); 0 = none. Set by LRC calibration (training=lrc_calibration); ternary only."""
     initializer_range: float = 0.02
     """Std of the normal init of projections and embeddings when training from scratch."""
     bos_token_id: int | None = None
@@ -90,6 +93,12 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"ModelConfig.{name} must be a positive finite number, got {value!r}")
+        lrc = self.lrc_rank_ratio
+        if not isinstance(lrc, (int, float)) or isinstance(lrc, bool) or not 0.0 <= lrc <= 1.0:
+            raise ValueError(f"ModelConfig.lrc_rank_ratio must be in [0, 1] (0 = no low-rank correction), got {lrc!r}")
+        if lrc and not self.ternary:
+            raise ValueError("ModelConfig.lrc_rank_ratio > 0 needs ternary=true: the low-rank correction "
+                             "corrects the ternary projections' quantization error")
         for name in ("tie_word_embeddings", "qk_norm", "subln", "ternary", "attention_bias"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelConfig.{name} must be true or false, got {getattr(self, name)!r}")
@@ -102,6 +111,12 @@ class ModelConfig:
     def q_size(self) -> int:
         """Output size of q_proj (= input size of o_proj)."""
         return self.num_attention_heads * self.head_dim
+
+    def lrc_rank(self, in_features: int, out_features: int) -> int:
+        """Rank of a projection's low-rank correction (0 without LRC): ratio * min(in, out), at least 1."""
+        if not self.lrc_rank_ratio:
+            return 0
+        return max(1, round(self.lrc_rank_ratio * min(in_features, out_features)))
 
     @property
     def kv_size(self) -> int:

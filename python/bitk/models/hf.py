@@ -174,6 +174,11 @@ def hf_config(config: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
     precision without SubLN -> LlamaForCausalLM (no q/k norm) or Qwen3ForCausalLM (q/k norm).
     """
     c = config
+    if c.lrc_rank_ratio:
+        raise ValueError(
+            "cannot export a model with a low-rank correction (lrc_rank_ratio > 0): transformers' BitNet has no "
+            "LRC factors; keep the bitk checkpoint (bitk.load_model reads it)"
+        )
     if c.ternary:
         if not c.subln:
             raise ValueError(

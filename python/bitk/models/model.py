@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitk.nn import BitLinear, RMSNorm, SubLN, set_numerics
+from bitk.nn import BitLinear, BitLinearLRC, RMSNorm, SubLN, set_numerics
 
 from .config import ModelConfig
 
@@ -83,6 +83,8 @@ def packed_causal_mask(position_ids: torch.Tensor) -> torch.Tensor:
 
 
 def _linear(config: ModelConfig, in_features: int, out_features: int, bias: bool) -> nn.Linear:
+    if config.ternary and config.lrc_rank_ratio:
+        return BitLinearLRC(in_features, out_features, bias=bias, rank=config.lrc_rank(in_features, out_features))
     cls = BitLinear if config.ternary else nn.Linear
     return cls(in_features, out_features, bias=bias)
 

@@ -68,6 +68,10 @@ def tensor_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         shapes[p + "input_layernorm.weight"] = (c.hidden_size,)
         for name, shape in proj_shapes.items():
             shapes[f"{p}{name}.weight"] = shape
+            rank = c.lrc_rank(shape[1], shape[0])
+            if rank:
+                shapes[f"{p}{name}.lrc_v"] = (shape[1], rank)
+                shapes[f"{p}{name}.lrc_u"] = (rank, shape[0])
             if c.attention_bias and name.startswith("self_attn."):
                 shapes[f"{p}{name}.bias"] = (shape[0],)
         if c.qk_norm:

@@ -3,7 +3,8 @@
     from bitk.train import parse_args, train
     summary = train(parse_args(["training.max_steps=50", "output_dir=/tmp/run"]))
 
-`config` (typed dataclasses, presets, parsing), `loop` (the one `train` function), `state`
+`config` (typed dataclasses, presets, parsing), `recipes` (the unified / bitdistill_full /
+lrc_calibration presets over `bitk.objectives`), `loop` (the one `train` function), `state`
 (atomic full-state checkpoints, resume), `metrics` (JSONL, loss curve, TensorBoard / W&B), and
 the pieces the loop calls: `optim`, `schedule`, `zclip`, `data`, `auto_batch`, `flops`,
 `distributed`. Guide: docs/train.md.

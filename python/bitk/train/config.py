@@ -56,17 +56,23 @@ PRECISIONS = ("auto", "fp32", "bf16")
 DISTRIBUTED = ("auto", "ddp", "fsdp")
 EXPORT_TYPES = ("i2_s", "tq1_0", "tq2_0", "f16", "f32", "none")
 _TERNARY_EXPORTS = ("i2_s", "tq1_0", "tq2_0")
+TEACHER_DTYPES = ("auto", "fp32", "bf16")
+LAYERWISE_WEIGHTINGS = ("uniform", "depth")
+LRC_INITS = ("svd", "random")
+LRC_LAYERS = ("all", "final")
 _DEFAULT_TOKENIZER_VOCAB = 4096  # bitk.data.VOCAB_SIZE (kept here so parsing imports no tokenizers)
 
 
 # --------------------------------------------------------------------------- checks
 
 
-def _check_int(name: str, value: Any, *, low: int | None = None, why: str = "") -> None:
+def _check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None, why: str = "") -> None:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     if low is not None and value < low:
         raise ValueError(f"{name} must be >= {low}{why}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}{why}, got {value}")
 
 
 def _check_number(name: str, value: Any, *, low: float | None = None, high: float | None = None,
@@ -186,6 +192,41 @@ class TrainingConfig:
     """ZClip: multiplier of the clipped norm."""
     zclip_max_grad_norm: float | None = None
     """ZClip: a fixed norm cap on top of the adaptive threshold (null = none, ZClip alone decides)."""
+    objectives: str = "ce=1"
+    """The loss: weighted objectives (ce, dlm, logits_kd, attention_relation, layerwise, lrc), or a
+    curriculum of phases "START:NAME=W,...;START:..." with START a fraction of max_steps, e.g.
+    "0:ce=1;0.2:ce=1,dlm=1" (docs/recipes.md)."""
+    phase: int | None = None
+    """Run only this phase (1, 2, ...) of the objectives for all max_steps, e.g. one BitDistill
+    stage; null = every phase at its start fraction."""
+    teacher: str = "auto"
+    """Full-precision teacher of logits_kd / attention_relation / layerwise / lrc: a bitk checkpoint or
+    Hugging Face folder, loaded only when an objective needs it; "auto" = model, when that is a path
+    (the original full-precision model, as BitDistill does)."""
+    teacher_dtype: str = "auto"
+    """Teacher weights: "auto" (bf16 on CUDA, float32 on CPU), "fp32" or "bf16"."""
+    dlm_probability: float = 0.15
+    """DLM: probability of masking each eligible token (never the first/last position or padding)."""
+    dlm_complementary: bool = True
+    """DLM: also train on the inverse mask, so every eligible token is masked exactly once per batch."""
+    dlm_mask_token: str = "<|mask|>"
+    """DLM: the token that replaces masked tokens (must be in the tokenizer; not EOS or padding)."""
+    kd_temperature: float = 5.0
+    """Logits KD: softmax temperature tau (the loss is tau^2 * KL; its weight is the beta of numerics.md)."""
+    relation_layers: list[int] = field(default_factory=lambda: [-1])
+    """Attention relation: decoder layers whose Q/K/V relations are distilled (-1 = the last of each model)."""
+    relation_split_heads: int = 32
+    """Attention relation: relation heads R; must divide the q/k/v widths of student and teacher."""
+    relation_gamma: float = 1000.0
+    """Attention relation: the factor gamma of the loss (BitDistill's scripts use 1e5 on one late layer)."""
+    layerwise_weighting: str = "uniform"
+    """Layer-wise distillation: layer weights "uniform" or "depth" (growing with depth)."""
+    lrc_rank_ratio: float = 0.1
+    """LRC: rank of each projection's correction as a fraction of min(in, out)."""
+    lrc_init: str = "svd"
+    """LRC: "svd" (truncated SVD of the quantization residual) or "random" (V small random, U zero)."""
+    lrc_layers: str = "all"
+    """LRC: hidden-state MSE over "all" decoder layers or the "final" one."""
     quant_warmup_steps: int = 0
     """Quantization warm-up: lambda goes 0 -> 1 over this many steps (0 = plain BitNet from the start)."""
     quant_warmup_shape: str = "linear"
@@ -241,6 +282,38 @@ class TrainingConfig:
         _check_number(p + "zclip_factor", self.zclip_factor, low=0.0, low_open=True)
         if self.zclip_max_grad_norm is not None:
             _check_number(p + "zclip_max_grad_norm", self.zclip_max_grad_norm, low=0.0, low_open=True)
+        from bitk.objectives.curriculum import Curriculum  # torch-free
+
+        if not isinstance(self.objectives, str):
+            raise ValueError(f"training.objectives must be a string such as 'ce=1' or '0:ce=1;0.2:ce=1,dlm=1', "
+                             f"got {self.objectives!r}")
+        try:
+            curriculum = Curriculum.parse(self.objectives)
+        except ValueError as e:
+            raise ValueError(f"training.objectives: {e}") from None
+        if self.phase is not None:
+            _check_int(p + "phase", self.phase, low=1, high=len(curriculum.phases),
+                       why=f" (training.objectives has {len(curriculum.phases)} phase(s))")
+        if not isinstance(self.teacher, str) or not self.teacher:
+            raise ValueError('training.teacher must be "auto" or a path to a full-precision model')
+        _check_choice(p + "teacher_dtype", self.teacher_dtype, TEACHER_DTYPES)
+        _check_number(p + "dlm_probability", self.dlm_probability, low=0.0, high=1.0)
+        _check_bool(p + "dlm_complementary", self.dlm_complementary)
+        if not isinstance(self.dlm_mask_token, str) or not self.dlm_mask_token:
+            raise ValueError("training.dlm_mask_token must be a token of the tokenizer, e.g. <|mask|>")
+        _check_number(p + "kd_temperature", self.kd_temperature, low=0.0, low_open=True)
+        if not isinstance(self.relation_layers, list) or not self.relation_layers:
+            raise ValueError(f"training.relation_layers must be a non-empty list of layer indices, got "
+                             f"{self.relation_layers!r}")
+        for layer in self.relation_layers:
+            if not isinstance(layer, int) or isinstance(layer, bool):
+                raise ValueError(f"training.relation_layers must hold layer indices, got {layer!r}")
+        _check_int(p + "relation_split_heads", self.relation_split_heads, low=1)
+        _check_number(p + "relation_gamma", self.relation_gamma, low=0.0)
+        _check_choice(p + "layerwise_weighting", self.layerwise_weighting, LAYERWISE_WEIGHTINGS)
+        _check_number(p + "lrc_rank_ratio", self.lrc_rank_ratio, low=0.0, high=1.0, low_open=True)
+        _check_choice(p + "lrc_init", self.lrc_init, LRC_INITS)
+        _check_choice(p + "lrc_layers", self.lrc_layers, LRC_LAYERS)
         _check_int(p + "quant_warmup_steps", self.quant_warmup_steps, low=0)
         _check_choice(p + "quant_warmup_shape", self.quant_warmup_shape, QUANT_WARMUP_SHAPES)
         _check_int(p + "eval_every", self.eval_every, low=0)
@@ -299,6 +372,7 @@ class Config:
         _check_bool("ternary", self.ternary)
         self.data.validate()
         self.training.validate()
+        self._validate_objectives()
         if self.model in PRESETS:
             model_config = self.model_config()
             if self.data.block_size > model_config.max_position_embeddings:
@@ -340,6 +414,46 @@ class Config:
             raise ValueError("wandb=true needs the wandb package: pip install wandb (then wandb login)")
         if self.progress is not None:
             _check_bool("progress", self.progress)
+
+    def curriculum(self):
+        """The training objectives as a `bitk.objectives.curriculum.Curriculum` (training.phase applied)."""
+        from bitk.objectives.curriculum import Curriculum
+
+        curriculum = Curriculum.parse(self.training.objectives)
+        if self.training.phase is not None:
+            curriculum = Curriculum.constant(curriculum.phases[self.training.phase - 1][1])
+        return curriculum
+
+    def teacher_path(self) -> str | None:
+        """Where the teacher comes from (None when no objective needs one)."""
+        from bitk.objectives.curriculum import needs_teacher
+
+        if not needs_teacher(self.curriculum()):
+            return None
+        return self.model if self.training.teacher == "auto" else self.training.teacher
+
+    def _validate_objectives(self) -> None:
+        t = self.training
+        objectives = self.curriculum().objectives()
+        if "lrc" in objectives and not self.ternary:
+            raise ValueError("the lrc objective calibrates a low-rank correction of ternary projections: it needs "
+                             "ternary=true")
+        teacher = self.teacher_path()
+        if teacher is None:
+            return
+        from bitk.objectives.curriculum import TEACHER_OBJECTIVES
+
+        wanted = ", ".join(sorted(objectives & set(TEACHER_OBJECTIVES)))
+        if teacher in PRESETS:
+            raise ValueError(
+                f"the objective(s) {wanted} need a full-precision teacher, and model={self.model} is a preset "
+                "trained from scratch: set training.teacher=PATH (a bitk checkpoint or Hugging Face folder; train "
+                "one with ternary=false)" if t.teacher == "auto" else
+                f"training.teacher={teacher} is a model preset, not a trained model: give the path of a bitk "
+                "checkpoint or Hugging Face folder")
+        if not Path(teacher).expanduser().exists():
+            raise ValueError(f"training.teacher={teacher!r} (needed by {wanted}): no such checkpoint or folder "
+                             "(the teacher is read from a local path; nothing is downloaded)")
 
     def model_config(self) -> ModelConfig:
         """The preset's ModelConfig with model_overrides and ternary applied (presets only)."""
@@ -615,3 +729,6 @@ def fields_markdown() -> str:
         rows.append(f"| `{key}` | {tp.replace('|', 'or')} | `{_format_default(default)}` | "
                     f"{doc.replace('|', chr(92) + '|')} |")
     return "\n".join(rows) + "\n"
+
+
+from . import recipes  # noqa: F401  (registers the recipe presets: unified, bitdistill_full, lrc_calibration)

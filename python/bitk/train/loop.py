@@ -25,12 +25,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bitk.data.tokenizer import MASK_ID
 from bitk.models import PRESETS, CausalLM, load_model
 from bitk.nn import set_quant_lambda
+from bitk.objectives.combiner import ObjectiveSettings, compute_loss
+from bitk.objectives.curriculum import Curriculum
+from bitk.objectives.dlm import init_mask_embedding
+from bitk.objectives.lrc import prepare_lrc
+from bitk.objectives.teacher import load_teacher
 
 from .auto_batch import find_micro_batch
 from .config import Config, config_from_dict, config_to_dict, config_to_yaml
-from .data import TrainData
+from .data import TrainData, find_eos_id
 from .distributed import (
     DistInfo,
     all_reduce_mean,
@@ -87,6 +93,11 @@ def train(cfg: Config) -> dict[str, Any]:
     if cfg.data.block_size > raw.config.max_position_embeddings:
         raise ValueError(f"data.block_size ({cfg.data.block_size}) exceeds the model's max_position_embeddings "
                          f"({raw.config.max_position_embeddings})")
+    curriculum = cfg.curriculum()
+    if "lrc" in curriculum.objectives():
+        prepare_lrc_student(raw, t, say)
+    teacher = load_teacher_for(cfg, raw, info.device, say)
+    settings = objective_settings(t, tokenizer, curriculum)
     model = wrap_model(raw, info, cfg.distributed)
     if t.compile:
         model = torch.compile(model)
@@ -100,7 +111,9 @@ def train(cfg: Config) -> dict[str, Any]:
     # -- batch geometry: global batch = micro-batch x accumulation x processes
     per_rank = t.global_batch_size // info.world_size
     if t.auto_batch_size:
-        t.micro_batch_size = auto_micro_batch(model, raw, info, t, data.tokens_per_block, autocast, say)
+        t.micro_batch_size = auto_micro_batch(model, raw, info, t, data.tokens_per_block, autocast, say,
+                                              loss_fn=functools.partial(batch_loss, weights=curriculum.all_weights(),
+                                                                        settings=settings, teacher=teacher))
     if per_rank % t.micro_batch_size:
         raise ValueError(f"training.micro_batch_size ({t.micro_batch_size}) must divide the per-process batch "
                          f"({t.global_batch_size} / {info.world_size} processes = {per_rank})")
@@ -138,6 +151,14 @@ def train(cfg: Config) -> dict[str, Any]:
             say(f"already at training.max_steps={t.max_steps}: nothing to train (raise it to go on, or use another "
                 "output_dir to start afresh)", flush=True)
 
+    if resume_from is None and "dlm" in curriculum.objectives() and cfg.model not in PRESETS:
+        init_mask_embedding(raw, settings.mask_token_id)  # a pretrained model has never seen the mask token
+        say(f"DLM: the embedding of {t.dlm_mask_token} (id {settings.mask_token_id}) starts as the mean embedding",
+            flush=True)
+    if len(curriculum.phases) > 1 or curriculum.objectives() != {"ce"}:
+        say(f"objectives: {curriculum.describe(t.max_steps)}"
+            + (f"; teacher: {cfg.teacher_path()}" if teacher is not None else ""), flush=True)
+
     metrics = Metrics(out, enabled=info.is_main, resume_step=step if resume_from else None,
                       tensorboard=cfg.tensorboard, wandb=cfg.wandb, wandb_project=cfg.wandb_project,
                       config=config_to_dict(cfg))
@@ -146,6 +167,8 @@ def train(cfg: Config) -> dict[str, Any]:
     saved = Saved(path=resume_from, step=step if resume_from else -1)
     eval_step = -1
     window = Window()
+    last_weights: dict[str, float] | None = None
+    track_parts = len(curriculum.phases) > 1 or curriculum.objectives() != {"ce"}  # log each objective's value
     stop = StopSignal()
     progress = ProgressBar(t.max_steps, step, enabled=cfg.progress, quiet=not info.is_main)
 
@@ -192,15 +215,24 @@ def train(cfg: Config) -> dict[str, Any]:
                 apply_lr(optimizer, step, t)
                 if t.quant_warmup_steps:
                     set_quant_lambda(raw, quant_lambda(step, t))
+                weights = curriculum.weights_at(step, t.max_steps)
+                if weights != last_weights:
+                    if last_weights is not None:
+                        progress.print(f"step {step:>6} | objectives now {_weights_text(weights)}")
+                    last_weights = weights
                 loss_sum = torch.zeros((), device=info.device)
+                parts_sum: dict[str, torch.Tensor] = {}
                 for micro in range(grad_accum):
                     input_ids, position_ids = (x.to(info.device, non_blocking=True)
                                                for x in data.next_batch(t.micro_batch_size))
                     with no_sync(model, info, last_micro_step=micro == grad_accum - 1):
                         with autocast():
-                            loss = next_token_loss(model(input_ids, position_ids=position_ids).logits, input_ids)
+                            loss, parts = batch_loss(model, input_ids, position_ids, weights=weights,
+                                                     settings=settings, teacher=teacher)
                         (loss / grad_accum).backward()
                     loss_sum += loss.detach()
+                    for name, value in parts.items():
+                        parts_sum[name] = parts_sum.get(name, 0.0) + value / grad_accum
                 grad_norm = clip_gradients(model.parameters(), t, zclip)
                 # the step's one host sync: its global loss and gradient norm, and whether any process must stop
                 loss_value, norm_value, stopping = step_outcome(loss_sum / grad_accum, grad_norm, stop, info)
@@ -209,7 +241,7 @@ def train(cfg: Config) -> dict[str, Any]:
                 if math.isfinite(loss_value) and math.isfinite(norm_value):
                     optimizer.step()
                     bad_run = 0
-                    window.add(loss_value, norm_value)
+                    window.add(loss_value, norm_value, parts_sum if track_parts else None)
                 else:  # skipped: weights and optimizer state stay as they were
                     bad_total += 1
                     bad_run += 1
@@ -250,7 +282,13 @@ def train(cfg: Config) -> dict[str, Any]:
             if info.is_main else None
         gguf, gguf_error = None, None
         if info.is_main and cfg.export_gguf != "none" and stop.requested is None:
-            gguf, gguf_error = export_gguf(saved.path, out / f"model-{cfg.export_gguf}.gguf", cfg.export_gguf, say)
+            if raw.config.lrc_rank_ratio:
+                gguf_error = ("GGUF export skipped: a model with low-rank correction factors has no GGUF form "
+                              "(bitnet.cpp and llama.cpp have no LRC); the checkpoint keeps them")
+                say(gguf_error, flush=True)
+            else:
+                gguf, gguf_error = export_gguf(saved.path, out / f"model-{cfg.export_gguf}.gguf", cfg.export_gguf,
+                                               say)
         barrier(info)
     except TrainingError:
         raise
@@ -287,6 +325,85 @@ def train(cfg: Config) -> dict[str, Any]:
 def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of predicting token t+1 from the logits at t, over every position of the batch."""
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten())
+
+
+def batch_loss(model: torch.nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor, *,
+               weights: dict[str, float], settings: ObjectiveSettings, teacher: torch.nn.Module | None,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The weighted objectives of one micro-batch and each one's value (`bitk.objectives.compute_loss`).
+
+    Plain CE (the default) is one forward and `next_token_loss`; DLM masks draw from the global RNG
+    (saved in checkpoints) unless a generator is given.
+    """
+    if weights == {"ce": 1.0}:
+        loss = next_token_loss(model(input_ids, position_ids=position_ids).logits, input_ids)
+        return loss, {"ce": loss.detach()}
+    return compute_loss(model, input_ids, position_ids, weights, settings, teacher=teacher, generator=generator)
+
+
+def _weights_text(weights: dict[str, float]) -> str:
+    return ", ".join(f"{name}={w:g}" for name, w in weights.items() if w > 0)
+
+
+def prepare_lrc_student(raw: CausalLM, t: Any, say: Any) -> None:
+    """LRC calibration: low-rank factors on every projection, everything else frozen (`prepare_lrc`)."""
+    ratio = raw.config.lrc_rank_ratio or t.lrc_rank_ratio  # a model that has LRC already keeps its rank
+    if raw.config.lrc_rank_ratio and raw.config.lrc_rank_ratio != t.lrc_rank_ratio:
+        say(f"LRC: the model already has low-rank factors of rank ratio {raw.config.lrc_rank_ratio}; "
+            f"training.lrc_rank_ratio={t.lrc_rank_ratio} is not used", flush=True)
+    trainable = prepare_lrc(raw, rank_ratio=ratio, init=t.lrc_init)
+    raw.config = raw.config.replace(lrc_rank_ratio=ratio)
+    frozen = sum(p.numel() for p in raw.parameters()) - sum(p.numel() for p in trainable)
+    say(f"LRC: rank ratio {ratio} ({t.lrc_init} init): {sum(p.numel() for p in trainable):,} trainable parameters, "
+        f"{frozen:,} frozen (ternary weights, embeddings, norms)", flush=True)
+
+
+def load_teacher_for(cfg: Config, raw: CausalLM, device: torch.device, say: Any) -> torch.nn.Module | None:
+    """The frozen full-precision teacher when an objective needs one (else None); checked against the student."""
+    path = cfg.teacher_path()
+    if path is None:
+        return None
+    t = cfg.training
+    bf16 = t.teacher_dtype == "bf16" or (t.teacher_dtype == "auto" and device.type == "cuda")
+    teacher = load_teacher(path, dtype=torch.bfloat16 if bf16 else torch.float32, device=device)
+    s, c = raw.config, teacher.config
+    if c.vocab_size != s.vocab_size:
+        raise ValueError(f"teacher {path} has a {c.vocab_size}-token vocabulary, the student {s.vocab_size}: "
+                         "distillation compares logits token by token, so both need the same tokenizer")
+    objectives = cfg.curriculum().objectives()
+    if "attention_relation" in objectives:
+        r = t.relation_split_heads
+        for who, config in (("student", s), ("teacher", c)):
+            for what, size in (("q", config.q_size), ("k/v", config.kv_size)):
+                if size % r:
+                    raise ValueError(f"training.relation_split_heads={r} must divide the {who}'s {what} width "
+                                     f"{size}; choose a common divisor of {s.q_size}, {s.kv_size}, {c.q_size} "
+                                     f"and {c.kv_size}")
+    if objectives & {"layerwise", "lrc"} and (c.num_hidden_layers, c.hidden_size) != (s.num_hidden_layers,
+                                                                                      s.hidden_size):
+        raise ValueError(f"layerwise / lrc compare hidden states layer by layer: the teacher {path} has "
+                         f"{c.num_hidden_layers} layers of width {c.hidden_size}, the student "
+                         f"{s.num_hidden_layers} of width {s.hidden_size}")
+    say(f"teacher: {path} ({'bf16' if bf16 else 'float32'}, frozen, {teacher.num_parameters():,} parameters)",
+        flush=True)
+    return teacher
+
+
+def objective_settings(t: Any, tokenizer: Any, curriculum: Curriculum) -> ObjectiveSettings:
+    """The objectives' knobs from the training config; the DLM mask token is looked up in the tokenizer."""
+    mask_id = MASK_ID
+    if "dlm" in curriculum.objectives():
+        mask_id = tokenizer.token_to_id(t.dlm_mask_token)
+        if mask_id is None:
+            raise ValueError(f"training.dlm_mask_token={t.dlm_mask_token!r} is not a token of the model's tokenizer; "
+                             "name one it has and the data never uses (a dedicated added token is best)")
+        if mask_id == find_eos_id(tokenizer):
+            raise ValueError(f"training.dlm_mask_token={t.dlm_mask_token!r} is the EOS token, which joins the "
+                             "packed documents: choose another token")
+    return ObjectiveSettings(dlm_probability=t.dlm_probability, dlm_complementary=t.dlm_complementary,
+                             kd_temperature=t.kd_temperature, relation_layers=tuple(t.relation_layers),
+                             relation_split_heads=t.relation_split_heads, relation_gamma=t.relation_gamma,
+                             layerwise_weighting=t.layerwise_weighting, lrc_layers=t.lrc_layers, mask_token_id=mask_id)
 
 
 # --------------------------------------------------------------------------- helpers of train()
@@ -347,11 +464,12 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def auto_micro_batch(model: torch.nn.Module, raw: CausalLM, info: DistInfo, t: Any, block: int, autocast: Any,
-                     say: Any) -> int:
+                     say: Any, loss_fn: Any = None) -> int:
     """The largest micro-batch that fits (`find_micro_batch`), tried with real steps that leave no trace.
 
-    Each try runs forward, backward and a step of a scratch optimizer with lr 0 and no weight decay
-    (its state is what the real optimizer will hold; the weights do not move), then drops it all.
+    Each try runs forward (``loss_fn(model, ids, positions, generator=...)``, default plain CE),
+    backward and a step of a scratch optimizer with lr 0 and no weight decay (its state is what the
+    real optimizer will hold; the weights do not move), then drops it all.
     """
     per_rank = t.global_batch_size // info.world_size
     scratch_cfg = dataclasses.replace(t, lr=0.0, muon_lr=0.0, weight_decay=0.0)
@@ -364,7 +482,10 @@ def auto_micro_batch(model: torch.nn.Module, raw: CausalLM, info: DistInfo, t: A
             ids = torch.randint(0, raw.config.vocab_size, (mb, block), generator=generator).to(info.device)
             with no_sync(model, info, last_micro_step=False):
                 with autocast():
-                    loss = next_token_loss(model(ids, position_ids=positions.expand(mb, block)).logits, ids)
+                    if loss_fn is None:
+                        loss = next_token_loss(model(ids, position_ids=positions.expand(mb, block)).logits, ids)
+                    else:  # the run's objectives (DLM's extra rows and the teacher count too)
+                        loss = loss_fn(model, ids, positions.expand(mb, block), generator=generator)[0]
                 loss.backward()
             scratch.step()
         finally:
@@ -439,11 +560,17 @@ class Window:
     def _reset(self) -> None:
         self.loss = self.norm = self.seconds = 0.0
         self.good = self.tokens = 0
+        self.parts: dict[str, torch.Tensor] = {}
+        self.part_steps: dict[str, int] = {}
 
-    def add(self, loss: float, norm: float) -> None:
+    def add(self, loss: float, norm: float, parts: dict[str, torch.Tensor] | None = None) -> None:
+        """A good step; ``parts`` (each objective's value, on the device) are summed without a host sync."""
         self.loss += loss
         self.norm += norm
         self.good += 1
+        for name, value in (parts or {}).items():
+            self.parts[name] = self.parts.get(name, 0.0) + value
+            self.part_steps[name] = self.part_steps.get(name, 0) + 1
 
     def record(self, step: int, tokens: int, optimizer: Any, skipped: int, info: DistInfo, peak: float | None,
                model_flops: float) -> dict[str, Any]:
@@ -455,6 +582,11 @@ class Window:
         value = mfu(tokens_per_s / info.world_size, model_flops, peak)
         if value is not None:
             rec["mfu"] = value
+        if self.parts:  # each objective's mean since the last record (one sync per record, not per step)
+            names = sorted(self.parts)
+            values = torch.stack([torch.as_tensor(self.parts[n], dtype=torch.float32) / self.part_steps[n]
+                                  for n in names])
+            rec["objectives"] = dict(zip(names, all_reduce_mean(values, info).tolist()))
         if self.good:
             self.last_loss = loss
         self._reset()
@@ -466,6 +598,8 @@ def format_record(r: dict[str, Any], max_steps: int) -> str:
             f"grad norm {r['grad_norm']:.3f} | {r['tokens_per_s']:,.0f} tok/s | {r['tokens']:,} tokens")
     if "mfu" in r:
         line += f" | MFU {100 * r['mfu']:.1f}%"
+    if "objectives" in r:
+        line += " | " + ", ".join(f"{name} {value:.4f}" for name, value in r["objectives"].items())
     return line
 
 

@@ -2,7 +2,8 @@
 
 metrics.jsonl holds one JSON object per line, each with "kind" and "step":
   {"kind": "train", "step": 10, "tokens": 40960, "loss": 6.91, "lr": 0.001, "grad_norm": 1.2,
-   "tokens_per_s": 5123.4, "elapsed_s": 8.0, "skipped_steps": 0[, "mfu": 0.41]}
+   "tokens_per_s": 5123.4, "elapsed_s": 8.0, "skipped_steps": 0[, "mfu": 0.41]
+   [, "objectives": {"ce": 6.1, "logits_kd": 0.03}]}     (each objective's value, when not plain CE)
   {"kind": "eval", "step": 100, "tokens": ..., "loss": 4.2, "perplexity": 66.7, "eval_tokens": 16320}
   {"kind": "bad_step", "step": 41, "loss": "nan", "grad_norm": "nan", "consecutive": 1}
 "loss" of a train record is the mean over the good steps since the previous record. Only the
@@ -77,7 +78,10 @@ class Metrics:
         clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in record.items()}
         self._file.write(json.dumps(clean) + "\n")
         kind, step = record["kind"], record["step"]
-        scalars = {f"{kind}/{k}": v for k, v in record.items()
+        flat = {}
+        for k, v in record.items():  # one level of nesting ("objectives": {"ce": ...}) becomes objectives/ce
+            flat.update({f"{k}/{sub}": x for sub, x in v.items()} if isinstance(v, dict) else {k: v})
+        scalars = {f"{kind}/{k}": v for k, v in flat.items()
                    if k not in ("kind", "step") and isinstance(v, (int, float)) and not isinstance(v, bool)
                    and math.isfinite(v)}
         if self._tb is not None:

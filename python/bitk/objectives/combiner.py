@@ -1,0 +1,182 @@
+"""The combined loss of one micro-batch (numerics.md "Objectives"), with the objectives' settings.
+
+The weights come from a `bitk.objectives.curriculum.Curriculum`. `compute_loss` runs only the
+forwards the non-zero weights need and returns the weighted sum with each objective's unweighted value. Objectives: ``ce`` (next-token
+CE), ``dlm`` (Fast-dLLM v2 masked objective, arXiv 2509.26328), ``logits_kd`` (logits distillation) and
+``attention_relation`` (MiniLMv2 attention relations, arXiv 2012.15828) as in BitDistill (arXiv 2510.13998),
+``layerwise`` (normalised hidden states) and ``lrc`` (LRC calibration MSE, arXiv 2412.07902);
+the last four need a teacher.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from bitk.data.tokenizer import MASK_ID
+
+from .attention_relation import attention_relation_loss, resolve_layer_pairs
+from .ce import IGNORE_INDEX, next_token_ce
+from .curriculum import TEACHER_OBJECTIVES, _check_weights
+from .dlm import dlm_loss, dlm_mask
+from .layerwise import WEIGHTINGS, layerwise_loss
+from .logits_kd import logits_kd_loss
+from .lrc import LRC_LAYERS, lrc_loss
+
+__all__ = ["ObjectiveSettings", "compute_loss"]
+
+
+@dataclass
+class ObjectiveSettings:
+    """The knobs of the objectives (defaults: numerics.md "Objectives")."""
+
+    dlm_probability: float = 0.15
+    """DLM: probability of masking each eligible token."""
+    dlm_complementary: bool = True
+    """DLM: double the batch with the inverse mask, so every eligible token is masked once."""
+    kd_temperature: float = 5.0
+    """Logits KD: softmax temperature tau (the loss is scaled by tau^2)."""
+    kd_beta: float = 1.0
+    """Logits KD: the factor beta of the loss (on top of the curriculum weight)."""
+    relation_layers: tuple = (-1,)
+    """Attention relation: layer indices applied to student and teacher (-1 = last of each), or
+    (student, teacher) pairs."""
+    relation_split_heads: int = 32
+    """Attention relation: number R of relation heads; must divide the q/k/v sizes of both models."""
+    relation_gamma: float = 1000.0
+    """Attention relation: the factor gamma of the loss (the official BitDistill scripts use 1e5)."""
+    layerwise_weighting: str = "uniform"
+    """Layer-wise distillation: 'uniform' or 'depth' (weights growing with depth)."""
+    lrc_layers: str = "all"
+    """LRC calibration: MSE over 'all' decoder layers' hidden states or the 'final' one."""
+    mask_token_id: int = MASK_ID
+    """DLM: the id that replaces masked tokens (bitk's tokenizer: <|mask|> = 2); not EOS or pad."""
+    pad_token_id: int | None = None
+    """Padding id: pad tokens are not CE/DLM targets and not valid KD/relation tokens (None = no padding)."""
+
+    def __post_init__(self) -> None:
+        layers = self.relation_layers
+        layers = [layers] if isinstance(layers, int) else layers
+        self.relation_layers = tuple(tuple(x) if isinstance(x, list) else x for x in layers)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field out of range."""
+        def number(name: str, ok) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+                raise ValueError(f"ObjectiveSettings.{name} is out of range: {v!r}")
+
+        number("dlm_probability", lambda v: 0 <= v <= 1)
+        number("kd_temperature", lambda v: v > 0)
+        number("kd_beta", lambda v: v >= 0)
+        number("relation_gamma", lambda v: v >= 0)
+        if not isinstance(self.dlm_complementary, bool):
+            raise ValueError(f"ObjectiveSettings.dlm_complementary must be true or false, got {self.dlm_complementary!r}")
+        s = self.relation_split_heads
+        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+            raise ValueError(f"ObjectiveSettings.relation_split_heads must be a positive integer, got {s!r}")
+        try:
+            resolve_layer_pairs(self.relation_layers, 1 << 30, 1 << 30)  # form only; depth is checked at use
+        except ValueError as e:
+            raise ValueError(f"ObjectiveSettings.relation_layers: {e}") from None
+        if self.layerwise_weighting not in WEIGHTINGS:
+            raise ValueError(f"ObjectiveSettings.layerwise_weighting must be one of {', '.join(WEIGHTINGS)}, "
+                             f"got {self.layerwise_weighting!r}")
+        if self.lrc_layers not in LRC_LAYERS:
+            raise ValueError(f"ObjectiveSettings.lrc_layers must be one of {', '.join(LRC_LAYERS)}, got {self.lrc_layers!r}")
+        for name in ("mask_token_id", "pad_token_id"):
+            v = getattr(self, name)
+            if (v is not None or name == "mask_token_id") and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ValueError(f"ObjectiveSettings.{name} must be a non-negative token id, got {v!r}")
+        if self.mask_token_id == self.pad_token_id:
+            raise ValueError(f"ObjectiveSettings.mask_token_id must differ from pad_token_id ({self.pad_token_id})")
+
+
+def compute_loss(
+    student: torch.nn.Module,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor | None,
+    weights: Mapping[str, float],
+    settings: ObjectiveSettings,
+    *,
+    teacher: torch.nn.Module | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``(sum of weight * loss, {objective: unweighted loss, detached float32})`` over the non-zero weights.
+
+    One student forward: over the clean rows for ce/logits_kd/attention_relation/layerwise/lrc
+    (asking for hidden or attention states only when layerwise/lrc or attention_relation weigh > 0),
+    with the DLM-masked rows appended for dlm; and the teacher's forward on the clean input under
+    no_grad for the teacher objectives. A zero weight computes nothing: no masking, no
+    teacher call. The teacher's train/eval mode is left as is (`load_teacher` sets eval).
+    ``generator`` draws the DLM masks. No host sync.
+    """
+    active = {n: w for n, w in _check_weights(weights, "compute_loss weights").items() if w > 0}
+    if not active:
+        raise ValueError(f"compute_loss needs at least one positive weight, got {dict(weights)!r}")
+    teacher_names = [n for n in TEACHER_OBJECTIVES if n in active]
+    if teacher_names and teacher is None:
+        raise ValueError(f"objective(s) {', '.join(teacher_names)} need a teacher model, but teacher is None")
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+    pad = settings.pad_token_id
+    valid = None if pad is None else input_ids != pad
+    need_hidden = "layerwise" in active or "lrc" in active
+    need_attention = "attention_relation" in active
+    losses: dict[str, torch.Tensor] = {}
+
+    clean = "ce" in active or bool(teacher_names)
+    B, L = input_ids.shape
+    ids, pos, masked = input_ids, position_ids, None
+    if "dlm" in active:
+        masked = dlm_mask(input_ids, mask_token_id=settings.mask_token_id, probability=settings.dlm_probability,
+                          complementary=settings.dlm_complementary, generator=generator, pad_token_id=pad,
+                          position_ids=position_ids)
+        if clean:  # one forward over the clean and the masked rows (DDP / FSDP want one forward per backward)
+            ids = torch.cat([input_ids, masked.input_ids])
+            pos = None if position_ids is None else torch.cat([_rows(position_ids, B, L),
+                                                               _rows(masked.position_ids, masked.input_ids.shape[0], L)])
+        else:
+            ids, pos = masked.input_ids, masked.position_ids
+    out = student(ids, pos, output_hidden_states=need_hidden, output_attention_states=need_attention)
+
+    if "dlm" in active:
+        losses["dlm"] = dlm_loss(out.logits[B:] if clean else out.logits, masked.labels)
+    if clean:
+        logits = out.logits[:B]
+        if "ce" in active:
+            labels = input_ids if valid is None else input_ids.masked_fill(~valid, IGNORE_INDEX)
+            losses["ce"] = next_token_ce(logits, labels)
+        if teacher_names:
+            hidden = None if out.hidden_states is None else tuple(h[:B] for h in out.hidden_states)
+            states = None if out.attention_states is None else \
+                tuple(tuple(x[:B] for x in qkv) for qkv in out.attention_states)
+            with torch.no_grad():
+                ref = teacher(input_ids, position_ids, output_hidden_states=need_hidden,
+                              output_attention_states=need_attention)
+            if "logits_kd" in active:
+                losses["logits_kd"] = logits_kd_loss(logits, ref.logits, temperature=settings.kd_temperature,
+                                                     beta=settings.kd_beta, valid_mask=valid)
+            if "attention_relation" in active:
+                losses["attention_relation"] = attention_relation_loss(
+                    states, ref.attention_states, layers=settings.relation_layers,
+                    split_heads=settings.relation_split_heads, gamma=settings.relation_gamma, valid_mask=valid)
+            if "layerwise" in active:
+                losses["layerwise"] = layerwise_loss(hidden, ref.hidden_states, weighting=settings.layerwise_weighting)
+            if "lrc" in active:
+                losses["lrc"] = lrc_loss(hidden, ref.hidden_states, layers=settings.lrc_layers)
+    del out
+
+    total = sum(active[n] * loss for n, loss in losses.items())
+    return total, {n: loss.detach().float() for n, loss in losses.items()}
+
+
+def _rows(position_ids: torch.Tensor | None, n: int, length: int) -> torch.Tensor:
+    """position_ids as [n, length] rows (None: 0..length-1 in every row)."""
+    if position_ids is None:
+        return torch.arange(length).expand(n, length)
+    return position_ids.expand(n, length) if position_ids.dim() == 1 or position_ids.shape[0] == 1 else position_ids
