@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from bitk_testing import scramble
 
 # Small enough for a fast CPU run, large enough to have GQA (4 query heads, 2 KV heads), two
 # layers and a vocabulary the tokenizer fixture fits in.
@@ -22,24 +23,6 @@ DIMS = {"vocab_size": 96, "hidden_size": 32, "intermediate_size": 64, "num_hidde
 # transformers' packed/online BitNet quantizer config keys (transformers.utils.quantization_config).
 BITNET_ONLINE = {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "online"}
 BITNET_PACKED = {"quant_method": "bitnet", "linear_class": "bitlinear", "quantization_mode": "offline"}
-
-
-@torch.no_grad()
-def scramble(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Redraw every parameter: matrices N(0, 1/in) (embedding N(0, 1)), vectors 1 + N(0, 0.2^2)."""
-    g = torch.Generator().manual_seed(seed)
-    seen = set()
-    for name, p in model.named_parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        if p.dim() == 1:
-            p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
-        elif "embed_tokens" in name:
-            p.copy_(torch.randn(p.shape, generator=g))
-        else:
-            p.copy_(torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5)
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -11,30 +11,13 @@ import sys
 
 import torch
 from bitk.models import CausalLM, ModelConfig
+from bitk_testing import scramble
 
 sys.modules["bitk_objectives_testing"] = sys.modules[__name__]
 
 TINY = ModelConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                    bos_token_id=0, eos_token_id=0, pad_token_id=1)
-
-
-@torch.no_grad()
-def scramble(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Redraw every parameter: matrices N(0, 1/in) (embedding N(0, 1)), vectors 1 + N(0, 0.2^2)."""
-    g = torch.Generator().manual_seed(seed)
-    seen = set()
-    for name, p in model.named_parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        if p.dim() == 1:
-            p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
-        elif "embed_tokens" in name:
-            p.copy_(torch.randn(p.shape, generator=g))
-        else:
-            p.copy_(torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5)
-    return model
 
 
 def tiny_model(seed: int = 0, **changes) -> CausalLM:

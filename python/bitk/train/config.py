@@ -708,13 +708,14 @@ def format_help() -> str:
         "",
         "model presets (model=NAME; or model=PATH of a bitk checkpoint / Hugging Face folder):",
     ]
+    width = max(len(name) for name in [*PRESETS, *TRAINING_PRESETS])
     for name, mc in PRESETS.items():
         tok = "bitk tokenizer" if mc.vocab_size == _DEFAULT_TOKENIZER_VOCAB else "needs model=PATH with its tokenizer"
-        lines.append(f"  {name:<14} {mc.num_hidden_layers} layers, hidden {mc.hidden_size}, "
+        lines.append(f"  {name:<{width}} {mc.num_hidden_layers} layers, hidden {mc.hidden_size}, "
                      f"vocab {mc.vocab_size} ({tok})")
     lines += ["", "training presets (training=NAME, then training.FIELD=VALUE on top):"]
     for name in TRAINING_PRESETS:
-        lines.append(f"  {name:<14} {TRAINING_PRESET_DOCS.get(name, '')}")
+        lines.append(f"  {name:<{width}} {TRAINING_PRESET_DOCS.get(name, '')}")
     lines += ["", "fields (key=value; lists as [a,b]; null for none):"]
     for key, tp, default, doc in iter_fields():
         lines.append(f"  {key} ({tp}, default {_format_default(default)})")
