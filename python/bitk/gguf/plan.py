@@ -138,7 +138,7 @@ def plan_pack(src, options: PackOptions | None = None) -> PackPlan:
     notes: list[str] = []
 
     # --- what the BitNet graphs can evaluate
-    if getattr(c, "lrc_rank_ratio", 0.0):
+    if c.lrc_rank_ratio:
         raise ValueError(
             f"{where}: the model has low-rank correction factors (LRC, lrc_rank_ratio={c.lrc_rank_ratio}), which "
             "no BitNet GGUF graph evaluates: the packed model would lose the correction. Keep the bitk checkpoint "

@@ -175,8 +175,6 @@ def compute_loss(
     return total, {n: loss.detach().float() for n, loss in losses.items()}
 
 
-def _rows(position_ids: torch.Tensor | None, n: int, length: int) -> torch.Tensor:
-    """position_ids as [n, length] rows (None: 0..length-1 in every row)."""
-    if position_ids is None:
-        return torch.arange(length).expand(n, length)
+def _rows(position_ids: torch.Tensor, n: int, length: int) -> torch.Tensor:
+    """position_ids ([length], [1, length] or [n, length]) as [n, length] rows."""
     return position_ids.expand(n, length) if position_ids.dim() == 1 or position_ids.shape[0] == 1 else position_ids

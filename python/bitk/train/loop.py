@@ -96,7 +96,7 @@ def train(cfg: Config) -> dict[str, Any]:
     curriculum = cfg.curriculum()
     if "lrc" in curriculum.objectives():
         prepare_lrc_student(raw, t, say)
-    teacher = load_teacher_for(cfg, raw, info.device, say)
+    teacher = load_teacher_for(cfg, curriculum, raw, info.device, say)
     settings = objective_settings(t, tokenizer, curriculum)
     model = wrap_model(raw, info, cfg.distributed)
     if t.compile:
@@ -155,7 +155,8 @@ def train(cfg: Config) -> dict[str, Any]:
         init_mask_embedding(raw, settings.mask_token_id)  # a pretrained model has never seen the mask token
         say(f"DLM: the embedding of {t.dlm_mask_token} (id {settings.mask_token_id}) starts as the mean embedding",
             flush=True)
-    if len(curriculum.phases) > 1 or curriculum.objectives() != {"ce"}:
+    track_parts = len(curriculum.phases) > 1 or curriculum.objectives() != {"ce"}  # log each objective's value
+    if track_parts:
         say(f"objectives: {curriculum.describe(t.max_steps)}"
             + (f"; teacher: {cfg.teacher_path()}" if teacher is not None else ""), flush=True)
 
@@ -168,7 +169,6 @@ def train(cfg: Config) -> dict[str, Any]:
     eval_step = -1
     window = Window()
     last_weights: dict[str, float] | None = None
-    track_parts = len(curriculum.phases) > 1 or curriculum.objectives() != {"ce"}  # log each objective's value
     stop = StopSignal()
     progress = ProgressBar(t.max_steps, step, enabled=cfg.progress, quiet=not info.is_main)
 
@@ -358,7 +358,8 @@ def prepare_lrc_student(raw: CausalLM, t: Any, say: Any) -> None:
         f"{frozen:,} frozen (ternary weights, embeddings, norms)", flush=True)
 
 
-def load_teacher_for(cfg: Config, raw: CausalLM, device: torch.device, say: Any) -> torch.nn.Module | None:
+def load_teacher_for(cfg: Config, curriculum: Curriculum, raw: CausalLM, device: torch.device,
+                     say: Any) -> torch.nn.Module | None:
     """The frozen full-precision teacher when an objective needs one (else None); checked against the student."""
     path = cfg.teacher_path()
     if path is None:
@@ -370,7 +371,7 @@ def load_teacher_for(cfg: Config, raw: CausalLM, device: torch.device, say: Any)
     if c.vocab_size != s.vocab_size:
         raise ValueError(f"teacher {path} has a {c.vocab_size}-token vocabulary, the student {s.vocab_size}: "
                          "distillation compares logits token by token, so both need the same tokenizer")
-    objectives = cfg.curriculum().objectives()
+    objectives = curriculum.objectives()
     if "attention_relation" in objectives:
         r = t.relation_split_heads
         for who, config in (("student", s), ("teacher", c)):
