@@ -68,7 +68,7 @@ def main() -> None:
         t_ckpt = args.teacher
         teacher = {**heldout_loss(t_ckpt, ternary=False), "steps": "(given)"}
     else:
-        teacher = run("teacher", out, "ternary=false", f"training.max_steps={args.teacher_steps}",
+        teacher = run("teacher", out, "model.ternary=false", f"training.max_steps={args.teacher_steps}",
                       f"training.lr={args.teacher_lr}", f"training.eval_every={args.teacher_steps // 4}")
         t_ckpt = teacher["checkpoint"]
     scratch_ce = run("scratch_ce", out, "model=tiny", "training=base", "training.lr=3e-3", *same)

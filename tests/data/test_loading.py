@@ -106,14 +106,16 @@ def test_encode_documents_matches_the_tokenizer():
     assert ids == [tok.encode(d, add_special_tokens=False).ids for d in DOCS]
 
 
+@pytest.mark.parametrize("bos", [None, 1], ids=["eos-joined", "bos-doc-eos"])
 @pytest.mark.parametrize("cap", [3, 5, 17, 40])
-def test_max_tokens_caps_the_packed_stream(cap):
+def test_max_tokens_caps_the_packed_stream(cap, bos):
     tok = default_tokenizer()
-    full = encode_documents(DOCS, tok)
-    capped = encode_documents(DOCS, tok, max_tokens=cap)
-    assert packed_length(capped) <= cap
-    if packed_length(full) >= cap + 2:
-        assert packed_length(capped) >= cap - 1  # filled, not stopped early (an empty last doc is skipped)
+    frame = {"eos_id": 0, "bos_id": bos}
+    full = encode_documents(DOCS, tok, **frame)
+    capped = encode_documents(DOCS, tok, max_tokens=cap, **frame)
+    assert packed_length(capped, **frame) <= cap
+    if packed_length(full, **frame) >= cap + 2:
+        assert packed_length(capped, **frame) >= cap - 2  # filled, not stopped early (an empty last doc is skipped)
     flat = lambda docs: [t for d in docs for t in d]
     assert flat(capped) == flat(full)[: len(flat(capped))]  # a prefix of the data, in order
 
@@ -128,17 +130,20 @@ def test_max_tokens_stops_reading_endless_data():
 # --------------------------------------------------------------------------- pack_tokens
 
 
-def reference_pack(docs, block, eos, pad):
+def reference_pack(docs, block, eos, pad, bos=None):
     """Token by token: the stream, its segment starts, then rows, padding and position ids."""
     stream, starts = [], []
+    framed = bos is not None and bos != eos  # BOS doc EOS, else EOS doc ... closing EOS
     for doc in docs:
         if doc:
-            stream += [eos, *doc]
-            starts += [True] + [False] * len(doc)
+            piece = [bos, *doc, eos] if framed else [eos, *doc]
+            stream += piece
+            starts += [True] + [False] * (len(piece) - 1)
     if not stream:
         return [], []
-    stream.append(eos)
-    starts.append(True)
+    if not framed:
+        stream.append(eos)
+        starts.append(True)
     if len(stream) % block and pad is not None:
         fill = block - len(stream) % block
         stream += [pad] * fill
@@ -165,22 +170,33 @@ def test_pack_example():
     assert ids.tolist() == [[0, 5, 6, 7], [0, 8, 0, 9]]
     assert pos.tolist() == [[0, 1, 2, 3], [0, 1, 0, 1]]
     assert packed_length([[5, 6, 7], [8], [], [9, 10]]) == 10
+    # a tokenizer with its own BOS (Llama 3): each document is BOS doc EOS, no closing token
+    ids, pos = pack_tokens([[5, 6, 7], [8], [], [9, 10]], 4, eos_id=0, pad_id=1, bos_id=2)
+    assert ids.tolist() == [[2, 5, 6, 7], [0, 2, 8, 0], [2, 9, 10, 0]]
+    assert pos.tolist() == [[0, 1, 2, 3], [0, 0, 1, 2], [0, 1, 2, 3]]
+    assert packed_length([[5, 6, 7], [8], [], [9, 10]], eos_id=0, bos_id=2) == 12
+    # a BOS equal to the EOS (SmolLM2, bitk's tokenizer) is the plain EOS-joined stream
+    assert pack_tokens([[5, 6, 7], [8]], 4, eos_id=0, bos_id=0)[0].tolist() == [[0, 5, 6, 7]]
 
 
 @given(
     docs=st.lists(st.lists(st.integers(3, 99), max_size=12), max_size=8),
     block=st.integers(1, 9),
     pad=st.sampled_from([None, 1]),
+    bos=st.sampled_from([None, 0, 2]),
 )
-def test_pack_matches_the_reference(docs, block, pad):
-    ids, pos = pack_tokens(docs, block, eos_id=0, pad_id=pad)
-    ref_ids, ref_pos = reference_pack(docs, block, 0, pad)
-    length = packed_length(docs)
+def test_pack_matches_the_reference(docs, block, pad, bos):
+    ids, pos = pack_tokens(docs, block, eos_id=0, pad_id=pad, bos_id=bos)
+    ref_ids, ref_pos = reference_pack(docs, block, 0, pad, bos)
+    length = packed_length(docs, eos_id=0, bos_id=bos)
     assert ids.shape == pos.shape == (len(ref_ids), block)
     assert ids.shape[0] == (-(-length // block) if pad is not None else length // block)
     assert ids.tolist() == ref_ids and pos.tolist() == ref_pos
-    # the rows are the EOS-joined stream, cut (no pad) or padded at its end
-    stream = [t for d in docs if d for t in (0, *d)] + [0] if length else []
+    # the rows are the framed stream, cut (no pad) or padded at its end
+    if bos == 2:
+        stream = [t for d in docs if d for t in (2, *d, 0)]
+    else:
+        stream = [t for d in docs if d for t in (0, *d)] + [0] if length else []
     assert len(stream) == length
     flat = ids.flatten().tolist()
     if pad is None:

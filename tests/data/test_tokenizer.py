@@ -16,6 +16,7 @@ from bitk.data import (
     MASK_ID,
     PAD_ID,
     VOCAB_SIZE,
+    DocumentTokens,
     cache_dir,
     default_corpus,
     default_tokenizer,
@@ -162,3 +163,42 @@ def test_transformers_loads_it_offline(tmp_path, tok):
         assert hf.decode(expected) == text
     direct = transformers.PreTrainedTokenizerFast(tokenizer_file=str(out / "tokenizer.json"))
     assert direct(text)["input_ids"] == expected
+
+
+# --------------------------------------------------------------------------- a model's own tokenizer
+
+
+def test_document_tokens_follow_the_tokenizer_config(tmp_path, tok):
+    from bitk.data import document_tokens
+
+    assert document_tokens(tok) == DocumentTokens(eos=EOS_ID)  # bitk's: no config, <|endoftext|> joins
+    save_tokenizer(tmp_path / "bitk", tok)
+    assert document_tokens(tok, tmp_path / "bitk") == DocumentTokens(eos=EOS_ID)  # add_bos_token false
+    folder = tmp_path / "cfg"
+    save_tokenizer(folder, tok)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": "<|pad|>",
+                                                              "bos_token": "<|mask|>", "add_bos_token": True}))
+    assert document_tokens(tok, folder) == DocumentTokens(eos=PAD_ID, bos=MASK_ID)
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": "<|nope|>"}))
+    with pytest.raises(ValueError, match="eos_token '<|nope|>' is not in the tokenizer's vocabulary"):
+        document_tokens(tok, folder)
+    (folder / "tokenizer_config.json").write_text(json.dumps({}))
+    assert document_tokens(tok, folder, eos_token_id=7).eos == 7  # then the model's eos_token_id
+
+
+def test_add_special_token(tmp_path, tok):
+    from bitk.data.tokenizer import add_special_token
+    from transformers import AutoTokenizer
+
+    src = save_tokenizer(tmp_path / "src", tok)
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    token_id = add_special_token(src, tmp_path / "dst", "<|fill|>", "mask_token")
+    assert token_id == VOCAB_SIZE and {p.name: p.read_bytes() for p in src.iterdir()} == before  # src untouched
+    grown = load_tokenizer(tmp_path / "dst")
+    assert grown.token_to_id("<|fill|>") == VOCAB_SIZE and grown.get_vocab_size() == VOCAB_SIZE + 1
+    assert grown.encode("a <|fill|> b").ids == [*tok.encode("a ").ids, VOCAB_SIZE, *tok.encode(" b").ids]
+    hf = AutoTokenizer.from_pretrained(tmp_path / "dst")
+    assert hf.mask_token == "<|fill|>" and hf.mask_token_id == VOCAB_SIZE
+    with pytest.raises(ValueError, match="already has '<|fill|>'"):
+        add_special_token(tmp_path / "dst", tmp_path / "dst", "<|fill|>", "mask_token")

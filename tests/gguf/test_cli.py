@@ -122,9 +122,11 @@ def test_unknown_tokenizer_pre_names_the_option(tmp_path):
     tj = json.loads((ckpt / "tokenizer.json").read_text())
     tj["pre_tokenizer"] = {"type": "Whitespace"}
     (ckpt / "tokenizer.json").write_text(json.dumps(tj))
-    assert_error(run_cli("pack", ckpt, "-o", tmp_path / "m.gguf"), "--tokenizer-pre NAME")
-    proc = run_cli("pack", ckpt, "-o", tmp_path / "m.gguf", "--tokenizer-pre", "gpt-2", check=True)
-    assert "given by --tokenizer-pre" in proc.stdout
+    assert_error(run_cli("pack", ckpt, "-o", tmp_path / "m.gguf"), "--pre NAME")
+    proc = run_cli("pack", ckpt, "-o", tmp_path / "m.gguf", "--pre", "gpt-2", check=True)
+    assert "given by --pre" in proc.stdout
+    proc = run_cli("pack", ckpt, "-o", tmp_path / "m2.gguf", "--tokenizer-pre", "gpt-2", check=True)  # earlier name
+    assert "given by --pre" in proc.stdout
 
 
 def test_usage_errors_and_bad_files(tmp_path):

@@ -107,10 +107,10 @@ def test_unrecognised_pre_tokenizers_are_refused_naming_the_option(tmp_path, cas
         def edit(d):
             d["model"]["ignore_merges"] = True
     folder = write(tmp_path, tok, edit=edit)
-    with pytest.raises(ValueError, match="--tokenizer-pre"):
+    with pytest.raises(ValueError, match="--pre NAME"):
         read_vocab(folder, 300)
     v = read_vocab(folder, 300, pre="gpt-2")  # the user's explicit choice is taken, and said
-    assert v.pre == "gpt-2" and any("--tokenizer-pre" in n for n in v.notes)
+    assert v.pre == "gpt-2" and any("--pre" in n for n in v.notes)
     with pytest.raises(ValueError, match="not a llama.cpp pre type"):
         read_vocab(folder, 300, pre="gpt2-typo")
 
@@ -196,3 +196,25 @@ def test_rebuilt_tokenizer_encodes_like_the_original(tmp_path, kind):
     for text in [TEXT, *sample_texts(3000)[:3]]:
         assert rebuilt.encode(text).ids == original.encode(text).ids
         assert rebuilt.decode(rebuilt.encode(text).ids) == original.decode(original.encode(text).ids)
+
+
+@pytest.mark.parametrize("repo, rows, pre, bos, eos, add_bos", [
+    ("HuggingFaceTB/SmolLM2-135M", 400, "smollm", "<|endoftext|>", "<|endoftext|>", False),
+    ("Qwen/Qwen3-0.6B", 512, "qwen2", None, "<|im_end|>", False),
+    ("microsoft/bitnet-b1.58-2B-4T-bf16", 400, "llama-bpe", "<|begin_of_text|>", "<|end_of_text|>", True),
+])
+def test_the_presets_tokenizer_configurations(hub_cache, repo, rows, pre, bos, eos, add_bos):
+    """SmolLM2's (Digits + ByteLevel), Qwen3's (NFC, Split + ByteLevel, no BOS) and BitNet's Llama 3 shapes."""
+    folder = hub_cache[repo]
+    vocab = read_vocab(folder, rows)
+    assert vocab.pre == pre and len(vocab.tokens) == rows
+    assert (vocab.special_ids.get("bos") is not None) == (bos is not None)
+    if bos is not None:
+        assert vocab.tokens[vocab.special_ids["bos"]] == bos
+    assert vocab.tokens[vocab.special_ids["eos"]] == eos and vocab.add_bos is add_bos
+    assert all(vocab.token_types[vocab.tokens.index(t)] == CONTROL for t in ("<|im_start|>", "<|im_end|>")
+               if t in vocab.tokens)
+    if rows > 400:  # Qwen3's embedding has more rows than its tokenizer has tokens
+        assert vocab.tokens[400:] == [f"[PAD{i}]" for i in range(400, rows)]
+        assert set(vocab.token_types[400:]) == {UNUSED}
+        assert vocab.chat_template and "<|im_start|>" in vocab.chat_template

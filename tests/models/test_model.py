@@ -215,3 +215,25 @@ def test_tiny_preset_trains_on_cpu():
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_resize_token_embeddings_appends_mean_rows(tied):
+    config = ModelConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
+    torch.manual_seed(0)
+    model = CausalLM(config)
+    emb, head = model.model.embed_tokens.weight.detach().clone(), model.lm_head.weight.detach().clone()
+    ids = torch.randint(0, 96, (2, 7))
+    before = model(ids).logits
+    assert model.resize_token_embeddings(99) is model and model.config.vocab_size == 99
+    new_emb, new_head = model.model.embed_tokens.weight, model.lm_head.weight
+    assert new_emb.shape == new_head.shape == (99, 32) and (new_emb is new_head) == tied
+    assert torch.equal(new_emb[:96], emb) and torch.equal(new_head[:96], head)
+    assert torch.allclose(new_emb[96:], emb.mean(0).expand(3, -1)) and torch.allclose(new_head[96:], head.mean(0))
+    after = model(ids).logits
+    assert torch.equal(after[..., :96], before)  # the old tokens compute what they did
+    assert model.resize_token_embeddings(99) is model
+    with pytest.raises(ValueError, match="grows the vocabulary"):
+        model.resize_token_embeddings(50)
+    assert sum(p.requires_grad for p in model.parameters()) == len(list(model.parameters()))

@@ -33,21 +33,12 @@ def test_bfloat16(tmp_path):
     assert teacher(random_ids(1, 4)).logits.dtype == torch.bfloat16
 
 
-def test_missing_path_is_a_clear_error_without_network(tmp_path, monkeypatch):
-    try:
-        import huggingface_hub
-    except ImportError:
-        huggingface_hub = None
-    if huggingface_hub is not None:
-        def no_network(*args, **kwargs):
-            raise AssertionError("load_teacher must not download")
-
-        monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
-    with pytest.raises(ValueError, match="no such file or directory"):
+def test_bad_sources_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="no such file or folder"):
         load_teacher(tmp_path / "nope")
-    with pytest.raises(ValueError, match="downloads nothing"):
-        load_teacher("some-org/some-model")
-    with pytest.raises(ValueError, match="takes a path or a model"):
+    with pytest.raises(ValueError, match="some-org/some-model is not in the Hugging Face cache"):
+        load_teacher("some-org/some-model")  # the tests' cache is offline and does not hold it
+    with pytest.raises(ValueError, match="takes a model source or a model"):
         load_teacher(3)
 
 

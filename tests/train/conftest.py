@@ -18,11 +18,11 @@ sys.modules["bitk_train_testing"] = sys.modules[__name__]
 
 MICRO_ARGS = (
     "model=tiny",
-    "model_overrides.num_hidden_layers=1",
-    "model_overrides.hidden_size=128",
-    "model_overrides.intermediate_size=256",
-    "model_overrides.num_attention_heads=2",
-    "model_overrides.num_key_value_heads=1",
+    "model.num_hidden_layers=1",
+    "model.hidden_size=128",
+    "model.intermediate_size=256",
+    "model.num_attention_heads=2",
+    "model.num_key_value_heads=1",
     "data.block_size=32",
     "data.max_eval_tokens=256",
     "training.max_steps=8",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ from bitk.train.config import (
     TRAINING_PRESETS,
     Config,
     DataConfig,
+    ModelGroup,
     TrainingConfig,
     config_from_dict,
     config_to_dict,
@@ -26,19 +28,20 @@ from bitk.train.config import (
 
 def test_no_arguments_is_the_documented_default():
     cfg = parse_args([])
-    assert cfg == Config() and cfg.model == "tiny" and cfg.training == TRAINING_PRESETS["base"]
+    assert cfg == Config() and cfg.model.name == "tiny" and cfg.training == TRAINING_PRESETS["base"]
+    assert cfg.model.pretrained and cfg.model.ternary and cfg.model.overrides() == {}
     assert cfg.data.sources == ["default"] and cfg.export_gguf == "i2_s" and cfg.resume == "auto"
 
 
 def test_overrides_and_groups():
     cfg = parse_args(["model=tiny", "training=base", "training.max_steps=100", "training.lr=1e-3",
                       "training.auto_batch_size=true", "training.betas=[0.8,0.99]", "data.sources=[default,default]",
-                      "data.weights=[1,3]", "model_overrides.num_hidden_layers=2", "output_dir=/tmp/x",
+                      "data.weights=[1,3]", "model.num_hidden_layers=2", "output_dir=/tmp/x",
                       "progress=false"])
     t = cfg.training
     assert (t.max_steps, t.lr, t.auto_batch_size, t.betas) == (100, 1e-3, True, (0.8, 0.99))
     assert cfg.data.weights == [1.0, 3.0] and cfg.data.sources == ["default", "default"]
-    assert cfg.model_overrides == {"num_hidden_layers": 2} and cfg.model_config().num_hidden_layers == 2
+    assert cfg.model.overrides() == {"num_hidden_layers": 2} and cfg.model.config().num_hidden_layers == 2
     assert cfg.output_dir == "/tmp/x" and cfg.progress is False
     # later overrides win, as on any command line
     assert parse_args(["training.lr=1e-3", "training.lr=2e-3"]).training.lr == 2e-3
@@ -58,10 +61,10 @@ def test_training_presets_are_a_registry(monkeypatch):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["foo=1"], r"unknown key 'foo'; valid keys: model, model_overrides, .*output_dir"),
+    (["foo=1"], r"unknown key 'foo'; valid keys: model, data, training, output_dir"),
     (["training.foo=1"], r"unknown key 'training.foo'; valid keys of training: training.max_steps, .*training.seed"),
     (["data.foo.bar=1"], r"unknown key 'data.foo'; valid keys of data: data.sources"),
-    (["model_overrides.foo=1"], r"unknown model_overrides key\(s\) foo; ModelConfig fields: .*hidden_size"),
+    (["model.foo=1"], r"unknown key 'model.foo'; valid keys of model: model.name, .*model.hidden_size"),
     (["training.lr=abc"], r"bad value for training.lr: .*'abc'.*\(expected float\)"),
     (["training.max_steps=2.5"], r"bad value for training.max_steps.*\(expected int\)"),
     (["progress=maybe"], r"bad value for progress"),
@@ -71,16 +74,20 @@ def test_training_presets_are_a_registry(monkeypatch):
     (["training.precision=fp16"], r"training.precision must be one of auto, fp32, bf16"),
     (["distributed=horovod"], r"distributed must be one of auto, ddp, fsdp"),
     (["export_gguf=q4_0"], r"export_gguf must be one of i2_s, tq1_0, tq2_0, f16, f32, none"),
-    (["ternary=false"], r"export_gguf=i2_s stores ternary weights.*export_gguf=f16, f32 or none"),
+    (["model.ternary=false"], r"export_gguf=i2_s stores ternary weights.*export_gguf=f16, f32 or none"),
     (["device=tpu"], r"device must be one of auto, cpu, cuda, cuda:N"),
     (["training.lr=0"], r"training.lr must be in \(0.0, inf\]"),
     (["training.max_steps=0"], r"training.max_steps must be >= 1"),
     (["training.global_batch_size=12", "training.micro_batch_size=8"], r"must be a multiple of"),
     (["data.block_size=1024"], r"exceeds the model's max_position_embeddings \(512\)"),
     (["data.sources=[a,b]", "data.weights=[1]"], r"data.weights has 1 entries, data.sources has 2"),
-    (["model=nope"], r"neither a preset \(tiny, smollm2_135m.*\) nor an existing path"),
-    (["model=smollm2_135m"], r"49152-token vocabulary.*give model=PATH"),
-    (["model_overrides.hidden_size=-3"], r"ModelConfig.hidden_size must be a positive integer"),
+    (["model=nope"], r"neither a preset \(tiny, smollm2_135m.*\), nor an existing path .*nor a Hugging Face hub id"),
+    (["model=smollm2_135m", "model.hidden_size=128"], r"model.hidden_size changes the architecture.*pretrained=false"),
+    (["model=tiny", "model.revision=main"], r"model.revision applies to hub models; model=tiny is a preset without"),
+    (["model=.", "model.revision=main"], r"model.revision applies to hub models; model=. is a local folder"),
+    (["model.pretrained=maybe"], r"bad value for model.pretrained"),
+    (["model.hidden_size=-3"], r"ModelConfig.hidden_size must be a positive integer"),
+    (["model={}"], r"model is a group: set its fields"),
     (["resume=/no/such/dir"], r"no such checkpoint folder"),
     (["wandb=true"], r"wandb=true needs the wandb package"),
     (["tensorboard=true"], r"tensorboard=true needs the tensorboard package"),
@@ -99,7 +106,7 @@ def test_bad_keys_and_values_are_refused(args, message):
 
 
 def test_dict_round_trip_and_yaml():
-    cfg = parse_args(["training.max_steps=7", "model_overrides.hidden_size=128", "data.weights=null"])
+    cfg = parse_args(["training.max_steps=7", "model.hidden_size=128", "data.weights=null"])
     d = config_to_dict(cfg)
     assert d["training"]["betas"] == [0.9, 0.95]  # JSON-safe
     assert config_from_dict(d) == cfg
@@ -111,7 +118,7 @@ def test_dict_round_trip_and_yaml():
 
 
 def test_every_field_has_a_docstring():
-    for cls in (Config, DataConfig, TrainingConfig):
+    for cls in (Config, ModelGroup, DataConfig, TrainingConfig):
         docs = field_docs(cls)
         missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]
         assert not missing, f"{cls.__name__} fields without a docstring: {missing}"
@@ -131,8 +138,13 @@ def test_help_lists_presets_and_every_field():
 def test_command_line_help_and_errors():
     """`python -m bitk.train --help` and a bad key: fast (no torch import), clear, right exit status."""
     run = [sys.executable, "-m", "bitk.train"]
-    proc = subprocess.run([*run, "--help"], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0 and proc.stdout == format_help()
+    for columns in (100, 60):  # descriptions wrap to the terminal's width (COLUMNS where there is none)
+        env = {**os.environ, "COLUMNS": str(columns)}
+        proc = subprocess.run([*run, "--help"], capture_output=True, text=True, timeout=60, env=env)
+        assert proc.returncode == 0 and proc.stdout == format_help(columns)
+        described = [line for line in proc.stdout.splitlines() if line.startswith("      ")]
+        assert described and max(len(line) for line in described) <= columns
+        assert sum(len(line) > columns - 15 for line in described) > len(described) / 4  # filled, not narrow
     proc = subprocess.run([*run, "training.max_step=3"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "unknown key 'training.max_step'" in proc.stderr and "Did you mean" not in proc.stderr

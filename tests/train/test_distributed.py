@@ -218,7 +218,7 @@ def test_resume_across_strategies_from_rank0(worker_results, src, dst):
 # A micro run of `python -m bitk.train`: the tiny preset cut down, micro-batch 1 on every process so
 # the single process and each rank run the same shapes (module doc); 4 sequences per step.
 TRAIN_ARGS = [
-    "model_overrides.num_hidden_layers=2", "model_overrides.hidden_size=64", "model_overrides.intermediate_size=128",
+    "model.num_hidden_layers=2", "model.hidden_size=64", "model.intermediate_size=128",
     "data.block_size=32", "data.max_eval_tokens=32", "training.max_steps=4", "training.warmup_steps=1",
     "training.global_batch_size=4", "training.micro_batch_size=1", "training.log_every=1",
     "training.save_every=2", "training.eval_every=0", "export_gguf=none", "progress=false",

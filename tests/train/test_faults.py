@@ -139,8 +139,8 @@ def test_non_finite_weights_stop_the_run_and_are_never_saved(micro_config, monke
     real_build, real_loss = loop.build_model, loop.next_token_loss
     calls = {"n": 0}
 
-    def build_and_keep(cfg):
-        model["m"], tokenizer = real_build(cfg)
+    def build_and_keep(*args):
+        model["m"], tokenizer = real_build(*args)
         return model["m"], tokenizer
 
     def break_weights(logits, input_ids):
@@ -153,7 +153,7 @@ def test_non_finite_weights_stop_the_run_and_are_never_saved(micro_config, monke
     monkeypatch.setattr(loop, "build_model", build_and_keep)
     monkeypatch.setattr(loop, "next_token_loss", break_weights)
     cfg = micro_config("training.max_steps=6", "training.save_every=2", "training.eval_every=0",
-                       "training.max_bad_steps=8", f"ternary={str(ternary).lower()}")
+                       "training.max_bad_steps=8", f"model.ternary={str(ternary).lower()}")
     with pytest.raises(loop.TrainingError, match="last good checkpoint is .*step-000002"):
         loop.train(cfg)
     assert [p.name for p in list_checkpoints(cfg.output_dir)] == ["step-000002"]

@@ -5,14 +5,18 @@ with the `base` training preset scaled down to 30 steps of 4 x 64 tokens (micro-
 gradient accumulation is in the path): any change to the model, its numerics, the data order, the
 optimizer, schedule, clipping or the loop shows up here.
 
-Tolerance: none, the losses must be equal bit for bit. Measured on the development machine: the
-run is deterministic, and does not depend on torch's thread count (1 and 2 threads give identical
-losses). And there is no useful tolerance between "the same computation" and "a different one":
-moving every initial weight by one ulp changes the step-1 loss by 1e-6 relative and, through
-flipped ternary roundings, the losses of later steps by up to 1e-2 within 40 steps. A tolerance
-loose enough to absorb a different summation order would also absorb real changes, so the test
-is exact on the machine type it was generated on (golden["generated_with"]), and a failure on
-another torch or CPU says so.
+Tolerance: none, the losses must be equal bit for bit. The run is deterministic and does not
+depend on torch's thread count (1 and 2 threads give identical losses). And there is no useful
+tolerance between "the same computation" and "a different one": moving every initial weight by
+one ulp changes the step-1 loss by 1e-6 relative and, through flipped ternary roundings, the
+losses of later steps by up to 1e-2 within 40 steps. A tolerance loose enough to absorb a
+different summation order would also absorb real changes.
+
+What must be pinned is pinned instead: torch picks its CPU kernels by the processor's vector
+extensions (ATen's AVX2 and AVX-512 kernels sum in different orders), so the run happens in a
+subprocess with ATEN_CPU_CAPABILITY=avx2, the kernel set every x86-64 machine bitk supports
+has. bitk's own CPU kernels compute exact integer products, the same on every machine. A failure
+on another torch version says so (golden["generated_with"]).
 
 Regenerate after an intended change (and say why in the commit):
     python tests/train/test_golden.py --regenerate
@@ -21,7 +25,9 @@ Regenerate after an intended change (and say why in the commit):
 from __future__ import annotations
 
 import json
+import os
 import platform
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -46,13 +52,19 @@ ARGS = [
 ]
 
 
+# torch's AVX2 kernels: present on every x86-64 machine bitk supports, whatever else the CPU has.
+PINNED_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
 def run_losses(output_dir: Path) -> list[float]:
-    from bitk.train.config import parse_args
-    from bitk.train.loop import train
+    """The golden run's train losses, trained in a subprocess with torch's kernel set pinned."""
     from bitk.train.metrics import read_metrics
 
-    summary = train(parse_args([*ARGS, f"output_dir={output_dir}", "resume=none"]))
-    return [r["loss"] for r in read_metrics(summary["metrics"]) if r["kind"] == "train"]
+    env = {**os.environ, **PINNED_ENV}
+    proc = subprocess.run([sys.executable, "-m", "bitk.train", *ARGS, f"output_dir={output_dir}", "resume=none"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [r["loss"] for r in read_metrics(output_dir / "metrics.jsonl") if r["kind"] == "train"]
 
 
 def environment() -> dict[str, object]:

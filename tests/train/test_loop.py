@@ -97,7 +97,7 @@ def test_auto_batch_size_keeps_the_global_batch(micro_config, capsys):
 
 def test_bad_setups_fail_before_training(micro_config, tmp_path):
     with pytest.raises(ValueError, match="max_position_embeddings"):
-        loop.train(micro_config("model_overrides.max_position_embeddings=16"))
+        loop.train(micro_config("model.max_position_embeddings=16"))
     with pytest.raises(ValueError, match="no such checkpoint folder"):
         loop.train(micro_config(f"resume={tmp_path / 'missing'}"))
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -110,10 +110,9 @@ def test_training_from_a_model_path(micro_config, tmp_path):
 
     start = tmp_path / "start"
     torch.manual_seed(0)
-    CausalLM(micro_config().model_config()).save(start, tokenizer=default_tokenizer())
-    args = [a for a in ("training.max_steps=2", "training.eval_every=0")]
-    cfg = micro_config(*args)
-    cfg.model, cfg.model_overrides = str(start), {}
+    CausalLM(micro_config().model.config()).save(start, tokenizer=default_tokenizer())
+    cfg = micro_config("training.max_steps=2", "training.eval_every=0")
+    cfg.model = type(cfg.model)(name=str(start))
     summary = loop.train(cfg)
     assert summary["steps"] == 2
     assert (tmp_path / "run" / "checkpoints" / "step-000002" / "tokenizer.json").is_file()
@@ -123,8 +122,8 @@ def test_a_model_path_without_tokenizer_is_refused(micro_config, tmp_path):
     from bitk.models import CausalLM
 
     start = tmp_path / "start"
-    CausalLM(micro_config().model_config()).save(start)
+    CausalLM(micro_config().model.config()).save(start)
     cfg = micro_config()
-    cfg.model, cfg.model_overrides = str(start), {}
+    cfg.model = type(cfg.model)(name=str(start))
     with pytest.raises(ValueError, match="no tokenizer.json"):
         loop.train(cfg)

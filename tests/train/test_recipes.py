@@ -6,9 +6,13 @@ BitDistill's do (the same weights converted to ternary with SubLN).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
-from bitk.models import load_checkpoint
+from bitk.data import load_tokenizer
+from bitk.models import load_checkpoint, load_model
 from bitk.train import loop
 from bitk.train.config import TRAINING_PRESETS, parse_args
 from bitk.train.metrics import read_metrics
@@ -18,7 +22,7 @@ from safetensors.torch import load_file
 
 def _path_args(model, output_dir, *overrides):
     """The micro run's arguments for a model given by path (no preset overrides)."""
-    kept = [a for a in MICRO_ARGS if not a.startswith(("model=", "model_overrides."))]
+    kept = [a for a in MICRO_ARGS if not a.startswith(("model=", "model."))]
     return [f"model={model}", *kept, f"output_dir={output_dir}", *overrides]
 
 
@@ -26,9 +30,9 @@ def _path_args(model, output_dir, *overrides):
 def teacher(tmp_path_factory):
     """A micro full-precision model trained for 8 steps: its checkpoint path."""
     out = tmp_path_factory.mktemp("teacher")
-    summary = loop.train(parse_args(micro_args(out, "ternary=false", "training.eval_every=0",
-                                               "model_overrides.num_attention_heads=4",
-                                               "model_overrides.num_key_value_heads=2")))
+    summary = loop.train(parse_args(micro_args(out, "model.ternary=false", "training.eval_every=0",
+                                               "model.num_attention_heads=4",
+                                               "model.num_key_value_heads=2")))
     return summary["checkpoint"]
 
 
@@ -46,10 +50,10 @@ def test_recipe_presets_are_registered_and_valid():
 
 
 @pytest.mark.parametrize("args, match", [
-    (["training=bitdistill_full"], "need a full-precision teacher, and model=tiny is a preset"),
+    (["training=bitdistill_full"], "need a full-precision teacher, and model=tiny is a preset without pretrained"),
     (["training.objectives=logits_kd=1", "training.teacher=/no/such/teacher"], "no such checkpoint"),
-    (["training.objectives=logits_kd=1", "training.teacher=tiny"], "is a model preset"),
-    (["training=lrc_calibration", "ternary=false", "training.teacher=."], "needs ternary=true"),
+    (["training.objectives=logits_kd=1", "training.teacher=tiny"], "is a preset without pretrained weights"),
+    (["training=lrc_calibration", "model.ternary=false", "training.teacher=."], "needs model.ternary=true"),
     (["training.objectives=ce=1,mlm=1"], "unknown objective 'mlm'"),
     (["training.objectives=0:ce=1;0.5:dlm=1", "training.phase=3"], "phase must be <= 2"),
     (["training.dlm_probability=2"], r"dlm_probability must be in \[0.0, 1.0\]"),
@@ -72,11 +76,17 @@ def test_unified_switches_on_dlm_at_its_step(micro_config):
         assert r["loss"] == pytest.approx(want, rel=1e-5)
 
 
-def test_dlm_mask_token_must_be_in_the_tokenizer(micro_config):
-    with pytest.raises(ValueError, match="not a token of the model's tokenizer"):
-        loop.train(micro_config("training=unified", "training.dlm_mask_token=<|nope|>"))
-    with pytest.raises(ValueError, match="is the EOS token"):
-        loop.train(micro_config("training=unified", "training.dlm_mask_token=<|endoftext|>"))
+def test_a_missing_dlm_mask_token_is_added_and_a_framing_token_refused(micro_config, tmp_path):
+    summary = loop.train(micro_config("training=unified", "training.dlm_mask_token=<|new-mask|>",
+                                      "training.max_steps=2", "training.eval_every=0"))
+    ckpt = Path(summary["checkpoint"])
+    tok = load_tokenizer(ckpt)
+    assert tok.token_to_id("<|new-mask|>") == 4096 and tok.get_vocab_size() == 4097
+    assert json.loads((ckpt / "tokenizer_config.json").read_text())["mask_token"] == "<|new-mask|>"
+    assert load_model(ckpt).config.vocab_size == 4097  # one more embedding row
+    with pytest.raises(ValueError, match="is the token that frames the packed documents"):
+        loop.train(micro_config("training=unified", "training.dlm_mask_token=<|endoftext|>",
+                                output_dir=tmp_path / "other"))
 
 
 def test_bitdistill_runs_both_stages_with_the_teacher(teacher, tmp_path):
@@ -99,7 +109,7 @@ def test_bitdistill_runs_both_stages_with_the_teacher(teacher, tmp_path):
 def test_distillation_from_an_identical_teacher_is_zero(teacher, tmp_path):
     # a full-precision student loaded from the teacher's own checkpoint: KD and relation are 0 at step 1
     summary = loop.train(parse_args(_path_args(
-        teacher, tmp_path / "self", "ternary=false", "training.objectives=ce=1,logits_kd=1,attention_relation=1",
+        teacher, tmp_path / "self", "model.ternary=false", "training.objectives=ce=1,logits_kd=1,attention_relation=1",
         "training.max_steps=2", "training.relation_split_heads=4", "training.eval_every=0", "export_gguf=none")))
     first, second = (r["objectives"] for r in train_records(summary))
     assert first["logits_kd"] == pytest.approx(0.0, abs=1e-6)

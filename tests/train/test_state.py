@@ -100,13 +100,13 @@ def test_refusals(micro_config, tmp_path):
     loop.train(micro_config("training.max_steps=2", "training.eval_every=0"))
     with pytest.raises(ValueError, match="already holds checkpoints"):
         loop.train(micro_config("training.max_steps=2", "resume=none"))
-    with pytest.raises(ValueError, match="different model"):
-        loop.train(micro_config("training.max_steps=2", "model_overrides.intermediate_size=512"))
+    with pytest.raises(ValueError, match=r"trained from another model \(model.intermediate_size 256 -> 512\)"):
+        loop.train(micro_config("training.max_steps=2", "model.intermediate_size=512"))
     # a bitk model checkpoint is a starting model, not a run to resume
     from bitk.models import CausalLM
 
     plain = tmp_path / "plain"
-    CausalLM(micro_config().model_config()).save(plain)
+    CausalLM(micro_config().model.config()).save(plain)
     with pytest.raises(ValueError, match="model="):
         find_checkpoint(str(plain), out)
     # an output_dir given as resume= means its latest checkpoint

@@ -17,6 +17,8 @@ from typing import Any
 from .corpus import HELDOUT_EVERY, SPLITS, corpus_fingerprint, default_corpus
 from .tokenizer import (
     EOS_ID,
+    DocumentTokens,
+    document_tokens,
     EOS_TOKEN,
     MASK_ID,
     MASK_TOKEN,
@@ -34,6 +36,8 @@ from .tokenizer import (
 _LAZY = {name: "loading" for name in ("load_texts", "encode_documents", "packed_length", "pack_tokens", "EXTENSIONS")}
 
 __all__ = [
+    "DocumentTokens",
+    "document_tokens",
     "SPLITS",
     "HELDOUT_EVERY",
     "default_corpus",

@@ -4,11 +4,13 @@ Sources (`load_texts`): "default" (the embedded corpus), local .txt / .jsonl / .
 or folders of them (read with `datasets`: a .txt file is one document, a JSON/parquet row is one),
 or a Hugging Face hub dataset name when the hub is reachable.
 
-Packing (`pack_tokens`): every document becomes `<|endoftext|> doc`, the documents follow each
-other in one stream closed by one more `<|endoftext|>`, and the stream is cut into rows of
-`block_size`. Position ids count from 0 at each document's leading EOS and at each row start, so
-a model that starts a new attention segment wherever the position id is 0 never lets a token see
-another document, and the prediction of each EOS (a document's end) still sees its document.
+Packing (`pack_tokens`): every document becomes `EOS doc` (the EOS of the previous document
+doubling as this one's start), the documents follow each other in one stream closed by one more
+EOS, and the stream is cut into rows of `block_size`. A tokenizer with a BOS of its own (Llama 3)
+frames each document as `BOS doc EOS` instead. Position ids count from 0 at each document's first
+token (its leading EOS or BOS) and at each row start, so a model that starts a new attention
+segment wherever the position id is 0 never lets a token see another document, and the
+prediction of each EOS (a document's end) still sees its document.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import torch
 
 from bitk.data.corpus import SPLITS, default_corpus
 
-__all__ = ["EXTENSIONS", "encode_documents", "load_texts", "pack_tokens", "packed_length"]
+__all__ = ["EXTENSIONS", "document_piece", "encode_documents", "load_texts", "pack_tokens", "packed_length",
+           "stream_end"]
 
 # file extension -> the `datasets` builder that reads it
 EXTENSIONS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -120,19 +123,44 @@ def _texts(rows: Iterable[dict], text_field: str, source) -> Iterator[str]:
         yield row[text_field] or ""
 
 
+def document_piece(ids: Sequence[int], eos_id: int, bos_id: int | None = None) -> np.ndarray:
+    """The tokens one document adds to a packed stream: ``EOS doc``, or ``BOS doc EOS`` with a distinct BOS."""
+    if bos_id is None or bos_id == eos_id:
+        piece = np.empty(len(ids) + 1, dtype=np.int64)
+        piece[0] = eos_id
+        piece[1:] = ids
+        return piece
+    piece = np.empty(len(ids) + 2, dtype=np.int64)
+    piece[0], piece[-1] = bos_id, eos_id
+    piece[1:-1] = ids
+    return piece
+
+
+def stream_end(eos_id: int, bos_id: int | None = None) -> np.ndarray:
+    """The tokens that close a packed stream: the last document's EOS, unless its piece ends with one."""
+    return np.asarray([eos_id] if bos_id is None or bos_id == eos_id else [], dtype=np.int64)
+
+
+def _framing(eos_id: int, bos_id: int | None) -> tuple[int, int]:
+    """(tokens a document adds besides its own, tokens that close the stream)."""
+    return (1, 1) if bos_id is None or bos_id == eos_id else (2, 0)
+
+
 def encode_documents(texts: Iterable[str], tokenizer, max_tokens: int | None = None,
-                     chunk: int = 256) -> list[list[int]]:
+                     chunk: int = 256, *, eos_id: int = 0, bos_id: int | None = None) -> list[list[int]]:
     """Token ids of each document (no special tokens added), read in chunks of ``chunk`` documents.
 
-    With ``max_tokens``, reading stops once the packed stream (`pack_tokens`: one EOS per document
-    and a closing one) would hold that many tokens, so a cap on a large data set does not tokenize
-    all of it; the last document is cut to fit.
+    With ``max_tokens``, reading stops once the packed stream (`pack_tokens` with the same
+    ``eos_id`` / ``bos_id`` framing) would hold that many tokens, so a cap on a large data set
+    does not tokenize all of it; the last document is cut to fit.
     """
-    if max_tokens is not None and max_tokens < 3:
-        raise ValueError(f"max_tokens must be at least 3 (EOS, a token, the closing EOS), got {max_tokens}")
+    per_doc, closing = _framing(eos_id, bos_id)
+    if max_tokens is not None and max_tokens < per_doc + closing + 1:
+        raise ValueError(f"max_tokens must be at least {per_doc + closing + 1} (a document's framing tokens, a "
+                         f"token and the stream's end), got {max_tokens}")
     out: list[list[int]] = []
-    total = 0  # tokens of the stream so far, without the closing EOS
-    budget = None if max_tokens is None else max_tokens - 1
+    total = 0  # tokens of the stream so far, without the closing tokens
+    budget = None if max_tokens is None else max_tokens - closing
     it = iter(texts)
     while budget is None or total < budget:
         batch = [t for _, t in zip(range(chunk), it)]
@@ -141,46 +169,43 @@ def encode_documents(texts: Iterable[str], tokenizer, max_tokens: int | None = N
         for enc in tokenizer.encode_batch(batch, add_special_tokens=False):
             ids = enc.ids
             if budget is not None:
-                ids = ids[: max(0, budget - total - 1)]
+                ids = ids[: max(0, budget - total - per_doc)]
             out.append(ids)
-            total += len(ids) + 1
+            total += len(ids) + per_doc
             if budget is not None and total >= budget:
                 break
     return out
 
 
-def packed_length(token_lists: Iterable[Sequence[int]]) -> int:
+def packed_length(token_lists: Iterable[Sequence[int]], *, eos_id: int = 0, bos_id: int | None = None) -> int:
     """Length of the stream `pack_tokens` makes of ``token_lists`` (before cutting or padding)."""
-    n = sum(len(doc) + 1 for doc in token_lists if len(doc))
-    return n + 1 if n else 0
+    per_doc, closing = _framing(eos_id, bos_id)
+    n = sum(len(doc) + per_doc for doc in token_lists if len(doc))
+    return n + closing if n else 0
 
 
 def pack_tokens(token_lists: Iterable[Sequence[int]], block_size: int, eos_id: int,
-                pad_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                pad_id: int | None = None, *, bos_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pack documents into ``(input_ids, position_ids)``, both int64 [N, block_size].
 
-    The stream is `EOS d1 EOS d2 ... EOS dn EOS` (empty documents are skipped). A stream that does
-    not fill the last row is cut there when ``pad_id`` is None (the tail's tokens are dropped) or
-    padded with ``pad_id`` when given (the padding forms its own segment starting at position 0, so
-    no real token's context changes; a scorer ignores the targets after the first
+    The stream is `EOS d1 EOS d2 ... EOS dn EOS`, or `BOS d1 EOS BOS d2 EOS ...` when ``bos_id``
+    is given and differs from ``eos_id`` (empty documents are skipped). A stream that does not fill
+    the last row is cut there when ``pad_id`` is None (the tail's tokens are dropped) or padded with
+    ``pad_id`` when given (the padding forms its own segment starting at position 0, so no real
+    token's context changes; a scorer ignores the targets after the first
     `packed_length(token_lists)` positions, as the eval CLI does).
     """
     if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
-    pieces: list[np.ndarray] = []
-    for doc in token_lists:
-        if len(doc):
-            pieces.append(np.asarray([eos_id], dtype=np.int64))
-            pieces.append(np.asarray(doc, dtype=np.int64))
+    pieces = [document_piece(doc, eos_id, bos_id) for doc in token_lists if len(doc)]
     if not pieces:
         empty = torch.zeros((0, block_size), dtype=torch.int64)
         return empty, empty.clone()
-    pieces.append(np.asarray([eos_id], dtype=np.int64))
-    stream = np.concatenate(pieces)
+    lengths = [len(p) for p in pieces]
+    stream = np.concatenate([*pieces, stream_end(eos_id, bos_id)])
     starts = np.zeros(len(stream), dtype=bool)
-    # the leading EOS of each document (pieces alternate EOS, doc, ..., closing EOS)
-    starts[np.cumsum([0] + [len(p) for p in pieces[:-1]])[0::2]] = True
-    starts[-1] = True
+    starts[np.cumsum([0] + lengths[:-1])] = True  # each document's first token
+    starts[sum(lengths):] = True  # the closing EOS, if any, forms its own segment
     rows, tail = divmod(len(stream), block_size)
     if tail and pad_id is not None:
         fill = block_size - tail

@@ -14,8 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -23,6 +26,7 @@ from bitk.data.corpus import corpus_fingerprint, default_corpus
 from bitk.models.config import PRESETS
 
 __all__ = [
+    "DocumentTokens",
     "EOS_ID",
     "EOS_TOKEN",
     "MASK_ID",
@@ -31,9 +35,12 @@ __all__ = [
     "PAD_TOKEN",
     "SPECIAL_TOKENS",
     "VOCAB_SIZE",
+    "add_special_token",
     "cache_dir",
     "default_tokenizer",
+    "document_tokens",
     "load_tokenizer",
+    "read_tokenizer_config",
     "save_tokenizer",
     "train_tokenizer",
 ]
@@ -163,3 +170,125 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         return Tokenizer.from_file(str(file))
     except Exception as exc:  # tokenizers raises plain Exception for malformed files
         raise ValueError(f"cannot read the tokenizer {file}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- a model's own tokenizer
+
+# Tokens that end a document in common tokenizers, tried when neither the tokenizer config nor the
+# model config names one.
+EOS_FALLBACKS = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+@dataclass(frozen=True)
+class DocumentTokens:
+    """The special tokens that frame a document when text is packed for training or scoring."""
+
+    eos: int
+    """Ends every document (and joins documents)."""
+    bos: int | None = None
+    """Starts every document when the tokenizer adds a BOS of its own (Llama 3); None otherwise."""
+
+
+def read_tokenizer_config(folder: str | os.PathLike | None) -> dict[str, Any]:
+    """tokenizer_config.json of ``folder`` as a dict ({} when there is none or it is unreadable)."""
+    if folder is None:
+        return {}
+    path = Path(folder) / "tokenizer_config.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _content(entry: Any) -> str | None:
+    entry = entry.get("content") if isinstance(entry, dict) else entry
+    return entry if isinstance(entry, str) else None
+
+
+def _template_prepends(tokenizer: Tokenizer) -> str | None:
+    """The special token the tokenizer's post-processor puts before every single sequence, if any."""
+    try:
+        post = json.loads(tokenizer.to_str()).get("post_processor") or {}
+    except ValueError:
+        return None
+    procs = post.get("processors", [post]) if post.get("type") == "Sequence" else [post]
+    for proc in procs:
+        if proc.get("type") == "TemplateProcessing":
+            single = proc.get("single") or []
+            if len(single) > 1 and "SpecialToken" in single[0]:
+                return single[0]["SpecialToken"].get("id")
+    return None
+
+
+def document_tokens(tokenizer: Tokenizer, tokenizer_dir: str | os.PathLike | None = None,
+                    eos_token_id: int | None = None) -> DocumentTokens:
+    """The EOS (and BOS, when the tokenizer adds one) that frame documents, as the tokenizer's config says.
+
+    EOS: tokenizer_config.json's ``eos_token``, else the model's ``eos_token_id``, else the first of
+    `EOS_FALLBACKS` in the vocabulary. BOS: ``bos_token`` when ``add_bos_token`` is true or the
+    post-processor prepends it (Llama 3), else None. ValueError when no EOS can be found.
+    """
+    config = read_tokenizer_config(tokenizer_dir)
+    eos = None
+    token = _content(config.get("eos_token"))
+    if token is not None:
+        eos = tokenizer.token_to_id(token)
+        if eos is None:
+            raise ValueError(f"{Path(tokenizer_dir) / 'tokenizer_config.json'}: eos_token {token!r} is not in the "
+                             "tokenizer's vocabulary")
+    if eos is None:
+        eos = eos_token_id
+    if eos is None:
+        eos = next((tokenizer.token_to_id(t) for t in EOS_FALLBACKS if tokenizer.token_to_id(t) is not None), None)
+    if eos is None:
+        raise ValueError("cannot tell which token ends a document: the tokenizer config names no eos_token, the "
+                         f"model config no eos_token_id, and the vocabulary has none of {', '.join(EOS_FALLBACKS)}")
+    bos_token = _content(config.get("bos_token"))
+    adds_bos = config.get("add_bos_token") is True or (bos_token is not None and
+                                                       _template_prepends(tokenizer) == bos_token)
+    bos = tokenizer.token_to_id(bos_token) if bos_token is not None and adds_bos else None
+    return DocumentTokens(eos=int(eos), bos=None if bos is None else int(bos))
+
+
+def add_special_token(src: str | os.PathLike, dest: str | os.PathLike, content: str, role: str) -> int:
+    """Copy the tokenizer files of ``src`` into ``dest`` with one more special token; returns its id.
+
+    The token is appended after every existing id (base vocabulary and added tokens) in
+    tokenizer.json, and tokenizer_config.json names it under ``role`` (e.g. "mask_token") with an
+    ``added_tokens_decoder`` entry, so transformers' AutoTokenizer and bitk's GGUF export both see
+    it. Files are written atomically; ``dest`` may equal ``src``. ValueError if it exists already.
+    """
+    src, dest = Path(src), Path(dest)
+    tokenizer = load_tokenizer(src)
+    if tokenizer.token_to_id(content) is not None:
+        raise ValueError(f"{src}: the tokenizer already has {content!r} (id {tokenizer.token_to_id(content)})")
+    from tokenizers import AddedToken
+
+    tokenizer.add_special_tokens([AddedToken(content, special=True, normalized=False)])
+    token_id = tokenizer.token_to_id(content)
+    assert token_id == tokenizer.get_vocab_size(with_added_tokens=True) - 1, (token_id, content)
+    config = read_tokenizer_config(src)
+    config[role] = content
+    decoder = config.get("added_tokens_decoder")
+    if isinstance(decoder, dict):
+        decoder[str(token_id)] = {"content": content, "lstrip": False, "normalized": False, "rstrip": False,
+                                  "single_word": False, "special": True}
+    dest.mkdir(parents=True, exist_ok=True)
+    if dest.resolve() != src.resolve():
+        for name in TOKENIZER_FILES[2:]:
+            if (src / name).is_file():
+                shutil.copyfile(src / name, dest / name)
+    special_map = dest / "special_tokens_map.json"
+    if special_map.is_file():
+        try:
+            roles = json.loads(special_map.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            roles = {}
+        if isinstance(roles, dict):
+            roles[role] = content
+            _write_atomic(special_map, json.dumps(roles, indent=2) + "\n")
+    _write_atomic(dest / "tokenizer.json", tokenizer.to_str())
+    _write_atomic(dest / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    return token_id

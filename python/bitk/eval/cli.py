@@ -23,8 +23,6 @@ from bitk.nn import NUMERICS
 __all__ = ["build_parser", "main"]
 
 DEFAULT_SEQ_LEN = 512
-# The roles transformers' tokenizer_config.json gives the document separator, in order of preference.
-_EOS_KEYS = ("eos_token", "bos_token")
 
 
 def _positive(text: str) -> int:
@@ -75,28 +73,6 @@ class _Plan:
     position_ids: Any
     labels: Any
     model: Any = None
-
-
-def _eos_id(tokenizer, tokenizer_dir: Path | None, config) -> int:
-    """The token that joins documents: the tokenizer config's EOS, else the model's, else <|endoftext|>."""
-    if tokenizer_dir is not None and (tokenizer_dir / "tokenizer_config.json").is_file():
-        try:
-            tok_config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            tok_config = {}
-        for key in _EOS_KEYS:
-            token = tok_config.get(key)
-            token = token.get("content") if isinstance(token, dict) else token
-            if isinstance(token, str) and tokenizer.token_to_id(token) is not None:
-                return tokenizer.token_to_id(token)
-    if config is not None and config.eos_token_id is not None:
-        return config.eos_token_id
-    from bitk.data import EOS_TOKEN
-
-    if tokenizer.token_to_id(EOS_TOKEN) is not None:
-        return tokenizer.token_to_id(EOS_TOKEN)
-    raise ValueError("cannot tell which token ends a document: the tokenizer names no eos_token and the model "
-                     "config no eos_token_id")
 
 
 def _load_model(args: argparse.Namespace):
@@ -159,14 +135,15 @@ def _prepare(args: argparse.Namespace) -> _Plan:
     if tokenizer.get_vocab_size() > config.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.get_vocab_size()} tokens, more than the model's "
                          f"vocab_size {config.vocab_size}: it is not this model's tokenizer")
-    eos_id = _eos_id(tokenizer, tokenizer_dir, config)
+    framing = data.document_tokens(tokenizer, tokenizer_dir, config.eos_token_id)
+    frame = {"eos_id": framing.eos, "bos_id": framing.bos}
 
-    docs = data.encode_documents(texts, tokenizer, max_tokens=args.max_tokens)
-    length = data.packed_length(docs)
+    docs = data.encode_documents(texts, tokenizer, max_tokens=args.max_tokens, **frame)
+    length = data.packed_length(docs, **frame)
     if length == 0:
         raise ValueError(f"no text in {data_name}")
-    pad_id = eos_id  # any id: padded targets are masked out through labels
-    input_ids, position_ids = data.pack_tokens(docs, seq_len, eos_id, pad_id=pad_id)
+    pad_id = framing.eos  # any id: padded targets are masked out through labels
+    input_ids, position_ids = data.pack_tokens(docs, seq_len, framing.eos, pad_id=pad_id, bos_id=framing.bos)
     labels = input_ids.clone()
     labels.view(-1)[length:] = -100
     if int((labels[:, 1:] != -100).sum()) == 0:

@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     pk.add_argument("--embedding-type", default="f16", type=str.lower, choices=list(EMBEDDING_TYPE_CHOICES),
                     help="type of token_embd (default f16)")
     pk.add_argument("--tokenizer", metavar="DIR", help="folder with tokenizer.json to use instead of SRC's")
-    pk.add_argument("--tokenizer-pre", metavar="NAME",
+    pk.add_argument("--pre", "--tokenizer-pre", dest="tokenizer_pre", metavar="NAME",
                     help="llama.cpp pre-tokenizer type (gpt-2, llama-bpe, smollm, qwen2, ...) instead of detecting it")
     pk.add_argument("--allow-untied-head", action="store_true",
                     help="drop an lm_head that differs from the embedding (the GGUF uses the embedding as head)")

@@ -136,7 +136,7 @@ PRE_LLAMA3 = "llama-bpe"
 PRE_SMOLLM = "smollm"
 PRE_QWEN2 = "qwen2"
 PRE_DEFAULT = "default"  # SentencePiece (llama) vocabularies: no regex pre-tokenizer
-# Names --tokenizer-pre accepts: llama.cpp's pre-types (llama-vocab.cpp) for byte-level BPE.
+# Names --pre accepts: llama.cpp's pre-types (llama-vocab.cpp) for byte-level BPE.
 KNOWN_PRE_TYPES = (
     PRE_DEFAULT, PRE_GPT2, PRE_LLAMA3, PRE_SMOLLM, PRE_QWEN2, "deepseek-llm", "deepseek-coder", "deepseek-v3",
     "falcon", "mpt", "starcoder", "refact", "command-r", "olmo", "dbrx", "smaug-bpe", "poro-chat",

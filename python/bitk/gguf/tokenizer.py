@@ -107,7 +107,7 @@ def detect_pre(tokenizer_json: dict) -> str:
     if normalizer is not None and normalizer.get("type") != "NFC":
         raise ValueError(
             f"the tokenizer has a {normalizer.get('type')} normalizer, which llama.cpp's byte-level BPE does not "
-            "apply; if you know the matching llama.cpp pre-tokenizer, name it with --tokenizer-pre NAME"
+            "apply; if you know the matching llama.cpp pre-tokenizer, name it with --pre NAME"
         )
     parts = _pretokenizer_parts(tokenizer_json.get("pre_tokenizer"))
     pre: str | None = None
@@ -124,12 +124,12 @@ def detect_pre(tokenizer_json: dict) -> str:
         raise ValueError(
             f"bitk cannot tell which llama.cpp pre-tokenizer matches this tokenizer's pre_tokenizer ({shape}); "
             "a wrong pre type tokenizes differently without any error, so bitk does not guess. Name it with "
-            f"--tokenizer-pre NAME (llama.cpp types: {', '.join(KNOWN_PRE_TYPES)})"
+            f"--pre NAME (llama.cpp types: {', '.join(KNOWN_PRE_TYPES)})"
         )
     if tokenizer_json.get("model", {}).get("ignore_merges") and pre != PRE_LLAMA3:
         raise ValueError(
             f"the tokenizer sets ignore_merges, which llama.cpp applies only with the llama-bpe pre type, but its "
-            f"pre_tokenizer looks like {pre}; name the pre type with --tokenizer-pre NAME if you are sure"
+            f"pre_tokenizer looks like {pre}; name the pre type with --pre NAME if you are sure"
         )
     return pre
 
@@ -196,7 +196,7 @@ def read_vocab(folder: str | Path, vocab_size: int, pre: str | None = None,
                fallback_ids: dict[str, int | None] | None = None) -> GGUFVocab:
     """Read tokenizer.json (+ tokenizer_config.json) in `folder` as a GGUF vocabulary of `vocab_size` ids.
 
-    `pre` overrides the detected pre-tokenizer type (--tokenizer-pre). `fallback_ids` (bos/eos/pad
+    `pre` overrides the detected pre-tokenizer type (--pre). `fallback_ids` (bos/eos/pad
     ids from the model config) fill special ids the tokenizer files do not name. ValueError for
     anything a GGUF vocabulary cannot express faithfully.
     """
@@ -220,7 +220,7 @@ def read_vocab(folder: str | Path, vocab_size: int, pre: str | None = None,
     if spm:
         kind = TOKENIZER_LLAMA
         if pre is not None:
-            notes.append(f"--tokenizer-pre {pre} ignored: a SentencePiece (llama) vocabulary has no pre type")
+            notes.append(f"--pre {pre} ignored: a SentencePiece (llama) vocabulary has no pre type")
         pre = None
         add_space_prefix: bool | None = _spm_space_prefix(tj, tj_path)
     else:
@@ -233,8 +233,8 @@ def read_vocab(folder: str | Path, vocab_size: int, pre: str | None = None,
                 raise ValueError(f"{tj_path}: {exc}") from None
         else:
             if pre not in KNOWN_PRE_TYPES:
-                raise ValueError(f"--tokenizer-pre {pre!r} is not a llama.cpp pre type; known: {', '.join(KNOWN_PRE_TYPES)}")
-            notes.append(f"tokenizer pre type {pre} given by --tokenizer-pre (not detected)")
+                raise ValueError(f"--pre {pre!r} is not a llama.cpp pre type; known: {', '.join(KNOWN_PRE_TYPES)}")
+            notes.append(f"tokenizer pre type {pre} given by --pre (not detected)")
 
     # id -> (token, type)
     base: dict[str, int] = model.get("vocab") or {}

@@ -1,7 +1,7 @@
 """bitk's decoder models: configs and presets, the model, checkpoints and Hugging Face interop.
 
-`bitk.models.config` and `bitk.models.sources` need neither torch nor transformers (the GGUF
-packer reads models through them); the torch parts load on first use.
+`bitk.models.config`, `bitk.models.hub` and `bitk.models.sources` need neither torch nor
+transformers (the GGUF packer reads models through them); the torch parts load on first use.
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .config import ACTIVATIONS, PRESETS, ModelConfig, preset
+from .config import ACTIVATIONS, PRESET_REPOS, PRESETS, ModelConfig, preset
+from .hub import ModelLocation, resolve_model
 
 # name -> submodule that defines it (imported on first access: they import torch)
 _LAZY = {
@@ -23,7 +24,7 @@ _LAZY = {
     "ModelSource": "sources",
 }
 
-__all__ = ["ModelConfig", "PRESETS", "preset", "ACTIVATIONS", *_LAZY]
+__all__ = ["ModelConfig", "PRESETS", "PRESET_REPOS", "preset", "ACTIVATIONS", "ModelLocation", "resolve_model", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -44,7 +44,7 @@ FORMAT = "bitk"
 FORMAT_VERSION = 1
 META_FILE = "bitk.json"
 WEIGHTS_FILE = "model.safetensors"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 SAVE_DTYPES = (torch.float32, torch.bfloat16)
 _RESERVED_KEYS = ("format", "format_version", "model")
 

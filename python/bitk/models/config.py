@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ModelConfig", "PRESETS", "preset", "ACTIVATIONS"]
+__all__ = ["ModelConfig", "PRESETS", "PRESET_REPOS", "preset", "ACTIVATIONS"]
 
 ACTIVATIONS = ("relu2", "silu")
 
@@ -188,6 +188,17 @@ PRESETS: dict[str, ModelConfig] = {
         max_position_embeddings=4096, rope_theta=500000.0, rms_norm_eps=1e-5,
         bos_token_id=128000, eos_token_id=128001,
     ),
+}
+
+
+# The pretrained checkpoint each preset names on the Hugging Face hub (``model=NAME`` loads it; the
+# architecture then comes from the repo's config.json). BitNet's repo is the bf16 master weights.
+PRESET_REPOS: dict[str, str] = {
+    "smollm2_135m": "HuggingFaceTB/SmolLM2-135M",
+    "smollm2_360m": "HuggingFaceTB/SmolLM2-360M",
+    "qwen3_0_6b": "Qwen/Qwen3-0.6B",
+    "qwen3_4b": "Qwen/Qwen3-4B",
+    "bitnet_2b": "microsoft/bitnet-b1.58-2B-4T-bf16",
 }
 
 

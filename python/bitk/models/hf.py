@@ -11,7 +11,6 @@ What converts, what is refused and why: docs/models.md.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from .checkpoint import (
     write_tokenizer,
 )
 from .config import ModelConfig
+from .hub import resolve_model
 from .model import CausalLM
 
 __all__ = ["BITNET_QUANTIZATION_CONFIG", "convert_config", "export_hf", "hf_config", "load_model"]
@@ -47,7 +47,6 @@ BITNET_QUANTIZATION_CONFIG = {
     "modules_to_not_convert": None,
 }
 
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _SUB_NORMS = (".self_attn.attn_sub_norm.weight", ".mlp.ffn_sub_norm.weight")
 
@@ -83,37 +82,17 @@ def convert_config(source: ModelConfig, ternary: bool) -> ModelConfig:
     return source
 
 
-def _resolve(path_or_hub_id: str | Path) -> Path:
-    path = Path(path_or_hub_id).expanduser()
-    if path.exists():
-        return path
-    text = str(path_or_hub_id)
-    if not _HUB_ID.fullmatch(text) or ".." in text:
-        raise ValueError(f"{text}: no such file or directory")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError as e:
-        raise ValueError(
-            f"{text}: no such local path; it looks like a Hugging Face hub id, but huggingface_hub is not installed"
-        ) from e
-    try:
-        folder = snapshot_download(text, allow_patterns=["*.json", "*.safetensors", "tokenizer*"])
-    except Exception as e:  # huggingface_hub raises OSError, HTTP and hub errors of many types
-        raise ValueError(
-            f"{text}: no such local path, and fetching it as a Hugging Face hub id failed "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Without hub access, "
-            "download the folder elsewhere and pass its local path."
-        ) from e
-    return Path(folder)
+def load_model(source: str | Path, ternary: bool = True, dtype: str | torch.dtype = torch.float32, *,
+               revision: str | None = None) -> CausalLM:
+    """A CausalLM from a bitk checkpoint, a Hugging Face folder, a hub id or a preset's hub repo.
 
-
-def load_model(path_or_hub_id: str | Path, ternary: bool = True, dtype: str | torch.dtype = torch.float32) -> CausalLM:
-    """A CausalLM from a bitk checkpoint, a Hugging Face folder or hub id, converted by `convert_config`.
-
-    Weights stored already ternary (the packed BitNet form) become latent weights that ternarize
-    back to exactly the stored codes and scale (`bitk.formats.latent_weights`), in float32; in
-    bfloat16 they are rounded like any other weight. ``model.tokenizer_dir`` is the folder holding
-    the source's tokenizer files, if any.
+    ``source``: a local folder, an ``ORG/NAME`` hub id, or a preset name with pretrained weights
+    (``smollm2_135m`` -> HuggingFaceTB/SmolLM2-135M); hub repos come through the Hugging Face cache
+    (`bitk.models.hub.resolve_model`; ``revision`` pins a branch, tag or commit). The model is
+    converted by `convert_config`. Weights stored already ternary (the packed BitNet form) become
+    latent weights that ternarize back to exactly the stored codes and scale
+    (`bitk.formats.latent_weights`), in float32; in bfloat16 they are rounded like any other
+    weight. ``model.tokenizer_dir`` is the folder holding the source's tokenizer files, if any.
     """
     from bitk.formats import latent_weights
 
@@ -122,7 +101,8 @@ def load_model(path_or_hub_id: str | Path, ternary: bool = True, dtype: str | to
     dtype = _dtype(dtype)
     if not isinstance(ternary, bool):
         raise ValueError(f"ternary must be True or False, got {ternary!r}")
-    path = _resolve(path_or_hub_id)
+    location = resolve_model(source, revision)
+    path = location.path
     if is_checkpoint(path):
         base = load_checkpoint(path)
         config = convert_config(base.config, ternary)

@@ -282,6 +282,33 @@ class CausalLM(nn.Module):
             skip = {id(self.model.embed_tokens.weight), id(self.lm_head.weight)}
         return sum(p.numel() for p in self.parameters() if id(p) not in skip)
 
+    @torch.no_grad()
+    def resize_token_embeddings(self, vocab_size: int) -> CausalLM:
+        """Grow the embedding (and an untied head) to ``vocab_size`` rows; new rows start as the mean row.
+
+        ``config.vocab_size`` follows. For a token the tokenizer gains (the DLM mask token, say):
+        the mean embedding is a neutral start. Shrinking is refused (it would drop tokens).
+        """
+        old = self.config.vocab_size
+        if not isinstance(vocab_size, int) or vocab_size < old:
+            raise ValueError(f"resize_token_embeddings grows the vocabulary ({old} rows); got {vocab_size!r}")
+        if vocab_size == old:
+            return self
+
+        def grown(weight: torch.Tensor) -> nn.Parameter:
+            rows = weight.float().mean(0, keepdim=True).to(weight.dtype).expand(vocab_size - old, -1)
+            return nn.Parameter(torch.cat([weight, rows]), requires_grad=weight.requires_grad)
+
+        self.model.embed_tokens.weight = grown(self.model.embed_tokens.weight)
+        self.model.embed_tokens.num_embeddings = vocab_size
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        else:
+            self.lm_head.weight = grown(self.lm_head.weight)
+        self.lm_head.out_features = vocab_size
+        self.config = self.config.replace(vocab_size=vocab_size)
+        return self
+
     def set_numerics(self, mode: str) -> CausalLM:
         """What every BitLinear computes: 'train', 'i2s' or 'float' (`bitk.nn.set_numerics`)."""
         set_numerics(self, mode)

@@ -101,14 +101,17 @@ def dlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def init_mask_embedding(model: torch.nn.Module, mask_token_id: int) -> None:
+def init_mask_embedding(model: torch.nn.Module, mask_token_id: int, rows: int | None = None) -> None:
     """Set the mask token's embedding row to the mean of the other rows (numerics.md).
 
-    A tied head shares the row, so the mask token's logit becomes the mean of the others too.
+    ``rows``: only the first ``rows`` rows are averaged (the tokenizer's tokens, leaving out the
+    unused rows of a vocabulary padded past the tokenizer); None averages them all. A tied head
+    shares the row, so the mask token's logit becomes the mean of the others too.
     """
     embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else model.model.embed_tokens
     weight = embed.weight
     if not 0 <= mask_token_id < weight.shape[0]:
         raise ValueError(f"mask_token_id {mask_token_id} is outside the embedding's {weight.shape[0]} rows")
-    others = torch.cat([weight[:mask_token_id], weight[mask_token_id + 1:]])
+    used = weight[: weight.shape[0] if rows is None else max(min(rows, weight.shape[0]), mask_token_id + 1)]
+    others = torch.cat([used[:mask_token_id], used[mask_token_id + 1:]])
     weight[mask_token_id] = others.float().mean(0).to(weight.dtype)

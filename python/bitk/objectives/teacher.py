@@ -1,9 +1,8 @@
 """The distillation teacher: a frozen full-precision model (BitDistill, arXiv 2510.13998, stage 3).
 
 numerics.md "Objectives": the teacher is the original full-precision model, in eval mode, without
-gradients, run on the clean (unmasked) input. `load_teacher` reads a local bitk checkpoint or
-Hugging Face folder through `bitk.load_model(path, ternary=False)`; it never downloads (a hub
-id that is not a local path is an error here: fetch the folder first).
+gradients, run on the clean (unmasked) input. `load_teacher` reads a bitk checkpoint, a Hugging
+Face folder, a hub id or a preset's hub repo through `bitk.load_model(source, ternary=False)`.
 """
 
 from __future__ import annotations
@@ -24,33 +23,30 @@ def freeze_teacher(model: nn.Module) -> nn.Module:
 
 
 def load_teacher(
-    path_or_model_name: str | Path | nn.Module,
+    source: str | Path | nn.Module,
     *,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device = "cpu",
     ternary: bool = False,
+    revision: str | None = None,
 ) -> nn.Module:
-    """A frozen teacher CausalLM from a local path (or a model already built), on ``device``.
+    """A frozen teacher CausalLM from a model source (or a model already built), on ``device``.
 
+    ``source``: a local bitk checkpoint or Hugging Face folder, an ``ORG/NAME`` hub id or a preset
+    name with a hub repo (``revision`` pins the hub commit), as `bitk.load_model` takes them.
     ``dtype``: None or float32 keeps float32, bfloat16 halves the memory (the losses compute in
     float32 either way). ``ternary=False`` (default) loads full precision: a full-precision source
     as it is, a ternary source as its latent weights with quantization off (`convert_config`);
     pass True to distil from a ternary model as it computes.
     """
-    if isinstance(path_or_model_name, nn.Module):
-        model = path_or_model_name
+    if isinstance(source, nn.Module):
+        model = source
         if dtype is not None:
             model = model.to(dtype)
         return freeze_teacher(model.to(device))
     from bitk.models import load_model
 
-    if not isinstance(path_or_model_name, (str, Path)):
-        raise ValueError(f"load_teacher takes a path or a model, got {type(path_or_model_name).__name__}")
-    path = Path(path_or_model_name).expanduser()
-    if not path.exists():
-        raise ValueError(
-            f"teacher {str(path_or_model_name)!r}: no such file or directory (load_teacher reads local bitk "
-            "checkpoints and Hugging Face folders, and downloads nothing: fetch a hub model first)"
-        )
-    model = load_model(path, ternary=ternary, dtype=torch.float32 if dtype is None else dtype)
+    if not isinstance(source, (str, Path)):
+        raise ValueError(f"load_teacher takes a model source or a model, got {type(source).__name__}")
+    model = load_model(source, ternary=ternary, dtype=torch.float32 if dtype is None else dtype, revision=revision)
     return freeze_teacher(model.to(device))

@@ -24,10 +24,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from bitk.models import PRESETS, ModelConfig
+from bitk.models import PRESET_REPOS, PRESETS, ModelConfig
+from bitk.models.hub import is_hub_id
 
 __all__ = [
     "Config",
+    "ModelGroup",
     "DataConfig",
     "TrainingConfig",
     "TRAINING_PRESETS",
@@ -60,7 +62,20 @@ TEACHER_DTYPES = ("auto", "fp32", "bf16")
 LAYERWISE_WEIGHTINGS = ("uniform", "depth")
 LRC_INITS = ("svd", "random")
 LRC_LAYERS = ("all", "final")
-_DEFAULT_TOKENIZER_VOCAB = 4096  # bitk.data.VOCAB_SIZE (kept here so parsing imports no tokenizers)
+# Settings a model preset brings when it starts from its pretrained weights, applied before the
+# training preset's own settings and the command line: converting a working model to ternary wants a
+# far smaller step than training from scratch (the base preset's 3e-3 wipes out what it knew).
+PRETRAINED_DEFAULTS: dict[str, dict[str, Any]] = {
+    "smollm2_135m": {"training.lr": 3e-4},
+    "smollm2_360m": {"training.lr": 3e-4},
+    "qwen3_0_6b": {"training.lr": 3e-4},
+    "qwen3_4b": {"training.lr": 1e-4},
+    "bitnet_2b": {"training.lr": 1e-4},
+}
+# ModelConfig fields a pretrained model may change: those that do not alter its weights' shapes or meaning.
+PRETRAINED_OVERRIDABLE = ("max_position_embeddings",)
+# Earlier spellings, still accepted on the command line and in saved configs.
+RENAMED = {"ternary": "model.ternary", "model_overrides": "model"}
 
 
 # --------------------------------------------------------------------------- checks
@@ -97,6 +112,90 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
+
+
+@dataclass
+class _ModelSource:
+    """Which model to train and from what (the "model" group; model=NAME sets model.name)."""
+
+    name: str = "tiny"
+    """A model preset (see --help: presets with a hub repo start from its pretrained weights), a
+    Hugging Face hub id (ORG/NAME, through the Hugging Face cache), or a local bitk checkpoint or
+    Hugging Face folder."""
+    pretrained: bool = True
+    """Start from the pretrained weights (converted to ternary BitLinear + SubLN when ternary);
+    false builds the architecture from scratch with random weights (a preset's, or the repo's
+    config.json), keeping its tokenizer when one is at hand."""
+    revision: str | None = None
+    """Branch, tag or commit of the hub repo (null = its main branch); hub models only."""
+    ternary: bool = True
+    """Train BitLinear (ternary) projections; false trains the full-precision model."""
+
+    def overrides(self) -> dict[str, Any]:
+        """The ModelConfig fields set in this group (model.FIELD=VALUE), by name."""
+        return {f.name: getattr(self, f.name) for f in fields(ModelConfig)
+                if f.name != "ternary" and getattr(self, f.name, None) is not None}
+
+    def is_preset(self) -> bool:
+        return self.name in PRESETS
+
+    def from_scratch(self) -> bool:
+        """Random initialisation: pretrained=false, or a preset without a hub repo (tiny)."""
+        return not self.pretrained or (self.is_preset() and self.name not in PRESET_REPOS)
+
+    def source(self) -> str | None:
+        """Where pretrained weights (and a preset's tokenizer) come from: a hub id or a path; None for tiny."""
+        return PRESET_REPOS.get(self.name) if self.is_preset() else self.name
+
+    def config(self) -> ModelConfig:
+        """The ModelConfig of a preset built from scratch, overrides and ternary applied."""
+        if not self.is_preset():
+            raise ValueError(f"model={self.name} is not a preset ({', '.join(PRESETS)})")
+        try:
+            return PRESETS[self.name].replace(**{"ternary": self.ternary, **self.overrides()})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"model: {e}") from e
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field (no file is read and nothing is downloaded)."""
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"model must be a preset name, a hub id or a path, got {self.name!r}")
+        _check_bool("model.pretrained", self.pretrained)
+        _check_bool("model.ternary", self.ternary)
+        if self.revision is not None and (not isinstance(self.revision, str) or not self.revision):
+            raise ValueError(f"model.revision must be a branch, tag or commit of the hub repo, got {self.revision!r}")
+        local = not self.is_preset() and Path(self.name).expanduser().exists()
+        if not self.is_preset() and not local and not is_hub_id(self.name):
+            raise ValueError(f"model={self.name!r} is neither a preset ({', '.join(PRESETS)}), nor an existing "
+                             "path (a bitk checkpoint or Hugging Face folder), nor a Hugging Face hub id (ORG/NAME)")
+        if self.revision is not None and (local or self.source() is None):
+            raise ValueError(f"model.revision applies to hub models; model={self.name} is "
+                             f"{'a local folder' if local else 'a preset without a hub repo'}")
+        changed = self.overrides()
+        if self.from_scratch():
+            if self.is_preset():
+                self.config()
+            return
+        fixed = sorted(set(changed) - set(PRETRAINED_OVERRIDABLE))
+        if fixed:
+            raise ValueError(f"model.{fixed[0]} changes the architecture, which comes from the pretrained model's "
+                             f"config.json; set model.pretrained=false to build a changed architecture from scratch "
+                             f"(a pretrained model may change only {', '.join(PRETRAINED_OVERRIDABLE)})")
+
+
+def _model_group() -> type:
+    """The "model" group: `_ModelSource` plus every ModelConfig field but ternary as an optional override."""
+    import typing
+
+    hints = typing.get_type_hints(ModelConfig)
+    extra = [(f.name, typing.Optional[hints[f.name]], field(default=None))  # noqa: UP045 (OmegaConf's spelling)
+             for f in fields(ModelConfig) if f.name != "ternary"]
+    cls = dataclasses.make_dataclass("ModelGroup", extra, bases=(_ModelSource,))
+    cls.__doc__ = _ModelSource.__doc__
+    cls.__module__ = __name__
+    cls.__field_docs__ = {name: f"{doc} (null: as the preset or the source has it)"
+                          for name, doc in field_docs(ModelConfig).items() if name != "ternary"}
+    return cls
 
 
 @dataclass
@@ -330,13 +429,8 @@ class TrainingConfig:
 class Config:
     """A training run: model, data, training, and where the results go."""
 
-    model: str = "tiny"
-    """A model preset name (see --help), or a path to a bitk checkpoint or Hugging Face folder
-    (converted to ternary when ternary=true)."""
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    """ModelConfig fields changed on top of a preset, e.g. model_overrides.num_hidden_layers=2."""
-    ternary: bool = True
-    """Train BitLinear (ternary) projections; false trains the full-precision model."""
+    model: ModelGroup = field(default_factory=lambda: ModelGroup())
+    """The model group (model=NAME picks the model, model.FIELD=VALUE changes it)."""
     data: DataConfig = field(default_factory=DataConfig)
     """The data group."""
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -365,32 +459,15 @@ class Config:
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field; checks every group."""
-        if not isinstance(self.model, str) or not self.model:
-            raise ValueError(f"model must be a preset name or a path, got {self.model!r}")
-        if not isinstance(self.model_overrides, dict):
-            raise ValueError(f"model_overrides must be a mapping of ModelConfig fields, got {self.model_overrides!r}")
-        _check_bool("ternary", self.ternary)
+        self.model.validate()
         self.data.validate()
         self.training.validate()
         self._validate_objectives()
-        if self.model in PRESETS:
-            model_config = self.model_config()
-            if self.data.block_size > model_config.max_position_embeddings:
+        if self.model.from_scratch() and self.model.is_preset():
+            max_positions = self.model.config().max_position_embeddings
+            if self.data.block_size > max_positions:
                 raise ValueError(f"data.block_size ({self.data.block_size}) exceeds the model's "
-                                 f"max_position_embeddings ({model_config.max_position_embeddings})")
-            if model_config.vocab_size != _DEFAULT_TOKENIZER_VOCAB:
-                raise ValueError(
-                    f"model={self.model} has a {model_config.vocab_size}-token vocabulary and bitk has no tokenizer "
-                    f"for it (only presets with vocab_size {_DEFAULT_TOKENIZER_VOCAB} use bitk's own tokenizer): "
-                    f"give model=PATH, a bitk checkpoint or Hugging Face folder that holds its tokenizer.json"
-                )
-        else:
-            if self.model_overrides:
-                raise ValueError(f"model_overrides apply to presets only ({', '.join(PRESETS)}); "
-                                 f"model={self.model} is a path")
-            if not Path(self.model).expanduser().exists() and not _looks_like_hub_id(self.model):
-                raise ValueError(f"model={self.model!r} is neither a preset ({', '.join(PRESETS)}) nor an existing "
-                                 "path (a bitk checkpoint or Hugging Face folder)")
+                                 f"max_position_embeddings ({max_positions})")
         if not isinstance(self.output_dir, str) or not self.output_dir:
             raise ValueError("output_dir must be a non-empty path")
         kind = self.device.split(":")[0] if isinstance(self.device, str) else None
@@ -403,7 +480,7 @@ class Config:
         if self.resume not in ("auto", "none") and not Path(self.resume).expanduser().is_dir():
             raise ValueError(f"resume={self.resume!r}: no such checkpoint folder (or use resume=auto / resume=none)")
         _check_choice("export_gguf", self.export_gguf, EXPORT_TYPES)
-        if not self.ternary and self.export_gguf in _TERNARY_EXPORTS:
+        if not self.model.ternary and self.export_gguf in _TERNARY_EXPORTS:
             raise ValueError(f"export_gguf={self.export_gguf} stores ternary weights, but ternary=false trains a "
                              "full-precision model: use export_gguf=f16, f32 or none")
         _check_bool("tensorboard", self.tensorboard)
@@ -424,50 +501,44 @@ class Config:
             curriculum = Curriculum.constant(curriculum.phases[self.training.phase - 1][1])
         return curriculum
 
-    def teacher_path(self) -> str | None:
-        """Where the teacher comes from (None when no objective needs one)."""
+    def teacher_source(self) -> str | None:
+        """Where the teacher comes from (None when no objective needs one): a preset, hub id or path.
+
+        "auto" is the model's own pretrained source (the preset's hub repo, the hub id or the
+        path), loaded in full precision; None there (tiny) is refused by validation.
+        """
         from bitk.objectives.curriculum import needs_teacher
 
         if not needs_teacher(self.curriculum()):
             return None
-        return self.model if self.training.teacher == "auto" else self.training.teacher
+        return self.model.source() if self.training.teacher == "auto" else self.training.teacher
+
+    def teacher_revision(self) -> str | None:
+        """The hub revision of the teacher: the model's when the teacher is the model's own repo."""
+        return self.model.revision if self.training.teacher == "auto" else None
 
     def _validate_objectives(self) -> None:
-        t = self.training
         objectives = self.curriculum().objectives()
-        if "lrc" in objectives and not self.ternary:
+        if "lrc" in objectives and not self.model.ternary:
             raise ValueError("the lrc objective calibrates a low-rank correction of ternary projections: it needs "
-                             "ternary=true")
-        teacher = self.teacher_path()
-        if teacher is None:
+                             "model.ternary=true")
+        from bitk.objectives.curriculum import TEACHER_OBJECTIVES, needs_teacher
+
+        if not needs_teacher(self.curriculum()):
             return
-        from bitk.objectives.curriculum import TEACHER_OBJECTIVES
-
         wanted = ", ".join(sorted(objectives & set(TEACHER_OBJECTIVES)))
-        if teacher in PRESETS:
+        teacher = self.teacher_source()
+        if teacher is None:
             raise ValueError(
-                f"the objective(s) {wanted} need a full-precision teacher, and model={self.model} is a preset "
-                "trained from scratch: set training.teacher=PATH (a bitk checkpoint or Hugging Face folder; train "
-                "one with ternary=false)" if t.teacher == "auto" else
-                f"training.teacher={teacher} is a model preset, not a trained model: give the path of a bitk "
-                "checkpoint or Hugging Face folder")
-        if not Path(teacher).expanduser().exists():
-            raise ValueError(f"training.teacher={teacher!r} (needed by {wanted}): no such checkpoint or folder "
-                             "(the teacher is read from a local path; nothing is downloaded)")
-
-    def model_config(self) -> ModelConfig:
-        """The preset's ModelConfig with model_overrides and ternary applied (presets only)."""
-        if self.model not in PRESETS:
-            raise ValueError(f"model={self.model} is not a preset ({', '.join(PRESETS)})")
-        known = {f.name for f in fields(ModelConfig)}
-        unknown = sorted(set(self.model_overrides) - known)
-        if unknown:
-            raise ValueError(f"unknown model_overrides key(s) {', '.join(unknown)}; ModelConfig fields: "
-                             f"{', '.join(sorted(known))}")
-        try:
-            return PRESETS[self.model].replace(**{"ternary": self.ternary, **self.model_overrides})
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"model_overrides: {e}") from e
+                f"the objective(s) {wanted} need a full-precision teacher, and model={self.model.name} is a preset "
+                "without pretrained weights: set training.teacher=NAME|ORG/NAME|PATH (a preset with a hub repo, a "
+                "hub id, or a bitk checkpoint or Hugging Face folder)")
+        if teacher in PRESETS and teacher not in PRESET_REPOS:
+            raise ValueError(f"training.teacher={teacher} is a preset without pretrained weights; presets with a hub "
+                             f"repo: {', '.join(PRESET_REPOS)}")
+        if teacher not in PRESETS and not Path(teacher).expanduser().exists() and not is_hub_id(teacher):
+            raise ValueError(f"training.teacher={teacher!r} (needed by {wanted}): no such checkpoint or folder, and "
+                             "neither a preset nor a Hugging Face hub id (ORG/NAME)")
 
 
 # --------------------------------------------------------------------------- training presets
@@ -510,8 +581,10 @@ register_training_preset(
 def parse_args(argv: list[str]) -> Config:
     """A validated Config from ``key=value`` arguments (``training=NAME`` picks a training preset).
 
-    Order: the dataclass defaults, then the training preset, then the overrides in the order given.
-    ValueError names an unknown key (with the valid keys), a bad type or an out-of-range value.
+    ``model=NAME`` is short for ``model.name=NAME``. Order: the dataclass defaults, then what the
+    model preset brings when it starts pretrained (`PRETRAINED_DEFAULTS`), then what the training
+    preset sets, then the overrides in the order given. ValueError names an unknown key (with the
+    valid keys), a bad type or an out-of-range value.
     """
     from omegaconf import OmegaConf
 
@@ -521,19 +594,55 @@ def parse_args(argv: list[str]) -> Config:
         key, eq, value = arg.partition("=")
         if not eq or not key:
             raise ValueError(f"argument {arg!r} is not of the form key=value (see --help)")
+        key = _renamed(key)
         if key == "training" and value and not value.startswith(("{", "[")):
             training_name = value
-        elif key == "data" or key == "training":
+        elif key == "model" and value and not value.startswith(("{", "[")):
+            dotlist.append(f"model.name={value}")
+        elif key in ("data", "training", "model"):
             raise ValueError(f"{key} is a group: set its fields ({key}.FIELD=VALUE)"
                              + (f" or pick a preset (training=NAME: {', '.join(TRAINING_PRESETS)})"
-                                if key == "training" else ""))
+                                if key == "training" else " or pick the model (model=NAME)" if key == "model" else ""))
         else:
-            dotlist.append(arg)
-    schema = OmegaConf.structured(Config(training=training_preset(training_name)))
+            dotlist.append(f"{key}={value}")
+    training = training_preset(training_name)
     overrides = _from_dotlist(dotlist)
-    cfg = _merge(schema, overrides)
+    name = OmegaConf.select(overrides, "model.name", default=ModelGroup.name)
+    pretrained = OmegaConf.select(overrides, "model.pretrained", default=True)
+    layers = [OmegaConf.structured(Config(training=TrainingConfig()))]
+    if pretrained is True and isinstance(name, str):
+        layers.append(_from_dotlist([f"{k}={v}" for k, v in PRETRAINED_DEFAULTS.get(name, {}).items()]))
+    layers += [OmegaConf.create({"training": _changed_fields(training)}), overrides]
+    cfg = _merge(layers)
     cfg.validate()
     return cfg
+
+
+def _renamed(key: str) -> str:
+    """A key in today's spelling (`RENAMED`: ternary -> model.ternary, model_overrides.X -> model.X)."""
+    head, dot, rest = key.partition(".")
+    return RENAMED[head] + (dot + rest if rest else "") if head in RENAMED else key
+
+
+def migrate_config_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved config dict in today's layout (earlier spellings moved, ``model: NAME`` into the group)."""
+    data = dict(data)
+    model = data.get("model")
+    group = dict(model) if isinstance(model, dict) else ({"name": model} if model is not None else {})
+    if "model_overrides" in data:
+        group.update(data.pop("model_overrides") or {})
+    if "ternary" in data:
+        group["ternary"] = data.pop("ternary")
+    if group:
+        data["model"] = group
+    return data
+
+
+def _changed_fields(config: Any) -> dict[str, Any]:
+    """The fields of a dataclass instance that differ from its class defaults (what a preset sets)."""
+    defaults = type(config)()
+    return {f.name: json_safe(getattr(config, f.name)) for f in fields(config)
+            if getattr(config, f.name) != getattr(defaults, f.name)}
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
@@ -542,7 +651,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
     if not isinstance(data, dict):
         raise ValueError(f"a training config must be a mapping, got {type(data).__name__}")
-    cfg = _merge(OmegaConf.structured(Config), OmegaConf.create(data))
+    cfg = _merge([OmegaConf.structured(Config), OmegaConf.create(migrate_config_dict(data))])
     cfg.validate()
     return cfg
 
@@ -576,12 +685,12 @@ def _from_dotlist(dotlist: list[str]):
         raise ValueError(f"cannot parse the overrides {dotlist}: {_first_line(e)}") from e
 
 
-def _merge(schema, overrides) -> Config:
+def _merge(layers: list) -> Config:
     from omegaconf import OmegaConf
     from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
     try:
-        merged = OmegaConf.merge(schema, overrides)
+        merged = OmegaConf.merge(*layers)
         return OmegaConf.to_object(merged)
     except ConfigKeyError as e:
         key = getattr(e, "full_key", None) or getattr(e, "key", "?")
@@ -624,14 +733,17 @@ def _field_type(key: str) -> str | None:
 
 
 def _type_name(tp: Any) -> str:
+    import typing
+
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is typing.Union and len(args) == 2 and type(None) in args:
+        return f"{_type_name(next(a for a in args if a is not type(None)))} | None"
     text = getattr(tp, "__name__", None) if isinstance(tp, type) else None
     return text or str(tp).replace("typing.", "")
 
 
 def _valid_keys(key: str) -> str:
     parent = key.rpartition(".")[0]
-    if parent == "model_overrides":
-        return f"ModelConfig fields: {', '.join(f.name for f in fields(ModelConfig))}"
     cls = _group_class(parent)
     while cls is None and parent:
         parent = parent.rpartition(".")[0]
@@ -641,29 +753,31 @@ def _valid_keys(key: str) -> str:
     return f"valid keys{' of ' + parent if parent else ''}: {', '.join(names)}"
 
 
-def _looks_like_hub_id(text: str) -> bool:
-    parts = text.split("/")
-    return (len(parts) == 2 and all(parts) and not text.startswith((".", "/", "~"))
-            and not text.endswith((".json", ".safetensors")))
-
-
 # --------------------------------------------------------------------------- help
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Field name -> its docstring (the string literal under the field), whitespace folded."""
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError):
-        return {}
-    body = tree.body[0].body
-    docs = {}
-    for node, after in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
-                and isinstance(after.value.value, str)):
-            docs[node.target.id] = " ".join(after.value.value.split())
+    """Field name -> its docstring (the string literal under the field), whitespace folded.
+
+    Base classes count too, and a class made at run time names its docs in ``__field_docs__``.
+    """
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        docs.update(vars(klass).get("__field_docs__", {}))
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body
+        for node, after in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                    and isinstance(after.value.value, str)):
+                docs[node.target.id] = " ".join(after.value.value.split())
     return docs
+
+
+ModelGroup = _model_group()
 
 
 def iter_fields(cls: type = Config, prefix: str = "", defaults: Any = None):
@@ -690,9 +804,14 @@ def _format_default(value: Any) -> str:
     return str(value)
 
 
-def format_help() -> str:
-    """The text of ``python -m bitk.train --help``: usage, presets, every field with doc and default."""
-    width = 100
+def format_help(columns: int | None = None) -> str:
+    """The text of ``python -m bitk.train --help``: usage, presets, every field with doc and default.
+
+    Descriptions wrap to ``columns`` (default: the terminal's width, at most 100).
+    """
+    import shutil
+
+    columns = min(shutil.get_terminal_size((100, 24)).columns, 100) if columns is None else columns
     lines = [
         "usage: python -m bitk.train [key=value ...]",
         "",
@@ -702,24 +821,25 @@ def format_help() -> str:
         "",
         "examples:",
         "  python -m bitk.train",
-        "  python -m bitk.train training.max_steps=100 output_dir=/tmp/run",
-        "  python -m bitk.train model=PATH training=base training.auto_batch_size=true data.sources=[my.jsonl]",
+        "  python -m bitk.train model=smollm2_135m training=unified output_dir=runs/smollm2",
+        "  python -m bitk.train model=ORG/NAME training=base training.auto_batch_size=true data.sources=[my.jsonl]",
         "  torchrun --nproc_per_node 8 -m bitk.train model=PATH distributed=fsdp",
         "",
-        "model presets (model=NAME; or model=PATH of a bitk checkpoint / Hugging Face folder):",
+        "model presets (model=NAME; or model=ORG/NAME of the Hugging Face hub, or model=PATH of a folder):",
     ]
-    width = max(len(name) for name in [*PRESETS, *TRAINING_PRESETS])
+    names = max(len(name) for name in [*PRESETS, *TRAINING_PRESETS])
     for name, mc in PRESETS.items():
-        tok = "bitk tokenizer" if mc.vocab_size == _DEFAULT_TOKENIZER_VOCAB else "needs model=PATH with its tokenizer"
-        lines.append(f"  {name:<{width}} {mc.num_hidden_layers} layers, hidden {mc.hidden_size}, "
-                     f"vocab {mc.vocab_size} ({tok})")
+        source = (f"pretrained {PRESET_REPOS[name]}" if name in PRESET_REPOS
+                  else f"from scratch, {mc.num_hidden_layers} layers, hidden {mc.hidden_size}, bitk's tokenizer")
+        lines.append(f"  {name:<{names}} {source}")
     lines += ["", "training presets (training=NAME, then training.FIELD=VALUE on top):"]
     for name in TRAINING_PRESETS:
-        lines.append(f"  {name:<{width}} {TRAINING_PRESET_DOCS.get(name, '')}")
+        lines += textwrap.wrap(TRAINING_PRESET_DOCS.get(name, ""), width=columns,
+                               initial_indent=f"  {name:<{names}} ", subsequent_indent=" " * (names + 3))
     lines += ["", "fields (key=value; lists as [a,b]; null for none):"]
     for key, tp, default, doc in iter_fields():
         lines.append(f"  {key} ({tp}, default {_format_default(default)})")
-        lines += textwrap.wrap(doc, width=width, initial_indent="      ", subsequent_indent="      ")
+        lines += textwrap.wrap(doc, width=columns, initial_indent="      ", subsequent_indent="      ")
     return "\n".join(lines) + "\n"
 
 

@@ -2,9 +2,10 @@
 
 Sources (``DataConfig.sources``, read with `bitk.data.load_texts`): "default" (the embedded corpus),
 local .txt/.jsonl/.json/.parquet files or folders, hub dataset names. Every source is tokenized
-with the model's tokenizer and packed like `bitk.data.pack_tokens` does: documents joined by EOS,
-cut into ``block_size`` rows, position ids restarting at 0 at each document (and each row), the
-tail that does not fill a row dropped (docs/data.md "Packing").
+with the model's tokenizer and packed like `bitk.data.pack_tokens` does: documents joined by EOS
+(framed as BOS doc EOS when the tokenizer adds a BOS), cut into ``block_size`` rows, position ids
+restarting at 0 at each document (and each row), the tail that does not fill a row dropped
+(docs/data.md "Packing").
 
 Held-out split (``heldout()``, the same blocks on every rank, at most ``max_eval_tokens`` tokens,
 taken round-robin from the sources):
@@ -55,21 +56,14 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["EOS_TOKENS", "TrainData", "find_eos_id"]
+from bitk.data.loading import document_piece, stream_end
+from bitk.data.tokenizer import DocumentTokens, document_tokens
 
-EOS_TOKENS = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
+__all__ = ["TrainData"]
+
 _CHOICE_CHUNK = 1024  # global blocks per seeded draw of source choices
 _STATE_FORMAT = 1
 _TOKENIZE_CHUNK = 64  # documents tokenized at a time by a stream
-
-
-def find_eos_id(tokenizer: Any) -> int:
-    """The id of the tokenizer's end-of-text token (the first of EOS_TOKENS it has)."""
-    for token in EOS_TOKENS:
-        tid = tokenizer.token_to_id(token)
-        if tid is not None:
-            return tid
-    raise ValueError(f"the tokenizer has none of the end-of-text tokens {', '.join(EOS_TOKENS)}; pass eos_id")
 
 
 def _rng(*key: int) -> np.random.Generator:
@@ -87,13 +81,6 @@ def _encode_default(split: str, tokenizer: Any) -> list[list[int]]:
     if key not in _DEFAULT_CACHE:
         _DEFAULT_CACHE[key] = encode_documents(default_corpus(split), tokenizer)
     return _DEFAULT_CACHE[key]
-
-
-def _pack(docs: list[list[int]], block_size: int, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from bitk.data import pack_tokens
-
-    ids, pos = pack_tokens(docs, block_size, eos_id)
-    return ids.to(torch.int32), pos.to(torch.int32)  # stored narrow, widened per batch
 
 
 class _PackedSource:
@@ -145,10 +132,10 @@ class _StreamSource:
     streaming = True
 
     def __init__(self, name: str, index: int, open_texts: Callable[[], Iterator[str]], tokenizer: Any,
-                 block_size: int, eos_id: int, first_doc: int) -> None:
+                 block_size: int, framing: DocumentTokens, first_doc: int) -> None:
         self.name, self.index = name, index
         self._open_texts, self._tokenizer = open_texts, tokenizer
-        self.block_size, self.eos_id, self.first_doc = block_size, eos_id, first_doc
+        self.block_size, self.framing, self.first_doc = block_size, framing, first_doc
         self.taken = 0
         self.epoch_count = 0
         self._seek(0, first_doc, 0)
@@ -159,7 +146,7 @@ class _StreamSource:
         self._texts = itertools.islice(self._open_texts(), doc, None)
         self._next_doc = doc  # index of the next document the iterator yields
         self._closed = False  # closing EOS appended
-        self._pieces: deque[list] = deque()  # [doc index, np.int64 tokens of EOS+doc, offset]
+        self._pieces: deque[list] = deque()  # [doc index, np.int64 tokens of the framed doc, offset]
         self._buffered = 0
         self._fill()
         if offset:
@@ -180,16 +167,16 @@ class _StreamSource:
                 return False
             batch = list(itertools.islice(self._texts, _TOKENIZE_CHUNK))
             if not batch:
-                self._pieces.append([self._next_doc, np.asarray([self.eos_id], dtype=np.int64), 0])
-                self._buffered += 1
+                end = stream_end(self.framing.eos, self.framing.bos)
+                if len(end):
+                    self._pieces.append([self._next_doc, end, 0])
+                    self._buffered += len(end)
                 self._closed = True
-                return True
+                return bool(len(end))
             added = False
             for enc in self._tokenizer.encode_batch(batch, add_special_tokens=False):
                 if enc.ids:  # empty documents are skipped, as pack_tokens does
-                    piece = np.empty(len(enc.ids) + 1, dtype=np.int64)
-                    piece[0] = self.eos_id
-                    piece[1:] = enc.ids
+                    piece = document_piece(enc.ids, self.framing.eos, self.framing.bos)
                     self._pieces.append([self._next_doc, piece, 0])
                     self._buffered += len(piece)
                     added = True
@@ -247,11 +234,12 @@ class TrainData:
     """The training blocks of a `DataConfig` for one rank, and the held-out blocks (module doc).
 
     Reads cfg.sources, weights, text_field, block_size, streaming, heldout_fraction, max_eval_tokens.
-    ``eos_id`` defaults to the tokenizer's end-of-text token (`find_eos_id`).
+    ``framing``: the EOS (and BOS) around each document; default: what the tokenizer's config says
+    (`bitk.data.document_tokens`, given the tokenizer folder ``tokenizer_dir``).
     """
 
     def __init__(self, cfg: Any, tokenizer: Any, *, seed: int, rank: int = 0, world_size: int = 1,
-                 eos_id: int | None = None) -> None:
+                 framing: DocumentTokens | None = None, tokenizer_dir: Any = None) -> None:
         sources = list(cfg.sources)
         if not sources:
             raise ValueError("data.sources is empty: name at least one source ('default' is the embedded corpus)")
@@ -268,7 +256,7 @@ class TrainData:
         self.cfg = cfg
         self.seed, self.rank, self.world_size = int(seed), rank, world_size
         self.tokens_per_block = block
-        self.eos_id = find_eos_id(tokenizer) if eos_id is None else int(eos_id)
+        self.framing = document_tokens(tokenizer, tokenizer_dir) if framing is None else framing
         self.names = [str(s) for s in sources]
         total = sum(weights)
         self.weights = np.asarray([w / total for w in weights], dtype=np.float64)
@@ -284,8 +272,20 @@ class TrainData:
         self._heldout = self._merge_heldout(heldout)
 
     # -- building -------------------------------------------------------------------------------
+    def _pack(self, docs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        from bitk.data import pack_tokens
+
+        ids, pos = pack_tokens(docs, self.tokens_per_block, self.framing.eos, bos_id=self.framing.bos)
+        return ids.to(torch.int32), pos.to(torch.int32)  # stored narrow, widened per batch
+
+    def _encode(self, texts: Any, tokenizer: Any, max_tokens: int | None = None) -> list[list[int]]:
+        from bitk.data import encode_documents
+
+        return encode_documents(texts, tokenizer, max_tokens=max_tokens, eos_id=self.framing.eos,
+                                bos_id=self.framing.bos)
+
     def _open(self, index: int, name: str, tokenizer: Any):
-        from bitk.data import encode_documents, load_texts
+        from bitk.data import load_texts
 
         cfg, B = self.cfg, self.tokens_per_block
         fraction, max_eval = float(cfg.heldout_fraction), int(cfg.max_eval_tokens)
@@ -306,23 +306,22 @@ class TrainData:
 
                 held_docs, first_doc = [], 0
                 if fraction > 0:
-                    held_docs = encode_documents(open_texts(), tokenizer, max_tokens=eval_cap)
+                    held_docs = self._encode(open_texts(), tokenizer, max_tokens=eval_cap)
                     first_doc = len(held_docs)
-            held = _pack(held_docs, B, self.eos_id) if held_docs else (empty, empty)
-            source = _StreamSource(name, index, open_texts, tokenizer, B, self.eos_id, first_doc)
+            held = self._pack(held_docs) if held_docs else (empty, empty)
+            source = _StreamSource(name, index, open_texts, tokenizer, B, self.framing, first_doc)
             return source, held
         if name == "default":
-            train_ids = _pack(_encode_default("train", tokenizer), B, self.eos_id)
-            held = _pack(_encode_default("heldout", tokenizer)[:], B, self.eos_id)
+            train_ids = self._pack(_encode_default("train", tokenizer))
+            held = self._pack(_encode_default("heldout", tokenizer))
         else:
             docs = load_texts(name, text_field=cfg.text_field)
             n_held = math.floor(len(docs) * fraction)
             if n_held > 0:
-                train_ids = _pack(encode_documents(docs[: len(docs) - n_held], tokenizer), B, self.eos_id)
-                held = _pack(encode_documents(docs[len(docs) - n_held:], tokenizer, max_tokens=eval_cap + 1),
-                             B, self.eos_id)
+                train_ids = self._pack(self._encode(docs[: len(docs) - n_held], tokenizer))
+                held = self._pack(self._encode(docs[len(docs) - n_held:], tokenizer, max_tokens=eval_cap + 1))
             else:  # too few documents: hold out the last blocks instead
-                ids, pos = _pack(encode_documents(docs, tokenizer), B, self.eos_id)
+                ids, pos = self._pack(self._encode(docs, tokenizer))
                 n_blocks = math.ceil(fraction * ids.shape[0]) if fraction > 0 and ids.shape[0] >= 2 else 0
                 train_ids = (ids[: ids.shape[0] - n_blocks], pos[: ids.shape[0] - n_blocks])
                 held = (ids[ids.shape[0] - n_blocks:], pos[ids.shape[0] - n_blocks:])

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bitk.data.tokenizer import MASK_ID
-from bitk.models import PRESETS, CausalLM, load_model
+from bitk.data.tokenizer import MASK_ID, DocumentTokens, document_tokens
+from bitk.models import CausalLM, load_model, resolve_model
+from bitk.models.checkpoint import read_checkpoint_meta
 from bitk.nn import set_quant_lambda
 from bitk.objectives.combiner import ObjectiveSettings, compute_loss
 from bitk.objectives.curriculum import Curriculum
@@ -35,8 +36,8 @@ from bitk.objectives.lrc import prepare_lrc
 from bitk.objectives.teacher import load_teacher
 
 from .auto_batch import find_micro_batch
-from .config import Config, config_from_dict, config_to_dict, config_to_yaml
-from .data import TrainData, find_eos_id
+from .config import Config, config_from_dict, config_to_dict, config_to_yaml, migrate_config_dict
+from .data import TrainData
 from .distributed import (
     DistInfo,
     all_reduce_mean,
@@ -89,15 +90,16 @@ def train(cfg: Config) -> dict[str, Any]:
     say(f"bitk.train: resolved config\n{config_to_yaml(cfg).rstrip()}", flush=True)
 
     # -- tokenizer and model
-    raw, tokenizer = build_model(cfg)
+    curriculum = cfg.curriculum()
+    raw, tokenizer = build_model(cfg, resume_from, out, info, say)
+    framing = document_tokens(tokenizer, raw.tokenizer_dir, raw.config.eos_token_id)
     if cfg.data.block_size > raw.config.max_position_embeddings:
         raise ValueError(f"data.block_size ({cfg.data.block_size}) exceeds the model's max_position_embeddings "
                          f"({raw.config.max_position_embeddings})")
-    curriculum = cfg.curriculum()
     if "lrc" in curriculum.objectives():
         prepare_lrc_student(raw, t, say)
-    teacher = load_teacher_for(cfg, curriculum, raw, info.device, say)
-    settings = objective_settings(t, tokenizer, curriculum)
+    teacher = load_teacher_for(cfg, curriculum, raw, info, say)
+    settings = objective_settings(t, tokenizer, curriculum, framing)
     model = wrap_model(raw, info, cfg.distributed)
     if t.compile:
         model = torch.compile(model)
@@ -105,7 +107,7 @@ def train(cfg: Config) -> dict[str, Any]:
     autocast = functools.partial(torch.autocast, info.device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
     # -- data
-    data = TrainData(cfg.data, tokenizer, seed=t.seed, rank=info.rank, world_size=info.world_size)
+    data = TrainData(cfg.data, tokenizer, seed=t.seed, rank=info.rank, world_size=info.world_size, framing=framing)
     eval_ids, eval_pos = data.heldout()
 
     # -- batch geometry: global batch = micro-batch x accumulation x processes
@@ -119,7 +121,7 @@ def train(cfg: Config) -> dict[str, Any]:
                          f"({t.global_batch_size} / {info.world_size} processes = {per_rank})")
     grad_accum = per_rank // t.micro_batch_size
     tokens_per_step = t.global_batch_size * data.tokens_per_block
-    say(f"model: {cfg.model} ({raw.extra_repr()}) on {info.device}"
+    say(f"model: {raw.source} ({raw.extra_repr()}) on {info.device}"
         f"{f' x {info.world_size} processes' if info.enabled else ''}; "
         f"{'bf16 autocast' if use_bf16 else 'float32'}\n"
         f"batch: {t.global_batch_size} sequences x {data.tokens_per_block} tokens = {tokens_per_step:,} tokens per "
@@ -135,7 +137,6 @@ def train(cfg: Config) -> dict[str, Any]:
     last_eval: dict[str, Any] | None = None
     if resume_from is not None:
         meta, model_sd, state = load_state(resume_from)
-        check_resumable(meta, raw, resume_from)
         load_state_for_resume(model, optimizer, model_sd, state["optimizer"], info)
         sync_hyperparameters(optimizer, t)  # a changed lr / weight decay / betas applies from here on
         del model_sd
@@ -151,14 +152,10 @@ def train(cfg: Config) -> dict[str, Any]:
             say(f"already at training.max_steps={t.max_steps}: nothing to train (raise it to go on, or use another "
                 "output_dir to start afresh)", flush=True)
 
-    if resume_from is None and "dlm" in curriculum.objectives() and cfg.model not in PRESETS:
-        init_mask_embedding(raw, settings.mask_token_id)  # a pretrained model has never seen the mask token
-        say(f"DLM: the embedding of {t.dlm_mask_token} (id {settings.mask_token_id}) starts as the mean embedding",
-            flush=True)
     track_parts = len(curriculum.phases) > 1 or curriculum.objectives() != {"ce"}  # log each objective's value
     if track_parts:
         say(f"objectives: {curriculum.describe(t.max_steps)}"
-            + (f"; teacher: {cfg.teacher_path()}" if teacher is not None else ""), flush=True)
+            + (f"; teacher: {teacher.source}" if teacher is not None else ""), flush=True)
 
     metrics = Metrics(out, enabled=info.is_main, resume_step=step if resume_from else None,
                       tensorboard=cfg.tensorboard, wandb=cfg.wandb, wandb_project=cfg.wandb_project,
@@ -202,7 +199,8 @@ def train(cfg: Config) -> dict[str, Any]:
         record = {"kind": "eval", "step": step, "tokens": tokens, "loss": result.loss,
                   "perplexity": result.perplexity, "eval_tokens": result.tokens}
         metrics.log(record)
-        progress.print(f"step {step:>6} | held-out loss {result.loss:.4f} | perplexity {result.perplexity:.2f}")
+        progress.print(f"step {step:>6} | held-out {'CE ' if track_parts else ''}loss {result.loss:.4f} | "
+                       f"perplexity {result.perplexity:.2f}")
         return record
 
     # -- the loop
@@ -261,7 +259,7 @@ def train(cfg: Config) -> dict[str, Any]:
                 if step % t.log_every == 0 or step == t.max_steps:
                     record = window.record(step, tokens, optimizer, bad_total, info, peak, model_flops)
                     metrics.log(record)
-                    progress.print(format_record(record, t.max_steps))
+                    progress.print(format_record(record, t.max_steps, weights))
                     progress.update(step, f"loss {record['loss']:.3f}, {record['tokens_per_s']:,.0f} tok/s")
                 else:
                     progress.update(step)
@@ -278,7 +276,7 @@ def train(cfg: Config) -> dict[str, Any]:
             save()
         if stop.requested is None and eval_step != step:
             last_eval = evaluate_heldout() or last_eval
-        curve = plot_loss_curve(metrics.path, out / LOSS_CURVE_FILE, title=f"bitk.train {cfg.model}") \
+        curve = plot_loss_curve(metrics.path, out / LOSS_CURVE_FILE, title=f"bitk.train {cfg.model.name}") \
             if info.is_main else None
         gguf, gguf_error = None, None
         if info.is_main and cfg.export_gguf != "none" and stop.requested is None:
@@ -304,6 +302,8 @@ def train(cfg: Config) -> dict[str, Any]:
         "steps": step,
         "tokens": tokens,
         "train_loss": window.last_loss,
+        "train_objectives": window.last_parts,
+        "objective_weights": last_weights if track_parts else None,
         "eval_loss": None if last_eval is None else last_eval["loss"],
         "eval_perplexity": None if last_eval is None else last_eval["perplexity"],
         "skipped_steps": bad_total,
@@ -358,19 +358,23 @@ def prepare_lrc_student(raw: CausalLM, t: Any, say: Any) -> None:
         f"{frozen:,} frozen (ternary weights, embeddings, norms)", flush=True)
 
 
-def load_teacher_for(cfg: Config, curriculum: Curriculum, raw: CausalLM, device: torch.device,
+def load_teacher_for(cfg: Config, curriculum: Curriculum, raw: CausalLM, info: DistInfo,
                      say: Any) -> torch.nn.Module | None:
     """The frozen full-precision teacher when an objective needs one (else None); checked against the student."""
-    path = cfg.teacher_path()
-    if path is None:
+    source = cfg.teacher_source()
+    if source is None:
         return None
     t = cfg.training
+    device = info.device
     bf16 = t.teacher_dtype == "bf16" or (t.teacher_dtype == "auto" and device.type == "cuda")
-    teacher = load_teacher(path, dtype=torch.bfloat16 if bf16 else torch.float32, device=device)
+    location = resolve_on_main_first(source, cfg.teacher_revision(), info, what="training.teacher")
+    teacher = load_teacher(location.path, dtype=torch.bfloat16 if bf16 else torch.float32, device=device)
+    teacher.source = location.describe()
     s, c = raw.config, teacher.config
     if c.vocab_size != s.vocab_size:
-        raise ValueError(f"teacher {path} has a {c.vocab_size}-token vocabulary, the student {s.vocab_size}: "
-                         "distillation compares logits token by token, so both need the same tokenizer")
+        raise ValueError(f"teacher {teacher.source} has a {c.vocab_size}-token vocabulary, the student "
+                         f"{s.vocab_size}: distillation compares logits token by token, so both need the same "
+                         "tokenizer")
     objectives = curriculum.objectives()
     if "attention_relation" in objectives:
         r = t.relation_split_heads
@@ -382,15 +386,16 @@ def load_teacher_for(cfg: Config, curriculum: Curriculum, raw: CausalLM, device:
                                      f"and {c.kv_size}")
     if objectives & {"layerwise", "lrc"} and (c.num_hidden_layers, c.hidden_size) != (s.num_hidden_layers,
                                                                                       s.hidden_size):
-        raise ValueError(f"layerwise / lrc compare hidden states layer by layer: the teacher {path} has "
+        raise ValueError(f"layerwise / lrc compare hidden states layer by layer: the teacher {teacher.source} has "
                          f"{c.num_hidden_layers} layers of width {c.hidden_size}, the student "
                          f"{s.num_hidden_layers} of width {s.hidden_size}")
-    say(f"teacher: {path} ({'bf16' if bf16 else 'float32'}, frozen, {teacher.num_parameters():,} parameters)",
-        flush=True)
+    say(f"teacher: {teacher.source} ({'bf16' if bf16 else 'float32'}, frozen, {teacher.num_parameters():,} "
+        "parameters)", flush=True)
     return teacher
 
 
-def objective_settings(t: Any, tokenizer: Any, curriculum: Curriculum) -> ObjectiveSettings:
+def objective_settings(t: Any, tokenizer: Any, curriculum: Curriculum,
+                       framing: DocumentTokens | None = None) -> ObjectiveSettings:
     """The objectives' knobs from the training config; the DLM mask token is looked up in the tokenizer."""
     mask_id = MASK_ID
     if "dlm" in curriculum.objectives():
@@ -398,9 +403,9 @@ def objective_settings(t: Any, tokenizer: Any, curriculum: Curriculum) -> Object
         if mask_id is None:
             raise ValueError(f"training.dlm_mask_token={t.dlm_mask_token!r} is not a token of the model's tokenizer; "
                              "name one it has and the data never uses (a dedicated added token is best)")
-        if mask_id == find_eos_id(tokenizer):
-            raise ValueError(f"training.dlm_mask_token={t.dlm_mask_token!r} is the EOS token, which joins the "
-                             "packed documents: choose another token")
+        if framing is not None and mask_id in (framing.eos, framing.bos):
+            raise ValueError(f"training.dlm_mask_token={t.dlm_mask_token!r} is the token that frames the packed "
+                             "documents (EOS or BOS): choose another token")
     return ObjectiveSettings(dlm_probability=t.dlm_probability, dlm_complementary=t.dlm_complementary,
                              kd_temperature=t.kd_temperature, relation_layers=tuple(t.relation_layers),
                              relation_split_heads=t.relation_split_heads, relation_gamma=t.relation_gamma,
@@ -420,27 +425,141 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # every device
 
 
-def build_model(cfg: Config) -> tuple[CausalLM, Any]:
-    """The model (a fresh preset, or loaded from a path) and its `tokenizers.Tokenizer`."""
-    from bitk.data import default_tokenizer, load_tokenizer
+def build_model(cfg: Config, resume_from: Path | None, out: Path, info: DistInfo,
+                say: Any) -> tuple[CausalLM, Any]:
+    """The model to train and its `tokenizers.Tokenizer` (``model.source`` says where it came from).
 
-    if cfg.model in PRESETS:
-        return CausalLM(cfg.model_config()), default_tokenizer()
-    model = load_model(cfg.model, ternary=cfg.ternary)
-    if model.tokenizer_dir is None:
-        raise ValueError(f"model={cfg.model} has no tokenizer.json next to its weights: the trainer tokenizes "
-                         "the data with the model's own tokenizer")
-    return model, load_tokenizer(model.tokenizer_dir)
+    Resuming: the checkpoint's model and tokenizer, as saved (nothing is downloaded). Otherwise a
+    preset or repo architecture from scratch (`build_from_scratch`), or the pretrained model,
+    converted (`bitk.models.load_model`); then, for the DLM objective, the mask token
+    (`prepare_mask_token`).
+    """
+    from bitk.data import load_tokenizer
+    from bitk.models.checkpoint import load_checkpoint
+
+    if resume_from is not None:
+        check_same_model(read_checkpoint_meta(resume_from), cfg, resume_from)
+        model = load_checkpoint(resume_from)
+        model.source = f"{cfg.model.name} (resumed)"
+        return model, load_tokenizer(resume_from)
+    m = cfg.model
+    if m.from_scratch():
+        model, tokenizer = build_from_scratch(cfg, info, say)
+    else:
+        location = resolve_on_main_first(m.source(), m.revision, info)
+        model = load_model(location.path, ternary=m.ternary)
+        model.source = location.describe()
+        if model.tokenizer_dir is None:
+            raise ValueError(f"model={m.name} has no tokenizer.json next to its weights: the trainer tokenizes "
+                             "the data with the model's own tokenizer")
+        if m.overrides():
+            model.config = model.config.replace(**m.overrides())
+        tokenizer = load_tokenizer(model.tokenizer_dir)
+    if "dlm" in cfg.curriculum().objectives():
+        tokenizer = prepare_mask_token(model, tokenizer, cfg, out, info, say)
+    return model, tokenizer
 
 
-def check_resumable(meta: dict[str, Any], model: CausalLM, path: Path) -> None:
-    """ValueError when the checkpoint's model is not the one this run builds."""
-    saved, built = meta["model"], model.config.to_dict()
-    diff = sorted(k for k in set(saved) | set(built) if saved.get(k) != built.get(k))
+def build_from_scratch(cfg: Config, info: DistInfo, say: Any) -> tuple[CausalLM, Any]:
+    """A randomly initialised model of a preset's (or a repo's) architecture, and the tokenizer it reads.
+
+    The tokenizer is the model's own when at hand (a repo's, or a preset's cached hub repo);
+    otherwise bitk's embedded tokenizer, with the vocabulary sized to it (said in one note).
+    """
+    from bitk.data import VOCAB_SIZE, default_tokenizer, load_tokenizer
+    from bitk.models.hf import convert_config
+    from bitk.models.hub import TOKENIZER_PATTERNS, cached_snapshot
+    from bitk.models.sources import open_source
+
+    m = cfg.model
+    if m.is_preset():
+        config = m.config()
+        repo = m.source()
+        folder = cached_snapshot(repo, m.revision, TOKENIZER_PATTERNS) if repo else None
+        if folder is not None and not (folder / "tokenizer.json").is_file():
+            folder = None
+        source = f"{m.name} (from scratch)"
+    else:
+        location = resolve_on_main_first(m.source(), m.revision, info)
+        config = convert_config(open_source(location.path).config, m.ternary).replace(**m.overrides())
+        folder = location.path if (location.path / "tokenizer.json").is_file() else None
+        source = f"{location.describe()} (architecture only, from scratch)"
+    if folder is None:
+        tokenizer = default_tokenizer()
+        if config.vocab_size != VOCAB_SIZE:
+            why = f"{m.source()}'s tokenizer is not in the Hugging Face cache" if m.source() else "it has none"
+            say(f"note: {why}; using bitk's embedded {VOCAB_SIZE}-token tokenizer (vocab_size "
+                f"{config.vocab_size} -> {VOCAB_SIZE})", flush=True)
+            from bitk.data import EOS_ID, PAD_ID
+
+            config = config.replace(vocab_size=VOCAB_SIZE, bos_token_id=EOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+    else:
+        tokenizer = load_tokenizer(folder)
+        if tokenizer.get_vocab_size() > config.vocab_size:
+            raise ValueError(f"the tokenizer of {m.name} ({folder}) has {tokenizer.get_vocab_size()} tokens, more "
+                             f"than the model's vocab_size {config.vocab_size}")
+    model = CausalLM(config)
+    model.tokenizer_dir = folder
+    model.source = source
+    return model, tokenizer
+
+
+def resolve_on_main_first(source: str, revision: str | None, info: DistInfo, what: str = "model"):
+    """`resolve_model`, run by the main process first (it downloads), then by the others (from the cache)."""
+    if not info.is_main:
+        barrier(info)
+    location = resolve_model(source, revision, what=what)
+    if info.is_main:
+        barrier(info)
+    return location
+
+
+def prepare_mask_token(model: CausalLM, tokenizer: Any, cfg: Config, out: Path, info: DistInfo, say: Any) -> Any:
+    """Make sure the DLM mask token exists and starts sensibly; returns the tokenizer (changed or not).
+
+    A tokenizer without the token gains it as a new special token (tokenizer files written to
+    output_dir/tokenizer, so every checkpoint, HF export and GGUF carries it), with one more
+    embedding row unless the vocabulary is padded past the tokenizer already. Its embedding starts
+    as the mean embedding, as does the existing token of a pretrained model, which has never seen it.
+    """
+    from bitk.data import load_tokenizer, save_tokenizer
+    from bitk.data.tokenizer import add_special_token
+
+    token = cfg.training.dlm_mask_token
+    mask_id = tokenizer.token_to_id(token)
+    if mask_id is None:
+        folder = out / "tokenizer"
+        if info.is_main:
+            source = model.tokenizer_dir
+            if source is None:  # bitk's own tokenizer (a dlm_mask_token it lacks): write it out first
+                source = save_tokenizer(folder, tokenizer)
+            mask_id = add_special_token(source, folder, token, "mask_token")
+        barrier(info)
+        tokenizer = load_tokenizer(folder)
+        mask_id = tokenizer.token_to_id(token)
+        model.tokenizer_dir = folder
+        grew = mask_id >= model.config.vocab_size
+        if grew:
+            model.resize_token_embeddings(mask_id + 1)
+        say(f"DLM: the tokenizer has no {token}; added it as id {mask_id} (written to {folder})"
+            + (f", the vocabulary grows to {model.config.vocab_size} rows" if grew else ""), flush=True)
+    elif cfg.model.from_scratch():
+        return tokenizer  # random weights: the mask row is as good as any other
+    init_mask_embedding(model, mask_id, rows=tokenizer.get_vocab_size())
+    say(f"DLM: the embedding of {token} (id {mask_id}) starts as the mean embedding", flush=True)
+    return tokenizer
+
+
+def check_same_model(meta: dict[str, Any], cfg: Config, path: Path) -> None:
+    """ValueError when the checkpoint was trained from another model than this run names."""
+    saved = migrate_config_dict(meta.get("train_config") or {}).get("model") or {}
+    now = config_to_dict(cfg)["model"]
+    keys = [k for k in now if k != "revision"]  # the revision only says where the first weights came from
+    diff = [k for k in keys if k in saved and saved[k] != now[k]]
     if diff:
-        changes = ", ".join(f"{k} {saved.get(k)!r} -> {built.get(k)!r}" for k in diff)
-        raise ValueError(f"cannot resume from {path}: it holds a different model ({changes}); use resume=none with "
-                         "another output_dir, or the same model settings")
+        changes = ", ".join(f"model.{k} {saved[k]!r} -> {now[k]!r}" for k in diff)
+        raise ValueError(f"cannot resume from {path}: it was trained from another model ({changes}); use the same "
+                         "model settings, or resume=none with another output_dir")
 
 
 def describe_changes(meta: dict[str, Any], cfg: Config) -> str:
@@ -457,7 +576,7 @@ def describe_changes(meta: dict[str, Any], cfg: Config) -> str:
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat = {}
     for k, v in d.items():
-        if isinstance(v, dict) and k != "model_overrides":
+        if isinstance(v, dict):
             flat.update(_flatten(v, f"{prefix}{k}."))
         else:
             flat[f"{prefix}{k}"] = v
@@ -556,6 +675,7 @@ class Window:
 
     def __init__(self) -> None:
         self.last_loss: float | None = None
+        self.last_parts: dict[str, float] | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -590,17 +710,29 @@ class Window:
             rec["objectives"] = dict(zip(names, all_reduce_mean(values, info).tolist()))
         if self.good:
             self.last_loss = loss
+            self.last_parts = rec.get("objectives")
         self._reset()
         return rec
 
 
-def format_record(r: dict[str, Any], max_steps: int) -> str:
-    line = (f"step {r['step']:>6}/{max_steps} | loss {r['loss']:.4f} | lr {r['lr']:.2e} | "
-            f"grad norm {r['grad_norm']:.3f} | {r['tokens_per_s']:,.0f} tok/s | {r['tokens']:,} tokens")
+def objectives_text(values: dict[str, float], weights: dict[str, float] | None) -> str:
+    """'ce 3.2100 + 0.5 x dlm 8.1000': each objective's value as it enters the weighted total."""
+    terms = []
+    for name, value in values.items():
+        w = (weights or {}).get(name, 1.0)
+        terms.append(f"{'' if w == 1 else f'{w:g} x '}{name} {value:.4f}")
+    return " + ".join(terms)
+
+
+def format_record(r: dict[str, Any], max_steps: int, weights: dict[str, float] | None = None) -> str:
+    """One log line; with several objectives the loss is followed by its terms: 'loss 7.1 = ce 3.2 + ...'."""
+    line = f"step {r['step']:>6}/{max_steps} | loss {r['loss']:.4f}"
+    if "objectives" in r:
+        line += f" = {objectives_text(r['objectives'], weights)}"
+    line += (f" | lr {r['lr']:.2e} | grad norm {r['grad_norm']:.3f} | {r['tokens_per_s']:,.0f} tok/s | "
+             f"{r['tokens']:,} tokens")
     if "mfu" in r:
         line += f" | MFU {100 * r['mfu']:.1f}%"
-    if "objectives" in r:
-        line += " | " + ", ".join(f"{name} {value:.4f}" for name, value in r["objectives"].items())
     return line
 
 
@@ -609,9 +741,12 @@ def format_summary(s: dict[str, Any]) -> str:
     lines = [f"bitk.train: {'stopped by ' + s['stopped'] if s['stopped'] else 'done'} after {s['steps']} steps, "
              f"{s['tokens']:,} tokens, {int(minutes)}m{seconds:04.1f}s"]
     if s["train_loss"] is not None:
-        lines.append(f"  train loss        {s['train_loss']:.4f}")
+        terms = s.get("train_objectives") if s.get("objective_weights") else None
+        lines.append(f"  train loss        {s['train_loss']:.4f}"
+                     + (f" = {objectives_text(terms, s['objective_weights'])}" if terms else ""))
     if s["eval_loss"] is not None:
-        lines.append(f"  held-out loss     {s['eval_loss']:.4f} (perplexity {s['eval_perplexity']:.2f})")
+        what = "held-out CE      " if s.get("objective_weights") else "held-out loss    "
+        lines.append(f"  {what} {s['eval_loss']:.4f} (perplexity {s['eval_perplexity']:.2f})")
     if s["skipped_steps"]:
         lines.append(f"  skipped steps     {s['skipped_steps']} (non-finite loss)")
     lines.append(f"  checkpoint        {s['checkpoint']}")
