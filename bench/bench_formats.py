@@ -1,7 +1,8 @@
 """Codec throughput (pytest-benchmark): every implementation of each codec group in bench/cases.py.
 
-Compare within a group only (same run, same input; see ../shared/spec/environment.md). Targets
-(issue 2, 2-core machine): I2_S ternarize+pack >= 1 G params/s; TQ quantize >= 10x gguf.quants.
+Compare within a group only (same run, same input: on shared machines absolute times from different
+runs do not compare). Targets on a 2-core machine: I2_S ternarize+pack >= 1 G params/s; TQ quantize
+>= 10x gguf.quants.
 The regression gate over these groups is bench/gate.py.
 """
 

@@ -4,8 +4,7 @@ A few blocks of 2B4T (hidden 2560, ffn 6912, 20/5 heads, vocab kept at 4096 to s
 written as a bf16 Hugging Face BitNet folder and packed with `bitk.gguf.pack` (read + bf16 decode +
 absmean ternarization + I2_S packing + GGUF writing). The floor it is compared with is merely
 reading the input file and writing as many bytes as the output has, timed in the same process
-(../shared/spec/environment.md: compare ratios from one run). Target (issue 4): export within 2x
-of that floor. `measure_export` is reusable by bench/gate.py.
+(on shared machines only ratios from one run compare). Target: export within 2x of that floor. `measure_export` is reusable by bench/gate.py.
 
     pytest bench/bench_gguf.py --benchmark-only        # or: python bench/bench_gguf.py [LAYERS]
 """
@@ -87,7 +86,7 @@ def measure_export(tmpdir: str | Path, layers: int = 2, rounds: int = 5) -> dict
     """Time pack(bf16 2B4T-wide folder -> I2_S) against read-input + write-output, alternately.
 
     Returns params, the minimum time of each (seconds; minimums vary least on these shared
-    machines), G params/s of the export and the ratio export / floor (issue 4 target: <= 2).
+    machines), G params/s of the export and the ratio export / floor (target: <= 2).
     """
     from bitk.gguf import pack
 

@@ -1,7 +1,6 @@
 """GPU kernel suites (pytest-benchmark): skipped cleanly without CUDA.
 
-BitNet b1.58 2B4T shapes on 8192 tokens (2560 -> 6912, 6912 -> 2560, 2560 -> 2560). Issue 3's
-targets: BitLinear forward >= 1.5x bf16 nn.Linear, forward+backward >= 1.0x (stretch 1.3x);
+BitNet b1.58 2B4T shapes on 8192 tokens (2560 -> 6912, 6912 -> 2560, 2560 -> 2560). Targets: BitLinear forward >= 1.5x bf16 nn.Linear, forward+backward >= 1.0x (stretch 1.3x);
 fused SubLN+quant >= 80% of the measured copy bandwidth; weight quantization with zero host
 syncs; peak memory of a BitLinear stack below the bf16 nn.Linear stack. Every timed call ends
 with torch.cuda.synchronize(), so the figures are wall times of finished GPU work.

@@ -1,6 +1,6 @@
 """BitLinear on CPU (pytest-benchmark): bitk's layer against nn.Linear and transformers' AutoBitLinear.
 
-512 tokens x (2560 -> 6912), BitNet b1.58 2B4T's FFN up projection. Issue 3's targets: forward
+512 tokens x (2560 -> 6912), BitNet b1.58 2B4T's FFN up projection. Targets: forward
 >= 4x faster than float32 nn.Linear; forward+backward never slower than float32 nn.Linear and
 >= 1.5x faster than it under bf16 autocast; >= 2x faster than AutoBitLinear. "reference" is
 `bitk.numerics` (the definition, float64 integer products). Compare within a group only.

@@ -3,10 +3,10 @@
 - CPU: one training step of the tiny preset (8 sequences x 256 tokens: forward, loss, backward,
   AdamW step) in tokens/s; and the overhead of `bitk.train`'s loop, the share of a step spent
   outside forward, backward and optimizer step (data, clipping, the loss sync, logging), measured
-  by instrumenting the real `train()`; issue 6's target is <= 5%.
+  by instrumenting the real `train()`; the target is <= 5%.
 - GPU (skipped without CUDA): SmolLM2-135M training tokens/s with ternary BitLinear projections
-  against the same model with bf16 nn.Linear (ternary=False), both under bf16 autocast; issue 6's
-  target is >= 0.9x (stretch 1.1x).
+  against the same model with bf16 nn.Linear (ternary=False), both under bf16 autocast; the target
+  is >= 0.9x (stretch 1.1x).
 `make_train_step`, `measure_train_step` and `measure_loop_overhead` are plain functions the gate
 (bench/gate.py) and scripts can call. Run: `python -m pytest bench/bench_train.py`.
 """
@@ -43,8 +43,8 @@ def make_train_step(preset: str = "tiny", *, ternary: bool = True, block: int = 
     """
     from bitk.models import CausalLM
     from bitk.models import preset as model_preset
+    from bitk.objectives import next_token_ce
     from bitk.train.config import TrainingConfig
-    from bitk.train.loop import next_token_loss
     from bitk.train.optim import build_optimizer
 
     if precision not in ("fp32", "bf16"):
@@ -63,7 +63,7 @@ def make_train_step(preset: str = "tiny", *, ternary: bool = True, block: int = 
 
     def step() -> float:
         with autocast:
-            loss = next_token_loss(model(ids, position_ids=positions).logits, ids)
+            loss = next_token_ce(model(ids, position_ids=positions).logits, ids)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -120,8 +120,9 @@ def measure_loop_overhead(args: list[str] | None = None, *, steps: int = 8, skip
     """Run the real `bitk.train.loop.train` and split each step's wall time into its parts.
 
     ``args``: `key=value` overrides on top of a short CPU run of the tiny preset (8 x 256 tokens per
-    step, log every step, no evaluation or checkpoint until the end, no GGUF). The model's forward
-    (with the loss), ``Tensor.backward`` and ``optimizer.step`` are timed through wrappers; a step's
+    step, log every step, no evaluation or checkpoint until the end, no GGUF). The forward with the loss
+    (`bitk.objectives.compute_loss`), ``Tensor.backward`` and ``optimizer.step`` are timed through
+    wrappers; a step's
     period is the time between the ends of two consecutive optimizer steps, so it holds everything
     the loop does per step. The first ``skip`` steps (warm-up) are left out. On CUDA every part is
     synchronized, which adds syncs the real loop does not have. Returns the overhead fraction
@@ -132,18 +133,17 @@ def measure_loop_overhead(args: list[str] | None = None, *, steps: int = 8, skip
     with tempfile.TemporaryDirectory() as out:
         base = ["data.block_size=256", "data.max_eval_tokens=256", "training.global_batch_size=8",
                 "training.micro_batch_size=8", f"training.max_steps={steps}", "training.warmup_steps=1",
-                "training.log_every=1", "training.eval_every=0", "training.save_every=0", "export_gguf=none",
-                "progress=false", f"output_dir={out}/run"]
+                "logging.log_every=1", "training.eval_every=0", "checkpoint.save_every=0", "export_gguf=none",
+                "logging.progress=false", f"output_dir={out}/run"]
         cfg = parse_args([*base, *(args or [])])
         auto = "cuda" if torch.cuda.is_available() else "cpu"
         device = torch.device(auto if cfg.device == "auto" else cfg.device)
         timer = _Timer(device)
-        originals = (loop.build_model, loop.build_optimizer, loop.next_token_loss, torch.Tensor.backward)
+        originals = (loop.compute_loss, loop.build_optimizer, torch.Tensor.backward)
 
-        def next_token_loss(logits, input_ids):
+        def compute_loss(*a, **k):
             with timer.part("forward"):
-                loss = originals[2](logits, input_ids)
-            return loss
+                return originals[0](*a, **k)
 
         def build_optimizer(model, t):
             opt = originals[1](model, t)
@@ -160,30 +160,15 @@ def measure_loop_overhead(args: list[str] | None = None, *, steps: int = 8, skip
 
         def backward(self, *a, **k):
             with timer.part("backward"):
-                return originals[3](self, *a, **k)
+                return originals[2](self, *a, **k)
 
-        def build_model(c):  # forward: from the model's pre-hook to its post-hook
-            model, tokenizer = originals[0](c)
-
-            def pre(m, a, kw):
-                timer.sync()
-                timer._forward_start = time.perf_counter()
-
-            def post(m, a, kw, o):
-                timer.sync()
-                timer.parts["forward"] += time.perf_counter() - timer._forward_start
-
-            model.register_forward_pre_hook(pre, with_kwargs=True)
-            model.register_forward_hook(post, with_kwargs=True)
-            return model, tokenizer
-
-        loop.build_model, loop.build_optimizer, loop.next_token_loss = build_model, build_optimizer, next_token_loss
+        loop.compute_loss, loop.build_optimizer = compute_loss, build_optimizer
         torch.Tensor.backward = backward
         try:
             loop.train(cfg)
         finally:
-            loop.build_model, loop.build_optimizer, loop.next_token_loss = originals[:3]
-            torch.Tensor.backward = originals[3]
+            loop.compute_loss, loop.build_optimizer = originals[:2]
+            torch.Tensor.backward = originals[2]
 
     ends = timer.steps
     if len(ends) < skip + 2:

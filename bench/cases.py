@@ -101,7 +101,7 @@ def _i2s_ternarize_pack() -> dict[str, Callable[[], object]]:
 
 # --------------------------------------------------------------------------- BitLinear on CPU
 
-# BitNet b1.58 2B4T's FFN up projection on 512 tokens: the shape the CPU targets of issue 3 name.
+# BitNet b1.58 2B4T's FFN up projection on 512 tokens: the shape of the CPU targets (docs/perf.md).
 NN_TOKENS, NN_IN, NN_OUT = 512, 2560, 6912
 
 

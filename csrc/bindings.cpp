@@ -45,6 +45,17 @@ py::tuple ternarize(const FloatArray& w) {
   return py::make_tuple(codes, double(gamma));
 }
 
+py::tuple ternarize_bf16(const py::array_t<uint16_t, py::array::c_style>& bits) {
+  require_2d(bits, "w");
+  Int8Array codes({bits.shape(0), bits.shape(1)});
+  float gamma;
+  {
+    py::gil_scoped_release release;
+    gamma = bitk::ternarize_bf16(bits.data(), bits.shape(0), bits.shape(1), codes.mutable_data());
+  }
+  return py::make_tuple(codes, double(gamma));
+}
+
 double abs_sum(const FloatArray& w) {
   py::gil_scoped_release release;
   return bitk::abs_sum(w.data(), w.size());
@@ -217,6 +228,7 @@ PYBIND11_MODULE(_codecs, m) {
   m.doc() = "bitk's C++ ternary codecs (I2_S, TQ2_0, TQ1_0; see bitk.formats) and exact ternary matmul.";
   m.def("abs_sum", &abs_sum, py::arg("w"));
   m.def("ternarize", &ternarize, py::arg("w"));
+  m.def("ternarize_bf16", &ternarize_bf16, py::arg("bits"));
   m.def("pack_i2s", &pack_i2s, py::arg("codes"), py::arg("scale"), py::arg("layout"));
   m.def("unpack_i2s", &unpack_i2s, py::arg("data"), py::arg("rows"), py::arg("cols"), py::arg("layout"));
   m.def("quantize_i2s", &quantize_i2s, py::arg("w"), py::arg("layout"));

@@ -46,13 +46,24 @@ void atomic_min(std::atomic<int64_t>& target, int64_t v) {
 
 bool is_finite(float x) { return std::fabs(x) <= std::numeric_limits<float>::max(); }
 
-int64_t first_nonfinite(const float* w, int64_t n) {
+// A weight as float32: float32 as it is, bfloat16 (its 16 bits) as float32's high half (exact).
+inline float as_float(float x) { return x; }
+inline float as_float(uint16_t bf16) {
+  const uint32_t bits = uint32_t(bf16) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+template <typename T>
+int64_t first_nonfinite(const T* w, int64_t n) {
   for (int64_t i = 0; i < n; ++i)
-    if (!is_finite(w[i])) return i;
+    if (!is_finite(as_float(w[i]))) return i;
   return kNone;
 }
 
-[[noreturn]] void fail_nonfinite(const char* what, const float* w, int64_t n, int64_t cols) {
+template <typename T>
+[[noreturn]] void fail_nonfinite(const char* what, const T* w, int64_t n, int64_t cols) {
   fail(std::string(what) + ": input contains NaN or Inf (first at " + fmt_pos(first_nonfinite(w, n), cols) + ")");
 }
 
@@ -114,19 +125,15 @@ constexpr int64_t kChunkRows = kAbsSumChunk / kAbsSumLanes;  // 4096 rows of 16 
 constexpr int kChunkLevels = 12;                               // log2(kChunkRows)
 static_assert(int64_t(1) << kChunkLevels == kChunkRows, "chunk rows must be a power of two");
 
-// One chunk of the canonical abs_sum order (see the header), streamed: a binary counter of partial
-// row sums pairs rows (0,1), (2,3), then (01,23), ... exactly like the numpy reference's
+// One full chunk of the canonical abs_sum order (see the header), streamed: a binary counter of
+// partial row sums pairs rows (0,1), (2,3), then (01,23), ... exactly like the numpy reference's
 // x[0::2] + x[1::2] steps, while reading the chunk front to back.
-double chunk_abs_sum(const float* __restrict x, int64_t len, float* __restrict staging) {
-  if (len < kAbsSumChunk) {  // zero padding never changes the sum
-    std::memset(staging, 0, sizeof(float) * kAbsSumChunk);
-    std::memcpy(staging, x, sizeof(float) * len);
-    x = staging;
-  }
+template <typename T>
+double full_chunk_abs_sum(const T* __restrict x) {
   double stack[kChunkLevels + 1][kLanes];
   for (int64_t r = 0; r < kChunkRows; ++r) {
     double v[kLanes];
-    for (int l = 0; l < kLanes; ++l) v[l] = std::fabs(double(x[r * kLanes + l]));
+    for (int l = 0; l < kLanes; ++l) v[l] = std::fabs(double(as_float(x[r * kLanes + l])));
     int level = 0;
     for (int64_t bits = r; bits & 1; bits >>= 1, ++level)
       for (int l = 0; l < kLanes; ++l) v[l] = stack[level][l] + v[l];
@@ -138,9 +145,16 @@ double chunk_abs_sum(const float* __restrict x, int64_t len, float* __restrict s
   return v[0];
 }
 
-}  // namespace
+template <typename T>
+double chunk_abs_sum(const T* __restrict x, int64_t len, float* __restrict staging) {
+  if (len == kAbsSumChunk) return full_chunk_abs_sum(x);
+  std::fill(staging, staging + kAbsSumChunk, 0.0f);  // zero padding never changes the sum
+  for (int64_t i = 0; i < len; ++i) staging[i] = as_float(x[i]);
+  return full_chunk_abs_sum(staging);
+}
 
-double abs_sum(const float* w, int64_t n) {
+template <typename T>
+double abs_sum_of(const T* w, int64_t n) {
   const int64_t chunks = (n + kAbsSumChunk - 1) / kAbsSumChunk;
   int64_t padded = 1;
   while (padded < chunks) padded *= 2;
@@ -157,11 +171,10 @@ double abs_sum(const float* w, int64_t n) {
   return totals[0];
 }
 
-namespace {
-
 // gamma from the canonical |w| sum; NaN/Inf anywhere make the sum non-finite.
-float absmean_scale(const char* what, const float* w, int64_t n, int64_t cols) {
-  const double total = abs_sum(w, n);
+template <typename T>
+float absmean_scale(const char* what, const T* w, int64_t n, int64_t cols) {
+  const double total = abs_sum_of(w, n);
   if (!std::isfinite(total)) fail_nonfinite(what, w, n, cols);
   return std::max(float(total / double(n)), float(1e-5));
 }
@@ -172,17 +185,27 @@ inline int ternary_code(float x, float gamma) {
   return int(q > 0.5f) - int(q < -0.5f);
 }
 
-void ternary_codes(const float* __restrict w, int8_t* __restrict codes, int64_t n, float gamma) {
-  for (int64_t i = 0; i < n; ++i) codes[i] = int8_t(ternary_code(w[i], gamma));
+template <typename T>
+void ternary_codes(const T* __restrict w, int8_t* __restrict codes, int64_t n, float gamma) {
+  for (int64_t i = 0; i < n; ++i) codes[i] = int8_t(ternary_code(as_float(w[i]), gamma));
 }
 
-}  // namespace
-
-float ternarize(const float* w, int64_t rows, int64_t cols, int8_t* codes) {
+template <typename T>
+float ternarize_of(const T* w, int64_t rows, int64_t cols, int8_t* codes) {
   const int64_t n = rows * cols;
   const float gamma = absmean_scale("ternarize", w, n, cols);
   parallel_for(n, 1, [&](int64_t begin, int64_t end) { ternary_codes(w + begin, codes + begin, end - begin, gamma); });
   return gamma;
+}
+
+}  // namespace
+
+double abs_sum(const float* w, int64_t n) { return abs_sum_of(w, n); }
+
+float ternarize(const float* w, int64_t rows, int64_t cols, int8_t* codes) { return ternarize_of(w, rows, cols, codes); }
+
+float ternarize_bf16(const uint16_t* w, int64_t rows, int64_t cols, int8_t* codes) {
+  return ternarize_of(w, rows, cols, codes);
 }
 
 // ---------------------------------------------------------------------------- I2_S

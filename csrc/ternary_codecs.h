@@ -27,6 +27,9 @@ double abs_sum(const float* w, int64_t n);
 // Absmean ternarization: gamma = max(float32(abs_sum / n), 1e-5); codes = clamp(round(w / gamma),
 // -1, 1) with round-half-even, as int8. Returns gamma.
 float ternarize(const float* w, int64_t rows, int64_t cols, int8_t* codes);
+// The same from bfloat16 weights given as their 16 bits (each is float32's high half): the same
+// codes and gamma as ternarize() of the widened float32 matrix, without materializing it.
+float ternarize_bf16(const uint16_t* w, int64_t rows, int64_t cols, int8_t* codes);
 
 // I2_S: n/4 bytes of 2-bit codes (c = w + 1, four per byte, first value in the top bits) and a
 // 32-byte tail holding the float32 scale (repeated eight times; readers use the first).

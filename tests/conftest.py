@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 # Without a GPU the Triton kernels run in Triton's CPU interpreter, which must be switched on
-# before any module defining a kernel is imported (../shared/spec/environment.md).
+# before any module defining a kernel is imported (docs/kernels.md).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -55,7 +55,7 @@ def bitk_cache_dir(tmp_path_factory):
 
 
 # --------------------------------------------------------------------------- derived tolerances
-# Test modules import these as `bitk_testing`. Tolerances are derived as in ../shared/STYLE.md:
+# Test modules import these as `bitk_testing`. Tolerances are derived as CONTRIBUTING.md "Style" says:
 # against a float64 reference, an implementation may err at most about twice as much as torch
 # doing the same computation in the same low precision.
 sys.modules["bitk_testing"] = sys.modules[__name__]

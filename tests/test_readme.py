@@ -48,7 +48,7 @@ def test_ci_runs_the_benchmark_gate_the_readme_documents():
 # --------------------------------------------------------------------------- the README's training commands
 
 # Appended to every README training command: the same run, a few steps long, on small blocks.
-SMALL_RUN = ["data.block_size=32", "data.max_eval_tokens=128", "training.eval_every=0", "progress=false",
+SMALL_RUN = ["data.block_size=32", "data.max_eval_tokens=128", "training.eval_every=0", "logging.progress=false",
              "device=cpu"]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from bitk.numerics.bitlinear import check_linear
+from bitk.numerics.bitlinear import check_linear, linear_output_dtype
 
 from .activation_quant import quantize_activations
 from .rms_norm import rms_norm_bwd
@@ -33,12 +33,14 @@ def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
         raise ValueError(f"x, weight and bias must be on one device, got {x.device} and {weight.device}")
 
 
-def _out_dtype(x: torch.Tensor) -> torch.dtype:
-    # Under autocast a linear layer returns the autocast dtype, as nn.Linear does.
-    dev = x.device.type
-    if torch.is_autocast_enabled(dev):
-        return torch.get_autocast_dtype(dev)
-    return x.dtype
+def _linear_forward(ctx, x, xq, s, weight, bias, weight_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y [..., N], codes, gamma) of BitLinear from x's int8 activations; notes on ``ctx`` what
+    `_linear_backward` needs besides the saved tensors (``weight_index``: weight's argument index)."""
+    codes, gamma = quantize_weights(weight.detach())
+    y = ternary_matmul_fwd(xq, s, codes, gamma, bias, out_dtype=linear_output_dtype(x))
+    ctx.x_shape, ctx.x_dtype, ctx.weight_dtype = x.shape, x.dtype, weight.dtype
+    ctx.has_bias, ctx.bias_dtype, ctx.weight_index = bias is not None, getattr(bias, "dtype", None), weight_index
+    return y.reshape(*x.shape[:-1], weight.shape[0]), codes, gamma
 
 
 def _linear_backward(ctx, dy2, xq, s, codes, gamma, need_dn: bool):
@@ -56,14 +58,10 @@ def _linear_backward(ctx, dy2, xq, s, codes, gamma, need_dn: bool):
 class BitLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
-        x2 = x.reshape(-1, x.shape[-1]).contiguous()
-        codes, gamma = quantize_weights(weight.detach())
-        xq, s = quantize_activations(x2)
-        y = ternary_matmul_fwd(xq, s, codes, gamma, bias, out_dtype=_out_dtype(x))
+        xq, s = quantize_activations(x.reshape(-1, x.shape[-1]).contiguous())
+        y, codes, gamma = _linear_forward(ctx, x, xq, s, weight, bias, weight_index=1)
         ctx.save_for_backward(xq, s, codes, gamma)
-        ctx.x_shape, ctx.x_dtype, ctx.weight_dtype = x.shape, x.dtype, weight.dtype
-        ctx.has_bias, ctx.bias_dtype, ctx.weight_index = bias is not None, getattr(bias, "dtype", None), 1
-        return y.reshape(*x.shape[:-1], weight.shape[0])
+        return y
 
     @staticmethod
     def backward(ctx, dy):
@@ -78,14 +76,11 @@ class RMSNormBitLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, norm_weight, weight, bias, eps):
         x2 = x.reshape(-1, x.shape[-1]).contiguous()
-        codes, gamma = quantize_weights(weight.detach())
         # The normalized activations exist only as int8 codes and per-row scales.
         xq, s, rstd = rms_norm_quant_fwd(x2, norm_weight, eps)
-        y = ternary_matmul_fwd(xq, s, codes, gamma, bias, out_dtype=_out_dtype(x))
+        y, codes, gamma = _linear_forward(ctx, x, xq, s, weight, bias, weight_index=2)
         ctx.save_for_backward(x2, norm_weight, rstd, xq, s, codes, gamma)
-        ctx.x_shape, ctx.x_dtype, ctx.weight_dtype = x.shape, x.dtype, weight.dtype
-        ctx.has_bias, ctx.bias_dtype, ctx.weight_index = bias is not None, getattr(bias, "dtype", None), 2
-        return y.reshape(*x.shape[:-1], weight.shape[0])
+        return y
 
     @staticmethod
     def backward(ctx, dy):

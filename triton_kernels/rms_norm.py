@@ -216,6 +216,14 @@ def _as_rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
+def _saved_rows_backward(ctx, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+    """(dx, dweight, None for eps) of an RMSNorm autograd Function over ``x`` [..., K] that saved
+    (x2d, weight, rstd): `rms_norm_bwd` of ``dy``. Shared with rms_norm_quant's straight-through Function."""
+    x2d, weight, rstd = ctx.saved_tensors
+    dx, dweight = rms_norm_bwd(dy.reshape(x2d.shape), x2d, weight, rstd)
+    return dx.view(dy.shape), dweight, None
+
+
 class RMSNormFunction(torch.autograd.Function):
     """RMSNorm over the last dimension of ``x`` [..., K] with gain ``weight`` [K]."""
 
@@ -228,9 +236,7 @@ class RMSNormFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
-        x2d, weight, rstd = ctx.saved_tensors
-        dx, dweight = rms_norm_bwd(dy.reshape(x2d.shape), x2d, weight, rstd)
-        return dx.view(dy.shape), dweight, None
+        return _saved_rows_backward(ctx, dy)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .rms_norm import _as_rows, _check_rows_and_weight, _unit_stride, rms_norm_bwd, row_rms
+from .rms_norm import _as_rows, _check_rows_and_weight, _saved_rows_backward, _unit_stride, row_rms
 from .utils import round_half_even, row_block
 
 __all__ = ["RMSNormFakeQuantFunction", "rms_norm_fake_quant", "rms_norm_quant", "rms_norm_quant_fwd"]
@@ -95,9 +95,7 @@ class RMSNormFakeQuantFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
-        x2d, weight, rstd = ctx.saved_tensors
-        dx, dweight = rms_norm_bwd(dy.reshape(x2d.shape), x2d, weight, rstd)
-        return dx.view(dy.shape), dweight, None
+        return _saved_rows_backward(ctx, dy)
 
 
 def rms_norm_quant(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:

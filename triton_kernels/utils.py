@@ -1,7 +1,7 @@
 """Helpers shared by bitk's Triton kernels: rounding, launch sizes, autotune configs, input checks.
 
 The Triton interpreter (TRITON_INTERPRET=1, how CI runs every kernel on CPU) lacks libdevice and
-computes bf16 arithmetic wrongly (../shared/spec/environment.md), so kernels load bf16/fp16 and
+computes bf16 arithmetic wrongly (docs/kernels.md), so kernels load bf16/fp16 and
 convert to float32 at once, and round with `round_half_even` below instead of `rint`. With a
 single autotune config the interpreter can also run the autotuned matmuls.
 """

@@ -2,8 +2,7 @@
 
 Per tensor: ``gamma = max(float32(sum|w| / numel), 1e-5)``, ``codes = clamp(round(w / gamma), -1, 1)``
 (half to even, IEEE division), as `bitk.numerics.quantize_weights`. The sum runs in float64: per-program
-partials, then one program adds them in a fixed order and writes gamma, all on the device. Packed
-output: byte k // 4 of a row holds ``code + 1`` of element k in bits 2 * (k % 4) .. 2 * (k % 4) + 1.
+partials, then one program adds them in a fixed order and writes gamma, all on the device.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import triton.language as tl
 
 from .utils import check_float_input, is_interpreting, round_half_even
 
-__all__ = ["FakeQuantizeWeightsFunction", "fake_quantize_weights", "quantize_weights", "unpack_ternary"]
+__all__ = ["FakeQuantizeWeightsFunction", "fake_quantize_weights", "quantize_weights"]
 
 # Elements per program; the interpreter pays per program (about 10 ms), so it gets larger blocks.
 _BLOCK = 65536 if is_interpreting() else 4096
@@ -69,22 +68,6 @@ def _ternary_codes_kernel(
         tl.store(dq_ptr + offs, codes.to(tl.float32) * tl.load(gamma_out_ptr).to(tl.float32), mask=mask)
 
 
-@triton.jit
-def _ternary_pack_kernel(w_ptr, gamma_ptr, packed_ptr, N, K, KP, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-    lane = tl.arange(0, 4)
-    rows = rows.to(tl.int64)
-    cols = p[None, :, None] * 4 + lane[None, None, :]
-    mask = (rows[:, None, None] < N) & (cols < K)
-    w = tl.load(w_ptr + rows[:, None, None] * K + cols, mask=mask, other=0.0).to(tl.float32)
-    # code + 1 in {0, 1, 2}; tail lanes past K stay 0; the 2-bit fields are disjoint, so sum = or.
-    fields = tl.where(mask, _ternary_codes(w, tl.load(gamma_ptr)).to(tl.int32) + 1, 0)
-    packed = tl.sum(fields << (2 * lane)[None, None, :], axis=2)
-    out_mask = (rows[:, None] < N) & (p[None, :] < KP)
-    tl.store(packed_ptr + rows[:, None] * KP + p[None, :], packed.to(tl.uint8), mask=out_mask)
-
-
 def _check_weights(w: torch.Tensor) -> None:
     check_float_input("w", w)
     if w.numel() == 0:
@@ -134,36 +117,14 @@ def _quantize_weights(
     )
 
 
-def _quantize_weights_packed(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_weights(w)
-    if w.dim() != 2:
-        raise ValueError(f"packed ternary codes need a 2-D weight [N, K], got shape {tuple(w.shape)}")
-    w = w.contiguous()
-    N, K = w.shape
-    KP = triton.cdiv(K, 4)
-    gamma = _gamma(w.view(-1))
-    packed = torch.empty((N, KP), dtype=torch.uint8, device=w.device)
-    block_p = min(triton.next_power_of_2(KP), _BLOCK // 4)
-    block_n = min(max(_BLOCK // (4 * block_p), 1), triton.next_power_of_2(N))
-    grid = (triton.cdiv(N, block_n), triton.cdiv(KP, block_p))
-    _ternary_pack_kernel[grid](
-        w, gamma, packed, N, K, KP, BLOCK_N=block_n, BLOCK_P=block_p, num_warps=8, enable_fp_fusion=False
-    )
-    return packed, gamma
-
-
-def quantize_weights(w: torch.Tensor, packed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_weights(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Absmean ternary quantization of a whole tensor w (float32/float16/bfloat16, not empty).
 
     Returns ``(codes, gamma)``: int8 codes in {-1, 0, 1} of w's shape and a 0-dim float32 gamma on
     w's device, never synchronizing with the host. gamma is within one float32 ulp of
     `bitk.numerics.quantize_weights` (its float64 sum runs in another order; in practice it is the
-    same) and codes are exactly ``clamp(round(w / gamma), -1, 1)`` for this gamma. With
-    ``packed=True`` (2-D w [N, K] only) codes are uint8 [N, ceil(K / 4)], four per byte, low bits
-    first, each stored as code + 1; `unpack_ternary` inverts it.
+    same) and codes are exactly ``clamp(round(w / gamma), -1, 1)`` for this gamma.
     """
-    if packed:
-        return _quantize_weights_packed(w)
     codes, gamma, _ = _quantize_weights(w, store_codes=True, store_dequant=False)
     return codes, gamma
 
@@ -184,17 +145,3 @@ class FakeQuantizeWeightsFunction(torch.autograd.Function):
 def fake_quantize_weights(w: torch.Tensor) -> torch.Tensor:
     """STE fake quantization of weights; equals `bitk.numerics.fake_quantize_weights(w, 1.0)` for the same gamma."""
     return FakeQuantizeWeightsFunction.apply(w)
-
-
-def unpack_ternary(packed: torch.Tensor, k: int) -> torch.Tensor:
-    """Inverse of ``quantize_weights(w, packed=True)``: uint8 [N, ceil(k / 4)] -> int8 codes [N, k] (pure torch)."""
-    if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8 or packed.dim() != 2:
-        raise ValueError(
-            f"packed must be a 2-D uint8 tensor, got {getattr(packed, 'dtype', type(packed).__name__)} "
-            f"of shape {tuple(getattr(packed, 'shape', ()))}"
-        )
-    if k < 1 or packed.shape[1] != -(-k // 4):
-        raise ValueError(f"k={k} does not match packed rows of {packed.shape[1]} bytes (need ceil(k / 4))")
-    shifts = torch.arange(0, 8, 2, dtype=torch.uint8, device=packed.device)
-    fields = (packed.unsqueeze(-1) >> shifts) & 3
-    return (fields.to(torch.int8) - 1).reshape(packed.shape[0], -1)[:, :k]

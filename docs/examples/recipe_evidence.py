@@ -3,7 +3,7 @@
 1. A full-precision teacher: the `tiny` preset with ternary=false, trained on the embedded corpus.
 2. Ternary students train for the same steps on the same data, with the same hyperparameters,
    either with CE only (training=base) or with BitDistill's stage-3 objectives
-   (training=bitdistill_full training.phase=2: CE + logits KD + attention relation from the
+   (training=bitdistill_full objectives.phase=2: CE + logits KD + attention relation from the
    teacher). Two pairs: students initialised from scratch (the tiny preset, seed 0), and students
    converted from the teacher's weights (BitLinear + SubLN, BitDistill's stage 1).
 3. LRC calibration (training=lrc_calibration, the teacher's hidden states as targets) of the
@@ -28,10 +28,10 @@ from bitk.data import default_tokenizer
 from bitk.eval import evaluate
 from bitk.models import load_model
 from bitk.train.config import parse_args
-from bitk.train.data import TrainData
+from bitk.data import TrainData
 from bitk.train.loop import train
 
-COMMON = ["progress=false", "device=cpu", "export_gguf=none", "resume=none"]
+COMMON = ["logging.progress=false", "device=cpu", "export_gguf=none", "resume=none"]
 
 
 def run(name: str, out: Path, *args: str) -> dict:
@@ -60,9 +60,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="steps of each student run and of LRC")
     args = parser.parse_args()
     out, n = args.out, args.steps
-    every = [f"training.max_steps={n}", f"training.eval_every={n}", f"training.save_every={n}"]
+    every = [f"training.max_steps={n}", f"training.eval_every={n}", f"checkpoint.save_every={n}"]
     same = [*every, "training.warmup_steps=20"]  # the CE and the distilled student differ only in objectives
-    distil = ["training=bitdistill_full", "training.phase=2"]
+    distil = ["training=bitdistill_full", "objectives.phase=2"]
 
     if args.teacher:
         t_ckpt = args.teacher
@@ -72,17 +72,17 @@ def main() -> None:
                       f"training.lr={args.teacher_lr}", f"training.eval_every={args.teacher_steps // 4}")
         t_ckpt = teacher["checkpoint"]
     scratch_ce = run("scratch_ce", out, "model=tiny", "training=base", "training.lr=3e-3", *same)
-    scratch_kd = run("scratch_bitdistill", out, "model=tiny", *distil, f"training.teacher={t_ckpt}",
+    scratch_kd = run("scratch_bitdistill", out, "model=tiny", *distil, f"objectives.teacher={t_ckpt}",
                      "training.lr=3e-3", *same)
     scratch_lkd = run("scratch_logits_kd", out, "model=tiny", "training=bitdistill_full",
-                      "training.objectives=ce=1,logits_kd=1", f"training.teacher={t_ckpt}", "training.lr=3e-3", *same)
+                      "objectives.weights=ce=1,logits_kd=1", f"objectives.teacher={t_ckpt}", "training.lr=3e-3", *same)
     ce = run("converted_ce", out, f"model={t_ckpt}", "training=base", "training.lr=1e-3", *same)
     kd = run("converted_bitdistill", out, f"model={t_ckpt}", *distil, "training.lr=1e-3", *same)
     ptq = heldout_loss(t_ckpt, ternary=True)
     print(f"== teacher ternarized without training: held-out loss {ptq['eval_loss']:.4f}", flush=True)
     ptq_lrc = run("ptq_lrc", out, f"model={t_ckpt}", "training=lrc_calibration", *every)
     ce_lrc = run("converted_ce_lrc", out, f"model={ce['checkpoint']}", "training=lrc_calibration",
-                 f"training.teacher={t_ckpt}", *every)
+                 f"objectives.teacher={t_ckpt}", *every)
 
     rows = {
         "teacher (full precision)": teacher,

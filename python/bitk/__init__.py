@@ -16,21 +16,9 @@ compiled extension:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
 _SUBMODULES = ("formats", "numerics", "nn", "models", "gguf", "data", "objectives", "train", "eval")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _SUBMODULES:
-        return importlib.import_module(f"bitk.{name}")
-    if name == "load_model":
-        return importlib.import_module("bitk.models").load_model
-    raise AttributeError(f"module 'bitk' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_SUBMODULES, "load_model"])
+__getattr__, __dir__ = lazy_exports(__name__, {**dict.fromkeys(_SUBMODULES, ""), "load_model": "models"})

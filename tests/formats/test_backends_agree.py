@@ -135,7 +135,7 @@ def test_default_backend_from_environment(env, expected):
 
 
 def test_both_modules_have_the_same_functions():
-    names = ["abs_sum", "ternarize", "pack_i2s", "unpack_i2s", "quantize_i2s", "dequantize_i2s",
+    names = ["abs_sum", "ternarize", "ternarize_bf16", "pack_i2s", "unpack_i2s", "quantize_i2s", "dequantize_i2s",
              "quantize_tq2_0", "dequantize_tq2_0", "quantize_tq1_0", "dequantize_tq1_0"]
     for name in names:
         assert callable(getattr(cpp, name)) and callable(getattr(ref, name)), name
@@ -219,6 +219,40 @@ def test_ternarize_agrees(w):
     assert codes.dtype == np.int8 and codes.shape == w.shape
     assert set(np.unique(codes)) <= {-1, 0, 1}
     assert scale == float(np.float32(scale)) and scale >= float(np.float32(1e-5))
+
+
+def _bf16_bits(w: np.ndarray) -> np.ndarray:
+    """The bfloat16 bits of w (truncated: any bit pattern is a valid input)."""
+    return (np.ascontiguousarray(w, np.float32).view(np.uint32) >> 16).astype(np.uint16)
+
+
+@EXAMPLES
+@given(latent_matrices())
+def test_ternarize_bf16_agrees_and_equals_ternarize_of_the_widened_weights(w):
+    bits = _bf16_bits(w)
+    c = assert_backends_agree("ternarize_bf16", bits)
+    widened = (bits.astype(np.uint32) << 16).view(np.float32)
+    codes, scale = ref.ternarize(widened)
+    assert np.array_equal(c[1][0], codes) and c[1][1] == scale
+    assert fmt.ternarize(widened)[1] == scale
+
+
+@FEW
+@given(latent_matrices(multiple=1, max_rows=4, max_cols=300), st.data())
+def test_ternarize_bf16_rejects_non_finite_in_both(w, data):
+    bits = _bf16_bits(w)
+    k = data.draw(st.integers(0, bits.size - 1))
+    bits.reshape(-1)[k] = data.draw(st.sampled_from([0x7FC0, 0x7F80, 0xFF80]))  # NaN, +Inf, -Inf
+    c = assert_backends_agree("ternarize_bf16", bits)
+    row, col = (int(i) for i in np.unravel_index(k, bits.shape))
+    assert c[0] == "error" and f"(first at ({row}, {col}))" in c[1]
+
+
+def test_ternarize_bf16_takes_uint16_matrices_only():
+    with pytest.raises(ValueError, match="expected a uint16 numpy array of bfloat16 bits; got float32"):
+        fmt.ternarize_bf16(np.ones((2, 4), np.float32))
+    with pytest.raises(ValueError, match="2-D"):
+        fmt.ternarize_bf16(np.ones(4, np.uint16))
 
 
 def test_ternarize_ties_round_to_even_in_both_backends():

@@ -1,6 +1,6 @@
 """TQ2_0 / TQ1_0 bytes == gguf-py's reference quantizers (gguf.quants), for both backends.
 
-formats.md names gguf.quants' TQ1_0/TQ2_0 `quantize_blocks` as the byte-exact oracle of what
+docs/formats.md names gguf.quants' TQ1_0/TQ2_0 `quantize_blocks` as the byte-exact oracle of what
 upstream llama.cpp reads. On already-ternary input (one {-d, 0, +d} per 256-value block) bitk must
 write exactly gguf's bytes, and read any well-formed bytes exactly as gguf does.
 """

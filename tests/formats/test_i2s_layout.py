@@ -1,4 +1,4 @@
-"""Bit placement of I2_S, TQ2_0 and TQ1_0, checked against formats.md's text, not reference.py.
+"""Bit placement of I2_S, TQ2_0 and TQ1_0, checked against docs/formats.md's diagrams, not reference.py.
 
 Expected bytes here come from hand-made patterns and tiny explicit loops over the spec's formulas
 (code c = w + 1; I2_S: `byte = c[j] << 6 | c[j+32] << 4 | c[j+64] << 2 | c[j+96]` per 128-value
@@ -196,7 +196,7 @@ def test_i2s_tail_holds_the_float32_scale(backend_name, layout, scale):
         tail = data[rows * cols // 4 :].tolist()
         assert len(tail) == 32
         assert tail[:4] == f32_le(float(np.float32(scale)))
-        # The other 28 bytes are padding: zeros or the scale repeated (formats.md allows both).
+        # The other 28 bytes are padding: zeros or the scale repeated (docs/formats.md allows both).
         assert tail[4:] == [0] * 28 or tail[4:] == tail[:4] * 7
 
 

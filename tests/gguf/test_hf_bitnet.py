@@ -1,7 +1,7 @@
 """Hugging Face BitNet folders: bf16 master weights, and the offline-packed form with weight_scale.
 
 The packed form's scale direction follows quantization_config.linear_class exactly as
-transformers computes (formats.md): "bitlinear" divides the output by weight_scale, "autobitlinear"
+transformers computes (docs/gguf.md "Usage"): "bitlinear" divides the output by weight_scale, "autobitlinear"
 multiplies. Checked both ways against transformers' own layers (run eagerly: their methods are
 torch.compile'd), so a converter that flips the direction in either case fails here.
 """

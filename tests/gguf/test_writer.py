@@ -1,7 +1,7 @@
 """pack(): every type for both archs, read back by gguf-py (TQ, F16, F32) and bitk's reader (I2_S).
 
 What is in the file must be the model's own ternarization (bitk.formats.ternarize of the latent
-weights, numerics.md): TQ tensors dequantize to codes x scale with the scale rounded to float16
+weights, docs/numerics.md): TQ tensors dequantize to codes x scale with the scale rounded to float16
 (the type's block scale), I2_S holds the codes and the float32 scale exactly, F16/F32 projections
 the dequantized ternary weights, norms F32 and the embedding F16/F32 as stored.
 """

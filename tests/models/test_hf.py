@@ -142,7 +142,7 @@ def test_full_precision_to_ternary_inserts_subln(make_hf, tokenizer_dir):
     projections = {n: m for n, m in ours.named_modules() if n.endswith("_proj")}
     assert len(projections) == 14 and all(type(m) is BitLinear for m in projections.values())
     assert type(ours.lm_head) is nn.Linear
-    # The SubLN sits where numerics.md puts it: before o_proj (size q_size) and down_proj.
+    # The SubLN sits where docs/numerics.md puts it: before o_proj (size q_size) and down_proj.
     layer = ours.model.layers[0]
     assert layer.self_attn.attn_sub_norm.weight.shape == (ours.config.q_size,)
     assert layer.mlp.ffn_sub_norm.weight.shape == (ours.config.intermediate_size,)

@@ -38,8 +38,8 @@ def test_hub_ids_and_local_folders(hub_cache, tmp_path):
     assert local.path == folder and local.repo_id is None and local.describe() == str(folder)
     with pytest.raises(ValueError, match="model.revision='main' applies to hub repos; .* is a local folder"):
         resolve_model(str(folder), "main")
-    with pytest.raises(ValueError, match="training.teacher=tiny is a preset without pretrained weights"):
-        resolve_model("tiny", what="training.teacher")
+    with pytest.raises(ValueError, match="objectives.teacher=tiny is a preset without pretrained weights"):
+        resolve_model("tiny", what="objectives.teacher")
     with pytest.raises(ValueError, match="no such file or folder, and neither a preset .* nor a Hugging Face hub id"):
         resolve_model(str(tmp_path / "missing"))
     assert is_hub_id("Qwen/Qwen3-0.6B") and is_hub_id("a-b/c.d_e")
@@ -164,7 +164,7 @@ def test_a_hub_id_downloads_once_then_trains_offline(hub_server, hub_cache, tmp_
     _Hub.served = {"bitk-tests/served": hub_cache["HuggingFaceTB/SmolLM2-135M"]}
     hf_home = tmp_path / "hf"
     run = [sys.executable, "-m", "bitk.train", "model=bitk-tests/served", "training.max_steps=1", "data.block_size=32",
-           "training.eval_every=0", "export_gguf=none", "progress=false"]
+           "training.eval_every=0", "export_gguf=none", "logging.progress=false"]
     proc = subprocess.run([*run, f"output_dir={tmp_path / 'a'}"], capture_output=True, text=True, timeout=300,
                           env=online_env(hub_server, hf_home))
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -189,7 +189,7 @@ def test_hub_failures_are_one_line_and_exit_2(hub_server, tmp_path, repo, extra,
     env = online_env(hub_server, tmp_path / "hf")
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "bitk.train", f"model={repo}", *extra,
-                           f"output_dir={tmp_path / 'run'}", "progress=false"],
+                           f"output_dir={tmp_path / 'run'}", "logging.progress=false"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr

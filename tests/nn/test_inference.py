@@ -66,6 +66,16 @@ def test_cache_follows_weight_updates(layer):
     torch.testing.assert_close(after - layer.bias, -(before - layer.bias), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("mode", NUMERICS)
+def test_output_dtype_under_autocast(layer, mode):
+    # The autocast dtype, as nn.Linear returns and the "train" forward does; float64 stays float64.
+    set_numerics(layer, mode)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(torch.randn(3, 256)).dtype == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(torch.randn(3, 256, dtype=torch.float64)).dtype == torch.float64
+
+
 def test_set_numerics_rejects_unknown_mode(layer):
     with pytest.raises(ValueError, match="numerics must be one of train, i2s, float"):
         set_numerics(layer, "int4")

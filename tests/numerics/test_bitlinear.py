@@ -10,6 +10,7 @@ from bitk.numerics import (
     bitlinear,
     bitlinear_bitnet_cpp,
     bitlinear_fake_quant,
+    linear_output_dtype,
     quantize_activations,
     quantize_activations_bitnet_cpp,
     quantize_weights,
@@ -232,3 +233,22 @@ def test_bitlinears_do_not_sync_host(no_host_sync):
         bitlinear_fake_quant(x, w, b, lam=torch.tensor(0.5)).sum().backward()
         bitlinear_bitnet_cpp(x.detach(), codes, torch.tensor(0.25))
         bitlinear_bitnet_cpp(x.detach(), codes, 0.25)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64], ids=str)
+def test_linear_output_dtype_is_the_input_dtype_without_autocast(dtype):
+    x = torch.zeros(2, 3, dtype=dtype)
+    assert linear_output_dtype(x) == dtype
+    with torch.autocast("cpu", enabled=False):
+        assert linear_output_dtype(x) == dtype
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64], ids=str)
+def test_linear_output_dtype_under_autocast_is_what_nn_linear_returns(dtype):
+    # The autocast dtype, except that float64 stays float64 (autocast leaves float64 ops alone).
+    x, w = torch.zeros(2, 3, dtype=dtype), torch.zeros(4, 3, dtype=dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = linear_output_dtype(x)
+        assert got == (torch.float64 if dtype == torch.float64 else torch.bfloat16)
+        assert got == F.linear(x, w).dtype
+    assert linear_output_dtype(x) == dtype  # the rule reads the autocast state at the call

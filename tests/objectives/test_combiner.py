@@ -9,19 +9,25 @@ import torch
 import torch.nn.functional as F
 from bitk.objectives import combiner
 from bitk.objectives.ce import next_token_ce
-from bitk.objectives.combiner import ObjectiveSettings, compute_loss
+from bitk.objectives.combiner import compute_loss
+from bitk.objectives.settings import ObjectiveSettings
 from bitk.objectives.dlm import dlm_loss, dlm_mask
 from bitk_objectives_testing import full_precision_twin, random_ids, tiny_model
 
 
 def test_settings_validate():
-    assert ObjectiveSettings(relation_layers=5).relation_layers == (5,)
-    assert ObjectiveSettings(relation_layers=[[1, 2], -1]).relation_layers == ((1, 2), -1)
-    for bad in ({"dlm_probability": 1.5}, {"kd_temperature": 0}, {"relation_split_heads": 0},
-                {"layerwise_weighting": "log"}, {"lrc_layers": "some"}, {"mask_token_id": 1, "pad_token_id": 1},
-                {"relation_layers": ("last",)}, {"kd_beta": -1}, {"dlm_complementary": 1}):
-        with pytest.raises(ValueError, match="ObjectiveSettings"):
-            ObjectiveSettings(**bad)
+    ObjectiveSettings(relation_layers=[[1, 2], -1]).validate()  # pairs of (student, teacher) layers are fine
+    for bad, name in (({"dlm_probability": 1.5}, "dlm_probability"), ({"kd_temperature": 0}, "kd_temperature"),
+                      ({"relation_split_heads": 0}, "relation_split_heads"),
+                      ({"layerwise_weighting": "log"}, "layerwise_weighting"), ({"lrc_layers": "some"}, "lrc_layers"),
+                      ({"relation_layers": ["last"]}, "relation_layers"), ({"relation_layers": []}, "relation_layers"),
+                      ({"dlm_complementary": 1}, "dlm_complementary"), ({"weights": "ce=1,mlm=1"}, "weights"),
+                      ({"weights": "0:ce=1;0.5:dlm=1", "phase": 3}, "phase")):
+        with pytest.raises(ValueError, match=f"objectives.{name}"):
+            ObjectiveSettings(**bad).validate()
+    ids = random_ids(1, 4)
+    with pytest.raises(ValueError, match="mask_token_id must differ from pad_token_id"):
+        compute_loss(torch.nn.Identity(), ids, None, {"ce": 1.0}, mask_token_id=1, pad_token_id=1)
 
 
 # --------------------------------------------------------------------------- compute_loss
@@ -84,7 +90,7 @@ def test_dlm_runs_one_forward_over_the_clean_and_the_doubled_masked_rows():
     # the same values as separate forwards: the clean rows alone for ce, the masked rows alone for dlm
     model = student.inner
     assert parts["ce"].item() == pytest.approx(next_token_ce(model(ids, pos).logits, ids).item(), rel=1e-5)
-    batch = dlm_mask(ids, mask_token_id=settings.mask_token_id, generator=torch.Generator().manual_seed(0),
+    batch = dlm_mask(ids, mask_token_id=2, generator=torch.Generator().manual_seed(0),
                      position_ids=pos)
     want = dlm_loss(model(batch.input_ids, batch.position_ids).logits, batch.labels)
     assert parts["dlm"].item() == pytest.approx(want.item(), rel=1e-5)
@@ -135,12 +141,12 @@ def test_distillation_against_a_different_teacher_has_gradients():
 
 def test_padding_is_not_a_target_and_not_a_valid_kd_token():
     student, ids, _ = _setup(6)
-    settings = ObjectiveSettings(pad_token_id=1, relation_split_heads=8)
+    settings = ObjectiveSettings(relation_split_heads=8)
     ids[0, 8:] = 1
     labels = ids.masked_fill(ids == 1, -100)
     logits = student.inner(ids).logits
     want = F.cross_entropy(logits[:, :-1].reshape(-1, 64), labels[:, 1:].reshape(-1), ignore_index=-100)
-    _, parts = compute_loss(student, ids, None, {"ce": 1.0}, settings)
+    _, parts = compute_loss(student, ids, None, {"ce": 1.0}, settings, pad_token_id=1)
     assert parts["ce"].item() == pytest.approx(want.item(), rel=1e-6)
     # padded positions may hold anything in the teacher: the KD loss does not move
     teacher = full_precision_twin(student.inner).eval().requires_grad_(False)
@@ -151,8 +157,9 @@ def test_padding_is_not_a_target_and_not_a_valid_kd_token():
             out.logits[0, 8:] += 100 * torch.randn_like(out.logits[0, 8:])
             return out
 
-    kd = compute_loss(student, ids, None, {"logits_kd": 1.0}, settings, teacher=teacher)[1]["logits_kd"]
-    noisy = compute_loss(student, ids, None, {"logits_kd": 1.0}, settings, teacher=Noisy())[1]["logits_kd"]
+    kd = compute_loss(student, ids, None, {"logits_kd": 1.0}, settings, teacher=teacher, pad_token_id=1)[1]["logits_kd"]
+    noisy = compute_loss(student, ids, None, {"logits_kd": 1.0}, settings, teacher=Noisy(),
+                         pad_token_id=1)[1]["logits_kd"]
     assert kd.item() > 0 and noisy.item() == pytest.approx(kd.item(), rel=1e-6)
     unmasked = compute_loss(student, ids, None, {"logits_kd": 1.0}, ObjectiveSettings(), teacher=Noisy())[1]["logits_kd"]
     assert unmasked.item() > 2 * kd.item()

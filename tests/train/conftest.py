@@ -30,11 +30,11 @@ MICRO_ARGS = (
     "training.micro_batch_size=2",
     "training.warmup_steps=2",
     "training.zclip_warmup_steps=3",
-    "training.log_every=1",
+    "logging.log_every=1",
     "training.eval_every=4",
-    "training.save_every=4",
+    "checkpoint.save_every=4",
     "export_gguf=none",
-    "progress=false",
+    "logging.progress=false",
     "device=cpu",
 )
 

@@ -10,25 +10,28 @@ import sys
 import pytest
 from bitk.models import PRESETS
 from bitk.train.config import (
+    RENAMED,
     TRAINING_PRESETS,
+    CheckpointConfig,
     Config,
     DataConfig,
+    LoggingConfig,
     ModelGroup,
+    ObjectiveSettings,
     TrainingConfig,
     config_from_dict,
     config_to_dict,
     config_to_yaml,
     field_docs,
-    format_help,
-    iter_fields,
     parse_args,
     register_training_preset,
 )
+from bitk.train.help import format_help, iter_fields
 
 
 def test_no_arguments_is_the_documented_default():
     cfg = parse_args([])
-    assert cfg == Config() and cfg.model.name == "tiny" and cfg.training == TRAINING_PRESETS["base"]
+    assert cfg == Config() and cfg.model.name == "tiny" and TRAINING_PRESETS["base"] == {}
     assert cfg.model.pretrained and cfg.model.ternary and cfg.model.overrides() == {}
     assert cfg.data.sources == ["default"] and cfg.export_gguf == "i2_s" and cfg.resume == "auto"
 
@@ -37,12 +40,12 @@ def test_overrides_and_groups():
     cfg = parse_args(["model=tiny", "training=base", "training.max_steps=100", "training.lr=1e-3",
                       "training.auto_batch_size=true", "training.betas=[0.8,0.99]", "data.sources=[default,default]",
                       "data.weights=[1,3]", "model.num_hidden_layers=2", "output_dir=/tmp/x",
-                      "progress=false"])
+                      "logging.progress=false"])
     t = cfg.training
     assert (t.max_steps, t.lr, t.auto_batch_size, t.betas) == (100, 1e-3, True, (0.8, 0.99))
     assert cfg.data.weights == [1.0, 3.0] and cfg.data.sources == ["default", "default"]
     assert cfg.model.overrides() == {"num_hidden_layers": 2} and cfg.model.config().num_hidden_layers == 2
-    assert cfg.output_dir == "/tmp/x" and cfg.progress is False
+    assert cfg.output_dir == "/tmp/x" and cfg.logging.progress is False
     # later overrides win, as on any command line
     assert parse_args(["training.lr=1e-3", "training.lr=2e-3"]).training.lr == 2e-3
 
@@ -50,24 +53,34 @@ def test_overrides_and_groups():
 def test_training_presets_are_a_registry(monkeypatch):
     monkeypatch.setattr("bitk.train.config.TRAINING_PRESETS", dict(TRAINING_PRESETS))
     monkeypatch.setattr("bitk.train.config.TRAINING_PRESET_DOCS", {})
-    register_training_preset("short", TrainingConfig(max_steps=10, warmup_steps=2, lr=1e-3), "a short run")
+    register_training_preset("short", {"training.max_steps": 10, "training.warmup_steps": 2, "training.lr": 1e-3,
+                                       "objectives.weights": "ce=1,dlm=0.5", "checkpoint.keep_last": 1}, "a short run")
     cfg = parse_args(["training=short", "training.lr=5e-4"])
     assert (cfg.training.max_steps, cfg.training.lr) == (10, 5e-4)  # preset, then the override on top
+    assert (cfg.objectives.weights, cfg.checkpoint.keep_last) == ("ce=1,dlm=0.5", 1)
     assert "short" in format_help() and "a short run" in format_help()
     with pytest.raises(ValueError, match="training.lr must be in"):
-        register_training_preset("broken", TrainingConfig(lr=-1.0), "")
+        register_training_preset("broken", {"training.lr": -1.0}, "")
+    with pytest.raises(ValueError, match="unknown key 'training.nope'"):
+        register_training_preset("broken", {"training.nope": 1}, "")
+    with pytest.raises(ValueError, match="maps 'group.field' keys"):
+        register_training_preset("broken", {"lr": 1.0}, "")
     with pytest.raises(ValueError, match="unknown training preset .nope.; presets: base, unified, bitdistill_full, lrc_calibration, short"):
         parse_args(["training=nope"])
 
 
 @pytest.mark.parametrize("args, message", [
-    (["foo=1"], r"unknown key 'foo'; valid keys: model, data, training, output_dir"),
+    (["foo=1"], r"unknown key 'foo'; valid keys: model, data, training, objectives, checkpoint, logging, output_dir"),
     (["training.foo=1"], r"unknown key 'training.foo'; valid keys of training: training.max_steps, .*training.seed"),
     (["data.foo.bar=1"], r"unknown key 'data.foo'; valid keys of data: data.sources"),
     (["model.foo=1"], r"unknown key 'model.foo'; valid keys of model: model.name, .*model.hidden_size"),
     (["training.lr=abc"], r"bad value for training.lr: .*'abc'.*\(expected float\)"),
     (["training.max_steps=2.5"], r"bad value for training.max_steps.*\(expected int\)"),
-    (["progress=maybe"], r"bad value for progress"),
+    (["logging.progress=maybe"], r"bad value for logging.progress"),
+    (["objectives.weights=ce=1,mlm=1"], r"objectives.weights: .*unknown objective 'mlm'"),
+    (["checkpoint.keep_last=-1"], r"checkpoint.keep_last must be >= 0"),
+    (["logging.log_every=0"], r"logging.log_every must be >= 1"),
+    (["objectives=x"], r"objectives is a group: set its fields"),
     (["training.optimizer=sgd"], r"training.optimizer must be one of adamw, muon; got 'sgd'"),
     (["training.schedule=linear"], r"training.schedule must be one of cosine, wsd, constant"),
     (["training.clip=value"], r"training.clip must be one of zclip, norm, none"),
@@ -89,8 +102,8 @@ def test_training_presets_are_a_registry(monkeypatch):
     (["model.hidden_size=-3"], r"ModelConfig.hidden_size must be a positive integer"),
     (["model={}"], r"model is a group: set its fields"),
     (["resume=/no/such/dir"], r"no such checkpoint folder"),
-    (["wandb=true"], r"wandb=true needs the wandb package"),
-    (["tensorboard=true"], r"tensorboard=true needs the tensorboard package"),
+    (["logging.wandb=true"], r"logging.wandb=true needs the wandb package"),
+    (["logging.tensorboard=true"], r"logging.tensorboard=true needs the tensorboard package"),
     (["data"], r"is not of the form key=value"),
     (["training.max_steps"], r"is not of the form key=value"),
     (["data=x"], r"data is a group: set its fields"),
@@ -118,7 +131,7 @@ def test_dict_round_trip_and_yaml():
 
 
 def test_every_field_has_a_docstring():
-    for cls in (Config, ModelGroup, DataConfig, TrainingConfig):
+    for cls in (Config, ModelGroup, DataConfig, TrainingConfig, ObjectiveSettings, CheckpointConfig, LoggingConfig):
         docs = field_docs(cls)
         missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]
         assert not missing, f"{cls.__name__} fields without a docstring: {missing}"
@@ -158,8 +171,27 @@ def test_docs_list_every_field():
     """docs/train.md's field table is the generated one (regenerate: see docs/train.md)."""
     from pathlib import Path
 
-    from bitk.train.config import fields_markdown
+    from bitk.train.help import fields_markdown
 
     doc = (Path(__file__).parents[2] / "docs" / "train.md").read_text()
     table = doc.split("<!-- fields:begin -->\n", 1)[1].split("<!-- fields:end -->", 1)[0]
     assert table == fields_markdown()
+
+
+def test_earlier_spellings_still_work():
+    """0.1.0 spellings on the command line and in saved configs map to today's keys."""
+    old = parse_args(["ternary=false", "export_gguf=f16", "model_overrides.num_hidden_layers=2",
+                      "training.objectives=ce=1,dlm=1", "training.teacher_dtype=fp32", "training.save_every=7",
+                      "training.keep_last=2", "training.log_every=3", "progress=false", "wandb_project=p"])
+    new = parse_args(["model.ternary=false", "export_gguf=f16", "model.num_hidden_layers=2",
+                      "objectives.weights=ce=1,dlm=1", "objectives.teacher_dtype=fp32", "checkpoint.save_every=7",
+                      "checkpoint.keep_last=2", "logging.log_every=3", "logging.progress=false",
+                      "logging.wandb_project=p"])
+    assert old == new
+    saved = {"model": "tiny", "model_overrides": {"num_hidden_layers": 2}, "ternary": False, "export_gguf": "f16",
+             "training": {"objectives": "ce=1,dlm=1", "teacher_dtype": "fp32", "save_every": 7, "keep_last": 2,
+                          "log_every": 3}, "progress": False, "wandb_project": "p"}
+    assert config_from_dict(saved) == new
+    for old_key, new_key in RENAMED.items():  # every renamed key names a field that exists
+        group, _, name = new_key.partition(".")
+        assert name in {f.name for f in dataclasses.fields(getattr(Config(), group))}, (old_key, new_key)

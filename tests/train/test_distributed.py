@@ -220,8 +220,8 @@ def test_resume_across_strategies_from_rank0(worker_results, src, dst):
 TRAIN_ARGS = [
     "model.num_hidden_layers=2", "model.hidden_size=64", "model.intermediate_size=128",
     "data.block_size=32", "data.max_eval_tokens=32", "training.max_steps=4", "training.warmup_steps=1",
-    "training.global_batch_size=4", "training.micro_batch_size=1", "training.log_every=1",
-    "training.save_every=2", "training.eval_every=0", "export_gguf=none", "progress=false",
+    "training.global_batch_size=4", "training.micro_batch_size=1", "logging.log_every=1",
+    "checkpoint.save_every=2", "training.eval_every=0", "export_gguf=none", "logging.progress=false",
 ]
 
 
@@ -274,7 +274,7 @@ def test_trainer_fsdp_resumes_a_single_process_checkpoint(single_run, tmp_path):
 def test_trainer_runs_a_curriculum_under_torchrun(tmp_path, strategy):
     """The unified recipe (CE, then CE + DLM in one forward) on two processes: objectives averaged over ranks."""
     out = tmp_path / strategy
-    _torchrun(["-m", "bitk.train", *TRAIN_ARGS, "training=unified", "training.objectives=0:ce=1;0.5:ce=1,dlm=1",
+    _torchrun(["-m", "bitk.train", *TRAIN_ARGS, "training=unified", "objectives.weights=0:ce=1;0.5:ce=1,dlm=1",
                f"distributed={strategy}", f"output_dir={out}"], cwd=tmp_path)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
     train = [r for r in records if r["kind"] == "train"]

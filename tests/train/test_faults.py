@@ -36,7 +36,7 @@ loop.train(parse_args(sys.argv[1:]))
 
 def test_sigkill_during_save_leaves_the_previous_checkpoint(micro_argv, tmp_path, run_env):
     out = tmp_path / "run"
-    args = micro_argv("training.max_steps=6", "training.save_every=2", "training.eval_every=0")
+    args = micro_argv("training.max_steps=6", "checkpoint.save_every=2", "training.eval_every=0")
     proc = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, *args], env=run_env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
@@ -75,7 +75,7 @@ def test_failed_save_keeps_the_previous_checkpoint(micro_config, tmp_path, monke
 
     monkeypatch.setattr(state.torch, "save", fail_at_step_4)
     with pytest.raises(loop.TrainingError, match="No space left on device.*step-000002"):
-        loop.train(micro_config("training.max_steps=6", "training.save_every=2", "training.eval_every=0"))
+        loop.train(micro_config("training.max_steps=6", "checkpoint.save_every=2", "training.eval_every=0"))
     root = out / "checkpoints"
     assert (root / "latest").read_text() == "step-000002\n"
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step-000002"]
@@ -86,23 +86,23 @@ def test_failed_save_keeps_the_previous_checkpoint(micro_config, tmp_path, monke
 
 
 def poison_losses(monkeypatch, bad_calls):
-    """Make next_token_loss return NaN on the given 0-based calls (micro-steps: 2 per step here)."""
-    real = loop.next_token_loss
+    """Make the loss NaN on the given 0-based calls of `compute_loss` (micro-steps: 2 per step here)."""
+    real = loop.compute_loss
     calls = {"n": 0}
 
-    def poisoned(logits, input_ids):
-        loss = real(logits, input_ids)
+    def poisoned(*args, **kwargs):
+        loss, parts = real(*args, **kwargs)
         n = calls["n"]
         calls["n"] += 1
-        return loss * float("nan") if n in bad_calls else loss
+        return (loss * float("nan"), parts) if n in bad_calls else (loss, parts)
 
-    monkeypatch.setattr(loop, "next_token_loss", poisoned)
+    monkeypatch.setattr(loop, "compute_loss", poisoned)
 
 
 def test_a_nan_loss_skips_the_step_and_is_counted(micro_config, monkeypatch):
     # step 3's second micro-step (call 5) and step 5's first (call 8) are NaN
     poison_losses(monkeypatch, {5, 8})
-    summary = loop.train(micro_config("training.max_steps=6", "training.eval_every=0", "training.save_every=0"))
+    summary = loop.train(micro_config("training.max_steps=6", "training.eval_every=0", "checkpoint.save_every=0"))
     assert summary["steps"] == 6 and summary["skipped_steps"] == 2
     records = read_metrics(summary["metrics"])
     bad = [r for r in records if r["kind"] == "bad_step"]
@@ -120,7 +120,7 @@ def test_a_nan_loss_skips_the_step_and_is_counted(micro_config, monkeypatch):
 def test_too_many_bad_steps_stop_with_the_last_good_checkpoint(micro_argv, tmp_path, monkeypatch, capsys):
     # every loss from step 4 on (call 6) is NaN: steps 4, 5, 6 are skipped, then the run stops
     poison_losses(monkeypatch, set(range(6, 100)))
-    args = micro_argv("training.max_steps=10", "training.save_every=2", "training.eval_every=0",
+    args = micro_argv("training.max_steps=10", "checkpoint.save_every=2", "training.eval_every=0",
                       "training.max_bad_steps=3", "export_gguf=i2_s")
     assert main(args) == 1
     err = capsys.readouterr().err
@@ -136,23 +136,24 @@ def test_non_finite_weights_stop_the_run_and_are_never_saved(micro_config, monke
     """A weight turned inf at step 3: BitLinear refuses it at once (ternary), or every later loss is NaN
     and the final save refuses the weights (full precision). Either way: TrainingError, step 2 named."""
     model = {}
-    real_build, real_loss = loop.build_model, loop.next_token_loss
+    real_build, real_loss = loop.build_model, loop.compute_loss
     calls = {"n": 0}
 
     def build_and_keep(*args):
         model["m"], tokenizer = real_build(*args)
         return model["m"], tokenizer
 
-    def break_weights(logits, input_ids):
+    def break_weights(*args, **kwargs):
+        result = real_loss(*args, **kwargs)  # this micro-step's forward saw the weights intact
         calls["n"] += 1
         if calls["n"] == 5:
             with torch.no_grad():
                 model["m"].model.layers[0].self_attn.q_proj.weight.view(-1)[0] = float("inf")
-        return real_loss(logits, input_ids)
+        return result
 
     monkeypatch.setattr(loop, "build_model", build_and_keep)
-    monkeypatch.setattr(loop, "next_token_loss", break_weights)
-    cfg = micro_config("training.max_steps=6", "training.save_every=2", "training.eval_every=0",
+    monkeypatch.setattr(loop, "compute_loss", break_weights)
+    cfg = micro_config("training.max_steps=6", "checkpoint.save_every=2", "training.eval_every=0",
                        "training.max_bad_steps=8", f"model.ternary={str(ternary).lower()}")
     with pytest.raises(loop.TrainingError, match="last good checkpoint is .*step-000002"):
         loop.train(cfg)
@@ -165,7 +166,7 @@ def test_non_finite_weights_stop_the_run_and_are_never_saved(micro_config, monke
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
 def test_signal_saves_a_checkpoint_and_exits_cleanly(micro_argv, tmp_path, run_env, sig, code):
     out = tmp_path / "run"
-    args = micro_argv("training.max_steps=100000", "training.save_every=0", "training.eval_every=0",
+    args = micro_argv("training.max_steps=100000", "checkpoint.save_every=0", "training.eval_every=0",
                       "export_gguf=i2_s")
     proc = subprocess.Popen([sys.executable, "-m", "bitk.train", *args], env=run_env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

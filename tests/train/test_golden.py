@@ -43,11 +43,11 @@ ARGS = [
     "training.global_batch_size=4",
     "training.micro_batch_size=2",
     "training.warmup_steps=8",
-    "training.log_every=1",
+    "logging.log_every=1",
     "training.eval_every=0",
-    "training.save_every=0",
+    "checkpoint.save_every=0",
     "export_gguf=none",
-    "progress=false",
+    "logging.progress=false",
     "device=cpu",
 ]
 

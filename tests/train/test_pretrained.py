@@ -17,6 +17,7 @@ import torch
 from bitk.data import document_tokens, load_tokenizer
 from bitk.gguf.reader import read_gguf
 from bitk.models import load_checkpoint, load_model
+from bitk.train import build as build_module
 from bitk.train import loop
 from bitk.train.config import parse_args
 from bitk.train.distributed import DistInfo
@@ -24,8 +25,8 @@ from bitk.train.metrics import read_metrics
 from bitk_testing import build_hub_repo
 
 SMALL = ("data.block_size=32", "data.max_eval_tokens=128", "training.max_steps=2", "training.global_batch_size=2",
-         "training.micro_batch_size=2", "training.warmup_steps=1", "training.log_every=1", "training.eval_every=0",
-         "progress=false", "device=cpu")
+         "training.micro_batch_size=2", "training.warmup_steps=1", "logging.log_every=1", "training.eval_every=0",
+         "logging.progress=false", "device=cpu")
 SMOLLM = "HuggingFaceTB/SmolLM2-135M"
 CONTROL = 3
 
@@ -37,7 +38,7 @@ def args(out: Path, *overrides: str) -> list[str]:
 def build(cfg, out: Path):
     """The trainer's model and tokenizer for ``cfg`` (no training)."""
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_main=True, enabled=False)
-    return loop.build_model(cfg, None, out, info, lambda *a, **k: None)
+    return build_module.build_model(cfg, None, out, info, lambda *a, **k: None)
 
 
 def test_a_preset_loads_its_repo_converted_like_load_model(hub_cache, tmp_path):
@@ -57,17 +58,18 @@ def test_a_preset_loads_its_repo_converted_like_load_model(hub_cache, tmp_path):
 
 
 def test_the_preset_brings_a_gentler_learning_rate_under_the_training_preset():
-    assert parse_args(["model=smollm2_135m"]).training.lr == 3e-4
-    assert parse_args(["model=qwen3_4b", "training=unified"]).training.lr == 1e-4
-    assert parse_args(["model=smollm2_135m", "training=bitdistill_full"]).training.lr == 1e-3  # the recipe's own
-    assert parse_args(["model=smollm2_135m", "training.lr=5e-4"]).training.lr == 5e-4
+    assert parse_args(["model=smollm2_135m"]).training.lr == 1e-3
+    assert parse_args(["model=qwen3_4b", "training=unified"]).training.lr == 5e-4
+    assert parse_args(["model=qwen3_4b", "training=lrc_calibration"]).training.lr == 1e-3  # the recipe's own
+    assert parse_args(["model=qwen3_4b", "training=lrc_calibration"]).training.weight_decay == 0.0
+    assert parse_args(["model=smollm2_135m", "training.lr=2e-4"]).training.lr == 2e-4
     assert parse_args(["model=smollm2_135m", "model.pretrained=false"]).training.lr == 3e-3  # from scratch: base
 
 
 def test_unified_on_smollm2_adds_the_mask_token_everywhere(hub_cache, tmp_path, capsys):
     """SmolLM2's tokenizer has no mask token: DLM adds one (a new row), and it reaches checkpoint, HF and GGUF."""
     out = tmp_path / "run"
-    summary = loop.train(parse_args(args(out, "model=smollm2_135m", "training=unified", "training.save_every=1",
+    summary = loop.train(parse_args(args(out, "model=smollm2_135m", "training=unified", "checkpoint.save_every=1",
                                          "export_gguf=i2_s")))
     assert summary["steps"] == 2
     stdout = capsys.readouterr().out
@@ -102,7 +104,7 @@ def test_resume_needs_no_hub_and_keeps_the_added_token(hub_cache, tmp_path, monk
     def no_hub(*a, **k):
         raise AssertionError("a resumed run reads its checkpoint, not the hub")
 
-    monkeypatch.setattr(loop, "resolve_model", no_hub)
+    monkeypatch.setattr(build_module, "resolve_model", no_hub)
     summary = loop.train(parse_args(args(out, "model=smollm2_135m", "training=unified", "export_gguf=none",
                                          "training.max_steps=4")))
     assert summary["steps"] == 4 and load_checkpoint(summary["checkpoint"]).config.vocab_size == 401
@@ -145,7 +147,7 @@ def test_bitnet_tokenizer_frames_documents_with_its_bos(hub_cache, tmp_path):
     framing = document_tokens(tokenizer, model.tokenizer_dir, model.config.eos_token_id)
     bos, eos = tokenizer.token_to_id("<|begin_of_text|>"), tokenizer.token_to_id("<|end_of_text|>")
     assert (framing.bos, framing.eos) == (bos, eos)
-    from bitk.train.data import TrainData
+    from bitk.data import TrainData
 
     data = TrainData(cfg.data, tokenizer, seed=0, framing=framing)
     blocks, pos = data._sources[0].ids.long(), data._sources[0].pos.long()
@@ -160,7 +162,7 @@ def test_bitnet_tokenizer_frames_documents_with_its_bos(hub_cache, tmp_path):
 
 def test_bitdistill_takes_the_same_repo_as_its_teacher(hub_cache, tmp_path, capsys):
     out = tmp_path / "run"
-    summary = loop.train(parse_args(args(out, "model=smollm2_135m", "training=bitdistill_full", "training.phase=2",
+    summary = loop.train(parse_args(args(out, "model=smollm2_135m", "training=bitdistill_full", "objectives.phase=2",
                                          "export_gguf=none")))
     stdout = capsys.readouterr().out
     assert f"teacher: {SMOLLM}@{hub_cache[SMOLLM].name[:12]}" in stdout
@@ -172,10 +174,10 @@ def test_bitdistill_takes_the_same_repo_as_its_teacher(hub_cache, tmp_path, caps
     assert "held-out CE" in stdout or "train loss" in stdout
     # another teacher by preset name or hub id
     cfg = parse_args(args(tmp_path / "b", "model=smollm2_135m", "training=bitdistill_full",
-                          "training.teacher=smollm2_360m"))
+                          "objectives.teacher=smollm2_360m"))
     assert cfg.teacher_source() == "smollm2_360m"
     cfg = parse_args(args(tmp_path / "c", "model=smollm2_135m", "training=bitdistill_full",
-                          "training.teacher=HuggingFaceTB/SmolLM2-360M", "training.phase=2", "export_gguf=none"))
+                          "objectives.teacher=HuggingFaceTB/SmolLM2-360M", "objectives.phase=2", "export_gguf=none"))
     loop.train(cfg)
     assert "teacher: HuggingFaceTB/SmolLM2-360M@" in capsys.readouterr().out
 
@@ -218,7 +220,7 @@ def test_not_cached_exits_2_within_seconds_with_one_line(tmp_path, run_env):
 
 @pytest.mark.parametrize("argv, message", [
     (["model=smollm2_135m", "model.num_hidden_layers=3"], "model.num_hidden_layers changes the architecture"),
-    (["model=smollm2_135m", "training=bitdistill_full", "training.teacher=nope"], "training.teacher='nope'"),
+    (["model=smollm2_135m", "training=bitdistill_full", "objectives.teacher=nope"], "objectives.teacher='nope'"),
     (["training=bitdistill_full"], "model=tiny is a preset without pretrained weights"),
 ])
 def test_bad_model_settings_exit_2_before_any_work(tmp_path, run_env, argv, message):

@@ -31,11 +31,11 @@ class Crash(Exception):
 @pytest.mark.parametrize("extra", [
     (),  # AdamW + ZClip (whose warm-up ends mid-run) + cosine
     ("training.optimizer=muon", "training.schedule=wsd", "training.clip=norm", "training.quant_warmup_steps=5"),
-    ("training=unified", "training.objectives=0:ce=1;0.25:ce=1,dlm=1"),  # DLM masks drawn across the resume
+    ("training=unified", "objectives.weights=0:ce=1;0.25:ce=1,dlm=1"),  # DLM masks drawn across the resume
 ], ids=["adamw-zclip", "muon-wsd-quantwarmup", "unified-dlm"])
 def test_resume_reproduces_the_losses_bit_for_bit(micro_config, tmp_path, monkeypatch, extra):
     steps = ("training.max_steps=8", "training.eval_every=0", *extra)
-    straight = loop.train(micro_config(*steps, "training.save_every=0", output_dir=tmp_path / "straight"))
+    straight = loop.train(micro_config(*steps, "checkpoint.save_every=0", output_dir=tmp_path / "straight"))
 
     # the same run, crashing right after its step-4 checkpoint (max_steps=4 would change the schedule)
     real_save = loop.save_state
@@ -48,10 +48,10 @@ def test_resume_reproduces_the_losses_bit_for_bit(micro_config, tmp_path, monkey
     with monkeypatch.context() as m:
         m.setattr(loop, "save_state", save_then_crash)
         with pytest.raises(loop.TrainingError) as failure:
-            loop.train(micro_config(*steps, "training.save_every=4", output_dir=half))
+            loop.train(micro_config(*steps, "checkpoint.save_every=4", output_dir=half))
     assert isinstance(failure.value.__cause__, Crash)
     assert latest_checkpoint(half).name == "step-000004"
-    resumed = loop.train(micro_config(*steps, "training.save_every=0", output_dir=half))
+    resumed = loop.train(micro_config(*steps, "checkpoint.save_every=0", output_dir=half))
 
     assert resumed["steps"] == 8
     assert losses(half) == losses(tmp_path / "straight")  # exact floats, steps 1..8, no duplicates
@@ -62,7 +62,7 @@ def test_resume_reproduces_the_losses_bit_for_bit(micro_config, tmp_path, monkey
 
 def test_keep_last_and_latest_pointer(micro_config, tmp_path):
     out = tmp_path / "run"
-    loop.train(micro_config("training.max_steps=5", "training.save_every=1", "training.keep_last=2",
+    loop.train(micro_config("training.max_steps=5", "checkpoint.save_every=1", "checkpoint.keep_last=2",
                             "training.eval_every=0"))
     assert [p.name for p in list_checkpoints(out)] == ["step-000004", "step-000005"]
     assert latest_checkpoint(out).name == "step-000005"
@@ -79,19 +79,19 @@ def test_keep_last_and_latest_pointer(micro_config, tmp_path):
 
 def test_resume_auto_continues_and_trims_the_metrics(micro_config, tmp_path):
     out = tmp_path / "run"
-    loop.train(micro_config("training.max_steps=4", "training.eval_every=0", "training.save_every=2"))
+    loop.train(micro_config("training.max_steps=4", "training.eval_every=0", "checkpoint.save_every=2"))
     # pretend the first run went on to step 4 after its step-2 checkpoint and was then lost
     for p in list_checkpoints(out)[1:]:
         import shutil
 
         shutil.rmtree(p)
     (out / "checkpoints" / "latest").write_text(checkpoint_name(2) + "\n")
-    summary = loop.train(micro_config("training.max_steps=6", "training.eval_every=0", "training.save_every=2"))
+    summary = loop.train(micro_config("training.max_steps=6", "training.eval_every=0", "checkpoint.save_every=2"))
     assert summary["steps"] == 6
     steps = [s for s, _ in losses(out)]
     assert steps == [1, 2, 3, 4, 5, 6]  # the lost run's steps 3-4 were replaced, not duplicated
     # already at max_steps: nothing to train, the outputs are still produced
-    again = loop.train(micro_config("training.max_steps=6", "training.eval_every=0", "training.save_every=2"))
+    again = loop.train(micro_config("training.max_steps=6", "training.eval_every=0", "checkpoint.save_every=2"))
     assert again["steps"] == 6 and again["checkpoint"] == summary["checkpoint"]
 
 

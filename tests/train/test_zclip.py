@@ -1,4 +1,4 @@
-"""ZClip (numerics.md "Optimisation") against hand-computed norms, no host sync, exact state round trip."""
+"""ZClip (docs/numerics.md "ZClip") against hand-computed norms, no host sync, exact state round trip."""
 
 from __future__ import annotations
 

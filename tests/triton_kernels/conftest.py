@@ -2,7 +2,7 @@
 
 Kernels run on CUDA when there is a GPU and in Triton's interpreter on CPU otherwise (the root
 conftest sets TRITON_INTERPRET=1 before anything imports a kernel). Tolerances are derived as in
-../shared/STYLE.md (`assert_derived_close`, defined in the root conftest).
+CONTRIBUTING.md "Style" (`assert_derived_close`, defined in the root conftest).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""bitk.triton_kernels.weight_quant against bitk.numerics, and the packed layout.
+"""bitk.triton_kernels.weight_quant against bitk.numerics.
 
 The kernel sums |w| in float64 in another order than the reference, so gamma may in principle
 differ by one float32 ulp: gamma is checked to within 1 ulp, codes exactly against the kernel's own
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from bitk import numerics
-from bitk.triton_kernels.weight_quant import fake_quantize_weights, quantize_weights, unpack_ternary
+from bitk.triton_kernels.weight_quant import fake_quantize_weights, quantize_weights
 from bitk_kernel_testing import DEVICE, DTYPES, ROW_SHAPES
 
 MATRIX_SHAPES = ROW_SHAPES + ((31, 64), (256, 257))
@@ -61,21 +61,6 @@ def test_quantize_weights_matches_reference(shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", MATRIX_SHAPES)
-def test_packed_codes(shape, dtype):
-    n, k = shape
-    w = make_weights(shape, dtype, seed=k)
-    packed, gamma = quantize_weights(w, packed=True)
-    assert packed.dtype == torch.uint8 and packed.shape == (n, -(-k // 4))
-    assert torch.equal(gamma, quantize_weights(w)[1])
-    assert torch.equal(unpack_ternary(packed, k), codes_for(w, gamma))
-    fields = (packed.unsqueeze(-1) >> torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=DEVICE)) & 3
-    assert (fields != 3).all()
-    if k % 4:
-        assert not (packed[:, -1] >> (2 * (k % 4))).any(), "unused tail bits must be 0"
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", MATRIX_SHAPES[:-1] + ((2, 3, 64),))
 def test_fake_quantize_weights_forward_and_ste_backward(shape, dtype):
     w = make_weights(shape, dtype, seed=7).requires_grad_()
@@ -97,9 +82,6 @@ def test_all_zero_weights(dtype):
     codes, gamma = quantize_weights(w)
     assert torch.equal(gamma, torch.tensor(1e-5, device=DEVICE))
     assert not codes.any()
-    packed, _ = quantize_weights(w, packed=True)
-    # code 0 is stored as 1 in each 2-bit field: 0b01010101 for full bytes, 0b0101 for the 3-value tail.
-    assert packed[:, 0].eq(0x55).all() and packed[:, 1].eq(0x15).all()
     assert not fake_quantize_weights(w).any()
 
 
@@ -111,15 +93,6 @@ def test_ties_round_half_to_even(dtype):
     assert gamma.item() == 1.0
     assert codes.tolist() == [[0, 1, 0, -1], [1, -1, 0, 1]]
     assert_codes(codes, gamma, w)
-    assert torch.equal(unpack_ternary(quantize_weights(w, packed=True)[0], 4), codes)
-
-
-def test_packed_layout():
-    # gamma = 3 / 5; codes [-1, 0, 1, 1, 0] -> fields [0, 1, 2, 2 | 1] low bits first.
-    w = torch.tensor([[-1.0, 0.0, 1.0, 1.0, 0.0]], device=DEVICE)
-    packed, _ = quantize_weights(w, packed=True)
-    assert packed.tolist() == [[0 | 1 << 2 | 2 << 4 | 2 << 6, 1]]
-    assert unpack_ternary(packed, 5).tolist() == [[-1, 0, 1, 1, 0]]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -131,14 +104,14 @@ def test_large_magnitudes(dtype):
     assert torch.equal(bits(fake_quantize_weights(w)), bits((codes.float() * gamma).to(dtype)))
 
 
-@pytest.mark.parametrize("mode", ["codes", "packed", "fake"])
+@pytest.mark.parametrize("mode", ["codes", "fake"])
 def test_no_host_sync(mode, monkeypatch):
     w = make_weights((33, 257), torch.bfloat16)
 
     def call() -> tuple[torch.Tensor, ...]:
         if mode == "fake":
             return (fake_quantize_weights(w),)
-        return quantize_weights(w, packed=mode == "packed")
+        return quantize_weights(w)
 
     expected = call()  # also compiles the kernels outside the checked region
     if DEVICE == "cuda":
@@ -173,36 +146,13 @@ def test_no_host_sync(mode, monkeypatch):
 )
 def test_bad_inputs_raise(w):
     w = w.to(DEVICE)
-    with pytest.raises(ValueError):
-        quantize_weights(w, packed=True)
-    if w.dim() == 0:  # per-tensor codes of a 0-dim weight are fine, only packing needs [N, K]
+    if w.dim() == 0:  # per-tensor codes of a 0-dim weight are fine
         assert quantize_weights(w)[0].shape == ()
         return
     with pytest.raises(ValueError):
         quantize_weights(w)
     with pytest.raises(ValueError):
         fake_quantize_weights(w)
-
-
-def test_packed_needs_a_matrix():
-    with pytest.raises(ValueError, match="2-D"):
-        quantize_weights(torch.ones(2, 3, 4, device=DEVICE), packed=True)
-
-
-@pytest.mark.parametrize(
-    ("packed", "k"),
-    [
-        (torch.zeros(2, 3, dtype=torch.int8), 12),
-        (torch.zeros(6, dtype=torch.uint8), 24),
-        (torch.zeros(2, 3, dtype=torch.uint8), 13),
-        (torch.zeros(2, 3, dtype=torch.uint8), 8),
-        (torch.zeros(2, 1, dtype=torch.uint8), 0),
-    ],
-    ids=["int8", "1-D", "k-too-large", "k-too-small", "k-zero"],
-)
-def test_unpack_ternary_bad_inputs_raise(packed, k):
-    with pytest.raises(ValueError):
-        unpack_ternary(packed, k)
 
 
 def test_many_programs_and_partials(monkeypatch):
@@ -215,7 +165,4 @@ def test_many_programs_and_partials(monkeypatch):
     w = make_weights((5, 257), torch.float32, seed=11)
     codes, gamma = quantize_weights(w)
     assert_codes(codes, gamma, w)
-    packed, packed_gamma = quantize_weights(w, packed=True)
-    assert torch.equal(packed_gamma, gamma)
-    assert torch.equal(unpack_ternary(packed, 257), codes)
     assert torch.equal(bits(fake_quantize_weights(w)), bits(codes.float() * gamma))

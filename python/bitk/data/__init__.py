@@ -5,15 +5,17 @@
     ids = encode_documents(docs, tok)
     input_ids, position_ids = pack_tokens(ids, 512, EOS_ID, pad_id=PAD_ID)
 
-`bitk.data.corpus` and `bitk.data.tokenizer` need no torch; `bitk.data.loading` (torch tensors,
-`datasets`) loads on first use. Sources, licence and the packing layout: docs/data.md.
+`bitk.data.corpus`, `bitk.data.tokenizer` and `bitk.data.config` (`DataConfig`, the trainer's data
+group) need no torch; `bitk.data.loading` (torch tensors, `datasets`) and `bitk.data.stream`
+(`TrainData`: the training blocks of a run) load on first use. Sources, licence and the packing
+layout: docs/data.md.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from bitk._lazy import lazy_exports
 
+from .config import DataConfig
 from .corpus import HELDOUT_EVERY, SPLITS, corpus_fingerprint, default_corpus
 from .tokenizer import (
     EOS_ID,
@@ -33,9 +35,12 @@ from .tokenizer import (
     train_tokenizer,
 )
 
-_LAZY = {name: "loading" for name in ("load_texts", "encode_documents", "packed_length", "pack_tokens", "EXTENSIONS")}
+_LAZY = {**{name: "loading" for name in ("load_texts", "encode_documents", "packed_length", "pack_tokens",
+                                         "EXTENSIONS")},
+         "TrainData": "stream"}
 
 __all__ = [
+    "DataConfig",
     "DocumentTokens",
     "document_tokens",
     "SPLITS",
@@ -58,12 +63,4 @@ __all__ = [
     *_LAZY,
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"bitk.data.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'bitk.data' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -3,7 +3,7 @@
 GPT-2's scheme (ByteLevel pre-tokenizer with GPT-2's split regex, no prefix space, ByteLevel
 decoder), so any text round-trips and a GGUF export names it plainly `gpt2` / pre `gpt-2`. Three
 special tokens come first: `<|endoftext|>` = 0 (BOS and EOS: documents are joined with it),
-`<|pad|>` = 1, `<|mask|>` = 2 (the DLM objective's mask, numerics.md "Objectives"). The vocab size
+`<|pad|>` = 1, `<|mask|>` = 2 (the DLM objective's mask, docs/numerics.md "Objectives"). The vocab size
 is the `tiny` preset's. Training takes well under a second and is deterministic (same corpus and
 settings -> same tokenizer.json bytes, whatever the thread count); the result is cached under
 `cache_dir()` keyed by a hash of the corpus, the settings and the tokenizers version.

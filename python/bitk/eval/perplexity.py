@@ -4,7 +4,7 @@ Perplexity = exp(mean next-token cross-entropy) over every scored target: in eac
 `input_ids` the token at t+1 is predicted from the logits at t, so a row's first token is never
 scored (it has no context in its row), and targets whose label is -100 (padding) are skipped.
 Rows carry per-document position ids (`bitk.data.pack_tokens`), which the model turns into
-attention that does not cross documents. `numerics` picks how BitLinear computes (numerics.md
+attention that does not cross documents. `numerics` picks how BitLinear computes (docs/numerics.md
 "Inference-faithful evaluation"): "i2s" gives the perplexity bitnet.cpp gets from the I2_S GGUF.
 """
 

@@ -44,6 +44,7 @@ __all__ = [
     "QTYPES",
     "I2S_LAYOUTS",
     "ternarize",
+    "ternarize_bf16",
     "latent_weights",
     "quantize",
     "dequantize",
@@ -240,6 +241,19 @@ def ternarize(w: Any) -> tuple[Any, float]:
 
         return torch.from_numpy(codes).to(w.device), scale
     return codes, scale
+
+
+def ternarize_bf16(bits: np.ndarray) -> tuple[np.ndarray, float]:
+    """`ternarize` of a 2-D bfloat16 matrix given as its uint16 bits (a safetensors BF16 buffer).
+
+    The same codes and scale as `ternarize` of the widened float32 matrix; the C++ backend reads the
+    16-bit values directly instead of materializing that float32 copy.
+    """
+    if not isinstance(bits, np.ndarray) or bits.dtype != np.uint16:
+        raise ValueError(f"ternarize_bf16: expected a uint16 numpy array of bfloat16 bits; got "
+                         f"{getattr(bits, 'dtype', type(bits).__name__)}")
+    _check_matrix_shape(bits.shape, "ternarize_bf16")
+    return _impl().ternarize_bf16(np.ascontiguousarray(bits))
 
 
 def latent_weights(codes: Any, scale: float) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Every number of the ternary formats, in one place (formats.md).
+"""Every number of the ternary formats, in one place (docs/formats.md).
 
 Type ids are ggml's: TQ1_0 and TQ2_0 from upstream llama.cpp, I2_S from bitnet.cpp's fork.
 Nothing else in bitk hard-codes a block size, a byte count or a type id.
@@ -46,7 +46,7 @@ GGML_TYPE_IDS = {
     "I2_S": GGML_TYPE_I2_S,
 }
 
-# Absmean ternarization (numerics.md): gamma = max(mean|W|, 1e-5).
+# Absmean ternarization (docs/formats.md "Ternarization"): gamma = max(mean|W|, 1e-5).
 ABSMEAN_EPS = 1e-5
 # The sum of |W| runs in float64 in one fixed order (chunks of ABS_SUM_CHUNK values viewed as
 # rows of ABS_SUM_LANES, pairwise trees) so numpy, C++ and torch get the same gamma bit for bit;

@@ -59,6 +59,13 @@ def abs_sum(w: np.ndarray) -> float:
     return float(t[0])
 
 
+def ternarize_bf16(bits: np.ndarray) -> tuple[np.ndarray, float]:
+    """`ternarize` of bfloat16 weights given as their uint16 bits (widened exactly to float32 first)."""
+    wide = np.empty(bits.shape, np.uint32)
+    np.left_shift(bits, 16, out=wide, dtype=np.uint32)
+    return ternarize(wide.view(np.float32))
+
+
 def _next_pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 

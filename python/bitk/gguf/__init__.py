@@ -13,8 +13,7 @@ CLI: `bitk-pack` (bitk.gguf.cli). Details: docs/gguf.md.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from bitk._lazy import lazy_exports
 
 # name -> submodule defining it
 _LAZY = {
@@ -34,13 +33,4 @@ _LAZY = {
 }
 
 __all__ = list(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"bitk.gguf.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'bitk.gguf' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -1,6 +1,6 @@
 """What a pack writes, decided before any byte is written: arch, tensor types, fallbacks, refusals.
 
-The rules (formats.md, docs/gguf.md): the arch follows the FFN activation; norms are F32, the
+The rules (docs/gguf.md "What is written", "Fallbacks and refusals"): the arch follows the FFN activation; norms are F32, the
 embedding F16 or F32, the seven projections the chosen type unless a dimension does not fit it
 (then F16, said in the summary); whatever a BitNet GGUF graph cannot evaluate (no SubLN, q/k norms,
 attention biases, an untied head) is refused unless an --allow-* flag accepts the change, which

@@ -5,8 +5,8 @@ itself. Layout (GGUF v2/v3, little endian): magic "GGUF", u32 version, u64 tenso
 count; the KVs (string key, u32 value type, value; arrays are u32 item type, u64 count, items);
 the tensor infos (string name, u32 n_dims, u64 ne[n_dims] with ne0 fastest, u32 ggml type, u64
 offset relative to the data section); then the data section at the next multiple of
-`general.alignment` (default 32). Sizes of ternary types come from `bitk.formats.constants`
-(I2_S: n/4 codes + a 32-byte tail), all others from gguf-py's GGML_QUANT_SIZES.
+`general.alignment` (default 32). Sizes of I2_S (n/4 codes and a 32-byte tail) come from
+`bitk.formats.constants`, all others from gguf-py's GGML_QUANT_SIZES (`bitk.gguf.constants.QUANT_SIZES`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gguf.constants import GGMLQuantizationType
 
 from bitk.formats.constants import GGML_TYPE_I2_S, I2S_TAIL_BYTES
 from bitk.gguf.constants import (
@@ -25,6 +26,7 @@ from bitk.gguf.constants import (
     GGUF_MAGIC,
     GGUF_VERSIONS,
     KEY_ALIGNMENT,
+    QUANT_SIZES,
     TYPE_NAMES,
     VALUE_NUMPY,
     VALUE_STRUCT,
@@ -36,18 +38,10 @@ from bitk.gguf.constants import (
 __all__ = ["GGUFFile", "TensorInfo", "read_gguf", "ggml_type_name", "tensor_nbytes"]
 
 
-def _quant_sizes() -> dict[int, tuple[int, int]]:
-    from gguf.constants import GGML_QUANT_SIZES
-
-    return {int(k): v for k, v in GGML_QUANT_SIZES.items()}
-
-
 def ggml_type_name(type_id: int) -> str:
     """"I2_S", "TQ2_0", "F16", ... for a ggml type id; "type<N>" for ids no library here knows."""
     if type_id in TYPE_NAMES:
         return TYPE_NAMES[type_id]
-    from gguf.constants import GGMLQuantizationType
-
     try:
         return GGMLQuantizationType(type_id).name
     except ValueError:
@@ -61,7 +55,7 @@ def tensor_nbytes(type_id: int, ne: tuple[int, ...]) -> int | None:
         n *= int(d)
     if type_id == GGML_TYPE_I2_S:
         return n // 4 + I2S_TAIL_BYTES if n % 4 == 0 else None
-    sizes = _quant_sizes().get(type_id)
+    sizes = QUANT_SIZES.get(type_id)
     if sizes is None:
         return None
     block, type_size = sizes

@@ -1,6 +1,6 @@
 """Hugging Face tokenizer files -> the GGUF vocabulary (tokenizer.ggml.*), and back.
 
-What llama.cpp / bitnet.cpp need (formats.md "Tokenizer", convert_hf_to_gguf's conventions):
+What llama.cpp / bitnet.cpp need (docs/gguf.md "What is written", convert_hf_to_gguf's conventions):
 - byte-level BPE -> model `gpt2`: tokens by id, token types, merges, and always a `pre` type that
   names the runtime's splitting regex. bitk derives `pre` from tokenizer.json's pre_tokenizer and
   refuses a shape it does not recognise (a wrong or missing `pre` tokenizes differently, silently).

@@ -114,7 +114,8 @@ def ternary_codes(src: Any, name: str) -> tuple[np.ndarray, float]:
     if stored is not None:
         return stored
     try:
-        return fmt.ternarize(src.tensor(name))
+        bits = src.bf16_bits(name)  # bf16 master weights are ternarized without a float32 copy
+        return fmt.ternarize_bf16(bits) if bits is not None else fmt.ternarize(src.tensor(name))
     except ValueError as exc:
         raise ValueError(f"{src.path}: tensor {name}: {exc}") from None
 

@@ -6,8 +6,7 @@ transformers (the GGUF packer reads models through them); the torch parts load o
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from bitk._lazy import lazy_exports
 
 from .config import ACTIVATIONS, PRESET_REPOS, PRESETS, ModelConfig, preset
 from .hub import ModelLocation, resolve_model
@@ -19,19 +18,11 @@ _LAZY = {
     "load_model": "hf",
     "export_hf": "hf",
     "save_checkpoint": "checkpoint",
-    "load_checkpoint": "checkpoint",
+    "load_checkpoint": "model",
     "open_source": "sources",
     "ModelSource": "sources",
 }
 
 __all__ = ["ModelConfig", "PRESETS", "PRESET_REPOS", "preset", "ACTIVATIONS", "ModelLocation", "resolve_model", *_LAZY]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"bitk.models.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'bitk.models' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

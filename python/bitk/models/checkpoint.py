@@ -8,7 +8,8 @@
 A folder is a bitk checkpoint iff it holds `bitk.json`; other top-level keys of bitk.json (the
 trainer's state, say) are kept by writers and ignored by readers. Writes go to a temporary sibling
 folder that then replaces `path`, so a failed save leaves an existing checkpoint intact and no
-partial folder behind. Layout and rationale: docs/models.md.
+partial folder behind. This module is the format; `bitk.models.model.load_checkpoint` builds the
+model from it. Layout and rationale: docs/models.md.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from typing import Any
 import torch
 
 from .config import ModelConfig
-from .model import CausalLM
 
 __all__ = [
     "FORMAT",
@@ -35,7 +35,6 @@ __all__ = [
     "TOKENIZER_FILES",
     "WEIGHTS_FILE",
     "is_checkpoint",
-    "load_checkpoint",
     "read_checkpoint_meta",
     "save_checkpoint",
 ]
@@ -123,11 +122,6 @@ def write_tokenizer(tokenizer: Any, dest: Path, config: ModelConfig | None = Non
         return True
     save = getattr(tokenizer, "save", None)
     if type(tokenizer).__module__.startswith("tokenizers") and callable(save):
-        if tokenizer.token_to_id("<|endoftext|>") == 0 and tokenizer.token_to_id("<|mask|>") == 2:
-            from bitk.data import save_tokenizer  # bitk's own tokenizer: its roles (bos/eos/pad/mask) are known
-
-            save_tokenizer(dest, tokenizer)
-            return True
         save(str(dest / "tokenizer.json"))
         tok_config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast"}
         if config is not None:
@@ -145,7 +139,7 @@ def write_tokenizer(tokenizer: Any, dest: Path, config: ModelConfig | None = Non
     )
 
 
-def state_dict_to_save(model: CausalLM, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+def state_dict_to_save(model: torch.nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """The model's tensors under their HF names, contiguous on CPU; lm_head left out when tied."""
     tensors = {}
     for name, t in model.state_dict().items():
@@ -169,7 +163,7 @@ def write_safetensors(tensors: dict[str, torch.Tensor], file: Path) -> None:
 
 
 def save_checkpoint(
-    model: CausalLM, path: str | Path, tokenizer: Any = None, extra: dict[str, Any] | None = None
+    model: torch.nn.Module, path: str | Path, tokenizer: Any = None, extra: dict[str, Any] | None = None
 ) -> Path:
     """Write ``model`` as a bitk checkpoint folder at ``path`` (atomically); returns the path.
 
@@ -177,7 +171,7 @@ def save_checkpoint(
     (``model.tokenizer_dir``), if any. ``extra``: more JSON-serialisable top-level keys of
     bitk.json (not "format", "format_version" or "model"). Parameters must be float32 or bfloat16.
     """
-    if not isinstance(model, CausalLM):
+    if not isinstance(getattr(model, "config", None), ModelConfig):
         raise ValueError(f"save_checkpoint takes a bitk CausalLM, got {type(model).__name__}")
     extra = dict(extra or {})
     clash = [k for k in _RESERVED_KEYS if k in extra]
@@ -255,7 +249,7 @@ def _names(names: list[str], limit: int = 8) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def expected_shapes(model: CausalLM) -> dict[str, tuple[int, ...]]:
+def expected_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     """Names and shapes a checkpoint of ``model`` holds (lm_head left out when tied)."""
     return {
         name: tuple(t.shape)
@@ -264,36 +258,7 @@ def expected_shapes(model: CausalLM) -> dict[str, tuple[int, ...]]:
     }
 
 
-def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> CausalLM:
-    """Load a bitk checkpoint written by `save_checkpoint`, parameters in the stored dtype.
-
-    Every tensor is checked against the config: missing, unexpected or mis-shaped tensors raise
-    ValueError naming them. ``model.tokenizer_dir`` is the checkpoint folder when it holds a
-    tokenizer.json.
-    """
-    from safetensors import safe_open
-
-    path = Path(path).expanduser()
-    meta = read_checkpoint_meta(path)
-    config = ModelConfig.from_dict(meta["model"])
-    weights = path / WEIGHTS_FILE
-    if not weights.is_file():
-        raise ValueError(f"checkpoint {path} has no {WEIGHTS_FILE}")
-    with torch.device("meta"):
-        model = CausalLM(config)
-    with safe_open(str(weights), framework="pt", device=str(device)) as f:
-        found = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118 (safe_open is no dict)
-        check_tensors(expected_shapes(model), found, f"checkpoint {path}")
-        tensors = {name: f.get_tensor(name) for name in found}
-    bad = sorted({str(t.dtype) for t in tensors.values() if t.dtype not in SAVE_DTYPES})
-    if bad:
-        raise ValueError(f"checkpoint {path}: tensors must be float32 or bfloat16, found {', '.join(bad)}")
-    assign_tensors(model, tensors)
-    model.tokenizer_dir = path if (path / "tokenizer.json").is_file() else None
-    return model
-
-
-def assign_tensors(model: CausalLM, tensors: dict[str, torch.Tensor]) -> None:
+def assign_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     """Make ``tensors`` (HF names, checked) the parameters of a meta-device ``model``; re-tie the head."""
     missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
     missing = [n for n in missing if not (n == "lm_head.weight" and model.config.tie_word_embeddings)]

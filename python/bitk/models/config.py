@@ -1,6 +1,6 @@
 """ModelConfig: the dimensions and switches of bitk's decoder, and the named presets.
 
-One compact decoder covers the BitNet b1.58 block (numerics.md "SubLN and the BitNet block") and
+One compact decoder covers the BitNet b1.58 block (docs/numerics.md "SubLN and the BitNet block") and
 the full-precision parents it is converted from: Llama / SmolLM2 (SiLU, no q/k norm), Qwen3
 (per-head q/k RMSNorm) and BitNet b1.58 2B4T (ReLU^2, SubLN). Field names follow Hugging Face
 config.json so a config reads the same in both worlds. Torch-free: the GGUF packer imports it.

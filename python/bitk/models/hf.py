@@ -2,8 +2,8 @@
 
 `load_model` reads a bitk checkpoint or a Hugging Face Llama / Qwen3 / BitNet folder (through
 `bitk.models.sources`) and applies bitk's conversion rule: a full-precision model loaded ternary
-gains the two SubLNs with gain 1 and BitLinear projections on the same weights (numerics.md,
-BitDistill stage 1). `export_hf` writes the reverse: a BitNet folder that transformers quantizes
+gains the two SubLNs with gain 1 and BitLinear projections on the same weights (docs/numerics.md
+"Converting a full-precision model"). `export_hf` writes the reverse: a BitNet folder that transformers quantizes
 online from bitk's latent weights, or a plain Llama / Qwen3 folder. Neither needs transformers.
 What converts, what is refused and why: docs/models.md.
 """
@@ -24,20 +24,19 @@ from .checkpoint import (
     atomic_directory,
     expected_shapes,
     is_checkpoint,
-    load_checkpoint,
     state_dict_to_save,
     write_safetensors,
     write_tokenizer,
 )
 from .config import ModelConfig
 from .hub import resolve_model
-from .model import CausalLM
+from .model import CausalLM, load_checkpoint
 
 __all__ = ["BITNET_QUANTIZATION_CONFIG", "convert_config", "export_hf", "hf_config", "load_model"]
 
 # transformers' BitNet quantizer (integrations/bitnet.py, utils/quantization_config.py
 # BitNetQuantConfig): AutoBitLinear layers that ternarize the stored latent weights every forward
-# (absmean) and quantize activations per token (absmax int8): the BitLinear of numerics.md.
+# (absmean) and quantize activations per token (absmax int8): the BitLinear of docs/numerics.md.
 BITNET_QUANTIZATION_CONFIG = {
     "quant_method": "bitnet",
     "linear_class": "autobitlinear",

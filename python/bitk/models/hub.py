@@ -128,7 +128,7 @@ def resolve_model(source: str | os.PathLike, revision: str | None = None, *, wha
     """The folder of ``source``: a preset with a hub repo, a local folder, or a hub id (downloaded if needed).
 
     ``revision`` pins a branch, tag or commit of a hub repo (a local folder takes none). ``what``
-    names the setting in messages (``model``, ``training.teacher``). ValueError for a name that is
+    names the setting in messages (``model``, ``objectives.teacher``). ValueError for a name that is
     none of these, and for every hub failure (see `_hub_error`).
     """
     text = os.fspath(source)
@@ -137,8 +137,9 @@ def resolve_model(source: str | os.PathLike, revision: str | None = None, *, wha
     preset = None
     if text in PRESETS:
         if text not in PRESET_REPOS:
-            raise ValueError(f"{what}={text} is a preset without pretrained weights (build it from scratch with "
-                             f"{what}.pretrained=false); presets with a hub repo: {', '.join(PRESET_REPOS)}")
+            scratch = f" (build it from scratch with {what}.pretrained=false)" if what == "model" else ""
+            raise ValueError(f"{what}={text} is a preset without pretrained weights{scratch}; presets with a hub "
+                             f"repo: {', '.join(PRESET_REPOS)}")
         preset, text = text, PRESET_REPOS[text]
     path = Path(text).expanduser()
     if preset is None and path.exists():

@@ -1,6 +1,6 @@
 """CausalLM: bitk's one compact decoder, the BitNet b1.58 block and its full-precision parents.
 
-numerics.md "SubLN and the BitNet block": pre-RMSNorm, grouped-query attention (SDPA) with
+docs/numerics.md "SubLN and the BitNet block": pre-RMSNorm, grouped-query attention (SDPA) with
 NEOX-style RoPE (rotate_half, as Hugging Face Llama) and optional per-head q/k RMSNorm (Qwen3),
 optional SubLN before o_proj and down_proj, gated FFN (relu^2 or SiLU), tied or untied head.
 Projections are `bitk.nn.BitLinear` when `config.ternary`, else `nn.Linear`; embeddings, head and
@@ -20,9 +20,18 @@ from torch import nn
 
 from bitk.nn import BitLinear, BitLinearLRC, RMSNorm, SubLN, set_numerics
 
+from .checkpoint import (
+    SAVE_DTYPES,
+    WEIGHTS_FILE,
+    assign_tensors,
+    check_tensors,
+    expected_shapes,
+    read_checkpoint_meta,
+    save_checkpoint,
+)
 from .config import ModelConfig
 
-__all__ = ["CausalLM", "CausalLMOutput", "packed_causal_mask", "rotary_cos_sin"]
+__all__ = ["CausalLM", "CausalLMOutput", "load_checkpoint", "packed_causal_mask", "rotary_cos_sin"]
 
 # SDPA's enable_gqa (torch >= 2.5) lets grouped K/V heads attend without materialising copies.
 _SDPA_GQA = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 5)
@@ -317,8 +326,6 @@ class CausalLM(nn.Module):
     def save(self, path: str | Path, tokenizer: Any = None, extra: dict | None = None) -> Path:
         """Write a bitk checkpoint (bitk.models.checkpoint): tokenizer = a folder, a
         `tokenizers.Tokenizer` or None (then the folder the model was loaded with, if any)."""
-        from .checkpoint import save_checkpoint
-
         return save_checkpoint(self, path, tokenizer=tokenizer, extra=extra)
 
     def extra_repr(self) -> str:
@@ -326,3 +333,32 @@ class CausalLM(nn.Module):
         kind = "ternary" if c.ternary else "full precision"
         return (f"{kind}, subln={c.subln}, qk_norm={c.qk_norm}, {c.num_hidden_layers} layers, "
                 f"{self.num_parameters():,} parameters")
+
+
+def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> CausalLM:
+    """Load a bitk checkpoint written by `save_checkpoint`, parameters in the stored dtype.
+
+    Every tensor is checked against the config: missing, unexpected or mis-shaped tensors raise
+    ValueError naming them. ``model.tokenizer_dir`` is the checkpoint folder when it holds a
+    tokenizer.json.
+    """
+    from safetensors import safe_open
+
+    path = Path(path).expanduser()
+    meta = read_checkpoint_meta(path)
+    config = ModelConfig.from_dict(meta["model"])
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ValueError(f"checkpoint {path} has no {WEIGHTS_FILE}")
+    with torch.device("meta"):
+        model = CausalLM(config)
+    with safe_open(str(weights), framework="pt", device=str(device)) as f:
+        found = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+        check_tensors(expected_shapes(model), found, f"checkpoint {path}")
+        tensors = {name: f.get_tensor(name) for name in found}
+    bad = sorted({str(t.dtype) for t in tensors.values() if t.dtype not in SAVE_DTYPES})
+    if bad:
+        raise ValueError(f"checkpoint {path}: tensors must be float32 or bfloat16, found {', '.join(bad)}")
+    assign_tensors(model, tensors)
+    model.tokenizer_dir = path if (path / "tokenizer.json").is_file() else None
+    return model

@@ -4,7 +4,7 @@ The GGUF packer (numpy only) and `bitk.load_model` (torch) both read models thro
 they agree on what a folder means: its ModelConfig, its tensors under Hugging Face names as
 float32 arrays, which weights arrive already ternary (the packed BitNet form) and where the
 tokenizer is. Safetensors are parsed here (header + memory map) because numpy has no bfloat16:
-bf16 is widened by shifting its 16 bits into float32's high half (formats.md).
+bf16 is widened by shifting its 16 bits into float32's high half.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 
 # transformers' defaults where config.json omits the RoPE base: falling back to any other value
-# silently breaks the model (formats.md), so use exactly what transformers would.
+# silently breaks the model, so use exactly what transformers would.
 _DEFAULT_ROPE_THETA = {"llama": 10000.0, "qwen3": 10000.0, "bitnet": 500000.0}
 _HF_ACT = {"silu": "silu", "swish": "silu", "relu2": "relu2"}
 _SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64,
@@ -129,10 +129,16 @@ def read_safetensors(path: Path) -> dict[str, _Entry]:
     return entries
 
 
-def _load_entry(e: _Entry) -> np.ndarray:
+def _raw_entry(e: _Entry) -> np.ndarray:
+    """A tensor's stored values as they are (a read-only memory map; BF16 as uint16 bits)."""
     raw = np.memmap(e.file, dtype=np.uint8, mode="r", offset=e.start, shape=(e.end - e.start,)) if e.end > e.start \
         else np.zeros(0, np.uint8)
-    arr = np.frombuffer(raw, dtype=_SAFETENSORS_DTYPES[e.dtype]).reshape(e.shape)
+    return np.frombuffer(raw, dtype=_SAFETENSORS_DTYPES[e.dtype]).reshape(e.shape)
+
+
+def _load_entry(e: _Entry) -> np.ndarray:
+    """A tensor's values, BF16 widened to float32 (the other dtypes as stored)."""
+    arr = _raw_entry(e)
     if e.dtype == "BF16":
         out = np.empty(arr.shape, np.uint32)  # one pass: widening and shifting in a single ufunc
         np.left_shift(arr, 16, out=out, dtype=np.uint32)
@@ -295,6 +301,13 @@ class ModelSource:
             raise ValueError(f"{self.path}: {ws_name} must be one positive finite number; got {ws.tolist()[:4]}")
         scale = 1.0 / ws[0] if self.linear_class == "bitlinear" else ws[0]
         return codes, float(np.float32(scale))
+
+    def bf16_bits(self, name: str) -> np.ndarray | None:
+        """The uint16 bits of a tensor stored as bfloat16 (no copy), else None (`formats.ternarize_bf16`)."""
+        if self._packed and self.is_projection(name):
+            return None
+        entry = self._entry(name)
+        return _raw_entry(entry) if entry.dtype == "BF16" else None
 
     def tensor(self, name: str) -> np.ndarray:
         """float32 array of a tensor (bf16/f16 widened; pre-quantized weights as codes * scale)."""

@@ -16,7 +16,7 @@ from . import functional as F
 from . import inference
 from .norm import RMSNorm
 
-__all__ = ["BitLinear", "set_quant_lambda"]
+__all__ = ["BitLinear", "set_numerics", "set_quant_lambda"]
 
 
 class BitLinear(nn.Linear):
@@ -74,10 +74,21 @@ class BitLinear(nn.Linear):
         return f"{super().extra_repr()}, quant_lambda={self.quant_lambda}{extra}"
 
 
+def _bitlinears(module: nn.Module) -> list[BitLinear]:
+    """Every BitLinear in ``module`` (itself included), subclasses such as BitLinearLRC too."""
+    return [m for m in module.modules() if isinstance(m, BitLinear)]
+
+
 def set_quant_lambda(module: nn.Module, lam: float) -> None:
     """Set the quantization warm-up ``lam`` in [0, 1] of every BitLinear in ``module``."""
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"quant lambda must be in [0, 1], got {lam}")
-    for m in module.modules():
-        if isinstance(m, BitLinear):
-            m.quant_lambda = float(lam)
+    for m in _bitlinears(module):
+        m.quant_lambda = float(lam)
+
+
+def set_numerics(module: nn.Module, mode: str) -> None:
+    """Set the evaluation numerics ("train", "i2s" or "float", `bitk.nn.inference`) of every BitLinear in ``module``."""
+    inference.check_numerics(mode)
+    for m in _bitlinears(module):
+        m.numerics = mode

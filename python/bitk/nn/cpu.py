@@ -16,9 +16,10 @@ import os
 import torch
 
 from bitk import formats, numerics
-from bitk.numerics.bitlinear import check_linear
+from bitk.numerics.bitlinear import check_linear, linear_output_dtype, save_for_ste_backward, ste_backward
 
-__all__ = ["ENGINES", "matmul_engine", "bitlinear", "quantize_weights", "dequantize_weights", "scaled_int_matmul"]
+__all__ = ["ENGINES", "bitlinear", "dequantize_weights", "int_matmul", "matmul_engine", "quantize_weights",
+           "scaled_int_matmul"]
 
 ENGINES = ("cpp", "int_mm", "float")
 
@@ -84,27 +85,35 @@ def _float_engine(xq: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     return (xq.to(dt) @ codes.to(dt).T).to(torch.float32)
 
 
+def int_matmul(xq: torch.Tensor, codes: torch.Tensor, engine: str | None = None,
+               packed: object = None) -> torch.Tensor:
+    """``xq @ codes^T`` exactly, as float32 [M, N] holding the int32 accumulators (any engine).
+
+    ``packed``: the codes already packed by ``ternary_gemm_pack`` (the cpp engine; packed here
+    when None).
+    """
+    engine = engine or matmul_engine()
+    if engine == "cpp":
+        codecs = _codecs()
+        packed = codecs.ternary_gemm_pack(codes.numpy()) if packed is None else packed
+        return torch.from_numpy(codecs.ternary_gemm_int32(xq.contiguous().numpy(), packed, codes.shape[0])
+                                ).to(torch.float32)
+    if engine == "int_mm":
+        return torch._int_mm(xq, codes.T).to(torch.float32)
+    return _float_engine(xq, codes)
+
+
 def scaled_int_matmul(
     xq: torch.Tensor, s: torch.Tensor, codes: torch.Tensor, gamma: torch.Tensor, engine: str | None = None
 ) -> torch.Tensor:
     """``float32(xq @ codes^T) * (gamma / s)`` (float32 [M, N]) with an exact integer product."""
     engine = engine or matmul_engine()
-    if engine == "cpp":
+    if engine == "cpp":  # the scales applied inside the kernel, in the same order
         codecs = _codecs()
         packed = codecs.ternary_gemm_pack(codes.numpy())
         y = codecs.ternary_gemm(xq.numpy(), s.reshape(-1).numpy(), packed, codes.shape[0], gamma.item())
         return torch.from_numpy(y)
-    if engine == "int_mm":
-        acc = torch._int_mm(xq, codes.T).to(torch.float32)
-    else:
-        acc = _float_engine(xq, codes)
-    return acc * (gamma / s)
-
-
-def _out_dtype(x: torch.Tensor) -> torch.dtype:
-    if torch.is_autocast_enabled("cpu"):
-        return torch.get_autocast_dtype("cpu")
-    return x.dtype
+    return int_matmul(xq, codes, engine) * (gamma / s)
 
 
 class CPUBitLinearFunction(torch.autograd.Function):
@@ -117,24 +126,13 @@ class CPUBitLinearFunction(torch.autograd.Function):
             y = scaled_int_matmul(xq.contiguous(), s, codes, gamma)
             if bias is not None:
                 y = y + bias.float()
-        ctx.save_for_backward(xq, s, codes, gamma)
-        ctx.x_shape, ctx.dtypes = x.shape, (x.dtype, weight.dtype, getattr(bias, "dtype", None))
-        return y.to(_out_dtype(x)).reshape(*x.shape[:-1], weight.shape[0])
+        save_for_ste_backward(ctx, x, weight, bias, xq, s, codes, gamma)
+        return y.to(linear_output_dtype(x)).reshape(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, dy):
-        xq, s, codes, gamma = ctx.saved_tensors
-        x_dtype, w_dtype, b_dtype = ctx.dtypes
-        dy2 = dy.reshape(-1, codes.shape[0]).float()
-        dx = dw = db = None
         # The reference's formulas, so the CPU path's gradients are the reference's.
-        if ctx.needs_input_grad[0]:
-            dx = (dy2 @ dequantize_weights(codes, gamma)).to(x_dtype).reshape(ctx.x_shape)
-        if ctx.needs_input_grad[1]:
-            dw = (dy2.T @ (xq.float() / s)).to(w_dtype)
-        if ctx.needs_input_grad[2]:
-            db = dy2.sum(dim=0).to(b_dtype)
-        return dx, dw, db
+        return ste_backward(ctx, dy, dequantize=dequantize_weights)
 
 
 def bitlinear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

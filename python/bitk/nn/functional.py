@@ -58,8 +58,5 @@ def bitlinear(
     if impl == "cpu" and not warmup:
         return cpu.bitlinear(x, weight, bias)
     y = numerics.bitlinear_fake_quant(x, weight, bias, lam) if warmup else numerics.bitlinear(x, weight, bias)
-    # Like nn.Linear (and the kernel paths), return the autocast dtype under autocast.
-    dev = x.device.type
-    if torch.is_autocast_enabled(dev) and y.dtype != torch.float64:
-        y = y.to(torch.get_autocast_dtype(dev))
-    return y
+    # The reference returns x's dtype; under autocast give the autocast dtype, as nn.Linear and the other paths do.
+    return y.to(numerics.linear_output_dtype(x))

@@ -1,7 +1,7 @@
 """Evaluation numerics of BitLinear: as trained, as bitnet.cpp runs an I2_S file, or in float.
 
-- "train": the training forward (numerics.md: per-token int8 with s in float32, ``* gamma / s``).
-- "i2s": exactly what bitnet.cpp computes for an I2_S tensor (formats.md): s = (float)(127 /
+- "train": the training forward (docs/numerics.md "BitLinear": per-token int8 with s in float32, ``* gamma / s``).
+- "i2s": exactly what bitnet.cpp computes for an I2_S tensor (docs/numerics.md "Inference numerics"): s = (float)(127 /
   max|x|) in double, ``acc = sum(c * q)`` in int32, ``y = (float(acc) / s) * scale``. A model in
   this mode predicts the logits of its exported I2_S GGUF.
 - "float": dequantized ternary weights ``codes * gamma`` times unquantized activations, what an
@@ -19,25 +19,16 @@ from bitk import numerics
 
 from . import cpu
 
-__all__ = ["NUMERICS", "set_numerics", "bitlinear_i2s", "bitlinear_float", "frozen_weights"]
+__all__ = ["NUMERICS", "check_numerics", "bitlinear_i2s", "bitlinear_float", "frozen_weights"]
 
 NUMERICS = ("train", "i2s", "float")
 
 
 def check_numerics(mode: str) -> str:
+    """``mode`` if it is one of NUMERICS, else a ValueError naming them (`bitk.nn.set_numerics` checks with it)."""
     if mode not in NUMERICS:
         raise ValueError(f"numerics must be one of {', '.join(NUMERICS)}; got {mode!r}")
     return mode
-
-
-def set_numerics(module: nn.Module, mode: str) -> None:
-    """Set the evaluation numerics ("train", "i2s" or "float") of every BitLinear in ``module``."""
-    from .bitlinear import BitLinear
-
-    check_numerics(mode)
-    for m in module.modules():
-        if isinstance(m, BitLinear):
-            m.numerics = mode
 
 
 def frozen_weights(layer: nn.Linear) -> dict:
@@ -59,8 +50,7 @@ def frozen_weights(layer: nn.Linear) -> dict:
 def _out(y: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
     if bias is not None:
         y = y + bias.float()
-    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-    return y.to(dtype).reshape(*x.shape[:-1], out_features)
+    return y.to(numerics.linear_output_dtype(x)).reshape(*x.shape[:-1], out_features)
 
 
 def bitlinear_i2s(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
@@ -68,13 +58,13 @@ def bitlinear_i2s(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     frozen = frozen_weights(layer)
     codes, gamma = frozen["codes"], frozen["gamma"]
     x2 = x.detach().reshape(-1, x.shape[-1])
-    codecs = cpu._codecs()
-    if x.device.type == "cpu" and codecs is not None and x2.shape[0] > 0 and cpu.matmul_engine() == "cpp":
-        if "packed" not in frozen:
-            frozen["packed"] = codecs.ternary_gemm_pack(codes.numpy())
+    if x.device.type == "cpu" and x2.shape[0] > 0:  # the exact integer product by the fastest engine here
+        engine = cpu.matmul_engine()
+        if engine == "cpp" and "packed" not in frozen:
+            frozen["packed"] = cpu._codecs().ternary_gemm_pack(codes.numpy())
         xq, s = numerics.quantize_activations_bitnet_cpp(x2)
-        acc = codecs.ternary_gemm_int32(xq.contiguous().numpy(), frozen["packed"], codes.shape[0])
-        y = (torch.from_numpy(acc).to(torch.float32) / s) * gamma.to(torch.float32)
+        acc = cpu.int_matmul(xq.contiguous(), codes, engine, packed=frozen.get("packed"))
+        y = (acc / s) * gamma.to(torch.float32)
     else:
         y = numerics.bitlinear_bitnet_cpp(x2, codes, gamma.to(torch.float32))
     return _out(y, x, layer.bias, layer.out_features)

@@ -1,4 +1,4 @@
-"""BitLinearLRC: BitLinear plus a low-rank correction (LRC, arXiv 2412.07902; numerics.md).
+"""BitLinearLRC: BitLinear plus a low-rank correction (LRC, arXiv 2412.07902; docs/numerics.md).
 
 ``y = BitLinear(x) + (x V) U`` with x the full-precision input (before activation quantization),
 V [in, r], U [r, out], r = ratio * min(in, out). Calibration trains only U and V with the ternary
@@ -36,10 +36,7 @@ class BitLinearLRC(BitLinear):
         dtype=None,
     ) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        r = _rank(in_features, out_features, rank, rank_ratio)
-        factory = {"device": self.weight.device, "dtype": self.weight.dtype}
-        self.lrc_v = nn.Parameter(torch.empty(in_features, r, **factory))
-        self.lrc_u = nn.Parameter(torch.empty(r, out_features, **factory))
+        self._add_factors(_rank(in_features, out_features, rank, rank_ratio))
         self.reset_lrc("random")
 
     @property
@@ -62,23 +59,19 @@ class BitLinearLRC(BitLinear):
         """
         if not isinstance(layer, nn.Linear):
             raise ValueError(f"from_bitlinear takes a BitLinear or nn.Linear, got {type(layer).__name__}")
-        new = cls.__new__(cls)
-        nn.Module.__init__(new)
-        new.in_features, new.out_features = layer.in_features, layer.out_features
-        new.weight = layer.weight
-        if layer.bias is None:
-            new.register_parameter("bias", None)
-        else:
-            new.bias = layer.bias
+        new = cls.from_linear(layer)  # shares weight and bias
         new.quant_lambda = getattr(layer, "quant_lambda", 1.0)
-        r = _rank(layer.in_features, layer.out_features, rank, rank_ratio)
-        factory = {"device": layer.weight.device, "dtype": layer.weight.dtype}
-        new.lrc_v = nn.Parameter(torch.empty(layer.in_features, r, **factory))
-        new.lrc_u = nn.Parameter(torch.empty(r, layer.out_features, **factory))
+        new._add_factors(_rank(layer.in_features, layer.out_features, rank, rank_ratio))
         new.reset_lrc(init)
         if freeze_ternary:
             new.freeze_ternary()
         return new
+
+    def _add_factors(self, r: int) -> None:
+        """Uninitialised factors ``lrc_v`` [in, r] and ``lrc_u`` [r, out] on the weight's device and dtype."""
+        factory = {"device": self.weight.device, "dtype": self.weight.dtype}
+        self.lrc_v = nn.Parameter(torch.empty(self.in_features, r, **factory))
+        self.lrc_u = nn.Parameter(torch.empty(r, self.out_features, **factory))
 
     def freeze_ternary(self) -> None:
         """Stop training the latent ternary weights (and bias): only U and V learn."""

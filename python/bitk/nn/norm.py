@@ -1,4 +1,4 @@
-"""RMSNorm and SubLN modules (BitNet b1.58 2B4T block; numerics.md "SubLN and the BitNet block").
+"""RMSNorm and SubLN modules (BitNet b1.58 2B4T block; docs/numerics.md "SubLN and the BitNet block").
 
 `SubLN` is the extra RMSNorm BitNet puts before the attention output projection and before the
 FFN down projection; converting a full-precision model inserts it with gain 1. Passing it to the

@@ -1,4 +1,4 @@
-"""Pure-torch reference numerics of bitk: the executable form of numerics.md.
+"""Pure-torch reference numerics of bitk: the executable form of docs/numerics.md.
 
 BitNet b1.58 (arXiv 2402.17764) and its training-tips FAQ: absmean ternary weights, per-token
 absmax int8 activations, straight-through estimators with warm-up, RMSNorm and BitLinear; plus
@@ -6,7 +6,7 @@ the bitnet.cpp I2_S inference forward. Every Triton kernel and CPU fast path is 
 these functions; they define the result.
 """
 
-from .bitlinear import bitlinear, bitlinear_bitnet_cpp, bitlinear_fake_quant
+from .bitlinear import bitlinear, bitlinear_bitnet_cpp, bitlinear_fake_quant, linear_output_dtype
 from .quant import (
     abs_sum,
     fake_quantize_activations,
@@ -30,4 +30,5 @@ __all__ = [
     "bitlinear",
     "bitlinear_fake_quant",
     "bitlinear_bitnet_cpp",
+    "linear_output_dtype",
 ]

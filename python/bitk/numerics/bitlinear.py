@@ -8,6 +8,8 @@ scales (the contract of the fused kernels), the fake-quant + F.linear form, and 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -19,7 +21,15 @@ from .quant import (
     quantize_weights,
 )
 
-__all__ = ["bitlinear", "bitlinear_fake_quant", "bitlinear_bitnet_cpp", "check_linear"]
+__all__ = [
+    "bitlinear",
+    "bitlinear_fake_quant",
+    "bitlinear_bitnet_cpp",
+    "check_linear",
+    "linear_output_dtype",
+    "save_for_ste_backward",
+    "ste_backward",
+]
 
 
 def check_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -46,6 +56,52 @@ def check_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
             )
 
 
+def linear_output_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a BitLinear returns for input ``x``, whichever path (reference, CPU, Triton) computes it.
+
+    Under autocast on x's device the autocast dtype, as ``nn.Linear`` returns; float64 ``x`` stays
+    float64 under autocast too, as autocast leaves float64 ops alone (and the reference computes
+    float64 input in float64); otherwise x's dtype. One rule, so that every path agrees.
+    """
+    dev = x.device.type
+    if x.dtype != torch.float64 and torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return x.dtype
+
+
+def save_for_ste_backward(ctx, x, weight, bias, xq, s, codes, gamma) -> None:
+    """Save on ``ctx`` what `ste_backward` reads: the int8 xq and codes with their scales (never x
+    or W), x's shape and the dtypes of x, weight and bias (each gradient is returned in its input's)."""
+    ctx.save_for_backward(xq, s, codes, gamma)
+    ctx.x_shape = x.shape
+    ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+
+
+def ste_backward(
+    ctx, dy: torch.Tensor, dequantize: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+):
+    """(dx, dW, dbias) of a BitLinear by the straight-through formulas, from `save_for_ste_backward`'s ctx.
+
+    ``dx = dy @ (codes * gamma)``, ``dW = dy^T @ (xq / s)``, ``dbias = sum(dy)``, computed in s's
+    dtype (float32; float64 for float64 x); None where no gradient is needed. ``dequantize(codes,
+    gamma)`` gives ``codes * gamma`` in that dtype (default the torch product; the products are
+    exact, so a faster exact implementation, as the CPU path passes, changes nothing).
+    """
+    xq, s, codes, gamma = ctx.saved_tensors
+    x_dtype, w_dtype, b_dtype = ctx.dtypes
+    cd = s.dtype
+    dy2 = dy.reshape(-1, codes.shape[0]).to(cd)
+    dx = dw = db = None
+    if ctx.needs_input_grad[0]:
+        w = codes.to(cd) * gamma if dequantize is None else dequantize(codes, gamma)
+        dx = (dy2 @ w).to(x_dtype).reshape(ctx.x_shape)
+    if ctx.needs_input_grad[1]:
+        dw = (dy2.T @ (xq.to(cd) / s)).to(w_dtype)
+    if ctx.needs_input_grad[2]:
+        db = dy2.sum(dim=0).to(b_dtype)
+    return dx, dw, db
+
+
 def _exact_int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b^T`` of two small-integer (int8) matrices, exact, as float64.
 
@@ -66,25 +122,12 @@ class _BitLinearFunction(torch.autograd.Function):
         y = _exact_int_matmul(xq, codes).to(cd) * (gamma / s)
         if bias is not None:
             y = y + bias.to(cd)
-        ctx.save_for_backward(xq, s, codes, gamma)
-        ctx.x_shape = x.shape
-        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+        save_for_ste_backward(ctx, x, weight, bias, xq, s, codes, gamma)
         return y.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, dy):
-        xq, s, codes, gamma = ctx.saved_tensors
-        x_dtype, w_dtype, b_dtype = ctx.dtypes
-        cd = s.dtype
-        dy2 = dy.reshape(-1, codes.shape[0]).to(cd)
-        dx = dw = db = None
-        if ctx.needs_input_grad[0]:
-            dx = (dy2 @ (codes.to(cd) * gamma)).to(x_dtype).reshape(ctx.x_shape)
-        if ctx.needs_input_grad[1]:
-            dw = (dy2.T @ (xq.to(cd) / s)).to(w_dtype)
-        if ctx.needs_input_grad[2]:
-            db = dy2.sum(dim=0).to(b_dtype)
-        return dx, dw, db
+        return ste_backward(ctx, dy)
 
 
 def bitlinear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Weights: per-tensor absmean ternary codes (int8 in {-1, 0, 1}) and one scale gamma. Activations:
 per-token absmax int8 with a per-row scale s, plus the bitnet.cpp-faithful variant used at I2_S
 inference. The fake quantizers are the straight-through estimators with optional warm-up lambda.
-Everything stays on the tensors' device (no host syncs); the formulas are those of numerics.md.
+Everything stays on the tensors' device (no host syncs); the formulas are those of docs/numerics.md.
 """
 
 from __future__ import annotations

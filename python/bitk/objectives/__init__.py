@@ -1,6 +1,6 @@
 """Training objectives: losses over a student's (and a teacher's) outputs, pure torch.
 
-numerics.md "Objectives"; one module per objective:
+docs/numerics.md "Objectives"; one module per objective:
 
 - `ce`: next-token cross-entropy on shifted logits.
 - `dlm`: the masked "diffusion LM" objective with token shift (Fast-dLLM v2, arXiv 2509.26328).
@@ -10,22 +10,24 @@ numerics.md "Objectives"; one module per objective:
 - `lrc`: low-rank correction calibration (LRC, arXiv 2412.07902): `prepare_lrc` and its loss.
 - `curriculum`: weights of the objectives per phase of a run (torch-free: the trainer's config
   checks them without loading torch).
-- `combiner`: the objectives' settings and `compute_loss` for one micro-batch.
+- `settings`: `ObjectiveSettings`, every knob of the objectives (the trainer's "objectives" group;
+  torch-free).
+- `combiner`: `compute_loss`, the weighted objectives of one micro-batch.
 - `teacher`: loading the frozen full-precision teacher.
 
-The names below load their module on first use, so ``import bitk.objectives.curriculum`` stays torch-free.
+The names below load their module on first use, so ``import bitk.objectives.curriculum`` (and
+``settings``) stays torch-free.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from bitk._lazy import lazy_exports
 
 _EXPORTS = {
     "attention_relation_loss": "attention_relation",
     "IGNORE_INDEX": "ce",
     "next_token_ce": "ce",
-    "ObjectiveSettings": "combiner",
+    "ObjectiveSettings": "settings",
     "compute_loss": "combiner",
     "OBJECTIVES": "curriculum",
     "TEACHER_OBJECTIVES": "curriculum",
@@ -65,12 +67,4 @@ __all__ = [
     "prepare_lrc",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,6 +1,6 @@
 """Attention-relation distillation, MiniLMv2 (arXiv 2012.15828) as used by BitDistill (arXiv 2510.13998).
 
-numerics.md "Objectives". At each chosen layer the query, key and value states [B, L, H*d] (the
+docs/numerics.md "Attention-relation distillation". At each chosen layer the query, key and value states [B, L, H*d] (the
 ``attention_states`` of `CausalLMOutput`) are split into R relation heads of size H*d / R and
 L2-normalised along the features; the relation of a head is ``softmax(X X^T)`` over the keys
 (temperature 1, no causal mask). Loss: KL(teacher relation || student relation) per row,

@@ -1,4 +1,4 @@
-"""Next-token cross-entropy on shifted logits (numerics.md "Objectives", CE).
+"""Next-token cross-entropy on shifted logits (docs/numerics.md "Cross-entropy").
 
 The logits at position i predict the token at i + 1: ``CE(logits[:, :-1], labels[:, 1:])`` in
 float32, averaged over the targets that are not ``ignore_index``. The same function scores the DLM

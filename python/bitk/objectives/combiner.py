@@ -1,99 +1,32 @@
-"""The combined loss of one micro-batch (numerics.md "Objectives"), with the objectives' settings.
+"""The combined loss of one micro-batch (docs/numerics.md "Objectives").
 
-The weights come from a `bitk.objectives.curriculum.Curriculum`. `compute_loss` runs only the
-forwards the non-zero weights need and returns the weighted sum with each objective's unweighted value. Objectives: ``ce`` (next-token
-CE), ``dlm`` (Fast-dLLM v2 masked objective, arXiv 2509.26328), ``logits_kd`` (logits distillation) and
-``attention_relation`` (MiniLMv2 attention relations, arXiv 2012.15828) as in BitDistill (arXiv 2510.13998),
-``layerwise`` (normalised hidden states) and ``lrc`` (LRC calibration MSE, arXiv 2412.07902);
-the last four need a teacher.
+The weights come from a `bitk.objectives.curriculum.Curriculum`, the knobs from
+`bitk.objectives.settings.ObjectiveSettings`. `compute_loss` runs only the forwards the non-zero
+weights need and returns the weighted sum with each objective's unweighted value. Objectives:
+``ce`` (next-token CE), ``dlm`` (Fast-dLLM v2 masked objective, arXiv 2509.26328), ``logits_kd``
+(logits distillation) and ``attention_relation`` (MiniLMv2 attention relations, arXiv 2012.15828)
+as in BitDistill (arXiv 2510.13998), ``layerwise`` (normalised hidden states) and ``lrc`` (LRC
+calibration MSE, arXiv 2412.07902); the last four need a teacher.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 
 from bitk.data.tokenizer import MASK_ID
 
-from .attention_relation import attention_relation_loss, resolve_layer_pairs
+from .attention_relation import attention_relation_loss
 from .ce import IGNORE_INDEX, next_token_ce
 from .curriculum import TEACHER_OBJECTIVES, _check_weights
 from .dlm import dlm_loss, dlm_mask
-from .layerwise import WEIGHTINGS, layerwise_loss
+from .layerwise import layerwise_loss
 from .logits_kd import logits_kd_loss
-from .lrc import LRC_LAYERS, lrc_loss
+from .lrc import lrc_loss
+from .settings import ObjectiveSettings
 
-__all__ = ["ObjectiveSettings", "compute_loss"]
-
-
-@dataclass
-class ObjectiveSettings:
-    """The knobs of the objectives (defaults: numerics.md "Objectives")."""
-
-    dlm_probability: float = 0.15
-    """DLM: probability of masking each eligible token."""
-    dlm_complementary: bool = True
-    """DLM: double the batch with the inverse mask, so every eligible token is masked once."""
-    kd_temperature: float = 5.0
-    """Logits KD: softmax temperature tau (the loss is scaled by tau^2)."""
-    kd_beta: float = 1.0
-    """Logits KD: the factor beta of the loss (on top of the curriculum weight)."""
-    relation_layers: tuple = (-1,)
-    """Attention relation: layer indices applied to student and teacher (-1 = last of each), or
-    (student, teacher) pairs."""
-    relation_split_heads: int = 32
-    """Attention relation: number R of relation heads; must divide the q/k/v sizes of both models."""
-    relation_gamma: float = 1000.0
-    """Attention relation: the factor gamma of the loss (the official BitDistill scripts use 1e5)."""
-    layerwise_weighting: str = "uniform"
-    """Layer-wise distillation: 'uniform' or 'depth' (weights growing with depth)."""
-    lrc_layers: str = "all"
-    """LRC calibration: MSE over 'all' decoder layers' hidden states or the 'final' one."""
-    mask_token_id: int = MASK_ID
-    """DLM: the id that replaces masked tokens (bitk's tokenizer: <|mask|> = 2); not EOS or pad."""
-    pad_token_id: int | None = None
-    """Padding id: pad tokens are not CE/DLM targets and not valid KD/relation tokens (None = no padding)."""
-
-    def __post_init__(self) -> None:
-        layers = self.relation_layers
-        layers = [layers] if isinstance(layers, int) else layers
-        self.relation_layers = tuple(tuple(x) if isinstance(x, list) else x for x in layers)
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first field out of range."""
-        def number(name: str, ok) -> None:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
-                raise ValueError(f"ObjectiveSettings.{name} is out of range: {v!r}")
-
-        number("dlm_probability", lambda v: 0 <= v <= 1)
-        number("kd_temperature", lambda v: v > 0)
-        number("kd_beta", lambda v: v >= 0)
-        number("relation_gamma", lambda v: v >= 0)
-        if not isinstance(self.dlm_complementary, bool):
-            raise ValueError(f"ObjectiveSettings.dlm_complementary must be true or false, got {self.dlm_complementary!r}")
-        s = self.relation_split_heads
-        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
-            raise ValueError(f"ObjectiveSettings.relation_split_heads must be a positive integer, got {s!r}")
-        try:
-            resolve_layer_pairs(self.relation_layers, 1 << 30, 1 << 30)  # form only; depth is checked at use
-        except ValueError as e:
-            raise ValueError(f"ObjectiveSettings.relation_layers: {e}") from None
-        if self.layerwise_weighting not in WEIGHTINGS:
-            raise ValueError(f"ObjectiveSettings.layerwise_weighting must be one of {', '.join(WEIGHTINGS)}, "
-                             f"got {self.layerwise_weighting!r}")
-        if self.lrc_layers not in LRC_LAYERS:
-            raise ValueError(f"ObjectiveSettings.lrc_layers must be one of {', '.join(LRC_LAYERS)}, got {self.lrc_layers!r}")
-        for name in ("mask_token_id", "pad_token_id"):
-            v = getattr(self, name)
-            if (v is not None or name == "mask_token_id") and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-                raise ValueError(f"ObjectiveSettings.{name} must be a non-negative token id, got {v!r}")
-        if self.mask_token_id == self.pad_token_id:
-            raise ValueError(f"ObjectiveSettings.mask_token_id must differ from pad_token_id ({self.pad_token_id})")
+__all__ = ["compute_loss"]
 
 
 def compute_loss(
@@ -101,9 +34,11 @@ def compute_loss(
     input_ids: torch.Tensor,
     position_ids: torch.Tensor | None,
     weights: Mapping[str, float],
-    settings: ObjectiveSettings,
+    settings: ObjectiveSettings | None = None,
     *,
     teacher: torch.nn.Module | None = None,
+    mask_token_id: int = MASK_ID,
+    pad_token_id: int | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``(sum of weight * loss, {objective: unweighted loss, detached float32})`` over the non-zero weights.
@@ -113,8 +48,17 @@ def compute_loss(
     with the DLM-masked rows appended for dlm; and the teacher's forward on the clean input under
     no_grad for the teacher objectives. A zero weight computes nothing: no masking, no
     teacher call. The teacher's train/eval mode is left as is (`load_teacher` sets eval).
-    ``generator`` draws the DLM masks. No host sync.
+    ``settings``: the knobs (None: the defaults). ``mask_token_id`` replaces DLM-masked tokens
+    (bitk's tokenizer: <|mask|> = 2); ``pad_token_id`` tokens are not CE/DLM targets and not valid
+    KD/relation tokens (None = no padding). ``generator`` draws the DLM masks. No host sync.
     """
+    settings = ObjectiveSettings() if settings is None else settings
+    for name, value in (("mask_token_id", mask_token_id), ("pad_token_id", pad_token_id)):
+        if (value is not None or name == "mask_token_id") and (isinstance(value, bool) or not isinstance(value, int)
+                                                                or value < 0):
+            raise ValueError(f"{name} must be a non-negative token id, got {value!r}")
+    if mask_token_id == pad_token_id:
+        raise ValueError(f"mask_token_id must differ from pad_token_id ({pad_token_id})")
     active = {n: w for n, w in _check_weights(weights, "compute_loss weights").items() if w > 0}
     if not active:
         raise ValueError(f"compute_loss needs at least one positive weight, got {dict(weights)!r}")
@@ -123,7 +67,7 @@ def compute_loss(
         raise ValueError(f"objective(s) {', '.join(teacher_names)} need a teacher model, but teacher is None")
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
-    pad = settings.pad_token_id
+    pad = pad_token_id
     valid = None if pad is None else input_ids != pad
     need_hidden = "layerwise" in active or "lrc" in active
     need_attention = "attention_relation" in active
@@ -133,7 +77,7 @@ def compute_loss(
     B, L = input_ids.shape
     ids, pos, masked = input_ids, position_ids, None
     if "dlm" in active:
-        masked = dlm_mask(input_ids, mask_token_id=settings.mask_token_id, probability=settings.dlm_probability,
+        masked = dlm_mask(input_ids, mask_token_id=mask_token_id, probability=settings.dlm_probability,
                           complementary=settings.dlm_complementary, generator=generator, pad_token_id=pad,
                           position_ids=position_ids)
         if clean:  # one forward over the clean and the masked rows (DDP / FSDP want one forward per backward)
@@ -160,7 +104,7 @@ def compute_loss(
                               output_attention_states=need_attention)
             if "logits_kd" in active:
                 losses["logits_kd"] = logits_kd_loss(logits, ref.logits, temperature=settings.kd_temperature,
-                                                     beta=settings.kd_beta, valid_mask=valid)
+                                                     valid_mask=valid)
             if "attention_relation" in active:
                 losses["attention_relation"] = attention_relation_loss(
                     states, ref.attention_states, layers=settings.relation_layers,

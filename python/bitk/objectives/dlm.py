@@ -1,6 +1,6 @@
 """Masked "diffusion LM" objective with token shift, after Fast-dLLM v2 (arXiv 2509.26328).
 
-numerics.md "Objectives", DLM. Each eligible token is replaced by the mask token with probability p
+docs/numerics.md "Masked diffusion objective". Each eligible token is replaced by the mask token with probability p
 (default 0.15); the loss is the cross-entropy of the logits at i - 1 against the original token at
 each masked position i (token shift, so the causal LM head is reused as is; attention stays
 causal). With complementary masks (default) the batch is doubled with the inverse mask over the
@@ -102,7 +102,7 @@ def dlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def init_mask_embedding(model: torch.nn.Module, mask_token_id: int, rows: int | None = None) -> None:
-    """Set the mask token's embedding row to the mean of the other rows (numerics.md).
+    """Set the mask token's embedding row to the mean of the other rows (docs/numerics.md).
 
     ``rows``: only the first ``rows`` rows are averaged (the tokenizer's tokens, leaving out the
     unused rows of a vocabulary padded past the tokenizer); None averages them all. A tied head

@@ -1,4 +1,4 @@
-"""Layer-wise hidden-state distillation (numerics.md "Objectives"; used alongside BitDistill, arXiv 2510.13998).
+"""Layer-wise hidden-state distillation (docs/numerics.md "Layer-wise distillation"; used alongside BitDistill, arXiv 2510.13998).
 
 Per decoder layer l = 1..N: the MSE (mean over tokens and features) between the L2-normalised
 student and teacher hidden states (normalised along the features, so only directions count),
@@ -15,9 +15,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from .settings import LAYERWISE_WEIGHTINGS
+
 __all__ = ["WEIGHTINGS", "check_hidden_pairs", "layer_weights", "layerwise_loss"]
 
-WEIGHTINGS = ("uniform", "depth")
+WEIGHTINGS = LAYERWISE_WEIGHTINGS
 
 
 def layer_weights(num_layers: int, weighting: str = "uniform") -> list[float]:

@@ -1,6 +1,6 @@
 """Logits distillation, as in BitDistill (arXiv 2510.13998) stage 3.
 
-numerics.md "Objectives": ``beta * tau^2 * KL(softmax(t / tau) || softmax(s / tau))`` per token,
+docs/numerics.md "Logits distillation": ``beta * tau^2 * KL(softmax(t / tau) || softmax(s / tau))`` per token,
 the KL summed over the vocabulary and averaged over the valid (non-padding) tokens; defaults
 beta 1, tau 5. The tau^2 keeps the gradient scale independent of the temperature (Hinton et al.).
 The teacher's logits come from its forward on the clean input, in eval mode, without gradient.

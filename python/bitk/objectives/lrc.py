@@ -1,6 +1,6 @@
 """Low-rank correction (LRC, arXiv 2412.07902): calibration loss and model preparation.
 
-numerics.md "Objectives", LRC. Every BitLinear projection of the decoder layers becomes a
+docs/numerics.md "Low-rank correction (LRC)". Every BitLinear projection of the decoder layers becomes a
 `bitk.nn.BitLinearLRC` (``y = BitLinear(x) + (x V) U`` on the unquantized input) sharing its
 weights; the ternary weights and every other parameter (embeddings, norms, head) are frozen, so
 only the factors U, V train. They start from a truncated SVD of the quantization residual (default)
@@ -19,10 +19,10 @@ from torch import nn
 from bitk.nn import BitLinear, BitLinearLRC
 
 from .layerwise import check_hidden_pairs
+from .settings import LRC_LAYERS
 
 __all__ = ["LRC_LAYERS", "lrc_loss", "lrc_parameters", "prepare_lrc"]
 
-LRC_LAYERS = ("all", "final")
 
 
 def lrc_loss(

@@ -1,6 +1,6 @@
 """The distillation teacher: a frozen full-precision model (BitDistill, arXiv 2510.13998, stage 3).
 
-numerics.md "Objectives": the teacher is the original full-precision model, in eval mode, without
+docs/numerics.md "The teacher": the teacher is the original full-precision model, in eval mode, without
 gradients, run on the clean (unmasked) input. `load_teacher` reads a bitk checkpoint, a Hugging
 Face folder, a hub id or a preset's hub repo through `bitk.load_model(source, ternary=False)`.
 """

@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 import traceback
 
-from .config import format_help, parse_args
+from .config import parse_args
+from .help import format_help
 
 
 def main(argv: list[str] | None = None) -> int:

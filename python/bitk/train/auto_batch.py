@@ -23,15 +23,20 @@ leave no state behind (gradients zeroed or set to None).
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import re
 import resource
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
-__all__ = ["find_micro_batch", "peak_rss_bytes", "reset_peak_rss"]
+from .distributed import DistInfo, no_sync
+from .optim import build_optimizer
+
+__all__ = ["auto_micro_batch", "find_micro_batch", "peak_rss_bytes", "reset_peak_rss"]
 
 _GIB = 1024**3
 
@@ -161,3 +166,40 @@ def find_micro_batch(try_step: Callable[[int], None], *, start: int, limit: int,
     if log is not None:
         log(f"auto batch: micro-batch {best} (largest power-of-two multiple of {start} up to {limit} that fits)")
     return best
+
+
+def auto_micro_batch(model: torch.nn.Module, vocab_size: int, info: DistInfo, t: Any, block: int, autocast: Any,
+                     say: Any, loss_fn: Callable[..., Any]) -> int:
+    """The largest micro-batch that fits (`find_micro_batch`), tried with real steps that leave no trace.
+
+    Each try runs forward (``loss_fn(model, ids, positions, generator=...)``: the run's objectives,
+    DLM's extra rows and the teacher included), backward and a step of a scratch optimizer with lr 0 and no weight decay (its state is what the
+    real optimizer will hold; the weights do not move), then drops it all.
+    """
+    per_rank = t.global_batch_size // info.world_size
+    scratch_cfg = dataclasses.replace(t, lr=0.0, muon_lr=0.0, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(0)
+    positions = torch.arange(block, device=info.device)
+
+    def try_step(mb: int) -> None:
+        scratch = build_optimizer(model, scratch_cfg)
+        try:
+            ids = torch.randint(0, vocab_size, (mb, block), generator=generator).to(info.device)
+            with no_sync(model, info, last_micro_step=False):
+                with autocast():
+                    loss = loss_fn(model, ids, positions.expand(mb, block), generator=generator)[0]
+                loss.backward()
+            scratch.step()
+        finally:
+            model.zero_grad(set_to_none=True)
+            del scratch
+
+    mb = find_micro_batch(try_step, start=t.micro_batch_size, limit=per_rank, device=info.device,
+                          memory_budget_gb=t.memory_budget_gb, log=say)
+    if info.enabled:  # every process takes the smallest choice
+        import torch.distributed as dist
+
+        choice = torch.tensor([mb], device=info.device)
+        dist.all_reduce(choice, op=dist.ReduceOp.MIN)
+        mb = int(choice.item())
+    return mb

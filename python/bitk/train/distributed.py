@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,8 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = [
+    "params_finite",
+    "step_outcome",
     "STRATEGIES",
     "DistInfo",
     "all_reduce_mean",
@@ -161,39 +162,10 @@ def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "auto") -> nn.M
             f"distributed=fsdp shards the decoder layers at model.model.layers; {type(model).__name__} has none "
             "(use distributed=ddp)"
         )
-    if info.device.type == "cpu":
-        _avoid_pinned_cpu_weights(model, warn=info.is_main)
     for layer in layers:
         fully_shard(layer)
     fully_shard(model)
     return model
-
-
-def _avoid_pinned_cpu_weights(model: nn.Module, warn: bool) -> None:
-    """FSDP2 frees each gathered weight's storage after use; the CPU BitLinear path must not pin it.
-
-    ``tensor.numpy()`` marks a storage non-resizable for good, and FSDP2's reshard then fails with
-    "Trying to resize storage that is not resizable". Where the CPU fast path still hands the
-    latent weight to numpy that way, the BitLinear layers of this process run the reference
-    implementation instead (same forward values; CPU FSDP2 is for testing, GPUs run Triton).
-    """
-    from bitk.nn import BitLinear, dispatch
-    from bitk.nn import cpu as nn_cpu
-
-    if dispatch.backend() not in ("auto", "cpu") or not any(isinstance(m, BitLinear) for m in model.modules()):
-        return
-    probe = torch.ones(4, 4)
-    nn_cpu.quantize_weights(probe)
-    try:
-        probe.untyped_storage().resize_(0)
-    except RuntimeError:
-        if warn:
-            warnings.warn(
-                "distributed=fsdp on CPU: bitk's CPU BitLinear path pins weight storage (tensor.numpy()), which "
-                "FSDP2 cannot free; BitLinear runs its torch reference implementation instead (same numbers)",
-                stacklevel=3,
-            )
-        dispatch.set_backend("reference")
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -319,3 +291,32 @@ def cleanup(info: DistInfo) -> None:
     """Leave the process group (no-op when not enabled or already left)."""
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def step_outcome(loss: torch.Tensor, grad_norm: torch.Tensor, stop_requested: bool,
+                 info: DistInfo) -> tuple[float, float, bool]:
+    """(loss, gradient norm, stop now) of a step, the same on every process: one host sync.
+
+    ``stop_requested``: this process saw SIGTERM / SIGINT.
+
+    Under torchrun the loss is averaged over the processes (the norm already is global) and a stop
+    request seen by any process stops all of them, so they never disagree about the next collective.
+    """
+    values = torch.stack([loss.detach().float(), grad_norm.detach().float().to(loss.device)])
+    if not info.enabled:
+        loss_value, norm_value = values.tolist()
+        return loss_value, norm_value, stop_requested
+    flag = values.new_tensor([float(stop_requested)])
+    reduced = all_reduce_mean(torch.cat([values[:1], flag]), info)  # the norm is global already
+    loss_value, stop_value, norm_value = torch.cat([reduced, values[1:]]).tolist()
+    return loss_value, norm_value, stop_value > 0
+
+
+@torch.no_grad()
+def params_finite(model: torch.nn.Module, info: DistInfo) -> bool:
+    """Every weight is finite, on every process (FSDP2: each checks its shards)."""
+    local = [getattr(p, "to_local", lambda p=p: p)() for p in model.parameters()]
+    bad = torch.zeros((), device=info.device)
+    for p in local:
+        bad += (~torch.isfinite(p)).any().float().to(bad.device)
+    return all_reduce_mean(bad, info).item() == 0

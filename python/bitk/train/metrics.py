@@ -19,7 +19,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["METRICS_FILE", "LOSS_CURVE_FILE", "Metrics", "read_metrics", "plot_loss_curve", "ProgressBar"]
+import torch
+
+from .distributed import DistInfo, all_reduce_mean
+from .flops import mfu
+
+__all__ = ["METRICS_FILE", "LOSS_CURVE_FILE", "Metrics", "ProgressBar", "Window", "format_record", "format_summary",
+           "objectives_text", "plot_loss_curve", "read_metrics"]
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss.png"
@@ -61,13 +67,13 @@ class Metrics:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
-                raise ValueError("tensorboard=true needs the tensorboard package: pip install tensorboard") from e
+                raise ValueError("logging.tensorboard=true needs the tensorboard package: pip install tensorboard") from e
             self._tb = SummaryWriter(str(Path(output_dir) / "tensorboard"), purge_step=resume_step)
         if wandb:
             try:
                 import wandb as wandb_module
             except ImportError as e:
-                raise ValueError("wandb=true needs the wandb package: pip install wandb") from e
+                raise ValueError("logging.wandb=true needs the wandb package: pip install wandb") from e
             self._wandb = wandb_module.init(project=wandb_project, name=Path(output_dir).name, config=config,
                                             dir=str(output_dir), resume="allow")
 
@@ -183,3 +189,94 @@ class ProgressBar:
             self._progress.console.print(line, highlight=False, markup=False, soft_wrap=True)
         else:
             print(line, flush=True)
+
+
+class Window:
+    """Sums over the steps since the last log record (good steps only for loss and norm)."""
+
+    def __init__(self) -> None:
+        self.last_loss: float | None = None
+        self.last_parts: dict[str, float] | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss = self.norm = self.seconds = 0.0
+        self.good = self.tokens = 0
+        self.parts: dict[str, torch.Tensor] = {}
+        self.part_steps: dict[str, int] = {}
+
+    def add(self, loss: float, norm: float, parts: dict[str, torch.Tensor] | None = None) -> None:
+        """A good step; ``parts`` (each objective's value, on the device) are summed without a host sync."""
+        self.loss += loss
+        self.norm += norm
+        self.good += 1
+        for name, value in (parts or {}).items():
+            self.parts[name] = self.parts.get(name, 0.0) + value
+            self.part_steps[name] = self.part_steps.get(name, 0) + 1
+
+    def record(self, step: int, tokens: int, optimizer: Any, skipped: int, info: DistInfo, peak: float | None,
+               model_flops: float) -> dict[str, Any]:
+        tokens_per_s = self.tokens / self.seconds if self.seconds > 0 else 0.0
+        loss = self.loss / self.good if self.good else math.nan
+        rec = {"kind": "train", "step": step, "tokens": tokens, "loss": loss,
+               "lr": optimizer.param_groups[-1]["lr"], "grad_norm": self.norm / self.good if self.good else math.nan,
+               "tokens_per_s": tokens_per_s, "skipped_steps": skipped}
+        value = mfu(tokens_per_s / info.world_size, model_flops, peak)
+        if value is not None:
+            rec["mfu"] = value
+        if self.parts:  # each objective's mean since the last record (one sync per record, not per step)
+            names = sorted(self.parts)
+            values = torch.stack([torch.as_tensor(self.parts[n], dtype=torch.float32) / self.part_steps[n]
+                                  for n in names])
+            rec["objectives"] = dict(zip(names, all_reduce_mean(values, info).tolist()))
+        if self.good:
+            self.last_loss = loss
+            self.last_parts = rec.get("objectives")
+        self._reset()
+        return rec
+
+
+
+def objectives_text(values: dict[str, float], weights: dict[str, float] | None) -> str:
+    """'ce 3.2100 + 0.5 x dlm 8.1000': each objective's value as it enters the weighted total."""
+    terms = []
+    for name, value in values.items():
+        w = (weights or {}).get(name, 1.0)
+        terms.append(f"{'' if w == 1 else f'{w:g} x '}{name} {value:.4f}")
+    return " + ".join(terms)
+
+
+
+def format_record(r: dict[str, Any], max_steps: int, weights: dict[str, float] | None = None) -> str:
+    """One log line; with several objectives the loss is followed by its terms: 'loss 7.1 = ce 3.2 + ...'."""
+    line = f"step {r['step']:>6}/{max_steps} | loss {r['loss']:.4f}"
+    if "objectives" in r:
+        line += f" = {objectives_text(r['objectives'], weights)}"
+    line += (f" | lr {r['lr']:.2e} | grad norm {r['grad_norm']:.3f} | {r['tokens_per_s']:,.0f} tok/s | "
+             f"{r['tokens']:,} tokens")
+    if "mfu" in r:
+        line += f" | MFU {100 * r['mfu']:.1f}%"
+    return line
+
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    minutes, seconds = divmod(s["seconds"], 60)
+    lines = [f"bitk.train: {'stopped by ' + s['stopped'] if s['stopped'] else 'done'} after {s['steps']} steps, "
+             f"{s['tokens']:,} tokens, {int(minutes)}m{seconds:04.1f}s"]
+    if s["train_loss"] is not None:
+        terms = s.get("train_objectives") if s.get("objective_weights") else None
+        lines.append(f"  train loss        {s['train_loss']:.4f}"
+                     + (f" = {objectives_text(terms, s['objective_weights'])}" if terms else ""))
+    if s["eval_loss"] is not None:
+        what = "held-out CE      " if s.get("objective_weights") else "held-out loss    "
+        lines.append(f"  {what} {s['eval_loss']:.4f} (perplexity {s['eval_perplexity']:.2f})")
+    if s["skipped_steps"]:
+        lines.append(f"  skipped steps     {s['skipped_steps']} (non-finite loss)")
+    lines.append(f"  checkpoint        {s['checkpoint']}")
+    lines.append(f"  metrics           {s['metrics']}")
+    if s["loss_curve"]:
+        lines.append(f"  loss curve        {s['loss_curve']}")
+    if s["gguf"]:
+        lines.append(f"  GGUF              {s['gguf']}")
+    return "\n".join(lines)

@@ -13,7 +13,7 @@ Parameter groups, by name and shape (names as `CausalLM.named_parameters()` give
 Muon orthogonalises whole hidden-layer updates (Newton-Schulz), which is meant for matrices that map
 hidden features to hidden features; the embedding and head are lookups/classifiers and the norms
 and biases are vectors, so they stay on AdamW (Keller Jordan's Muon notes; torch.optim.Muon's doc).
-The LRC factors (numerics.md "Low-rank correction") are thin rank-r matrices initialised as a
+The LRC factors (docs/numerics.md "Low-rank correction (LRC)") are thin rank-r matrices initialised as a
 truncated SVD / small random + zero pair: an orthogonalised update would give the zero factor a
 full-size step at once, so they train with AdamW. Frozen parameters (requires_grad False, e.g. the
 ternary weights under LRC) are left out.

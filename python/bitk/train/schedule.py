@@ -1,4 +1,4 @@
-"""Learning-rate schedules and the quantization warm-up (numerics.md "Optimisation", "Quantizers").
+"""Learning-rate schedules and the quantization warm-up (docs/numerics.md "Learning-rate schedules", "Quantization warm-up").
 
 ``step`` is always the 0-based index of the optimizer step about to be taken (0 .. max_steps-1).
 

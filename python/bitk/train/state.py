@@ -38,6 +38,7 @@ from bitk.models.checkpoint import (
 )
 
 __all__ = [
+    "seed_everything",
     "CHECKPOINTS_DIR",
     "LATEST_FILE",
     "STATE_FILE",
@@ -253,3 +254,9 @@ def _fsync_dir(folder: Path) -> None:
         pass  # some filesystems refuse fsync on directories
     finally:
         os.close(fd)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # every device

@@ -1,6 +1,6 @@
 """Gradient clipping: ZClip (Kumar et al. 2025, arXiv 2504.02507), plain norm clipping, or none.
 
-ZClip as numerics.md "Optimisation" states it (reference code: github.com/bluorion-com/ZClip):
+ZClip as docs/numerics.md "ZClip" states it (reference code: github.com/bluorion-com/ZClip):
 
 - warm-up: the first ``warmup_steps`` calls only record the total gradient norm g (and clip to
   ``max_grad_norm`` when it is set); after the last of them mu = mean(g), var = mean((g - mu)^2);

@@ -7,9 +7,7 @@ import math
 
 import pytest
 import torch
-from bitk.data import EOS_ID, default_corpus, default_tokenizer, encode_documents, pack_tokens
-from bitk.train.config import DataConfig
-from bitk.train.data import TrainData
+from bitk.data import EOS_ID, DataConfig, TrainData, default_corpus, default_tokenizer, encode_documents, pack_tokens
 
 
 @pytest.fixture(scope="module")
