@@ -56,7 +56,7 @@ def write_source(folder: Path, layers: int, seed: int = 0) -> int:
     with open(folder / "model.safetensors", "wb") as f:
         f.write(len(text).to_bytes(8, "little"))
         f.write(text)
-        for name, shape in shapes.items():
+        for shape in shapes.values():
             f.write(_bf16_bytes(rng, shape, 0.02 if len(shape) == 2 else 1.0))
     config = {"model_type": "bitnet", "vocab_size": VOCAB, "hidden_size": HIDDEN, "intermediate_size": FFN,
               "num_hidden_layers": layers, "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,

@@ -23,8 +23,9 @@ import platform
 import statistics
 import sys
 import time
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 HERE = Path(__file__).resolve().parent
 THRESHOLDS = HERE / "thresholds.toml"

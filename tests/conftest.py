@@ -176,7 +176,7 @@ def build_hub_repo(repo_id: str, kind: str, *, seed: int = 0, vocab_rows: int | 
 
     family = {"llama": "smollm", "qwen3": "qwen2", "bitnet": "llama3"}[kind]
     tok = make_tokenizer(family, tokens)
-    specials, roles = TOKENIZER_FAMILIES[family]
+    _, roles = TOKENIZER_FAMILIES[family]
     ids = {role: tok.token_to_id(t) if t else None for role, t in roles.items()}
     config = ModelConfig(
         vocab_size=vocab_rows or tok.get_vocab_size(), **HUB_DIMS,

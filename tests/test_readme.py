@@ -45,24 +45,7 @@ def test_ci_runs_the_benchmark_gate_the_readme_documents():
     assert ci.index(gate_lines[0]) > ci.index("python -m pytest")
 
 
-# --------------------------------------------------------------------------- the README's training commands
-
-# Appended to every README training command: the same run, a few steps long, on small blocks.
-SMALL_RUN = ["data.block_size=32", "data.max_eval_tokens=128", "training.eval_every=0", "logging.progress=false",
-             "device=cpu"]
-
-
-def readme_train_commands() -> list[list[str]]:
-    """Every `python -m bitk.train ...` line of the README's bash blocks (continuations joined), as argv."""
-    import shlex
-
-    commands = []
-    for block in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            argv = shlex.split(line, comments=True)
-            if argv[:3] == ["python", "-m", "bitk.train"]:
-                commands.append(argv[3:])
-    return commands
+# --------------------------------------------------------------------------- starting from a pretrained model
 
 
 def test_the_readme_download_command_fetches_the_presets_repo():
@@ -72,26 +55,3 @@ def test_the_readme_download_command_fetches_the_presets_repo():
     downloads = re.findall(r"^hf download (\S+)$", readme, flags=re.M)
     assert downloads == ["HuggingFaceTB/SmolLM2-135M"] and downloads[0] == PRESET_REPOS["smollm2_135m"]
     assert "python -m bitk.train model=smollm2_135m training=unified" in readme
-
-
-def test_every_training_command_in_the_readme_runs(hub_cache, tmp_path):
-    """Each README training command, as written, in order, in one folder, with a few steps (the hub
-    models are the test cache's small ones); `training.max_steps=N` becomes at most 3."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    (tmp_path / "my.jsonl").write_text("".join(json.dumps({"text": f"Document {i}: " + "words " * 60}) + "\n"
-                                               for i in range(20)))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    commands = readme_train_commands()
-    assert len(commands) >= 5 and [] in commands
-    for argv in commands:
-        steps = [a for a in argv if a.startswith("training.max_steps=")]
-        argv = [a for a in argv if a not in steps]
-        steps = min(int(steps[-1].split("=")[1]), 3) if steps else 2
-        proc = subprocess.run([sys.executable, "-m", "bitk.train", *argv, *SMALL_RUN, f"training.max_steps={steps}"],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, f"{argv}: {proc.stderr[-3000:]}"
-        assert "bitk.train: done after" in proc.stdout, argv

@@ -24,11 +24,10 @@ import json
 import time
 from pathlib import Path
 
-from bitk.data import default_tokenizer
+from bitk.data import TrainData, default_tokenizer
 from bitk.eval import evaluate
 from bitk.models import load_model
 from bitk.train.config import parse_args
-from bitk.data import TrainData
 from bitk.train.loop import train
 
 COMMON = ["logging.progress=false", "device=cpu", "export_gguf=none", "resume=none"]

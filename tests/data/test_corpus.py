@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 from pydoc_data.topics import topics
+
+import pytest
 
 from bitk.data import HELDOUT_EVERY, corpus_fingerprint, default_corpus
 

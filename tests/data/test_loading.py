@@ -116,7 +116,9 @@ def test_max_tokens_caps_the_packed_stream(cap, bos):
     assert packed_length(capped, **frame) <= cap
     if packed_length(full, **frame) >= cap + 2:
         assert packed_length(capped, **frame) >= cap - 2  # filled, not stopped early (an empty last doc is skipped)
-    flat = lambda docs: [t for d in docs for t in d]
+    def flat(docs):
+        return [t for d in docs for t in d]
+
     assert flat(capped) == flat(full)[: len(flat(capped))]  # a prefix of the data, in order
 
 

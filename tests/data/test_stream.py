@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+
 from bitk.data import EOS_ID, DataConfig, TrainData, default_corpus, default_tokenizer, encode_documents, pack_tokens
 
 
@@ -87,7 +88,9 @@ def test_single_process_micro_steps_see_the_same_blocks_per_step(tok):
     acc = torch.cat([one.next_batch(2)[0] for _ in range(4)])
     ranks = [TrainData(cfg(), tok, seed=0, rank=r, world_size=2) for r in range(2)]
     dist = torch.cat([d.next_batch(2)[0] for _ in range(2) for d in ranks])
-    key = lambda t: sorted(map(tuple, t.tolist()))
+    def key(t):
+        return sorted(map(tuple, t.tolist()))
+
     assert key(acc) == key(dist)
 
 
@@ -100,7 +103,9 @@ def test_epochs_cover_every_block_and_reshuffle(tok, small):
     assert n >= 15
     first = torch.cat([data.next_batch(1)[0] for _ in range(n)])
     second = torch.cat([data.next_batch(1)[0] for _ in range(n)])
-    key = lambda t: sorted(map(tuple, t.tolist()))
+    def key(t):
+        return sorted(map(tuple, t.tolist()))
+
     assert key(first) == key(rows) == key(second)
     assert not torch.equal(first, second) and not torch.equal(first, rows)
     assert data.epochs() == [2.0]

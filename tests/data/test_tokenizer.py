@@ -188,8 +188,9 @@ def test_document_tokens_follow_the_tokenizer_config(tmp_path, tok):
 
 
 def test_add_special_token(tmp_path, tok):
-    from bitk.data.tokenizer import add_special_token
     from transformers import AutoTokenizer
+
+    from bitk.data.tokenizer import add_special_token
 
     src = save_tokenizer(tmp_path / "src", tok)
     before = {p.name: p.read_bytes() for p in src.iterdir()}

@@ -23,6 +23,7 @@ def run_cli(*args, env_cache):
                           env=env, timeout=300, check=False)
 
 
+@pytest.mark.slow
 def test_module_run_prints_json(checkpoint, bitk_cache_dir):
     proc = run_cli(checkpoint, "--max-tokens", 300, "--seq-len", 64, "--batch-size", 2, "--numerics", "i2s",
                    "--threads", 1, "--json", "-", env_cache=bitk_cache_dir)

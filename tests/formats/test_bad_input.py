@@ -406,13 +406,11 @@ def test_use_backend_switches_and_restores():
             assert fmt.backend() == "cpp"
         assert fmt.backend() == "numpy"
     assert fmt.backend() == before
-    with pytest.raises(KeyError):
-        with fmt.use_backend("numpy"):
-            raise KeyError("boom")
+    with pytest.raises(KeyError), fmt.use_backend("numpy"):
+        raise KeyError("boom")
     assert fmt.backend() == before
-    with pytest.raises(ValueError, match=r"unknown formats backend"):
-        with fmt.use_backend("nope"):
-            pass  # pragma: no cover
+    with pytest.raises(ValueError, match=r"unknown formats backend"), fmt.use_backend("nope"):
+        pass  # pragma: no cover
     assert fmt.backend() == before
 
 

@@ -54,3 +54,13 @@ def test_ternarized_model_weights_round_trip():
 def test_bad_input(codes, scale, match):
     with pytest.raises(ValueError, match=match):
         formats.latent_weights(codes, scale)
+
+
+def test_a_scale_no_whole_number_of_ulps_reaches():
+    """One non-zero in three values: a / 3 steps over float32(exp(0.4375)); a zero code takes the rest."""
+    codes = np.array([[-1, 0, 0]], np.int8)
+    scale = float(np.float32(np.exp(0.4375)))
+    w = formats.latent_weights(codes, scale)
+    back, gamma = formats.ternarize(w)
+    assert np.array_equal(back, codes) and gamma == scale
+    assert 0 < abs(w[0, 1]) < scale / 2 and w[0, 2] == 0  # the zero code's small value rounds to 0

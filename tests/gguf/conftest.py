@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.numpy import save_file
+
 from bitk.models.config import ModelConfig
 from bitk.models.sources import tensor_shapes
-from safetensors.numpy import save_file
 
 sys.modules["bitk_gguf_testing"] = sys.modules[__name__]
 

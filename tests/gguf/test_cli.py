@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from bitk_gguf_testing import make_checkpoint, make_hf_folder, random_tensors, run_cli, tiny_config
 
 

@@ -8,14 +8,8 @@ from __future__ import annotations
 
 import struct
 
-import bitk.formats.constants as fc
-import bitk.gguf.constants as c
 import gguf
 import numpy as np
-from bitk.gguf.constants import gguf_to_hf_name, hf_to_gguf_names
-from bitk.gguf.reader import tensor_nbytes
-from bitk.models.config import ModelConfig
-from bitk.models.sources import tensor_shapes
 from gguf.constants import (
     GGML_QUANT_SIZES,
     MODEL_ARCH,
@@ -30,6 +24,13 @@ from gguf.constants import (
 )
 from gguf.gguf_reader import GGUFReader
 from gguf.gguf_writer import GGUFWriter
+
+import bitk.formats.constants as fc
+import bitk.gguf.constants as c
+from bitk.gguf.constants import gguf_to_hf_name, hf_to_gguf_names
+from bitk.gguf.reader import tensor_nbytes
+from bitk.models.config import ModelConfig
+from bitk.models.sources import tensor_shapes
 
 
 def test_names_round_trip_and_cover_the_model():
@@ -84,7 +85,7 @@ def test_type_ids_file_types_and_block_sizes_come_from_gguf_py():
     for name in ("F32", "F16", "TQ1_0", "TQ2_0"):
         assert c.TYPE_IDS[name] == GGMLQuantizationType[name]
     assert c.TYPE_IDS == fc.GGML_TYPE_IDS  # bitk.formats keeps its own ids (numpy only); they agree
-    assert c.QUANT_SIZES == {int(t): sizes for t, sizes in GGML_QUANT_SIZES.items()}
+    assert {int(t): sizes for t, sizes in GGML_QUANT_SIZES.items()} == c.QUANT_SIZES
     assert c.QUANT_SIZES[0] == (1, 4) and c.QUANT_SIZES[1] == (1, 2)
     assert c.QUANT_SIZES[34] == (fc.QK_K, fc.TQ1_0_BLOCK_BYTES) == (256, 54)
     assert c.QUANT_SIZES[35] == (fc.QK_K, fc.TQ2_0_BLOCK_BYTES) == (256, 66)
@@ -162,7 +163,7 @@ def test_token_types_and_tokenizer_models_come_from_gguf_py():
     assert ours == (1, 2, 3, 4, 5, 6) and all(type(t) is int for t in ours)
     assert ours == tuple(TokenType[t] for t in ("NORMAL", "UNKNOWN", "CONTROL", "USER_DEFINED", "UNUSED", "BYTE"))
     assert (c.TOKENIZER_GPT2, c.TOKENIZER_LLAMA) == ("gpt2", "llama")
-    assert c.TOKENIZER_GPT2 == gguf.BpeVocab.tokenizer_model
+    assert gguf.BpeVocab.tokenizer_model == c.TOKENIZER_GPT2
     assert c.TOKENIZER_LLAMA == gguf.SentencePieceVocab.tokenizer_model == gguf.LlamaHfVocab.tokenizer_model
 
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from transformers.integrations.bitnet import ActQuant, AutoBitLinear, BitLinear, pack_weights, unpack_weights
+
 from bitk.gguf import pack, read_gguf, verify
 from bitk.gguf.verifier import decode
 from bitk.models.sources import PROJECTIONS
 from bitk_gguf_testing import make_hf_folder, random_tensors, tiny_config, to_bf16_bits
-from transformers.integrations.bitnet import ActQuant, AutoBitLinear, BitLinear, pack_weights, unpack_weights
 
 SCALES = (0.5, 2.0, 3.0, 0.375, 1.5, 0.75, 2.5)  # bfloat16-exact, one per projection
 
@@ -70,7 +71,7 @@ def test_packed_form_keeps_codes_and_follows_transformers_scale_direction(tmp_pa
     torch.manual_seed(0)
     x = torch.randn(5, 256)
     with read_gguf(out) as f, torch._dynamo.config.patch(disable=True):
-        for j, p in enumerate(("self_attn.q_proj", "mlp.gate_proj", "mlp.down_proj")):
+        for p in ("self_attn.q_proj", "mlp.gate_proj", "mlp.down_proj"):
             name = f"model.layers.1.{p}.weight"
             gg = {"self_attn.q_proj": "blk.1.attn_q.weight", "mlp.gate_proj": "blk.1.ffn_gate.weight",
                   "mlp.down_proj": "blk.1.ffn_down.weight"}[p]

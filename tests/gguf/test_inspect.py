@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from bitk.gguf import describe, pack
 from bitk.gguf.inspect import format_value
 

@@ -8,10 +8,11 @@ source whose scales are rounded to float16 (the type's block scale).
 
 from __future__ import annotations
 
-import bitk.formats as fmt
 import numpy as np
 import pytest
 import torch
+
+import bitk.formats as fmt
 from bitk.gguf import export, load, load_tokenizer, pack, read_gguf
 from bitk.models import CausalLM
 from bitk_gguf_testing import make_checkpoint, text_ids, tiny_config, tokenizer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from bitk.gguf import pack, read_gguf
 from bitk.gguf.plan import PackOptions, plan_pack
 from bitk.models.sources import open_source

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
 from bitk.gguf import pack, read_gguf
 from bitk.gguf.reader import tensor_nbytes
-from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
 
 def write_all_value_types(path):

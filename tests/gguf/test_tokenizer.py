@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from tokenizers import Regex, Tokenizer, pre_tokenizers
+
 from bitk.gguf.constants import REGEX_LLAMA3, REGEX_QWEN2
 from bitk.gguf.tokenizer import detect_pre, read_vocab, to_hf_tokenizer
 from bitk_gguf_testing import VOCAB, sample_texts, save_tokenizer, tokenizer, train_tokenizer
-from tokenizers import Regex, Tokenizer, pre_tokenizers
 
 CONTROL, USER_DEFINED, UNUSED, NORMAL, BYTE, UNKNOWN = 3, 4, 5, 1, 6, 2
 TEXT = "def f(x):\n    return x ** 2 + 12345  # it's <|endoftext|> done\n\tTabs  and  spaces"

@@ -6,9 +6,10 @@ import shutil
 
 import numpy as np
 import pytest
+from gguf import GGUFWriter
+
 from bitk.gguf import pack, read_gguf, verify
 from bitk_gguf_testing import make_checkpoint, tiny_config
-from gguf import GGUFWriter
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import struct
 
-import bitk.formats as fmt
 import gguf
 import numpy as np
 import pytest
+from gguf import quants as gq
+
+import bitk.formats as fmt
 from bitk.gguf import pack, read_gguf
 from bitk.gguf.constants import hf_to_gguf_names
 from bitk.models.sources import open_source
@@ -23,7 +25,6 @@ from bitk_gguf_testing import (
     random_tensors,
     tiny_config,
 )
-from gguf import quants as gq
 
 QTYPES = ("i2_s", "tq1_0", "tq2_0", "f16", "f32")
 ARCH = {"relu2": "bitnet-b1.58", "silu": "bitnet"}
@@ -258,8 +259,9 @@ def test_checkpoint_extra_keys_are_ignored(tmp_path, relu2_ckpt):
     [0.5, -1.25, 1e-5, 3.4e38, float("nan")], [1e39], [1 / 3, 0.1], [True, False], [[1, 2], [3]], ["a", 1],
 ])
 def test_bulk_array_packing_matches_gguf_byte_for_byte(values):
-    from bitk.gguf.writer import _writer_class
     from gguf import GGUFValueType, GGUFWriter
+
+    from bitk.gguf.writer import _writer_class
 
     def packed(writer):
         try:

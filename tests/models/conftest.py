@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from bitk_testing import scramble
 
 # Small enough for a fast CPU run, large enough to have GQA (4 query heads, 2 KV heads), two

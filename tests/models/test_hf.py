@@ -15,7 +15,6 @@ import shutil
 
 import pytest
 import torch
-from bitk_testing import assert_derived_close, max_err
 from safetensors.torch import load_file
 from torch import nn
 
@@ -26,6 +25,7 @@ from bitk.models import CausalLM, ModelConfig, export_hf, load_model
 from bitk.models.checkpoint import state_dict_to_save, write_safetensors
 from bitk.models.hf import BITNET_QUANTIZATION_CONFIG, hf_config
 from bitk.nn import BitLinear
+from bitk_testing import assert_derived_close, max_err
 
 FLOAT32_REL = 1e-5
 FLIP_REL = 2e-2

@@ -17,6 +17,7 @@ import time
 
 import pytest
 import torch
+
 from bitk.models import PRESET_REPOS, PRESETS, load_model, resolve_model
 from bitk.models.hub import download_command, hub_cache_dir, is_hub_id
 from bitk_testing import build_hub_repo
@@ -159,6 +160,7 @@ def online_env(endpoint: str, hf_home) -> dict[str, str]:
             "HF_HUB_DISABLE_TELEMETRY": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow
 def test_a_hub_id_downloads_once_then_trains_offline(hub_server, hub_cache, tmp_path):
     """The real download path (huggingface_hub against a hub on 127.0.0.1), then the cache alone."""
     _Hub.served = {"bitk-tests/served": hub_cache["HuggingFaceTB/SmolLM2-135M"]}
@@ -179,11 +181,12 @@ def test_a_hub_id_downloads_once_then_trains_offline(hub_server, hub_cache, tmp_
 
 
 @pytest.mark.parametrize("repo, extra, expected", [
-    ("bitk-tests/gated", [], "bitk-tests/gated is a gated repository: accept its terms at "
-                             "https://huggingface.co/bitk-tests/gated and log in"),
+    pytest.param("bitk-tests/gated", [], "bitk-tests/gated is a gated repository: accept its terms at "
+                                         "https://huggingface.co/bitk-tests/gated and log in", marks=pytest.mark.slow),
     ("bitk-tests/missing", [], "bitk-tests/missing: no such repository on the Hugging Face hub"),
-    ("bitk-tests/badrev", ["model.revision=v9"], "bitk-tests/badrev has no revision 'v9'"),
-    ("bitk-tests/broken", [], "bitk-tests/broken is not in the Hugging Face cache"),
+    pytest.param("bitk-tests/badrev", ["model.revision=v9"], "bitk-tests/badrev has no revision 'v9'",
+                 marks=pytest.mark.slow),
+    pytest.param("bitk-tests/broken", [], "bitk-tests/broken is not in the Hugging Face cache", marks=pytest.mark.slow),
 ])
 def test_hub_failures_are_one_line_and_exit_2(hub_server, tmp_path, repo, extra, expected):
     env = online_env(hub_server, tmp_path / "hf")

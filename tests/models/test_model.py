@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bitk_testing import assert_derived_close
 from torch import nn
 
 from bitk.models import PRESETS, CausalLM, CausalLMOutput, ModelConfig, preset
 from bitk.models.model import packed_causal_mask
 from bitk.models.sources import tensor_shapes
 from bitk.nn import BitLinear, SubLN
+from bitk_testing import assert_derived_close
 
 SMALL = ModelConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2)

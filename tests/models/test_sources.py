@@ -83,7 +83,7 @@ def test_prequantized_bitnet_scale_direction(tmp_path, linear_class):
     config = SMALL.replace(hidden_act="relu2")
     weights, expected = {}, {}
     for name, shape in tensor_shapes(config).items():
-        if ".self_attn." in name and name.endswith("_proj.weight") or ".mlp." in name and name.endswith("_proj.weight"):
+        if (".self_attn." in name and name.endswith("_proj.weight")) or (".mlp." in name and name.endswith("_proj.weight")):
             codes = rng.integers(-1, 2, shape).astype(np.int8)
             ws = np.float32(rng.uniform(0.5, 4))
             weights[name] = _pack_rows(codes) if linear_class == "bitlinear" else codes.astype(np.float32)

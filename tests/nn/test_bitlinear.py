@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bitk_testing import assert_derived_close
-from bitk_nn_testing import DTYPES, exact_grads
 
 from bitk import numerics
 from bitk.nn import BitLinear, SubLN, functional, set_quant_lambda, use_backend
 from bitk.nn import cpu as cpu_path
+from bitk_nn_testing import DTYPES, exact_grads
+from bitk_testing import assert_derived_close
 
 # (tokens shape, in, out): no tokens, one token, odd K, prime N, a 3-D batch.
 SHAPES = [((0,), 64, 5), ((1,), 64, 5), ((7,), 33, 13), ((2, 9), 256, 97), ((40,), 130, 67)]

@@ -26,9 +26,8 @@ def test_use_backend_restores_the_previous_setting():
 
 
 def test_use_backend_restores_after_an_error():
-    with pytest.raises(RuntimeError, match="boom"):
-        with bnn.use_backend("reference"):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), bnn.use_backend("reference"):
+        raise RuntimeError("boom")
     assert bnn.backend() == "auto"
 
 

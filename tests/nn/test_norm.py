@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bitk_testing import assert_derived_close
 
 from bitk import numerics
 from bitk.nn import RMSNorm, SubLN, use_backend
+from bitk_testing import assert_derived_close
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])

@@ -71,6 +71,7 @@ def test_cpu_path_follows_the_reference_exactly(model_and_reference):
     assert _losses(model, "cpu") == ref
 
 
+@pytest.mark.slow
 def test_triton_kernels_follow_the_reference(model_and_reference):
     model, ref = model_and_reference
     got = _losses(model, "triton")

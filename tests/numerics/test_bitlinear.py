@@ -17,8 +17,6 @@ from bitk.numerics import (
 )
 
 
-
-
 def _gen(seed):
     return torch.Generator().manual_seed(seed)
 

@@ -8,8 +8,6 @@ import torch
 from bitk.numerics import rms_norm
 
 
-
-
 def _gen(seed):
     return torch.Generator().manual_seed(seed)
 

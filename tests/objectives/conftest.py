@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 import torch
+
 from bitk.models import CausalLM, ModelConfig
 from bitk_testing import scramble
 

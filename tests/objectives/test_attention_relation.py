@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from bitk.objectives.attention_relation import attention_relation_loss, resolve_layer_pairs
 from bitk_objectives_testing import random_ids, tiny_model
 

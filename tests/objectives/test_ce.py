@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from bitk.objectives.ce import next_token_ce
 
 

@@ -7,11 +7,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from bitk.objectives import combiner
 from bitk.objectives.ce import next_token_ce
 from bitk.objectives.combiner import compute_loss
-from bitk.objectives.settings import ObjectiveSettings
 from bitk.objectives.dlm import dlm_loss, dlm_mask
+from bitk.objectives.settings import ObjectiveSettings
 from bitk_objectives_testing import full_precision_twin, random_ids, tiny_model
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+
 from bitk.objectives.curriculum import Curriculum, needs_teacher
 
 

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from bitk.objectives.dlm import dlm_eligible, dlm_loss, dlm_mask, init_mask_embedding
 from bitk_objectives_testing import random_ids, tiny_model
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from bitk.objectives.layerwise import layer_weights, layerwise_loss
 
 # one token, hidden 2: student (3, 4) -> (0.6, 0.8), teacher (1, 0): MSE ((0.6-1)^2 + 0.8^2) / 2 = 0.4

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from bitk.objectives.logits_kd import logits_kd_loss
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from bitk.nn import BitLinearLRC
 from bitk.objectives.lrc import lrc_loss, lrc_parameters, prepare_lrc
 from bitk_objectives_testing import full_precision_twin, random_ids, tiny_model

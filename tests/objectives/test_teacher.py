@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from bitk.nn import BitLinear
 from bitk.objectives.teacher import load_teacher
 from bitk_objectives_testing import random_ids, tiny_model

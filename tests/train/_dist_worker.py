@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+
 from bitk.models import CausalLM, ModelConfig
 from bitk.train import distributed as D
 from bitk.train.optim import build_optimizer

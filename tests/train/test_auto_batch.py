@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from bitk.train import auto_batch
 from bitk.train.auto_batch import find_micro_batch, peak_rss_bytes, reset_peak_rss
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+
 from bitk.models import PRESETS
 from bitk.train.config import (
     RENAMED,
@@ -111,8 +112,8 @@ def test_training_presets_are_a_registry(monkeypatch):
 def test_bad_keys_and_values_are_refused(args, message):
     import importlib.util
 
-    if "wandb" in message and importlib.util.find_spec("wandb") or \
-            "tensorboard" in message and importlib.util.find_spec("tensorboard"):
+    if ("wandb" in message and importlib.util.find_spec("wandb")) or \
+            ("tensorboard" in message and importlib.util.find_spec("tensorboard")):
         pytest.skip("installed here")
     with pytest.raises(ValueError, match=message):
         parse_args(args)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from bitk.train import distributed as D
 
 HERE = Path(__file__).parent
@@ -181,6 +182,7 @@ def _bounds(opt: str, ref: dict, split2: dict) -> tuple[float, float, float]:
             2 * max(_max_param_diff(split2["model"], ref["model"]), ADAMW_PARAM_ATOL))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 @pytest.mark.parametrize("opt", ["adamw", "muon"])
 def test_two_processes_match_one(worker_results, strategy, opt):
@@ -196,6 +198,7 @@ def test_two_processes_match_one(worker_results, strategy, opt):
     assert got["others_empty"], "the full state is gathered on rank 0 only"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 @pytest.mark.parametrize("opt", ["adamw", "muon"])
 def test_resume_from_single_process_state(worker_results, strategy, opt):
@@ -205,6 +208,7 @@ def test_resume_from_single_process_state(worker_results, strategy, opt):
     assert resumed == pytest.approx(refs[opt]["losses"][worker.STEPS:], rel=ADAMW_RTOL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("src", "dst"), [("ddp", "fsdp"), ("fsdp", "ddp")])
 def test_resume_across_strategies_from_rank0(worker_results, src, dst):
     """DDP's state held by rank 0 alone (broadcast on load) resumes under FSDP2, and back."""
@@ -246,6 +250,7 @@ def single_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_trainer_ddp_matches_single_process(single_run, tmp_path):
     """`torchrun --nproc_per_node 2 -m bitk.train distributed=ddp` logs the single process's losses."""
     out = tmp_path / "ddp"
@@ -256,6 +261,7 @@ def test_trainer_ddp_matches_single_process(single_run, tmp_path):
     assert expected[4] < expected[1]
 
 
+@pytest.mark.slow
 def test_trainer_fsdp_resumes_a_single_process_checkpoint(single_run, tmp_path):
     """FSDP2 on two processes resumes the single process's step-2 checkpoint and logs its steps 3 and 4."""
     out = tmp_path / "fsdp"
@@ -270,6 +276,7 @@ def test_trainer_fsdp_resumes_a_single_process_checkpoint(single_run, tmp_path):
     assert (final / "model.safetensors").is_file()  # the gathered full state, written by rank 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_trainer_runs_a_curriculum_under_torchrun(tmp_path, strategy):
     """The unified recipe (CE, then CE + DLM in one forward) on two processes: objectives averaged over ranks."""

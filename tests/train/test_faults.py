@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+
 from bitk.train import loop
 from bitk.train.__main__ import main
 from bitk.train.config import parse_args
@@ -34,6 +35,7 @@ loop.train(parse_args(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_sigkill_during_save_leaves_the_previous_checkpoint(micro_argv, tmp_path, run_env):
     out = tmp_path / "run"
     args = micro_argv("training.max_steps=6", "checkpoint.save_every=2", "training.eval_every=0")
@@ -163,6 +165,7 @@ def test_non_finite_weights_stop_the_run_and_are_never_saved(micro_config, monke
 # --------------------------------------------------------------------------- signals
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
 def test_signal_saves_a_checkpoint_and_exits_cleanly(micro_argv, tmp_path, run_env, sig, code):
     out = tmp_path / "run"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from bitk.models import CausalLM, preset
 from bitk.train.flops import flops_per_token, matmul_params, mfu, peak_flops
 

@@ -32,6 +32,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 import torch
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny.json"
@@ -82,6 +83,7 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
+@pytest.mark.slow
 def test_golden_loss_curve(tmp_path):
     golden = json.loads(GOLDEN.read_text())
     assert golden["args"] == ARGS, "the golden run's arguments changed: regenerate (module doc)"

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+
 from bitk.train import loop
 from bitk.train.config import config_from_dict
 from bitk.train.metrics import read_metrics

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+
 from bitk.models import CausalLM, preset
 from bitk.nn import BitLinear
 from bitk.nn.lrc import BitLinearLRC

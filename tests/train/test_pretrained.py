@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from bitk.data import document_tokens, load_tokenizer
 from bitk.gguf.reader import read_gguf
 from bitk.models import load_checkpoint, load_model
@@ -90,8 +91,9 @@ def test_unified_on_smollm2_adds_the_mask_token_everywhere(hub_cache, tmp_path, 
         assert len(tokens) == 401 and tokens[400] == "<|mask|>" and types[400] == CONTROL
         assert f.metadata["tokenizer.ggml.pre"] == "smollm"
     # a Hugging Face export keeps it too: transformers' tokenizer knows its role
-    from bitk.models import export_hf
     from transformers import AutoTokenizer
+
+    from bitk.models import export_hf
 
     export_hf(load_checkpoint(ckpt), tmp_path / "hf")
     assert AutoTokenizer.from_pretrained(tmp_path / "hf").mask_token == "<|mask|>"
@@ -205,6 +207,7 @@ def test_from_scratch_without_a_cached_tokenizer_uses_bitks(tmp_path, monkeypatc
                      "4096-token tokenizer (vocab_size 151936 -> 4096)"]
 
 
+@pytest.mark.slow
 def test_not_cached_exits_2_within_seconds_with_one_line(tmp_path, run_env):
     env = {**run_env, "HF_HOME": str(tmp_path / "hf")}
     proc = subprocess.run([sys.executable, "-m", "bitk.train", "model=qwen3_4b", f"output_dir={tmp_path / 'run'}"],

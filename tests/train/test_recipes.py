@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
 from bitk.data import load_tokenizer
 from bitk.models import load_checkpoint, load_model
 from bitk.train import loop
 from bitk.train.config import TRAINING_PRESETS, parse_args
 from bitk.train.metrics import read_metrics
 from bitk_train_testing import MICRO_ARGS, micro_args
-from safetensors.torch import load_file
 
 
 def _path_args(model, output_dir, *overrides):

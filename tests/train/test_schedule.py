@@ -6,6 +6,7 @@ import math
 import types
 
 import pytest
+
 from bitk.train.config import TrainingConfig
 from bitk.train.schedule import apply_lr, lr_factor, quant_lambda
 

@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 import torch
+
 from bitk.train import loop
 from bitk.train.metrics import read_metrics
 from bitk.train.state import (

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+
 from bitk.train.config import TrainingConfig
 from bitk.train.zclip import ZClip, clip_gradients, make_zclip, total_grad_norm
 

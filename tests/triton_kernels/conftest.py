@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 import torch
+
 from bitk_testing import assert_derived_close, max_err  # noqa: F401  (re-exported)
 
 sys.modules["bitk_kernel_testing"] = sys.modules[__name__]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from bitk import numerics
 from bitk.triton_kernels.activation_quant import fake_quantize_activations, quantize_activations
 from bitk_kernel_testing import DEVICE, DTYPES, ROW_SHAPES

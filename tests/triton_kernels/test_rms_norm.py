@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from bitk.numerics import rms_norm as rms_norm_ref
 from bitk.triton_kernels.rms_norm import rms_norm, rms_norm_bwd, rms_norm_fwd
 from bitk_kernel_testing import DEVICE, DTYPES, ROW_SHAPES, assert_derived_close

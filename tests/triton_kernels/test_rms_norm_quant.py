@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from bitk.numerics import quantize_activations
 from bitk.numerics import rms_norm as rms_norm_ref
 from bitk.triton_kernels.rms_norm import rms_norm, rms_norm_fwd

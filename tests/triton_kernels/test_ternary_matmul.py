@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from bitk.numerics import bitlinear, quantize_activations, quantize_weights
 from bitk.triton_kernels.ternary_matmul import ternary_matmul_dw, ternary_matmul_dx, ternary_matmul_fwd
 from bitk_kernel_testing import DEVICE, DTYPES, assert_derived_close

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from bitk import numerics
 from bitk.triton_kernels.weight_quant import fake_quantize_weights, quantize_weights
 from bitk_kernel_testing import DEVICE, DTYPES, ROW_SHAPES

@@ -19,8 +19,6 @@ from .config import DataConfig
 from .corpus import HELDOUT_EVERY, SPLITS, corpus_fingerprint, default_corpus
 from .tokenizer import (
     EOS_ID,
-    DocumentTokens,
-    document_tokens,
     EOS_TOKEN,
     MASK_ID,
     MASK_TOKEN,
@@ -28,8 +26,10 @@ from .tokenizer import (
     PAD_TOKEN,
     SPECIAL_TOKENS,
     VOCAB_SIZE,
+    DocumentTokens,
     cache_dir,
     default_tokenizer,
+    document_tokens,
     load_tokenizer,
     save_tokenizer,
     train_tokenizer,
@@ -60,7 +60,7 @@ __all__ = [
     "default_tokenizer",
     "save_tokenizer",
     "load_tokenizer",
-    *_LAZY,
 ]
+__all__ += list(_LAZY)
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)

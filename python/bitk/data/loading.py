@@ -49,7 +49,7 @@ def _local_files(path: Path) -> tuple[str, list[str]]:
 
 def looks_like_path(source: str) -> bool:
     """True for what cannot be a hub name ("name" or "owner/name"): so a mistyped path is not sent to the hub."""
-    return (source.startswith(("/", ".", "~")) or source.count("/") > 1 or os.sep != "/" and os.sep in source
+    return (source.startswith(("/", ".", "~")) or source.count("/") > 1 or (os.sep != "/" and os.sep in source)
             or Path(source).suffix.lower() in EXTENSIONS)
 
 

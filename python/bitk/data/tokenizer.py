@@ -120,7 +120,7 @@ def _read_cached(path: Path) -> Tokenizer | None:
         return None
     try:
         return Tokenizer.from_file(str(path))
-    except Exception:  # noqa: BLE001 -- tokenizers raises plain Exception for malformed files
+    except Exception:
         return None
 
 

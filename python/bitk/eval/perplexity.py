@@ -4,8 +4,9 @@ Perplexity = exp(mean next-token cross-entropy) over every scored target: in eac
 `input_ids` the token at t+1 is predicted from the logits at t, so a row's first token is never
 scored (it has no context in its row), and targets whose label is -100 (padding) are skipped.
 Rows carry per-document position ids (`bitk.data.pack_tokens`), which the model turns into
-attention that does not cross documents. `numerics` picks how BitLinear computes (docs/numerics.md
-"Inference-faithful evaluation"): "i2s" gives the perplexity bitnet.cpp gets from the I2_S GGUF.
+attention that does not cross documents; the losses are the objectives' next-token cross-entropy
+(`bitk.objectives.ce`). `numerics` picks how BitLinear computes (docs/numerics.md "Inference
+numerics"): "i2s" gives the perplexity bitnet.cpp gets from the I2_S GGUF.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 
 from bitk.nn import NUMERICS, BitLinear, set_numerics
+from bitk.objectives.ce import IGNORE_INDEX, next_token_losses
 
 __all__ = ["IGNORE_INDEX", "NUMERICS", "EvalResult", "evaluate"]
 
-IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,14 @@ def _check(input_ids: torch.Tensor, position_ids: torch.Tensor | None, labels: t
 def _progress_bar():
     """A rich bar over batches, on stderr so that stdout can carry JSON."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True)
@@ -122,11 +129,9 @@ def evaluate(model: torch.nn.Module, input_ids: torch.Tensor, position_ids: torc
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 seconds += time.perf_counter() - t0
-                targets = labels[start:start + batch_size, 1:].to(device)
-                losses = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                                         ignore_index=IGNORE_INDEX, reduction="none")
+                losses, counted = next_token_losses(logits, labels[start:start + batch_size].to(device))
                 total_loss += losses.double().sum().item()
-                scored += int((targets != IGNORE_INDEX).sum().item())
+                scored += int(counted.sum().item())
                 if progress:
                     bar.advance(task)
     finally:

@@ -262,7 +262,8 @@ def latent_weights(codes: Any, scale: float) -> np.ndarray:
     For weights that arrive already ternary (a GGUF tensor, a packed Hugging Face checkpoint): a
     bitk model re-ternarizes its latent weights every forward, and `codes * scale` would not
     survive that (its absmean is scale times the non-zero fraction, not scale). Here every
-    non-zero code becomes ``c * a`` with ``a ~ scale * n / nnz`` (some of them one ulp larger), so
+    non-zero code becomes ``c * a`` with ``a ~ scale * n / nnz`` (some of them one ulp larger, and
+    where that cannot land on the scale, one zero code holds a small value below scale / 2), so
     the absmean is the scale again and every ratio rounds back to its code; the float32 gamma that
     `ternarize` computes is the scale bit for bit, and the result is checked by ternarizing it.
     All-zero codes give zeros (the scale then multiplies nothing).
@@ -306,11 +307,29 @@ def latent_weights(codes: Any, scale: float) -> np.ndarray:
             lo = mid + 1
         else:
             hi = mid
+    fill = gamma_of(nnz * np.float64(a) + lo * ulp) != s and nnz < n
+    if fill:
+        # No whole number of ulp(a) lands on the scale (few non-zeros in many values): stay below
+        # it, and a latent value on a zero code, under gamma / 2 so it still rounds to 0, makes up
+        # the difference.
+        lo = max(lo - 1, 0)
     w = codes.astype(np.float32) * a
     if lo:
         flat = w.reshape(-1)
         first = np.flatnonzero(flat)[:lo]
         flat[first] = np.sign(flat[first]) * np.nextafter(a, np.float32(np.inf))
+    if fill:
+        total = nnz * np.float64(a) + lo * ulp
+        delta = np.float32(np.float64(s) * n - total)
+        for _ in range(64):
+            if gamma_of(total + np.float64(delta)) < s:
+                delta = np.nextafter(delta, np.float32(np.inf))
+            elif gamma_of(total + np.float64(delta)) > s:
+                delta = np.nextafter(delta, np.float32(-np.inf))
+            else:
+                break
+        if 0 <= delta < s / 2:
+            w.reshape(-1)[np.flatnonzero(codes.reshape(-1) == 0)[0]] = delta
     back, gamma = ternarize(w)
     if np.float32(gamma) != s or not np.array_equal(back, codes):
         raise ValueError(f"latent_weights: cannot reproduce scale {scale!r} for these codes exactly")

@@ -57,7 +57,7 @@ def export(model_or_path: Any, path: str | Path, qtype: str = "i2_s", **options:
     from bitk.models.model import CausalLM
 
     if not isinstance(model_or_path, CausalLM):
-        raise ValueError(  # noqa: TRY004 - bad user input is a ValueError throughout bitk
+        raise ValueError(
             f"export takes a bitk.models.CausalLM or a model folder, got {type(model_or_path).__name__}")
     tokenizer = options.pop("tokenizer", None)
     options.setdefault("name", "bitk-model")

@@ -11,6 +11,7 @@ offset relative to the data section); then the data section at the next multiple
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import struct
 from dataclasses import dataclass
@@ -232,19 +233,15 @@ class GGUFFile:
         """Release the mapping. Arrays from tensor_data() must not be used afterwards."""
         buf = getattr(self, "_buf", None)
         if buf is not None:
-            try:
+            with contextlib.suppress(BufferError):  # numpy views still alive: the mapping closes when they go
                 buf.release()
-            except BufferError:  # numpy views still alive: the mapping closes when they go
-                pass
         if getattr(self, "_map", None) is not None:
-            try:
+            with contextlib.suppress(BufferError):
                 self._map.close()
-            except BufferError:
-                pass
             self._map = None
         self._file.close()
 
-    def __enter__(self) -> GGUFFile:  # noqa: PYI034 - Self needs Python 3.11
+    def __enter__(self) -> GGUFFile:
         return self
 
     def __exit__(self, *exc: object) -> None:

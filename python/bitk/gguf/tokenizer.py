@@ -239,7 +239,7 @@ def read_vocab(folder: str | Path, vocab_size: int, pre: str | None = None,
     # id -> (token, type)
     base: dict[str, int] = model.get("vocab") or {}
     if not isinstance(base, dict):
-        raise ValueError(f"{tj_path}: model.vocab is not a token -> id mapping")  # noqa: TRY004
+        raise ValueError(f"{tj_path}: model.vocab is not a token -> id mapping")
     by_id: dict[int, tuple[str, int]] = {}
     unk = model.get("unk_token")
     for tok, i in base.items():

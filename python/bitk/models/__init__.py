@@ -23,6 +23,7 @@ _LAZY = {
     "ModelSource": "sources",
 }
 
-__all__ = ["ModelConfig", "PRESETS", "PRESET_REPOS", "preset", "ACTIVATIONS", "ModelLocation", "resolve_model", *_LAZY]
+__all__ = ["ModelConfig", "PRESETS", "PRESET_REPOS", "preset", "ACTIVATIONS", "ModelLocation", "resolve_model"]
+__all__ += list(_LAZY)
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)

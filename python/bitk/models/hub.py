@@ -79,7 +79,7 @@ def cached_snapshot(repo_id: str, revision: str | None = None, patterns: list[st
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns or ALLOW_PATTERNS,
                                       local_files_only=True))
-    except Exception:  # noqa: BLE001 -- huggingface_hub signals "not cached" with several error types
+    except Exception:
         return None
 
 
@@ -120,12 +120,24 @@ def _download(repo_id: str, revision: str | None, what: str) -> Path:
 
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS))
-    except Exception as exc:  # noqa: BLE001 -- mapped to one clear ValueError below
+    except Exception as exc:
         raise _hub_error(exc, repo_id, revision, what) from exc
+
+
+def _latest_checkpoint(path: Path) -> Path:
+    """An output_dir of `bitk.train` stands for its latest checkpoint; any other path for itself."""
+    pointer = path / "checkpoints" / "latest"
+    if not (path / "bitk.json").is_file() and pointer.is_file():
+        latest = path / "checkpoints" / pointer.read_text().strip()
+        if (latest / "bitk.json").is_file():
+            return latest
+    return path
 
 
 def resolve_model(source: str | os.PathLike, revision: str | None = None, *, what: str = "model") -> ModelLocation:
     """The folder of ``source``: a preset with a hub repo, a local folder, or a hub id (downloaded if needed).
+
+    A local folder may be a model folder or the output_dir of a training run (its latest checkpoint).
 
     ``revision`` pins a branch, tag or commit of a hub repo (a local folder takes none). ``what``
     names the setting in messages (``model``, ``objectives.teacher``). ValueError for a name that is
@@ -145,7 +157,7 @@ def resolve_model(source: str | os.PathLike, revision: str | None = None, *, wha
     if preset is None and path.exists():
         if revision is not None:
             raise ValueError(f"{what}.revision={revision!r} applies to hub repos; {text} is a local folder")
-        return ModelLocation(path)
+        return ModelLocation(_latest_checkpoint(path))
     if not is_hub_id(text):
         presets = ", ".join(PRESETS)
         raise ValueError(f"{what}={text!r}: no such file or folder, and neither a preset ({presets}) nor a Hugging "

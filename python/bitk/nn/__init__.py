@@ -6,8 +6,8 @@ All paths compute the reference's numbers (bit for bit or within derived toleran
 """
 
 from . import functional
-from .dispatch import BACKENDS, backend, resolve, set_backend, use_backend
 from .bitlinear import BitLinear, set_numerics, set_quant_lambda
+from .dispatch import BACKENDS, backend, resolve, set_backend, use_backend
 from .inference import NUMERICS
 from .lrc import BitLinearLRC
 from .norm import RMSNorm, SubLN

@@ -26,7 +26,7 @@ def layer_weights(num_layers: int, weighting: str = "uniform") -> list[float]:
     """Weights of layers 1..num_layers, summing to 1: all equal, or proportional to depth."""
     if weighting not in WEIGHTINGS:
         raise ValueError(f"layer weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
-    raw = [1.0] * num_layers if weighting == "uniform" else [float(l) for l in range(1, num_layers + 1)]
+    raw = [1.0] * num_layers if weighting == "uniform" else [float(layer) for layer in range(1, num_layers + 1)]
     return [w / sum(raw) for w in raw]
 
 

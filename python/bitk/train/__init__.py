@@ -46,7 +46,7 @@ __all__ = [
     "register_training_preset",
     "parse_args",
     "config_from_dict",
-    *_LAZY,
 ]
+__all__ += list(_LAZY)
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)

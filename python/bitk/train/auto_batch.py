@@ -194,7 +194,7 @@ def auto_micro_batch(model: torch.nn.Module, vocab_size: int, info: DistInfo, t:
             model.zero_grad(set_to_none=True)
             del scratch
 
-    mb = find_micro_batch(try_step, start=t.micro_batch_size, limit=per_rank, device=info.device,
+    mb = find_micro_batch(try_step, start=t.micro_batch_size or 1, limit=per_rank, device=info.device,
                           memory_budget_gb=t.memory_budget_gb, log=say)
     if info.enabled:  # every process takes the smallest choice
         import torch.distributed as dist

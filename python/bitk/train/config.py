@@ -201,13 +201,15 @@ class TrainingConfig:
     """Optimizer steps to run (the step counter also counts skipped NaN/Inf steps)."""
     global_batch_size: int = 4
     """Sequences per optimizer step over all processes (= micro_batch_size x grad. accumulation x processes)."""
-    micro_batch_size: int = 4
-    """Sequences per forward/backward on one process; gradients accumulate up to global_batch_size."""
+    micro_batch_size: int | None = None
+    """Sequences per forward/backward on one process; gradients accumulate up to global_batch_size.
+    null = the whole per-process batch (global_batch_size / processes), no accumulation."""
     auto_batch_size: bool = False
     """Find the largest micro_batch_size that fits (GPU memory, or memory_budget_gb on CPU) with a
     few real steps, then set gradient accumulation so that global_batch_size is unchanged."""
     memory_budget_gb: float = 8.0
-    """Memory the auto batch size may use on CPU (GB)."""
+    """Memory the auto batch size may use on CPU (GB), per process: under torchrun each process
+    gets this much."""
     optimizer: str = "adamw"
     """"adamw" (fused where available), or "muon" (torch.optim.Muon for the 2-D hidden matrices,
     AdamW for embeddings, norms and biases)."""
@@ -265,8 +267,9 @@ class TrainingConfig:
         p = "training."
         check_int(p + "max_steps", self.max_steps, low=1)
         check_int(p + "global_batch_size", self.global_batch_size, low=1)
-        check_int(p + "micro_batch_size", self.micro_batch_size, low=1)
-        if self.global_batch_size % self.micro_batch_size:
+        if self.micro_batch_size is not None:
+            check_int(p + "micro_batch_size", self.micro_batch_size, low=1)
+        if self.micro_batch_size is not None and self.global_batch_size % self.micro_batch_size:
             raise ValueError(f"training.global_batch_size ({self.global_batch_size}) must be a multiple of "
                              f"training.micro_batch_size ({self.micro_batch_size})")
         check_bool(p + "auto_batch_size", self.auto_batch_size)

@@ -158,7 +158,7 @@ def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "auto") -> nn.M
 
     layers = getattr(getattr(model, "model", None), "layers", None)
     if not isinstance(layers, nn.ModuleList):
-        raise ValueError(  # noqa: TRY004 - bad user input is a ValueError throughout bitk
+        raise ValueError(
             f"distributed=fsdp shards the decoder layers at model.model.layers; {type(model).__name__} has none "
             "(use distributed=ddp)"
         )

@@ -205,6 +205,8 @@ class Run:
         """Gradient accumulation: global batch = micro-batch x accumulation x processes (auto micro-batch)."""
         t, info, data = self.cfg.training, self.info, self.data
         per_rank = t.global_batch_size // info.world_size
+        if t.micro_batch_size is None and not t.auto_batch_size:
+            t.micro_batch_size = per_rank  # the default: no accumulation, whatever the process count
         if t.auto_batch_size:
             loss_fn = functools.partial(self.loss, weights=self.curriculum.all_weights())
             t.micro_batch_size = auto_micro_batch(self.model, self.raw.config.vocab_size, info, t,

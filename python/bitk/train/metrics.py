@@ -62,7 +62,8 @@ class Metrics:
         kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step] if resume_step else []
         with open(self.path, "w") as f:  # rewritten: a fresh run starts empty, a resumed one keeps its past
             f.writelines(json.dumps(r) + "\n" for r in kept)
-        self._file = open(self.path, "a", buffering=1)  # line-buffered: a kill loses at most the last line
+        # line-buffered: a kill loses at most the last line; open for the run, closed by close()
+        self._file = open(self.path, "a", buffering=1)  # noqa: SIM115
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
