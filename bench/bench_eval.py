@@ -54,8 +54,9 @@ def eval_step(preset_name: str, numerics: str, seq_len: int = SEQ_LEN, batch: in
     return lambda: evaluate(model, ids, pos, batch, numerics)
 
 
-def measure_tokens_per_s(preset_name: str, numerics: str, seq_len: int = SEQ_LEN, batch: int = BATCH,
-                         rounds: int = 5) -> float:
+def measure_tokens_per_s(
+    preset_name: str, numerics: str, seq_len: int = SEQ_LEN, batch: int = BATCH, rounds: int = 5
+) -> float:
     """Median forward tokens/s over ``rounds`` evaluations, after one warm-up (it fills the weight caches)."""
     step = eval_step(preset_name, numerics, seq_len, batch)
     step()

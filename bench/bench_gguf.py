@@ -37,14 +37,21 @@ def write_source(folder: Path, layers: int, seed: int = 0) -> int:
     shapes = {"model.embed_tokens.weight": (VOCAB, HIDDEN), "model.norm.weight": (HIDDEN,)}
     for i in range(layers):
         p = f"model.layers.{i}."
-        shapes.update({
-            p + "input_layernorm.weight": (HIDDEN,), p + "post_attention_layernorm.weight": (HIDDEN,),
-            p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN), p + "self_attn.k_proj.weight": (KV_HEADS * head_dim, HIDDEN),
-            p + "self_attn.v_proj.weight": (KV_HEADS * head_dim, HIDDEN), p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
-            p + "self_attn.attn_sub_norm.weight": (HIDDEN,), p + "mlp.gate_proj.weight": (FFN, HIDDEN),
-            p + "mlp.up_proj.weight": (FFN, HIDDEN), p + "mlp.down_proj.weight": (HIDDEN, FFN),
-            p + "mlp.ffn_sub_norm.weight": (FFN,),
-        })
+        shapes.update(
+            {
+                p + "input_layernorm.weight": (HIDDEN,),
+                p + "post_attention_layernorm.weight": (HIDDEN,),
+                p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN),
+                p + "self_attn.k_proj.weight": (KV_HEADS * head_dim, HIDDEN),
+                p + "self_attn.v_proj.weight": (KV_HEADS * head_dim, HIDDEN),
+                p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
+                p + "self_attn.attn_sub_norm.weight": (HIDDEN,),
+                p + "mlp.gate_proj.weight": (FFN, HIDDEN),
+                p + "mlp.up_proj.weight": (FFN, HIDDEN),
+                p + "mlp.down_proj.weight": (HIDDEN, FFN),
+                p + "mlp.ffn_sub_norm.weight": (FFN,),
+            }
+        )
     rng = np.random.default_rng(seed)
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for name, shape in shapes.items():
@@ -58,10 +65,22 @@ def write_source(folder: Path, layers: int, seed: int = 0) -> int:
         f.write(text)
         for shape in shapes.values():
             f.write(_bf16_bytes(rng, shape, 0.02 if len(shape) == 2 else 1.0))
-    config = {"model_type": "bitnet", "vocab_size": VOCAB, "hidden_size": HIDDEN, "intermediate_size": FFN,
-              "num_hidden_layers": layers, "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
-              "hidden_act": "relu2", "max_position_embeddings": 4096, "rope_theta": 500000.0,
-              "rms_norm_eps": 1e-5, "tie_word_embeddings": True, "bos_token_id": 0, "eos_token_id": 0}
+    config = {
+        "model_type": "bitnet",
+        "vocab_size": VOCAB,
+        "hidden_size": HIDDEN,
+        "intermediate_size": FFN,
+        "num_hidden_layers": layers,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": KV_HEADS,
+        "hidden_act": "relu2",
+        "max_position_embeddings": 4096,
+        "rope_theta": 500000.0,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": True,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+    }
     (folder / "config.json").write_text(json.dumps(config))
     vocab = {f"t{i}": i for i in range(VOCAB - 256)}
     alphabet = pre_tokenizers.ByteLevel.alphabet()
@@ -105,9 +124,16 @@ def measure_export(tmpdir: str | Path, layers: int = 2, rounds: int = 5) -> dict
         _read_and_write(src / "model.safetensors", floor_out, out_bytes)
         floor_s.append(time.perf_counter() - t)
     e, f = min(export_s), min(floor_s)
-    return {"layers": layers, "params": params, "input_bytes": (src / "model.safetensors").stat().st_size,
-            "output_bytes": out_bytes, "export_s": e, "floor_s": f, "gparams_per_s": params / e / 1e9,
-            "ratio_to_io": e / f}
+    return {
+        "layers": layers,
+        "params": params,
+        "input_bytes": (src / "model.safetensors").stat().st_size,
+        "output_bytes": out_bytes,
+        "export_s": e,
+        "floor_s": f,
+        "gparams_per_s": params / e / 1e9,
+        "ratio_to_io": e / f,
+    }
 
 
 def bench_export_i2s(benchmark, tmp_path):
@@ -129,8 +155,12 @@ def bench_read_write_floor(benchmark, tmp_path):
     write_source(src, layers=2)
     out_bytes = (src / "model.safetensors").stat().st_size // 8  # I2_S is about 1/8 of bf16
     benchmark.group = "gguf export 2B4T widths, 2 blocks, bf16 -> I2_S"
-    benchmark.pedantic(lambda: _read_and_write(src / "model.safetensors", tmp_path / "f.bin", out_bytes),
-                       rounds=3, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(
+        lambda: _read_and_write(src / "model.safetensors", tmp_path / "f.bin", out_bytes),
+        rounds=3,
+        iterations=1,
+        warmup_rounds=1,
+    )
 
 
 if __name__ == "__main__":

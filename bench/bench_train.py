@@ -30,9 +30,18 @@ GPU_STEP = {"preset": "smollm2_135m", "block": 2048, "micro_batch": 8, "device":
 # --------------------------------------------------------------------------- measuring functions
 
 
-def make_train_step(preset: str = "tiny", *, ternary: bool = True, block: int = 256, micro_batch: int = 8,
-                    device: str = "cpu", precision: str = "fp32", optimizer: str = "adamw",
-                    overrides: dict[str, Any] | None = None, seed: int = 0) -> tuple[Callable[[], float], int]:
+def make_train_step(
+    preset: str = "tiny",
+    *,
+    ternary: bool = True,
+    block: int = 256,
+    micro_batch: int = 8,
+    device: str = "cpu",
+    precision: str = "fp32",
+    optimizer: str = "adamw",
+    overrides: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> tuple[Callable[[], float], int]:
     """A zero-argument call running one training step, and the tokens it processes.
 
     The step is what `bitk.train` does per micro-batch with no accumulation: forward, the trainer's
@@ -55,8 +64,9 @@ def make_train_step(preset: str = "tiny", *, ternary: bool = True, block: int = 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = CausalLM(config).to(dev).train()
-    opt = build_optimizer(model, TrainingConfig(optimizer=optimizer, micro_batch_size=micro_batch,
-                                                global_batch_size=micro_batch))
+    opt = build_optimizer(
+        model, TrainingConfig(optimizer=optimizer, micro_batch_size=micro_batch, global_batch_size=micro_batch)
+    )
     ids = torch.randint(0, config.vocab_size, (micro_batch, block), generator=generator).to(dev)
     positions = torch.arange(block, device=dev).expand(micro_batch, block)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -85,8 +95,16 @@ def measure_train_step(preset: str = "tiny", *, rounds: int = 5, warmup: int = 1
         step()
         times.append(time.perf_counter() - start)
     median, fastest = statistics.median(times), min(times)
-    return {"preset": preset, **kwargs, "tokens_per_step": tokens, "seconds_median": median, "seconds_min": fastest,
-            "tokens_per_s": tokens / median, "tokens_per_s_best": tokens / fastest, "rounds": rounds}
+    return {
+        "preset": preset,
+        **kwargs,
+        "tokens_per_step": tokens,
+        "seconds_median": median,
+        "seconds_min": fastest,
+        "tokens_per_s": tokens / median,
+        "tokens_per_s_best": tokens / fastest,
+        "rounds": rounds,
+    }
 
 
 class _Timer:
@@ -131,10 +149,20 @@ def measure_loop_overhead(args: list[str] | None = None, *, steps: int = 8, skip
     from bitk.train import loop, parse_args
 
     with tempfile.TemporaryDirectory() as out:
-        base = ["data.block_size=256", "data.max_eval_tokens=256", "training.global_batch_size=8",
-                "training.micro_batch_size=8", f"training.max_steps={steps}", "training.warmup_steps=1",
-                "logging.log_every=1", "training.eval_every=0", "checkpoint.save_every=0", "export_gguf=none",
-                "logging.progress=false", f"output_dir={out}/run"]
+        base = [
+            "data.block_size=256",
+            "data.max_eval_tokens=256",
+            "training.global_batch_size=8",
+            "training.micro_batch_size=8",
+            f"training.max_steps={steps}",
+            "training.warmup_steps=1",
+            "logging.log_every=1",
+            "training.eval_every=0",
+            "checkpoint.save_every=0",
+            "export_gguf=none",
+            "logging.progress=false",
+            f"output_dir={out}/run",
+        ]
         cfg = parse_args([*base, *(args or [])])
         auto = "cuda" if torch.cuda.is_available() else "cpu"
         device = torch.device(auto if cfg.device == "auto" else cfg.device)
@@ -175,7 +203,7 @@ def measure_loop_overhead(args: list[str] | None = None, *, steps: int = 8, skip
         raise ValueError(f"measure_loop_overhead: only {len(ends)} optimizer steps ran; ask for more than {skip + 1}")
     periods, inside = [], []
     parts_sum = dict.fromkeys(ends[0][1], 0.0)
-    for (t0, _), (t1, parts) in zip(ends[skip:], ends[skip + 1:]):
+    for (t0, _), (t1, parts) in zip(ends[skip:], ends[skip + 1 :]):
         periods.append(t1 - t0)
         inside.append(sum(parts.values()))
         for k, v in parts.items():
@@ -183,10 +211,14 @@ def measure_loop_overhead(args: list[str] | None = None, *, steps: int = 8, skip
     n = len(periods)
     total = sum(periods)
     tokens = cfg.training.global_batch_size * cfg.data.block_size
-    return {"overhead_fraction": 1.0 - sum(inside) / total, "steps_measured": n,
-            "step_seconds_median": statistics.median(periods), "tokens_per_s": tokens * n / total,
-            **{f"{k}_seconds": v / n for k, v in parts_sum.items()},
-            "overhead_seconds": (total - sum(inside)) / n}
+    return {
+        "overhead_fraction": 1.0 - sum(inside) / total,
+        "steps_measured": n,
+        "step_seconds_median": statistics.median(periods),
+        "tokens_per_s": tokens * n / total,
+        **{f"{k}_seconds": v / n for k, v in parts_sum.items()},
+        "overhead_seconds": (total - sum(inside)) / n,
+    }
 
 
 # --------------------------------------------------------------------------- CPU suite

@@ -226,7 +226,14 @@ GROUPS = {
         Group("I2_S dequantize", PARAMS, lambda: _dequantize("I2_S")),
         Group("TQ2_0 dequantize", PARAMS, lambda: _dequantize("TQ2_0")),
         Group("TQ1_0 dequantize", PARAMS, lambda: _dequantize("TQ1_0")),
-        Group("BitLinear forward", NN_PARAMS, _bitlinear_forward, reference="reference", unchecked=NN_BASELINES, suite="nn"),
+        Group(
+            "BitLinear forward",
+            NN_PARAMS,
+            _bitlinear_forward,
+            reference="reference",
+            unchecked=NN_BASELINES,
+            suite="nn",
+        ),
         Group(
             "BitLinear forward+backward",
             NN_PARAMS,
@@ -243,12 +250,30 @@ GROUPS = {
             unchecked=NN_BASELINES,
             suite="nn",
         ),
-        Group("GGUF export (2B4T widths, bf16 -> I2_S)", GGUF_PARAMS, _gguf_export, reference="bitk",
-              unchecked=("io",), suite="gguf"),
-        Group("Eval forward smollm2_135m (1 x 256)", 134_578_368, lambda: _eval_forward("smollm2_135m"),
-              reference="i2s", unchecked=("float",), suite="eval"),
-        Group("Train step tiny (8 x 256, AdamW)", 8 * 256, _train_step, reference="ternary", unchecked=("float",),
-              suite="train"),
+        Group(
+            "GGUF export (2B4T widths, bf16 -> I2_S)",
+            GGUF_PARAMS,
+            _gguf_export,
+            reference="bitk",
+            unchecked=("io",),
+            suite="gguf",
+        ),
+        Group(
+            "Eval forward smollm2_135m (1 x 256)",
+            134_578_368,
+            lambda: _eval_forward("smollm2_135m"),
+            reference="i2s",
+            unchecked=("float",),
+            suite="eval",
+        ),
+        Group(
+            "Train step tiny (8 x 256, AdamW)",
+            8 * 256,
+            _train_step,
+            reference="ternary",
+            unchecked=("float",),
+            suite="train",
+        ),
     ]
 }
 

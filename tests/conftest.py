@@ -110,19 +110,34 @@ def scramble(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 # snapshots/<commit>/) under the repo ids of bitk's presets, each with a tokenizer shaped like the
 # real one (pre-tokenizer, special tokens, tokenizer_config.json), trained on the embedded corpus.
 
-HUB_DIMS = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 256}
+HUB_DIMS = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "max_position_embeddings": 256,
+}
 # tokenizer family -> (special tokens in id order, tokenizer_config.json roles)
 TOKENIZER_FAMILIES = {
-    "smollm": (["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<repo_name>", "<file_sep>"],
-               {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}),
-    "qwen2": (["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"],
-              {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}),
-    "llama3": (["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
-               {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"}),
+    "smollm": (
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<repo_name>", "<file_sep>"],
+        {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"},
+    ),
+    "qwen2": (
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"],
+        {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+    ),
+    "llama3": (
+        ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"},
+    ),
 }
-CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def make_tokenizer(family: str, vocab_size: int):
@@ -135,35 +150,54 @@ def make_tokenizer(family: str, vocab_size: int):
     specials, _ = TOKENIZER_FAMILIES[family]
     tok = Tokenizer(models.BPE())
     if family == "smollm":
-        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                     pre_tokenizers.ByteLevel(add_prefix_space=False)])
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        )
     else:
         regex = REGEX_QWEN2 if family == "qwen2" else REGEX_LLAMA3
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
         if family == "qwen2":
             tok.normalizer = normalizers.NFC()
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     first = family == "smollm"  # SmolLM2's special tokens take the first ids; Qwen's and Llama 3's follow the BPE
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size - (0 if first else len(specials)), show_progress=False,
-                                  special_tokens=specials if first else [],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - (0 if first else len(specials)),
+        show_progress=False,
+        special_tokens=specials if first else [],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(default_corpus("train"), trainer=trainer)
     if not first:
         tok.add_special_tokens(specials)
     if family == "llama3":
         bos = specials[0]
-        tok.post_processor = processors.Sequence([
-            processors.ByteLevel(trim_offsets=False),
-            processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
-                                          special_tokens=[(bos, tok.token_to_id(bos))])])
+        tok.post_processor = processors.Sequence(
+            [
+                processors.ByteLevel(trim_offsets=False),
+                processors.TemplateProcessing(
+                    single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
+                ),
+            ]
+        )
     return tok
 
 
-def build_hub_repo(repo_id: str, kind: str, *, seed: int = 0, vocab_rows: int | None = None, tokens: int = 400,
-                   commit: str | None = None, config_changes: dict | None = None) -> Path:
+def build_hub_repo(
+    repo_id: str,
+    kind: str,
+    *,
+    seed: int = 0,
+    vocab_rows: int | None = None,
+    tokens: int = 400,
+    commit: str | None = None,
+    config_changes: dict | None = None,
+) -> Path:
     """Save a random bitk model as a Hugging Face repo snapshot in the session's hub cache; returns the folder.
 
     kind: "llama" (SmolLM2-like), "qwen3" (q/k norm, vocab rows padded past the tokenizer) or
@@ -179,11 +213,16 @@ def build_hub_repo(repo_id: str, kind: str, *, seed: int = 0, vocab_rows: int | 
     _, roles = TOKENIZER_FAMILIES[family]
     ids = {role: tok.token_to_id(t) if t else None for role, t in roles.items()}
     config = ModelConfig(
-        vocab_size=vocab_rows or tok.get_vocab_size(), **HUB_DIMS,
-        hidden_act="relu2" if kind == "bitnet" else "silu", qk_norm=kind == "qwen3",
-        ternary=kind == "bitnet", subln=kind == "bitnet", rope_theta=100000.0,
+        vocab_size=vocab_rows or tok.get_vocab_size(),
+        **HUB_DIMS,
+        hidden_act="relu2" if kind == "bitnet" else "silu",
+        qk_norm=kind == "qwen3",
+        ternary=kind == "bitnet",
+        subln=kind == "bitnet",
+        rope_theta=100000.0,
         bos_token_id=ids.get("bos_token") if ids.get("bos_token") is not None else ids.get("pad_token"),
-        eos_token_id=ids["eos_token"], pad_token_id=ids.get("pad_token"),
+        eos_token_id=ids["eos_token"],
+        pad_token_id=ids.get("pad_token"),
     ).replace(**(config_changes or {}))
     torch.manual_seed(seed)
     model = CausalLM(config)
@@ -194,8 +233,12 @@ def build_hub_repo(repo_id: str, kind: str, *, seed: int = 0, vocab_rows: int | 
     if folder.exists():
         shutil.rmtree(folder)
     export_hf(model, folder, dtype="bfloat16" if kind == "bitnet" else "float32", tokenizer=tok)
-    tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
-                  "model_max_length": config.max_position_embeddings, **roles}
+    tok_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": config.max_position_embeddings,
+        **roles,
+    }
     if family == "qwen2":
         tok_config["chat_template"] = CHAT_TEMPLATE
     (folder / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2))

@@ -26,15 +26,20 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC_PAGES = sorted((ROOT / "docs").glob("*.md"))
 
 # Appended to every training command: the same run, a few steps long, on small blocks.
-SMALL_RUN = ["data.block_size=32", "data.max_eval_tokens=128", "training.eval_every=0", "logging.progress=false",
-             "device=cpu"]
+SMALL_RUN = [
+    "data.block_size=32",
+    "data.max_eval_tokens=128",
+    "training.eval_every=0",
+    "logging.progress=false",
+    "device=cpu",
+]
 MAX_STEPS = 3
 
 # command prefix -> why it does not run in the tests (each must match at least one command)
 NOT_RUN = {
     "python3 -m venv": "the README's set-up and test commands: .ci/run runs them verbatim (tests/test_readme.py)",
     "hf download": "downloads from the Hugging Face hub; the tests have no network (the repo is checked in "
-                   "tests/test_readme.py)",
+    "tests/test_readme.py)",
     ". .venv/bin/activate && python -m pytest bench": "the benchmark suites take minutes; CI runs the gate",
     ". .venv/bin/activate && python bench/gate.py": "the benchmark gate: .ci/run runs it after the tests",
     "torchrun --standalone --nproc_per_node 8": "needs 8 GPUs",
@@ -96,8 +101,7 @@ def run_command(line: str, cwd: Path, env: dict[str, str]) -> subprocess.Complet
 
 @pytest.fixture
 def env():
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
-            "COLUMNS": "100"}
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "COLUMNS": "100"}
 
 
 def check(proc: subprocess.CompletedProcess, what: str) -> None:
@@ -113,8 +117,12 @@ def test_the_readme_runs_top_to_bottom(hub_cache, tmp_path, env):
         if lang == "python":
             script = folder / f"block_{i}.py"
             script.write_text(block)
-            check(subprocess.run([sys.executable, str(script)], cwd=folder, env=env, capture_output=True,
-                                 text=True, timeout=900), f"README block {i}:\n{block}")
+            check(
+                subprocess.run(
+                    [sys.executable, str(script)], cwd=folder, env=env, capture_output=True, text=True, timeout=900
+                ),
+                f"README block {i}:\n{block}",
+            )
             ran += 1
         elif lang == "bash":
             for line in commands(block):
@@ -124,17 +132,29 @@ def test_the_readme_runs_top_to_bottom(hub_cache, tmp_path, env):
                 check(run_command(line, folder, env), line)
                 ran += 1
     assert ran >= 12
-    assert skipped == {"python3 -m venv", "hf download", ". .venv/bin/activate && python -m pytest bench",
-                       ". .venv/bin/activate && python bench/gate.py"}
+    assert skipped == {
+        "python3 -m venv",
+        "hf download",
+        ". .venv/bin/activate && python -m pytest bench",
+        ". .venv/bin/activate && python bench/gate.py",
+    }
     # what the README promises its commands leave behind
-    for made in ("ckpt/bitk.json", "hf-out/config.json", "model.gguf", "result.json", "runs/tiny/model-i2_s.gguf",
-                 "runs/smollm2/checkpoints/latest", "runs/mine/metrics.jsonl"):
+    for made in (
+        "ckpt/bitk.json",
+        "hf-out/config.json",
+        "model.gguf",
+        "result.json",
+        "runs/tiny/model-i2_s.gguf",
+        "runs/smollm2/checkpoints/latest",
+        "runs/mine/metrics.jsonl",
+    ):
         assert (folder / made).exists(), made
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page", [p for p in DOC_PAGES if any(lang == "bash" for lang, _ in code_blocks(p))],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "page", [p for p in DOC_PAGES if any(lang == "bash" for lang, _ in code_blocks(p))], ids=lambda p: p.name
+)
 def test_every_command_of_a_docs_page_runs(hub_cache, tmp_path, env, page):
     folder = workspace(tmp_path / page.stem, hub_cache)
     for lang, block in code_blocks(page):
@@ -148,8 +168,13 @@ def test_every_command_of_a_docs_page_runs(hub_cache, tmp_path, env, page):
 
 def test_every_reason_not_to_run_a_command_is_used():
     """A command left out must still be in the docs (else its entry goes): the list cannot hide drift."""
-    lines = [line for path in [ROOT / "README.md", *DOC_PAGES] for lang, block in code_blocks(path)
-             if lang == "bash" for line in commands(block)]
+    lines = [
+        line
+        for path in [ROOT / "README.md", *DOC_PAGES]
+        for lang, block in code_blocks(path)
+        if lang == "bash"
+        for line in commands(block)
+    ]
     used = {not_run(line) for line in lines} - {None}
     assert used == set(NOT_RUN)
     assert sum(not_run(line) is None for line in lines) >= 25  # the rest runs

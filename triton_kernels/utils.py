@@ -72,9 +72,7 @@ def row_block(n_cols: int, max_block: int = 65536) -> tuple[int, int]:
     return block, num_warps
 
 
-def matmul_configs(
-    gpu: list[tuple[int, int, int, int, int]], interpret: tuple[int, int, int]
-) -> list[triton.Config]:
+def matmul_configs(gpu: list[tuple[int, int, int, int, int]], interpret: tuple[int, int, int]) -> list[triton.Config]:
     """Autotune configs: ``gpu`` as (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps) on a GPU;
     in the interpreter one config of ``interpret`` = (BLOCK_M, BLOCK_N, BLOCK_K) (its autotuner
     cannot benchmark, and large blocks keep the number of interpreted programs small)."""

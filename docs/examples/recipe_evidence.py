@@ -37,8 +37,11 @@ def run(name: str, out: Path, *args: str) -> dict:
     start = time.perf_counter()
     summary = train(parse_args([*COMMON, f"output_dir={out / name}", *args]))
     summary["wall_s"] = time.perf_counter() - start
-    print(f"== {name}: held-out loss {summary['eval_loss']:.4f} (ppl {summary['eval_perplexity']:.1f}), "
-          f"{summary['wall_s']:.0f} s", flush=True)
+    print(
+        f"== {name}: held-out loss {summary['eval_loss']:.4f} (ppl {summary['eval_perplexity']:.1f}), "
+        f"{summary['wall_s']:.0f} s",
+        flush=True,
+    )
     return summary
 
 
@@ -67,21 +70,42 @@ def main() -> None:
         t_ckpt = args.teacher
         teacher = {**heldout_loss(t_ckpt, ternary=False), "steps": "(given)"}
     else:
-        teacher = run("teacher", out, "model.ternary=false", f"training.max_steps={args.teacher_steps}",
-                      f"training.lr={args.teacher_lr}", f"training.eval_every={args.teacher_steps // 4}")
+        teacher = run(
+            "teacher",
+            out,
+            "model.ternary=false",
+            f"training.max_steps={args.teacher_steps}",
+            f"training.lr={args.teacher_lr}",
+            f"training.eval_every={args.teacher_steps // 4}",
+        )
         t_ckpt = teacher["checkpoint"]
     scratch_ce = run("scratch_ce", out, "model=tiny", "training=base", "training.lr=3e-3", *same)
-    scratch_kd = run("scratch_bitdistill", out, "model=tiny", *distil, f"objectives.teacher={t_ckpt}",
-                     "training.lr=3e-3", *same)
-    scratch_lkd = run("scratch_logits_kd", out, "model=tiny", "training=bitdistill_full",
-                      "objectives.weights=ce=1,logits_kd=1", f"objectives.teacher={t_ckpt}", "training.lr=3e-3", *same)
+    scratch_kd = run(
+        "scratch_bitdistill", out, "model=tiny", *distil, f"objectives.teacher={t_ckpt}", "training.lr=3e-3", *same
+    )
+    scratch_lkd = run(
+        "scratch_logits_kd",
+        out,
+        "model=tiny",
+        "training=bitdistill_full",
+        "objectives.weights=ce=1,logits_kd=1",
+        f"objectives.teacher={t_ckpt}",
+        "training.lr=3e-3",
+        *same,
+    )
     ce = run("converted_ce", out, f"model={t_ckpt}", "training=base", "training.lr=1e-3", *same)
     kd = run("converted_bitdistill", out, f"model={t_ckpt}", *distil, "training.lr=1e-3", *same)
     ptq = heldout_loss(t_ckpt, ternary=True)
     print(f"== teacher ternarized without training: held-out loss {ptq['eval_loss']:.4f}", flush=True)
     ptq_lrc = run("ptq_lrc", out, f"model={t_ckpt}", "training=lrc_calibration", *every)
-    ce_lrc = run("converted_ce_lrc", out, f"model={ce['checkpoint']}", "training=lrc_calibration",
-                 f"objectives.teacher={t_ckpt}", *every)
+    ce_lrc = run(
+        "converted_ce_lrc",
+        out,
+        f"model={ce['checkpoint']}",
+        "training=lrc_calibration",
+        f"objectives.teacher={t_ckpt}",
+        *every,
+    )
 
     rows = {
         "teacher (full precision)": teacher,
@@ -98,15 +122,18 @@ def main() -> None:
     for label, s in rows.items():
         print(f"| {label} | {s['steps']} | {s['eval_loss']:.4f} | {s['eval_perplexity']:.1f} | {s['wall_s']:.0f} s |")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "evidence.json").write_text(json.dumps({k: {"eval_loss": v["eval_loss"], "steps": v["steps"]}
-                                                   for k, v in rows.items()}, indent=2) + "\n")
+    (out / "evidence.json").write_text(
+        json.dumps({k: {"eval_loss": v["eval_loss"], "steps": v["steps"]} for k, v in rows.items()}, indent=2) + "\n"
+    )
     ok_kd = min(scratch_kd["eval_loss"], scratch_lkd["eval_loss"]) < scratch_ce["eval_loss"]
     ok_lrc = ptq_lrc["eval_loss"] < ptq["eval_loss"]
     base = scratch_ce["eval_loss"]
-    print(f"\ndistillation beats CE only from scratch: {ok_kd} (stage 3: {scratch_kd['eval_loss'] < base}, "
-          f"logits KD: {scratch_lkd['eval_loss'] < base}; converted from the teacher: "
-          f"{kd['eval_loss'] < ce['eval_loss']}); LRC lowers the ternarized model's loss: {ok_lrc} "
-          f"(the converted CE student's: {ce_lrc['eval_loss'] < ce['eval_loss']})")
+    print(
+        f"\ndistillation beats CE only from scratch: {ok_kd} (stage 3: {scratch_kd['eval_loss'] < base}, "
+        f"logits KD: {scratch_lkd['eval_loss'] < base}; converted from the teacher: "
+        f"{kd['eval_loss'] < ce['eval_loss']}); LRC lowers the ternarized model's loss: {ok_lrc} "
+        f"(the converted CE student's: {ce_lrc['eval_loss'] < ce['eval_loss']})"
+    )
     raise SystemExit(0 if ok_kd and ok_lrc else 1)
 
 

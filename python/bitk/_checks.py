@@ -22,8 +22,15 @@ def check_int(name: str, value: Any, *, low: int | None = None, high: int | None
         raise ValueError(f"{name} must be <= {high}{why}, got {value}")
 
 
-def check_number(name: str, value: Any, *, low: float | None = None, high: float | None = None,
-                 low_open: bool = False, high_open: bool = False) -> None:
+def check_number(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
     """A finite number in the interval from ``low`` to ``high`` (each end open or closed)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")

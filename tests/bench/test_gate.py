@@ -39,11 +39,25 @@ def fake_report(ratio_for: dict[str, float] | None = None) -> dict:
     for case in cases.GATE_CASES:
         ratio = (ratio_for or {}).get(case.metric, thresholds[case.metric]["min_ratio"] * 1.5)
         results.append(
-            {"metric": case.metric, "group": case.group, "bitk": case.bitk, "peer": case.peer, "params": 1 << 24,
-             "ratio": ratio, "bitk_median_s": 0.01, "peer_median_s": 0.01 * ratio, "rounds": 7, "tries": 1}
+            {
+                "metric": case.metric,
+                "group": case.group,
+                "bitk": case.bitk,
+                "peer": case.peer,
+                "params": 1 << 24,
+                "ratio": ratio,
+                "bitk_median_s": 0.01,
+                "peer_median_s": 0.01 * ratio,
+                "rounds": 7,
+                "tries": 1,
+            }
         )
-    return {"date": "2026-11-24 00:00 UTC", "command": "python bench/gate.py", "results": results,
-            "machine": {"cpu": "test cpu", "cores": 2, "system": "Linux", "python": "3.11"}}
+    return {
+        "date": "2026-11-24 00:00 UTC",
+        "command": "python bench/gate.py",
+        "results": results,
+        "machine": {"cpu": "test cpu", "cores": 2, "system": "Linux", "python": "3.11"},
+    }
 
 
 def run_gate(*args: str) -> subprocess.CompletedProcess:
@@ -113,7 +127,7 @@ def test_bad_measurements_or_thresholds_exit_2(tmp_path):
     proc = run_gate("--evaluate", str(bad))
     assert proc.returncode == 2 and "cannot read measurements" in proc.stderr
     toml = tmp_path / "thresholds.toml"
-    toml.write_text('[m]\nmin_ratio = 2.0\n')
+    toml.write_text("[m]\nmin_ratio = 2.0\n")
     with pytest.raises(gate.GateError, match="one-line reason"):
         gate.load_thresholds(toml)
     toml.write_text('[m]\nreason = "x"\n')

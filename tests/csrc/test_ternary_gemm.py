@@ -166,8 +166,9 @@ print(" ".join(hashlib.sha256(a.tobytes()).hexdigest() for a in (packed, y, acc)
 
 def _run_threads(threads: int) -> str:
     env = dict(os.environ, BITK_NUM_THREADS=str(threads))
-    return subprocess.run([sys.executable, "-c", _THREAD_SCRIPT], env=env, capture_output=True, text=True,
-                          check=True).stdout
+    return subprocess.run(
+        [sys.executable, "-c", _THREAD_SCRIPT], env=env, capture_output=True, text=True, check=True
+    ).stdout
 
 
 def test_thread_count_does_not_change_results():
@@ -209,19 +210,38 @@ PACKED = C.ternary_gemm_pack(CODES)
         (lambda: C.ternary_gemm(XQ, S[:3], PACKED, 20, 1.0), ValueError, r"s has shape \(3,\); expected \(4,\)"),
         (lambda: C.ternary_gemm(XQ, S[None], PACKED, 20, 1.0), ValueError, "s must be 1-D"),
         (lambda: C.ternary_gemm(XQ, S, PACKED, 40, 1.0), ValueError, "packed has 384 bytes; n=40 and k=40"),
-        (lambda: C.ternary_gemm(XQ[:, :8].copy(), S, PACKED, 20, 1.0), ValueError, "packed has 384 bytes; n=20 and k=8"),
+        (
+            lambda: C.ternary_gemm(XQ[:, :8].copy(), S, PACKED, 20, 1.0),
+            ValueError,
+            "packed has 384 bytes; n=20 and k=8",
+        ),
         (lambda: C.ternary_gemm(XQ, S, PACKED[:-1], 20, 1.0), ValueError, "packed has 383 bytes"),
         (lambda: C.ternary_gemm(XQ, S, PACKED, -1, 1.0), ValueError, "n must be >= 0"),
-        (lambda: C.ternary_gemm(XQ, S, PACKED, 20, 1.0, out=np.empty((4, 21), np.float32)), ValueError,
-         r"out has shape \(4, 21\); expected \(4, 20\)"),
-        (lambda: C.ternary_gemm(XQ, S, PACKED, 20, 1.0, out=np.empty((4, 20), np.float64)), TypeError,
-         "out must have dtype float32"),
-        (lambda: C.ternary_gemm(XQ, S, PACKED, 20, 1.0, out=np.empty((20, 4), np.float32).T), ValueError,
-         "out must be C-contiguous"),
-        (lambda: C.ternary_gemm(XQ, S, PACKED, 20, 1.0, out=np.broadcast_to(np.float32(0), (4, 20))), ValueError,
-         "out must be"),
-        (lambda: C.ternary_gemm_int32(XQ, PACKED, 20, out=np.empty((4, 20), np.int64)), TypeError,
-         "out must have dtype int32"),
+        (
+            lambda: C.ternary_gemm(XQ, S, PACKED, 20, 1.0, out=np.empty((4, 21), np.float32)),
+            ValueError,
+            r"out has shape \(4, 21\); expected \(4, 20\)",
+        ),
+        (
+            lambda: C.ternary_gemm(XQ, S, PACKED, 20, 1.0, out=np.empty((4, 20), np.float64)),
+            TypeError,
+            "out must have dtype float32",
+        ),
+        (
+            lambda: C.ternary_gemm(XQ, S, PACKED, 20, 1.0, out=np.empty((20, 4), np.float32).T),
+            ValueError,
+            "out must be C-contiguous",
+        ),
+        (
+            lambda: C.ternary_gemm(XQ, S, PACKED, 20, 1.0, out=np.broadcast_to(np.float32(0), (4, 20))),
+            ValueError,
+            "out must be",
+        ),
+        (
+            lambda: C.ternary_gemm_int32(XQ, PACKED, 20, out=np.empty((4, 20), np.int64)),
+            TypeError,
+            "out must have dtype int32",
+        ),
         (lambda: C.ternary_gemm_packed_size(1, 2**23 + 1), ValueError, "exceeds the supported"),
         (lambda: C.ternary_gemm_packed_size(-1, 16), ValueError, "negative size"),
     ],

@@ -116,6 +116,7 @@ def test_max_tokens_caps_the_packed_stream(cap, bos):
     assert packed_length(capped, **frame) <= cap
     if packed_length(full, **frame) >= cap + 2:
         assert packed_length(capped, **frame) >= cap - 2  # filled, not stopped early (an empty last doc is skipped)
+
     def flat(docs):
         return [t for d in docs for t in d]
 

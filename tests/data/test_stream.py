@@ -17,8 +17,15 @@ def tok():
 
 
 def cfg(**changes):
-    base = {"sources": ["default"], "weights": None, "text_field": "text", "block_size": 64, "streaming": False,
-            "heldout_fraction": 0.05, "max_eval_tokens": 2048}
+    base = {
+        "sources": ["default"],
+        "weights": None,
+        "text_field": "text",
+        "block_size": 64,
+        "streaming": False,
+        "heldout_fraction": 0.05,
+        "max_eval_tokens": 2048,
+    }
     base.update(changes)
     return DataConfig(**base)
 
@@ -88,6 +95,7 @@ def test_single_process_micro_steps_see_the_same_blocks_per_step(tok):
     acc = torch.cat([one.next_batch(2)[0] for _ in range(4)])
     ranks = [TrainData(cfg(), tok, seed=0, rank=r, world_size=2) for r in range(2)]
     dist = torch.cat([d.next_batch(2)[0] for _ in range(2) for d in ranks])
+
     def key(t):
         return sorted(map(tuple, t.tolist()))
 
@@ -103,6 +111,7 @@ def test_epochs_cover_every_block_and_reshuffle(tok, small):
     assert n >= 15
     first = torch.cat([data.next_batch(1)[0] for _ in range(n)])
     second = torch.cat([data.next_batch(1)[0] for _ in range(n)])
+
     def key(t):
         return sorted(map(tuple, t.tolist()))
 
@@ -168,7 +177,7 @@ def test_one_document_source_holds_out_its_last_blocks(tok, tmp_path):
     rows, _ = pack_tokens(encode_documents([path.read_text()], tok), 64, EOS_ID)
     data = TrainData(cfg(sources=[str(path)], heldout_fraction=0.1), tok, seed=0)
     n_held = math.ceil(0.1 * rows.shape[0])
-    assert torch.equal(data.heldout()[0], rows[rows.shape[0] - n_held:])
+    assert torch.equal(data.heldout()[0], rows[rows.shape[0] - n_held :])
     assert data._sources[0].num_blocks == rows.shape[0] - n_held
     # no held-out at all
     none = TrainData(cfg(sources=[str(path)], heldout_fraction=0.0), tok, seed=0)

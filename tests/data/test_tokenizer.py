@@ -62,8 +62,10 @@ def test_gpt2_scheme(tok):
 def test_training_is_deterministic_across_processes_and_threads(tok):
     """Same corpus -> the same tokenizer.json bytes, in another process and single-threaded."""
     here = train_tokenizer(default_corpus("train")).to_str()
-    code = "import sys; from bitk.data import train_tokenizer, default_corpus; " \
-           "sys.stdout.write(train_tokenizer(default_corpus('train')).to_str())"
+    code = (
+        "import sys; from bitk.data import train_tokenizer, default_corpus; "
+        "sys.stdout.write(train_tokenizer(default_corpus('train')).to_str())"
+    )
     env = {**os.environ, "RAYON_NUM_THREADS": "1", "PYTHONHASHSEED": "123"}
     there = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert here == there
@@ -97,10 +99,19 @@ def test_cache_dir_precedence(monkeypatch, tmp_path):
     assert cache_dir() == tmp_path / "home" / ".cache" / "bitk"
 
 
-@pytest.mark.parametrize("text", [
-    "", " ", "\n\n\t  x", "def f(x):\n    return x ** 2  # square\n", "héllo wörld — ünïcode", "🙂🚀 漢字 العربية",
-    "<|endoftext|>text<|pad|>", "a" * 3000,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        " ",
+        "\n\n\t  x",
+        "def f(x):\n    return x ** 2  # square\n",
+        "héllo wörld — ünïcode",
+        "🙂🚀 漢字 العربية",
+        "<|endoftext|>text<|pad|>",
+        "a" * 3000,
+    ],
+)
 def test_round_trip_examples(text, tok):
     ids = tok.encode(text).ids
     assert tok.decode(ids, skip_special_tokens=False) == text
@@ -120,7 +131,11 @@ def test_compresses_held_out_text(tok):
 def test_save_and_load(tmp_path, tok):
     out = save_tokenizer(tmp_path / "tok")
     assert out == tmp_path / "tok"
-    assert sorted(p.name for p in out.iterdir()) == ["special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     config = json.loads((out / "tokenizer_config.json").read_text())
     assert config["eos_token"] == config["bos_token"] == "<|endoftext|>"
     assert config["pad_token"] == "<|pad|>" and config["mask_token"] == "<|mask|>"
@@ -139,7 +154,9 @@ def test_save_leaves_out_missing_roles(tmp_path):
     other = Tokenizer(models.WordLevel({"a": 0, "<|endoftext|>": 1}, unk_token="a"))
     out = save_tokenizer(tmp_path, other)
     assert json.loads((out / "special_tokens_map.json").read_text()) == {
-        "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}
+        "bos_token": "<|endoftext|>",
+        "eos_token": "<|endoftext|>",
+    }
     assert load_tokenizer(out).to_str() == other.to_str()
 
 
@@ -177,8 +194,9 @@ def test_document_tokens_follow_the_tokenizer_config(tmp_path, tok):
     folder = tmp_path / "cfg"
     save_tokenizer(folder, tok)
     config = json.loads((folder / "tokenizer_config.json").read_text())
-    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": "<|pad|>",
-                                                              "bos_token": "<|mask|>", "add_bos_token": True}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({**config, "eos_token": "<|pad|>", "bos_token": "<|mask|>", "add_bos_token": True})
+    )
     assert document_tokens(tok, folder) == DocumentTokens(eos=PAD_ID, bos=MASK_ID)
     (folder / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": "<|nope|>"}))
     with pytest.raises(ValueError, match="eos_token '<|nope|>' is not in the tokenizer's vocabulary"):

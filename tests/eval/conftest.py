@@ -7,8 +7,14 @@ import pytest
 from bitk.models import ModelConfig
 
 # A narrow model on bitk's 4096-token vocabulary: saves, loads and evaluates in well under a second.
-SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
-         "num_key_value_heads": 1, "max_position_embeddings": 128}
+SMALL = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "max_position_embeddings": 128,
+}
 
 
 @pytest.fixture(scope="session")

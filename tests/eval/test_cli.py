@@ -13,20 +13,52 @@ import pytest
 from bitk.data import default_corpus, default_tokenizer, encode_documents, packed_length
 from bitk.eval import cli
 
-FIELDS = {"checkpoint", "data", "numerics", "tokens", "loss", "perplexity", "tokens_per_s", "seconds", "seq_len",
-          "batch_size", "torch_threads", "date"}
+FIELDS = {
+    "checkpoint",
+    "data",
+    "numerics",
+    "tokens",
+    "loss",
+    "perplexity",
+    "tokens_per_s",
+    "seconds",
+    "seq_len",
+    "batch_size",
+    "torch_threads",
+    "date",
+}
 
 
 def run_cli(*args, env_cache):
     env = {**os.environ, "BITK_CACHE_DIR": str(env_cache), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "bitk.eval", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "bitk.eval", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
 
 
 @pytest.mark.slow
 def test_module_run_prints_json(checkpoint, bitk_cache_dir):
-    proc = run_cli(checkpoint, "--max-tokens", 300, "--seq-len", 64, "--batch-size", 2, "--numerics", "i2s",
-                   "--threads", 1, "--json", "-", env_cache=bitk_cache_dir)
+    proc = run_cli(
+        checkpoint,
+        "--max-tokens",
+        300,
+        "--seq-len",
+        64,
+        "--batch-size",
+        2,
+        "--numerics",
+        "i2s",
+        "--threads",
+        1,
+        "--json",
+        "-",
+        env_cache=bitk_cache_dir,
+    )
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout)  # stdout is the JSON alone; table and progress go to stderr
     assert set(record) == FIELDS
@@ -60,8 +92,26 @@ def test_data_file_and_tokenizer_option(checkpoint, tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"text": "def f(x):\\n    return x"}\n{"text": "print(1)"}\n')
     out = tmp_path / "r.json"
-    assert cli.main([str(checkpoint), "--data", str(data), "--tokenizer", "default", "--json", str(out),
-                     "--numerics", "float", "--seq-len", "8", "--threads", "1"]) == 0
+    assert (
+        cli.main(
+            [
+                str(checkpoint),
+                "--data",
+                str(data),
+                "--tokenizer",
+                "default",
+                "--json",
+                str(out),
+                "--numerics",
+                "float",
+                "--seq-len",
+                "8",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     record = json.loads(out.read_text())
     length = packed_length(encode_documents(["def f(x):\n    return x", "print(1)"], default_tokenizer()))
     assert record["data"] == str(data) and record["numerics"] == "float"
@@ -97,7 +147,9 @@ def test_bad_data(capsys, monkeypatch, checkpoint, tmp_path):
 
 
 def test_bad_options(capsys, monkeypatch, checkpoint, tmp_path):
-    expect_error(capsys, monkeypatch, [checkpoint, "--seq-len", 129], "exceeds the model's max_position_embeddings (128)")
+    expect_error(
+        capsys, monkeypatch, [checkpoint, "--seq-len", 129], "exceeds the model's max_position_embeddings (128)"
+    )
     expect_error(capsys, monkeypatch, [checkpoint, "--seq-len", 1], "--seq-len must be at least 2")
     expect_error(capsys, monkeypatch, [checkpoint, "--numerics", "int4"], "invalid choice: 'int4'")
     expect_error(capsys, monkeypatch, [checkpoint, "--batch-size", 0], "expected a positive integer, got 0")

@@ -103,7 +103,9 @@ def test_numerics_apply_during_evaluation_only(small_model):
     layers = [m for m in model.modules() if isinstance(m, BitLinear)]
     assert layers
     seen = []
-    layers[0].register_forward_hook(lambda m, i, o: seen.append((m.numerics, m.training, torch.is_inference_mode_enabled())))
+    layers[0].register_forward_hook(
+        lambda m, i, o: seen.append((m.numerics, m.training, torch.is_inference_mode_enabled()))
+    )
     ids = torch.randint(3, 4096, (2, 12))
     a = evaluate(model, ids, batch_size=2, numerics="i2s")
     assert seen == [("i2s", False, True)]
@@ -138,17 +140,20 @@ def test_packed_rows_score_like_separate_documents(small_model):
     assert abs(unmasked.loss - expected) > 1e-4
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"input_ids": torch.zeros(2, 4, dtype=torch.int32)}, "int64 tensor"),
-    ({"input_ids": torch.zeros(8, dtype=torch.int64)}, "int64 tensor"),
-    ({"input_ids": torch.zeros(2, 1, dtype=torch.int64)}, "nothing to score"),
-    ({"input_ids": torch.zeros(0, 4, dtype=torch.int64)}, "nothing to score"),
-    ({"position_ids": torch.zeros(2, 3, dtype=torch.int64)}, r"position_ids \(2, 3\) must have the shape"),
-    ({"labels": torch.zeros(1, 4, dtype=torch.int64)}, r"labels \(1, 4\) must have the shape"),
-    ({"batch_size": 0}, "batch_size must be a positive integer"),
-    ({"numerics": "int4"}, "unknown numerics 'int4'; choose one of train, i2s, float"),
-    ({"labels": torch.full((2, 4), -100)}, "no target is scored"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"input_ids": torch.zeros(2, 4, dtype=torch.int32)}, "int64 tensor"),
+        ({"input_ids": torch.zeros(8, dtype=torch.int64)}, "int64 tensor"),
+        ({"input_ids": torch.zeros(2, 1, dtype=torch.int64)}, "nothing to score"),
+        ({"input_ids": torch.zeros(0, 4, dtype=torch.int64)}, "nothing to score"),
+        ({"position_ids": torch.zeros(2, 3, dtype=torch.int64)}, r"position_ids \(2, 3\) must have the shape"),
+        ({"labels": torch.zeros(1, 4, dtype=torch.int64)}, r"labels \(1, 4\) must have the shape"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"numerics": "int4"}, "unknown numerics 'int4'; choose one of train, i2s, float"),
+        ({"labels": torch.full((2, 4), -100)}, "no target is scored"),
+    ],
+)
 def test_bad_input(kwargs, message):
     args = {"input_ids": torch.zeros(2, 4, dtype=torch.int64), "position_ids": None, "batch_size": 1, "numerics": None}
     labels = kwargs.pop("labels", None)

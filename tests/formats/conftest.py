@@ -69,11 +69,18 @@ def f16_exact_scales():
 
 def f32_scales(min_value: float = F32_TINY, max_value: float = F32_MAX):
     """Positive float32 scales: arbitrary ones plus tiny, subnormal, huge and boundary values."""
-    edges = [v for v in (F32_TINY, 1e-38, 2.0**-126, 1e-30, 1e-5, 0.1, 1.0, 1.0 / 3.0, 1e30, F32_MAX)
-             if min_value <= v <= max_value]
+    edges = [
+        v
+        for v in (F32_TINY, 1e-38, 2.0**-126, 1e-30, 1e-5, 0.1, 1.0, 1.0 / 3.0, 1e30, F32_MAX)
+        if min_value <= v <= max_value
+    ]
     return st.one_of(
-        st.floats(min_value=float(np.float32(min_value)), max_value=float(np.float32(max_value)), width=32,
-                  allow_subnormal=True),
+        st.floats(
+            min_value=float(np.float32(min_value)),
+            max_value=float(np.float32(max_value)),
+            width=32,
+            allow_subnormal=True,
+        ),
         st.sampled_from(edges).map(lambda v: float(np.float32(v))),
     )
 
@@ -116,8 +123,9 @@ def ternary_codes(draw, multiple: int = 128, max_rows: int = 12, max_cols: int =
 
 
 @st.composite
-def ternary_tensors(draw, multiple: int = 128, scales=None, max_rows: int = 12, max_cols: int = 1024,
-                    rows_multiple: int = 1):
+def ternary_tensors(
+    draw, multiple: int = 128, scales=None, max_rows: int = 12, max_cols: int = 1024, rows_multiple: int = 1
+):
     """(w, codes, scale): float32 w = codes * scale with one scale per tensor (I2_S input)."""
     codes = draw(ternary_codes(multiple, max_rows, max_cols, rows_multiple))
     scale = draw(scales if scales is not None else st.one_of(f16_exact_scales(), f32_scales()))
@@ -199,8 +207,9 @@ def latent_matrices(draw, multiple: int = 1, max_rows: int = 12, max_cols: int =
     if draw(st.integers(0, 4)) == 0:  # element by element, small: hypothesis picks the floats
         rows = draw(st.integers(1, 3))
         cols = draw(st.integers(1, 4)) * max(multiple, 1) if multiple > 1 else draw(st.integers(1, 300))
-        elements = st.floats(min_value=-LATENT_MAX, max_value=LATENT_MAX, width=32, allow_nan=False,
-                             allow_infinity=False)
+        elements = st.floats(
+            min_value=-LATENT_MAX, max_value=LATENT_MAX, width=32, allow_nan=False, allow_infinity=False
+        )
         return draw(hnp.arrays(np.float32, (rows, cols), elements=elements))
     if multiple > 1:
         rows, cols = draw(shapes(multiple, max_rows, max_cols))

@@ -119,15 +119,20 @@ def test_cpp_backend_is_built_and_default():
     assert fmt.backend() == (env if env in ("cpp", "numpy") else "cpp")
 
 
-@pytest.mark.parametrize("env, expected", [(None, "cpp"), ("", "cpp"), ("numpy", "numpy"), ("cpp", "cpp"),
-                                           (" NumPy ", "numpy"), ("bogus", "cpp")])
+@pytest.mark.parametrize(
+    "env, expected",
+    [(None, "cpp"), ("", "cpp"), ("numpy", "numpy"), ("cpp", "cpp"), (" NumPy ", "numpy"), ("bogus", "cpp")],
+)
 def test_default_backend_from_environment(env, expected):
     environ = {k: v for k, v in os.environ.items() if k != "BITK_FORMATS_BACKEND"}
     if env is not None:
         environ["BITK_FORMATS_BACKEND"] = env
     out = subprocess.run(
         [sys.executable, "-c", "import bitk.formats as f; print(f.backend(), ','.join(f.available_backends()))"],
-        env=environ, capture_output=True, text=True, check=True,
+        env=environ,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert out.stdout.split() == [expected, "cpp,numpy"]
     if env == "bogus":  # an unknown name is ignored, loudly
@@ -135,8 +140,19 @@ def test_default_backend_from_environment(env, expected):
 
 
 def test_both_modules_have_the_same_functions():
-    names = ["abs_sum", "ternarize", "ternarize_bf16", "pack_i2s", "unpack_i2s", "quantize_i2s", "dequantize_i2s",
-             "quantize_tq2_0", "dequantize_tq2_0", "quantize_tq1_0", "dequantize_tq1_0"]
+    names = [
+        "abs_sum",
+        "ternarize",
+        "ternarize_bf16",
+        "pack_i2s",
+        "unpack_i2s",
+        "quantize_i2s",
+        "dequantize_i2s",
+        "quantize_tq2_0",
+        "dequantize_tq2_0",
+        "quantize_tq1_0",
+        "dequantize_tq1_0",
+    ]
     for name in names:
         assert callable(getattr(cpp, name)) and callable(getattr(ref, name)), name
 
@@ -400,10 +416,12 @@ def _random_i2s_bytes(draw):
     code3 = draw(st.sampled_from([0, 0, 1, 3]))  # how many bytes get code 3 somewhere
     for i in rng.choice(n // 4, code3, replace=False):
         data[i] |= np.uint8(3 << int(2 * rng.integers(0, 4)))
-    tail = draw(st.one_of(
-        st.sampled_from(_SPECIAL_F32).map(lambda v: np.array([v], "<f4").view(np.uint8)),
-        st.binary(min_size=4, max_size=4).map(lambda b: np.frombuffer(b, np.uint8)),
-    ))
+    tail = draw(
+        st.one_of(
+            st.sampled_from(_SPECIAL_F32).map(lambda v: np.array([v], "<f4").view(np.uint8)),
+            st.binary(min_size=4, max_size=4).map(lambda b: np.frombuffer(b, np.uint8)),
+        )
+    )
     data[n // 4 : n // 4 + 4] = tail
     data[n // 4 + 4 :] = rng.integers(0, 256, 28)  # padding: never read
     return layout, rows, cols, data.astype(np.uint8)
@@ -458,8 +476,23 @@ def test_quantize_tq_agrees_on_unstorable_block_scale(qtype, case, scale):
 
 
 # inf, -inf, NaNs, zeros, subnormals, the smallest normal, +-65504, +-1.
-_SPECIAL_F16 = [0x7C00, 0xFC00, 0x7E00, 0x7C01, 0xFE00, 0x0000, 0x8000, 0x0001, 0x8001, 0x03FF, 0x0400,
-                0x7BFF, 0xFBFF, 0x3C00, 0xBC00]
+_SPECIAL_F16 = [
+    0x7C00,
+    0xFC00,
+    0x7E00,
+    0x7C01,
+    0xFE00,
+    0x0000,
+    0x8000,
+    0x0001,
+    0x8001,
+    0x03FF,
+    0x0400,
+    0x7BFF,
+    0xFBFF,
+    0x3C00,
+    0xBC00,
+]
 
 
 @st.composite
@@ -508,8 +541,9 @@ def test_dequantize_tq2_0_agrees_on_fully_random_bytes(rows, k, seed):
 # --------------------------------------------------------------------------- input forms
 
 
-@pytest.mark.parametrize("qtype, layout", [("I2_S", "x86"), ("I2_S", "arm"), ("I2_S", "x86-1x4"), ("TQ2_0", None),
-                                           ("TQ1_0", None)])
+@pytest.mark.parametrize(
+    "qtype, layout", [("I2_S", "x86"), ("I2_S", "arm"), ("I2_S", "x86-1x4"), ("TQ2_0", None), ("TQ1_0", None)]
+)
 def test_non_contiguous_and_torch_inputs_give_the_same_bytes(backend_name, qtype, layout):
     codes, scale = fmt.ternarize(random_latent(7, (8, 1024)))
     w = codes.astype(np.float32) * np.float32(scale)
@@ -517,8 +551,14 @@ def test_non_contiguous_and_torch_inputs_give_the_same_bytes(backend_name, qtype
     fortran = np.asfortranarray(w)
     strided = np.zeros((8, 2048), np.float32)
     strided[:, ::2] = w
-    for variant in (fortran, strided[:, ::2], w.astype(">f4"), torch.from_numpy(w), torch.from_numpy(w.T.copy()).T,
-                    torch.from_numpy(w).to(torch.float16)):
+    for variant in (
+        fortran,
+        strided[:, ::2],
+        w.astype(">f4"),
+        torch.from_numpy(w),
+        torch.from_numpy(w.T.copy()).T,
+        torch.from_numpy(w).to(torch.float16),
+    ):
         data = fmt.quantize(variant, qtype, layout)
         if isinstance(variant, torch.Tensor) and variant.dtype == torch.float16:
             # float16 rounds the scale: compare with the quantization of the rounded weights.
@@ -596,8 +636,9 @@ def _run_thread_script(impl: str, threads: int | None) -> dict:
     env = dict(os.environ)
     if threads is not None:
         env["BITK_NUM_THREADS"] = str(threads)
-    out = subprocess.run([sys.executable, "-c", _THREAD_SCRIPT, impl], env=env, capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _THREAD_SCRIPT, impl], env=env, capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout)
 
 

@@ -39,8 +39,9 @@ BAD_ARRAYS = [
     pytest.param(np.ones((2, 256), np.complex64), r"got complex64", id="complex64"),
     pytest.param([[1.0] * 256] * 2, r"expected a numpy array or torch tensor; got list", id="list"),
     pytest.param(1.0, r"expected a numpy array or torch tensor; got float", id="scalar"),
-    pytest.param(torch.ones(2, 256, dtype=torch.int32), r"float32, float16 or bfloat16 tensor; got torch.int32",
-                 id="torch-int32"),
+    pytest.param(
+        torch.ones(2, 256, dtype=torch.int32), r"float32, float16 or bfloat16 tensor; got torch.int32", id="torch-int32"
+    ),
     pytest.param(np.ones(256, np.float32), r"expected a 2-D matrix \[rows, cols\]; got shape \(256,\)", id="1-D"),
     pytest.param(np.ones((2, 2, 256), np.float32), r"2-D matrix.*got shape \(2, 2, 256\)", id="3-D"),
     pytest.param(np.ones((), np.float32), r"expected a 2-D matrix \[rows, cols\]; got shape \(\)", id="0-D"),
@@ -49,11 +50,17 @@ BAD_ARRAYS = [
     pytest.param(np.ones((2, 0), np.float32), r"the matrix is empty", id="empty-cols"),
 ]
 FLOAT64 = [
-    pytest.param(np.ones((2, 256), np.float64),
-                 r"expected a float32, float16 or bfloat16 array; got float64 "
-                 r"\(bitk never rounds silently: convert with \.astype\(np\.float32\)\)", id="float64"),
-    pytest.param(torch.ones(2, 256, dtype=torch.float64), r"float32, float16 or bfloat16 tensor; got torch.float64",
-                 id="torch-float64"),
+    pytest.param(
+        np.ones((2, 256), np.float64),
+        r"expected a float32, float16 or bfloat16 array; got float64 "
+        r"\(bitk never rounds silently: convert with \.astype\(np\.float32\)\)",
+        id="float64",
+    ),
+    pytest.param(
+        torch.ones(2, 256, dtype=torch.float64),
+        r"float32, float16 or bfloat16 tensor; got torch.float64",
+        id="torch-float64",
+    ),
 ]
 
 
@@ -83,8 +90,11 @@ def test_quantize_float64_only_when_exactly_float32(backend_name, qtype, to_torc
     np.testing.assert_array_equal(fmt.quantize(w, qtype), expected)
     inexact = codes * 0.1  # 0.1 is not a float32: converting would round
     w = torch.from_numpy(inexact) if to_torch else inexact
-    with pytest.raises(ValueError, match=rf"quantize\({qtype}\): float64 input holds values that are not float32 "
-                                         r"numbers; bitk never rounds silently"):
+    with pytest.raises(
+        ValueError,
+        match=rf"quantize\({qtype}\): float64 input holds values that are not float32 "
+        r"numbers; bitk never rounds silently",
+    ):
         fmt.quantize(w, qtype)
     with pytest.raises(ValueError, match=r"not float32 numbers"):
         fmt.quantize(codes * 1e39, qtype)  # overflows float32
@@ -118,13 +128,22 @@ def test_shapes_that_do_not_fit_are_rejected(backend_name, qtype, layout, shape,
             fmt.unpack_i2s(np.zeros(1, np.uint8), shape, layout or "x86")
 
 
-@pytest.mark.parametrize("shape, match", [((128,), r"2-D matrix"), ((1, 2, 128), r"2-D matrix"),
-                                          ((0, 128), r"the matrix is empty"), ((4, 0), r"the matrix is empty"),
-                                          ((-4, 128), r"the matrix is empty")])
+@pytest.mark.parametrize(
+    "shape, match",
+    [
+        ((128,), r"2-D matrix"),
+        ((1, 2, 128), r"2-D matrix"),
+        ((0, 128), r"the matrix is empty"),
+        ((4, 0), r"the matrix is empty"),
+        ((-4, 128), r"the matrix is empty"),
+    ],
+)
 def test_dequantize_rejects_bad_shapes(backend_name, shape, match):
-    for call in (lambda: fmt.dequantize(i2s_bytes(), shape, "I2_S"),
-                 lambda: fmt.dequantize(tq_bytes("TQ2_0"), shape, "TQ2_0"),
-                 lambda: fmt.unpack_i2s(i2s_bytes(), shape)):
+    for call in (
+        lambda: fmt.dequantize(i2s_bytes(), shape, "I2_S"),
+        lambda: fmt.dequantize(tq_bytes("TQ2_0"), shape, "TQ2_0"),
+        lambda: fmt.unpack_i2s(i2s_bytes(), shape),
+    ):
         with pytest.raises(ValueError, match=match):
             call()
 
@@ -206,8 +225,11 @@ def test_tq2_0_code_3_is_rejected(backend_name, shift):
         fmt.dequantize(data, (2, 256), "TQ2_0")
 
 
-@pytest.mark.parametrize("scale_bits", [b"\x00\x00\xc0\x7f", b"\x00\x00\x80\x7f", b"\x00\x00\x80\xff",
-                                        b"\x01\x00\x80\x7f"], ids=["nan", "inf", "-inf", "snan"])
+@pytest.mark.parametrize(
+    "scale_bits",
+    [b"\x00\x00\xc0\x7f", b"\x00\x00\x80\x7f", b"\x00\x00\x80\xff", b"\x01\x00\x80\x7f"],
+    ids=["nan", "inf", "-inf", "snan"],
+)
 def test_i2s_non_finite_tail_scale(backend_name, scale_bits):
     data = i2s_bytes().copy()
     data[128:132] = list(scale_bits)
@@ -255,8 +277,11 @@ def test_i2s_rejects_non_ternary(backend_name):
     w = np.ones((4, 128), np.float32)
     w[1, 5] = 0.5
     w[3, 0] = -0.25
-    with pytest.raises(ValueError, match=r"quantize\(I2_S\): input is not ternarized: 2 values are neither 0 nor \+-1"
-                                         r".*first at \(1, 5\).*ternarize first"):
+    with pytest.raises(
+        ValueError,
+        match=r"quantize\(I2_S\): input is not ternarized: 2 values are neither 0 nor \+-1"
+        r".*first at \(1, 5\).*ternarize first",
+    ):
         fmt.quantize(w, "I2_S")
 
 
@@ -274,8 +299,11 @@ def test_i2s_rejects_two_scales_in_different_blocks(backend_name):
 def test_tq_rejects_two_magnitudes_in_one_block(backend_name, qtype):
     w = np.ones((2, 512), np.float32)
     w[1, 300] = 0.5  # block 3
-    with pytest.raises(ValueError, match=rf"quantize\({qtype}\): input is not ternarized: 1 values are neither 0 nor "
-                                         r"\+-d of their 256-value block \(first at \(1, 300\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"quantize\({qtype}\): input is not ternarized: 1 values are neither 0 nor "
+        r"\+-d of their 256-value block \(first at \(1, 300\)",
+    ):
         fmt.quantize(w, qtype)
 
 
@@ -284,8 +312,11 @@ def test_tq_rejects_two_magnitudes_in_one_block(backend_name, qtype):
 def test_tq_rejects_block_scales_float16_cannot_hold(backend_name, qtype, scale):
     w = np.ones((1, 768), np.float32)
     w[0, 512:] *= np.float32(scale)  # block 2
-    with pytest.raises(ValueError, match=rf"quantize\({qtype}\): block scale .* \(block 2\) is not representable as "
-                                         r"float16"):
+    with pytest.raises(
+        ValueError,
+        match=rf"quantize\({qtype}\): block scale .* \(block 2\) is not representable as "
+        r"float16",
+    ):
         fmt.quantize(w, qtype)
 
 
@@ -302,8 +333,11 @@ def test_tq_accepts_the_edges_of_float16(backend_name, qtype, scale):
 
 
 def test_unknown_qtype(backend_name):
-    for call in (lambda: fmt.quantize(W_I2S, "Q4_0"), lambda: fmt.dequantize(i2s_bytes(), (4, 128), "I2S"),
-                 lambda: fmt.quantize(W_I2S, "")):
+    for call in (
+        lambda: fmt.quantize(W_I2S, "Q4_0"),
+        lambda: fmt.dequantize(i2s_bytes(), (4, 128), "I2S"),
+        lambda: fmt.quantize(W_I2S, ""),
+    ):
         with pytest.raises(ValueError, match=r"unknown ternary qtype .*; expected one of I2_S, TQ2_0, TQ1_0"):
             call()
     with pytest.raises(ValueError, match=r"unknown ternary qtype"):
@@ -311,10 +345,12 @@ def test_unknown_qtype(backend_name):
 
 
 def test_unknown_layout(backend_name):
-    for call in (lambda: fmt.quantize(W_I2S, "I2_S", "x86-2x2"),
-                 lambda: fmt.dequantize(i2s_bytes(), (4, 128), "I2_S", "ARM"),
-                 lambda: fmt.pack_i2s(np.zeros((4, 128), np.int8), 1.0, "neon"),
-                 lambda: fmt.unpack_i2s(i2s_bytes(), (4, 128), "x86_1x4")):
+    for call in (
+        lambda: fmt.quantize(W_I2S, "I2_S", "x86-2x2"),
+        lambda: fmt.dequantize(i2s_bytes(), (4, 128), "I2_S", "ARM"),
+        lambda: fmt.pack_i2s(np.zeros((4, 128), np.int8), 1.0, "neon"),
+        lambda: fmt.unpack_i2s(i2s_bytes(), (4, 128), "x86_1x4"),
+    ):
         with pytest.raises(ValueError, match=r"unknown I2_S layout .*; expected one of x86, arm, x86-1x4"):
             call()
 
@@ -339,31 +375,37 @@ def test_pack_i2s_codes_outside_ternary(backend_name, bad_code):
         fmt.pack_i2s(codes, 1.0)
 
 
-@pytest.mark.parametrize("codes, match", [
-    (np.zeros((4, 128), np.int16), r"codes must be int8 in \{-1, 0, 1\}; got dtype int16"),
-    (np.zeros((4, 128), np.uint8), r"got dtype uint8"),
-    (np.zeros((4, 128), np.float32), r"got dtype float32"),
-    (np.zeros((4, 128), bool), r"got dtype bool"),
-    ([[0] * 128] * 4, r"expected an int8 numpy array or torch tensor; got list"),
-    (np.zeros(128, np.int8), r"2-D matrix"),
-    (np.zeros((0, 128), np.int8), r"the matrix is empty"),
-])
+@pytest.mark.parametrize(
+    "codes, match",
+    [
+        (np.zeros((4, 128), np.int16), r"codes must be int8 in \{-1, 0, 1\}; got dtype int16"),
+        (np.zeros((4, 128), np.uint8), r"got dtype uint8"),
+        (np.zeros((4, 128), np.float32), r"got dtype float32"),
+        (np.zeros((4, 128), bool), r"got dtype bool"),
+        ([[0] * 128] * 4, r"expected an int8 numpy array or torch tensor; got list"),
+        (np.zeros(128, np.int8), r"2-D matrix"),
+        (np.zeros((0, 128), np.int8), r"the matrix is empty"),
+    ],
+)
 def test_pack_i2s_codes_type(backend_name, codes, match):
     with pytest.raises(ValueError, match=match):
         fmt.pack_i2s(codes, 1.0)
 
 
-@pytest.mark.parametrize("scale, match", [
-    (-1.0, r"I2_S scale must be >= 0; got -1"),
-    (-1e-30, r"must be >= 0"),
-    (float("nan"), r"I2_S scale must be finite; got nan"),
-    (float("inf"), r"must be finite"),
-    (-float("inf"), r"must be finite"),
-    (1e39, r"pack_i2s: scale 1e\+39 overflows float32, which I2_S stores"),
-    ("abc", r"pack_i2s: scale must be a number; got 'abc'"),
-    (None, r"scale must be a number; got None"),
-    (np.array([1.0, 2.0]), r"scale must be a number"),
-])
+@pytest.mark.parametrize(
+    "scale, match",
+    [
+        (-1.0, r"I2_S scale must be >= 0; got -1"),
+        (-1e-30, r"must be >= 0"),
+        (float("nan"), r"I2_S scale must be finite; got nan"),
+        (float("inf"), r"must be finite"),
+        (-float("inf"), r"must be finite"),
+        (1e39, r"pack_i2s: scale 1e\+39 overflows float32, which I2_S stores"),
+        ("abc", r"pack_i2s: scale must be a number; got 'abc'"),
+        (None, r"scale must be a number; got None"),
+        (np.array([1.0, 2.0]), r"scale must be a number"),
+    ],
+)
 def test_pack_i2s_bad_scale(backend_name, scale, match):
     with pytest.raises(ValueError, match=match):
         fmt.pack_i2s(np.zeros((4, 128), np.int8), scale)

@@ -89,13 +89,38 @@ def test_ties_round_to_even():
 
 def test_edges_of_the_range():
     f32 = np.float32
-    values = np.array([
-        65504.0, 65505.0, 65519.0, np.nextafter(f32(65520), f32(0)), 65520.0, np.nextafter(f32(65520), f32(1e9)),
-        65536.0, 1e5, 3.4028235e38, np.inf, -np.inf, 0.0, -0.0,
-        2.0**-14, np.nextafter(f32(2.0**-14), f32(0)), 2.0**-24, 2.0**-25, np.nextafter(f32(2.0**-25), f32(1)),
-        np.nextafter(f32(2.0**-25), f32(0)), 1.5 * 2.0**-24, 2.5 * 2.0**-24, 1e-8, 1e-30, 1e-40, 1.4e-45,
-        np.nan, -np.nan,
-    ], np.float32)
+    values = np.array(
+        [
+            65504.0,
+            65505.0,
+            65519.0,
+            np.nextafter(f32(65520), f32(0)),
+            65520.0,
+            np.nextafter(f32(65520), f32(1e9)),
+            65536.0,
+            1e5,
+            3.4028235e38,
+            np.inf,
+            -np.inf,
+            0.0,
+            -0.0,
+            2.0**-14,
+            np.nextafter(f32(2.0**-14), f32(0)),
+            2.0**-24,
+            2.0**-25,
+            np.nextafter(f32(2.0**-25), f32(1)),
+            np.nextafter(f32(2.0**-25), f32(0)),
+            1.5 * 2.0**-24,
+            2.5 * 2.0**-24,
+            1e-8,
+            1e-30,
+            1e-40,
+            1.4e-45,
+            np.nan,
+            -np.nan,
+        ],
+        np.float32,
+    )
     assert_same_halves(values)
     assert_same_halves(-values)
     assert cpp.float_to_half(65519.99) == 0x7BFF

@@ -66,8 +66,10 @@ def _block(codes_fn, scale: float) -> np.ndarray:
 def _named_cases():
     rng = np.random.default_rng(5)
     dense = rng.integers(-1, 2, (4, 512)).astype(np.float32)
-    per_block = dense.reshape(-1, 256) * np.array([0.1, 3.0, 1e-7, 65504.0, 2.5e-5, 1.0 / 3.0, 7.0, 65519.99],
-                                                  np.float32)[:, None]
+    per_block = (
+        dense.reshape(-1, 256)
+        * np.array([0.1, 3.0, 1e-7, 65504.0, 2.5e-5, 1.0 / 3.0, 7.0, 65519.99], np.float32)[:, None]
+    )
     neg_zero = dense * np.float32(0.5)
     neg_zero[neg_zero == 0] = np.float32(-0.0)
     half_zero = dense.copy()
@@ -126,8 +128,9 @@ def well_formed_tq_bytes(draw, qtype: str):
         data = rng.choice(_NO_CODE3, (nblocks, nbytes))
     else:  # includes bytes no quantizer writes (not ceil(t * 256 / 243)): readers must still agree
         data = rng.integers(0, 256, (nblocks, nbytes)).astype(np.uint8)
-    halves = draw(st.lists(st.floats(width=16, allow_nan=False, allow_infinity=False), min_size=nblocks,
-                           max_size=nblocks))
+    halves = draw(
+        st.lists(st.floats(width=16, allow_nan=False, allow_infinity=False), min_size=nblocks, max_size=nblocks)
+    )
     data[:, -2:] = np.array(halves, "<f2").view(np.uint8).reshape(nblocks, 2)
     return (rows, cols), data.reshape(-1)
 

@@ -32,8 +32,12 @@ def spec_i2s_codes_bytes(c: np.ndarray, layout: str) -> list[int]:
     if layout == "x86-1x4":
         for g in range(rows // 4):
             for col in range(cols):
-                out.append(int(c[4 * g][col]) << 6 | int(c[4 * g + 1][col]) << 4 | int(c[4 * g + 2][col]) << 2
-                           | int(c[4 * g + 3][col]))
+                out.append(
+                    int(c[4 * g][col]) << 6
+                    | int(c[4 * g + 1][col]) << 4
+                    | int(c[4 * g + 2][col]) << 2
+                    | int(c[4 * g + 3][col])
+                )
         return out
     block, stride = {"x86": (128, 32), "arm": (64, 16)}[layout]
     flat = [int(v) for v in c.reshape(-1)]  # row-major, ne0 fastest
@@ -49,8 +53,9 @@ def spec_tq2_0_qs(c: list[int]) -> list[int]:
     qs = [0] * 64
     for h in range(2):
         for j in range(32):
-            qs[32 * h + j] = (c[128 * h + j] | c[128 * h + 32 + j] << 2 | c[128 * h + 64 + j] << 4
-                              | c[128 * h + 96 + j] << 6)
+            qs[32 * h + j] = (
+                c[128 * h + j] | c[128 * h + 32 + j] << 2 | c[128 * h + 64 + j] << 4 | c[128 * h + 96 + j] << 6
+            )
     return qs
 
 
@@ -189,8 +194,10 @@ def test_i2s_x86_1x4_formula_literal(backend_name, layout):
 def test_i2s_tail_holds_the_float32_scale(backend_name, layout, scale):
     rows, cols = 4, 256
     codes = np.tile(np.array([1, 0, -1, 1], np.int8), (rows, cols // 4))
-    for data in (fmt.pack_i2s(codes, scale, layout),
-                 fmt.quantize(codes.astype(np.float32) * np.float32(scale), "I2_S", layout)):
+    for data in (
+        fmt.pack_i2s(codes, scale, layout),
+        fmt.quantize(codes.astype(np.float32) * np.float32(scale), "I2_S", layout),
+    ):
         assert data.dtype == np.uint8
         assert data.size == rows * cols // 4 + 32 == fmt.nbytes("I2_S", rows, cols)
         tail = data[rows * cols // 4 :].tolist()
@@ -211,8 +218,9 @@ def test_i2s_readers_ignore_the_tail_padding(backend_name, layout):
     back, scale = fmt.unpack_i2s(garbage, codes.shape, layout)
     assert scale == 0.5
     np.testing.assert_array_equal(back, codes)
-    np.testing.assert_array_equal(fmt.dequantize(garbage, codes.shape, "I2_S", layout),
-                                  codes.astype(np.float32) * np.float32(0.5))
+    np.testing.assert_array_equal(
+        fmt.dequantize(garbage, codes.shape, "I2_S", layout), codes.astype(np.float32) * np.float32(0.5)
+    )
 
 
 def test_i2s_reads_the_scale_little_endian_from_the_first_tail_bytes(backend_name):

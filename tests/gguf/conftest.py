@@ -54,11 +54,13 @@ def train_tokenizer(vocab_size: int = VOCAB, pre: str = "gpt2", byte_fallback: b
         return tok
     tok = Tokenizer(models.BPE())
     level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.pre_tokenizer = level if pre == "gpt2" else pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), level])
+    tok.pre_tokenizer = (
+        level if pre == "gpt2" else pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), level])
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(sample_texts(), trainer)
     return tok
 
@@ -70,7 +72,8 @@ def tokenizer(kind: str = "gpt2"):
     if kind not in _TOKENIZER_CACHE:
         # the SentencePiece-style one holds 259 special/byte tokens before any merge
         _TOKENIZER_CACHE[kind] = train_tokenizer(
-            640 if kind == "spm" else VOCAB, pre="smollm" if kind == "smollm" else "gpt2", byte_fallback=kind == "spm")
+            640 if kind == "spm" else VOCAB, pre="smollm" if kind == "smollm" else "gpt2", byte_fallback=kind == "spm"
+        )
     return _TOKENIZER_CACHE[kind]
 
 
@@ -82,17 +85,34 @@ def text_ids() -> list[int]:
 def save_tokenizer(folder: Path, kind: str = "gpt2", config: dict | None = None) -> None:
     tok = tokenizer(kind)
     tok.save(str(folder / "tokenizer.json"))
-    cfg = config if config is not None else (
-        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"} if kind == "spm"
-        else {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|pad|>"})
+    cfg = (
+        config
+        if config is not None
+        else (
+            {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+            if kind == "spm"
+            else {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|pad|>"}
+        )
+    )
     (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
 
 
 def tiny_config(act: str = "relu2", **changes) -> ModelConfig:
     """hidden 256, ffn 512, 2 blocks, 4 heads / 2 KV heads (head_dim 64), vocab 320."""
-    base = {"vocab_size": VOCAB, "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_act": act, "max_position_embeddings": 128,
-            "rope_theta": 10000.0, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 1}
+    base = {
+        "vocab_size": VOCAB,
+        "hidden_size": 256,
+        "intermediate_size": 512,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "hidden_act": act,
+        "max_position_embeddings": 128,
+        "rope_theta": 10000.0,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        "pad_token_id": 1,
+    }
     return ModelConfig(**{**base, **changes})
 
 
@@ -138,15 +158,22 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], bf16: bool = F
         f.writelines(blobs)
 
 
-def make_checkpoint(folder: Path, config: ModelConfig | None = None, seed: int = 0, tensors: dict | None = None,
-                    tokenizer_kind: str | None = "gpt2", bf16: bool = False) -> Path:
+def make_checkpoint(
+    folder: Path,
+    config: ModelConfig | None = None,
+    seed: int = 0,
+    tensors: dict | None = None,
+    tokenizer_kind: str | None = "gpt2",
+    bf16: bool = False,
+) -> Path:
     """A bitk checkpoint folder (bitk.json + model.safetensors + tokenizer files)."""
     config = config or tiny_config()
     folder.mkdir(parents=True, exist_ok=True)
     tensors = tensors if tensors is not None else random_tensors(config, seed)
     write_safetensors(folder / "model.safetensors", tensors, bf16=bf16)
-    (folder / "bitk.json").write_text(json.dumps({"format": "bitk", "format_version": 1, "model": config.to_dict(),
-                                                  "trainer": {"step": 7}}))
+    (folder / "bitk.json").write_text(
+        json.dumps({"format": "bitk", "format_version": 1, "model": config.to_dict(), "trainer": {"step": 7}})
+    )
     if tokenizer_kind is not None:
         save_tokenizer(folder, tokenizer_kind)
     return folder
@@ -154,20 +181,35 @@ def make_checkpoint(folder: Path, config: ModelConfig | None = None, seed: int =
 
 def hf_config(config: ModelConfig, model_type: str, **extra) -> dict:
     d = {
-        "model_type": model_type, "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
-        "intermediate_size": config.intermediate_size, "num_hidden_layers": config.num_hidden_layers,
-        "num_attention_heads": config.num_attention_heads, "num_key_value_heads": config.num_key_value_heads,
-        "head_dim": config.head_dim, "hidden_act": config.hidden_act,
-        "max_position_embeddings": config.max_position_embeddings, "rope_theta": config.rope_theta,
-        "rms_norm_eps": config.rms_norm_eps, "tie_word_embeddings": config.tie_word_embeddings,
-        "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+        "model_type": model_type,
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_attention_heads": config.num_attention_heads,
+        "num_key_value_heads": config.num_key_value_heads,
+        "head_dim": config.head_dim,
+        "hidden_act": config.hidden_act,
+        "max_position_embeddings": config.max_position_embeddings,
+        "rope_theta": config.rope_theta,
+        "rms_norm_eps": config.rms_norm_eps,
+        "tie_word_embeddings": config.tie_word_embeddings,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id,
     }
     d.update(extra)
     return d
 
 
-def make_hf_folder(folder: Path, config: ModelConfig, model_type: str, tensors: dict, bf16: bool = False,
-                   tokenizer_kind: str | None = "gpt2", **extra) -> Path:
+def make_hf_folder(
+    folder: Path,
+    config: ModelConfig,
+    model_type: str,
+    tensors: dict,
+    bf16: bool = False,
+    tokenizer_kind: str | None = "gpt2",
+    **extra,
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     write_safetensors(folder / "model.safetensors", tensors, bf16=bf16)
     (folder / "config.json").write_text(json.dumps(hf_config(config, model_type, **extra)))
@@ -179,8 +221,9 @@ def make_hf_folder(folder: Path, config: ModelConfig, model_type: str, tensors: 
 def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess:
     """`python -m bitk.gguf ARGS` in a subprocess."""
     env = {**os.environ, "COLUMNS": "200"}
-    proc = subprocess.run([sys.executable, "-m", "bitk.gguf", *map(str, args)], capture_output=True, text=True,
-                          env=env, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bitk.gguf", *map(str, args)], capture_output=True, text=True, env=env, check=False
+    )
     if check:
         assert proc.returncode == 0, proc.stderr + proc.stdout
     return proc

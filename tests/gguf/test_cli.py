@@ -87,8 +87,11 @@ def test_nan_weight(tmp_path):
 def test_unknown_model_type(tmp_path):
     cfg = tiny_config("silu")
     folder = make_hf_folder(tmp_path / "gpt", cfg, "gpt_neox", random_tensors(cfg))
-    assert_error(run_cli("pack", folder, "-o", tmp_path / "m.gguf"), "model_type 'gpt_neox' is not supported",
-                 "llama, qwen3, bitnet")
+    assert_error(
+        run_cli("pack", folder, "-o", tmp_path / "m.gguf"),
+        "model_type 'gpt_neox' is not supported",
+        "llama, qwen3, bitnet",
+    )
 
 
 def test_untied_head_refused_then_accepted_with_flag(tmp_path):
@@ -108,12 +111,21 @@ def test_qk_norm_refused(tmp_path):
 
 
 def test_smollm2_dims_fall_back_with_a_summary_line(tmp_path):
-    cfg = tiny_config("silu", hidden_size=576, intermediate_size=1536, num_hidden_layers=1, num_attention_heads=9,
-                      num_key_value_heads=3, head_dim=64)
+    cfg = tiny_config(
+        "silu",
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=1,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+    )
     ckpt = make_checkpoint(tmp_path / "smol", cfg, seed=6)
     proc = run_cli("pack", ckpt, "-o", tmp_path / "m.gguf", "--type", "tq2_0", check=True)
-    assert ("note: 6 projection(s) (attn_k, attn_output, attn_q, attn_v, ffn_gate, ffn_up) written as F16: "
-            "TQ2_0 needs in_features % 256 == 0, got 576") in proc.stdout
+    assert (
+        "note: 6 projection(s) (attn_k, attn_output, attn_q, attn_v, ffn_gate, ffn_up) written as F16: "
+        "TQ2_0 needs in_features % 256 == 0, got 576"
+    ) in proc.stdout
     assert "TQ2_0 needs in_features % 256 == 0, got 576" in proc.stdout.split("note:")[0]  # the table's note column
 
 
@@ -140,7 +152,6 @@ def test_usage_errors_and_bad_files(tmp_path):
 
 @pytest.mark.parametrize("emb", ["f16", "f32"])
 def test_embedding_type_option(tmp_path, silu_ckpt, emb):
-    proc = run_cli("pack", silu_ckpt, "-o", tmp_path / "m.gguf", "--embedding-type", emb, "--type", "f32",
-                   check=True)
+    proc = run_cli("pack", silu_ckpt, "-o", tmp_path / "m.gguf", "--embedding-type", emb, "--type", "f32", check=True)
     row = next(line for line in proc.stdout.splitlines() if "token_embd.weight" in line)
     assert emb.upper() in row

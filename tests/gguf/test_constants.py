@@ -60,8 +60,21 @@ def test_container_constants_come_from_gguf_py():
     assert c.QUANTIZATION_VERSION == 2 == gguf.GGML_QUANT_VERSION
 
 
-VALUE_TYPES = {"UINT8": 0, "INT8": 1, "UINT16": 2, "INT16": 3, "UINT32": 4, "INT32": 5, "FLOAT32": 6, "BOOL": 7,
-               "STRING": 8, "ARRAY": 9, "UINT64": 10, "INT64": 11, "FLOAT64": 12}
+VALUE_TYPES = {
+    "UINT8": 0,
+    "INT8": 1,
+    "UINT16": 2,
+    "INT16": 3,
+    "UINT32": 4,
+    "INT32": 5,
+    "FLOAT32": 6,
+    "BOOL": 7,
+    "STRING": 8,
+    "ARRAY": 9,
+    "UINT64": 10,
+    "INT64": 11,
+    "FLOAT64": 12,
+}
 
 
 def test_value_types_come_from_gguf_py():
@@ -147,15 +160,23 @@ ARCH_KEYS = {
 def test_metadata_keys_come_from_gguf_py():
     for name, (value, theirs) in KEYS.items():
         assert getattr(c, name) == value == theirs, name
-    assert c.SPECIAL_ID_KEYS == {"bos": Keys.Tokenizer.BOS_ID, "eos": Keys.Tokenizer.EOS_ID,
-                                 "unk": Keys.Tokenizer.UNK_ID, "pad": Keys.Tokenizer.PAD_ID}
+    assert c.SPECIAL_ID_KEYS == {
+        "bos": Keys.Tokenizer.BOS_ID,
+        "eos": Keys.Tokenizer.EOS_ID,
+        "unk": Keys.Tokenizer.UNK_ID,
+        "pad": Keys.Tokenizer.PAD_ID,
+    }
     assert list(c.ARCH_KEYS) == list(ARCH_KEYS)
     for what, (value, theirs) in ARCH_KEYS.items():
         assert c.ARCH_KEYS[what] == value == theirs, what
     assert c.arch_key("bitnet-b1.58", "rms_eps") == "bitnet-b1.58.attention.layer_norm_rms_epsilon"
     # bitk's own keys: gguf-py has no bitk.* namespace
     assert (c.KEY_BITK_VERSION, c.KEY_I2S_LAYOUT, c.KEY_SOURCE_KIND, c.KEY_CHANGES) == (
-        "bitk.version", "bitk.i2s_layout", "bitk.source_kind", "bitk.changes")
+        "bitk.version",
+        "bitk.i2s_layout",
+        "bitk.source_kind",
+        "bitk.changes",
+    )
 
 
 def test_token_types_and_tokenizer_models_come_from_gguf_py():

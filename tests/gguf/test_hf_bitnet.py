@@ -42,15 +42,28 @@ def packed_folder(tmp_path, linear_class: str):
                 tensors[name] = c.astype(np.float32)  # AutoBitLinear offline: the ternary values themselves
             tensors[name[: -len("weight")] + "weight_scale"] = np.array([SCALES[j]], np.float32)
     qc = {"quant_method": "bitnet", "linear_class": linear_class, "quantization_mode": "offline"}
-    folder = make_hf_folder(tmp_path / linear_class, cfg, "bitnet", tensors, bf16=True,
-                            quantization_config=qc, rope_parameters={"rope_theta": 500000.0, "rope_type": "default"})
+    folder = make_hf_folder(
+        tmp_path / linear_class,
+        cfg,
+        "bitnet",
+        tensors,
+        bf16=True,
+        quantization_config=qc,
+        rope_parameters={"rope_theta": 500000.0, "rope_type": "default"},
+    )
     return folder, tensors, codes
 
 
 def test_bf16_master_weights_are_ternarized(tmp_path):
     cfg = tiny_config("relu2")
-    folder = make_hf_folder(tmp_path / "hf", cfg, "bitnet", random_tensors(cfg, seed=10), bf16=True,
-                            rope_parameters={"rope_theta": 500000.0, "rope_type": "default"})
+    folder = make_hf_folder(
+        tmp_path / "hf",
+        cfg,
+        "bitnet",
+        random_tensors(cfg, seed=10),
+        bf16=True,
+        rope_parameters={"rope_theta": 500000.0, "rope_type": "default"},
+    )
     out = tmp_path / "m.gguf"
     res = pack(folder, out, "i2_s")
     assert res.arch == "bitnet-b1.58"
@@ -73,8 +86,11 @@ def test_packed_form_keeps_codes_and_follows_transformers_scale_direction(tmp_pa
     with read_gguf(out) as f, torch._dynamo.config.patch(disable=True):
         for p in ("self_attn.q_proj", "mlp.gate_proj", "mlp.down_proj"):
             name = f"model.layers.1.{p}.weight"
-            gg = {"self_attn.q_proj": "blk.1.attn_q.weight", "mlp.gate_proj": "blk.1.ffn_gate.weight",
-                  "mlp.down_proj": "blk.1.ffn_down.weight"}[p]
+            gg = {
+                "self_attn.q_proj": "blk.1.attn_q.weight",
+                "mlp.gate_proj": "blk.1.ffn_gate.weight",
+                "mlp.down_proj": "blk.1.ffn_down.weight",
+            }[p]
             values, got_codes, _ = decode(f, gg)
             ws = bf16(SCALES[PROJECTIONS.index(p)])
             stored = tensors[name]

@@ -115,7 +115,9 @@ def test_tokenizer_comes_back(tmp_path):
 
     again = Tokenizer.from_file(str(tmp_path / "tok" / "tokenizer.json"))
     text = "class Foo:\n    pass  # 12 <|endoftext|>"
-    assert again.encode(text).ids == tokenizer().encode(text).ids == load_tokenizer(tmp_path / "m.gguf").encode(text).ids
+    assert (
+        again.encode(text).ids == tokenizer().encode(text).ids == load_tokenizer(tmp_path / "m.gguf").encode(text).ids
+    )
     assert loaded.config.bos_token_id == 0 and loaded.config.pad_token_id == 1
 
 

@@ -18,8 +18,9 @@ def plan_of(folder, **options):
 def types_by_kind(plan) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for t in plan.tensors:
-        out.setdefault(t.name.split(".", 2)[-1].removesuffix(".weight") if t.name.startswith("blk.") else t.name,
-                       set()).add(t.type)
+        out.setdefault(
+            t.name.split(".", 2)[-1].removesuffix(".weight") if t.name.startswith("blk.") else t.name, set()
+        ).add(t.type)
     return out
 
 
@@ -37,8 +38,15 @@ def test_arch_follows_the_activation(relu2_ckpt, silu_ckpt):
 @pytest.fixture(scope="module")
 def smollm_like(tmp_path_factory):
     """SmolLM2-135M's widths (hidden 576, ffn 1536, 9/3 heads of 64), one block."""
-    cfg = tiny_config("silu", hidden_size=576, intermediate_size=1536, num_hidden_layers=1, num_attention_heads=9,
-                      num_key_value_heads=3, head_dim=64)
+    cfg = tiny_config(
+        "silu",
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=1,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+    )
     return make_checkpoint(tmp_path_factory.mktemp("smol") / "ckpt", cfg, seed=6)
 
 
@@ -76,8 +84,11 @@ def test_full_precision_model_with_subln_only_as_float(tmp_path):
     pack(ckpt, out, "f32")
     src = open_source(ckpt)
     with read_gguf(out) as f:  # written as they are: no ternarization
-        got = np.asarray(f.tensor_data("blk.0.attn_q.weight")).view("<f4").reshape(src.shape(
-            "model.layers.0.self_attn.q_proj.weight"))
+        got = (
+            np.asarray(f.tensor_data("blk.0.attn_q.weight"))
+            .view("<f4")
+            .reshape(src.shape("model.layers.0.self_attn.q_proj.weight"))
+        )
     np.testing.assert_array_equal(got, src.tensor("model.layers.0.self_attn.q_proj.weight"))
 
 

@@ -69,8 +69,10 @@ def test_same_table_as_gguf_py(tmp_path, relu2_ckpt, qtype):
             assert ours.type_id == int(t.tensor_type) and ours.ne == tuple(int(d) for d in t.shape)
             assert ours.nbytes == int(t.n_bytes) and f.data_offset + ours.offset == int(t.data_offset)
             np.testing.assert_array_equal(f.tensor_data(t.name), np.asarray(t.data).reshape(-1).view(np.uint8))
-        assert f.metadata["tokenizer.ggml.tokens"] == [str(bytes(ref.fields["tokenizer.ggml.tokens"].parts[i]),
-                                                           "utf-8") for i in ref.fields["tokenizer.ggml.tokens"].data]
+        assert f.metadata["tokenizer.ggml.tokens"] == [
+            str(bytes(ref.fields["tokenizer.ggml.tokens"].parts[i]), "utf-8")
+            for i in ref.fields["tokenizer.ggml.tokens"].data
+        ]
 
 
 def test_i2s_tensors_are_sized_with_their_tail(tmp_path, relu2_ckpt):
@@ -85,12 +87,15 @@ def test_i2s_tensors_are_sized_with_their_tail(tmp_path, relu2_ckpt):
     assert tensor_nbytes(999, (256,)) is None
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"", "ends inside the GGUF header"),
-    (b"GGML\x03\x00\x00\x00", "not a GGUF file"),
-    (b"GGUF\x01\x00\x00\x00" + bytes(16), "version 1 is not supported"),
-    (b"GGUF\x03\x00\x00\x00" + (0).to_bytes(8, "little") + (1).to_bytes(8, "little") + b"\x05", "ends inside"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "ends inside the GGUF header"),
+        (b"GGML\x03\x00\x00\x00", "not a GGUF file"),
+        (b"GGUF\x01\x00\x00\x00" + bytes(16), "version 1 is not supported"),
+        (b"GGUF\x03\x00\x00\x00" + (0).to_bytes(8, "little") + (1).to_bytes(8, "little") + b"\x05", "ends inside"),
+    ],
+)
 def test_malformed_headers(tmp_path, data, message):
     path = tmp_path / "bad.gguf"
     path.write_bytes(data)

@@ -31,16 +31,20 @@ def llama3_like() -> Tokenizer:
     from tokenizers import processors
 
     tok = train_tokenizer(vocab_size=300)
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(REGEX_LLAMA3), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(REGEX_LLAMA3), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.add_special_tokens(["<|begin_of_text|>", "<|end_of_text|>"])
     bos = tok.token_to_id("<|begin_of_text|>")
-    tok.post_processor = processors.Sequence([
-        processors.ByteLevel(trim_offsets=False),
-        processors.TemplateProcessing(single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", bos)]),
-    ])
+    tok.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", bos)]),
+        ]
+    )
     return tok
 
 
@@ -63,8 +67,12 @@ def test_smollm_pre_is_digits_plus_bytelevel(tmp_path):
 def test_llama3_specials_outside_the_bpe_vocab_land_at_their_ids(tmp_path):
     tok = llama3_like()
     n = tok.get_vocab_size()
-    folder = write(tmp_path, tok, {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"},
-                   edit=lambda d: d["model"].update(ignore_merges=True))
+    folder = write(
+        tmp_path,
+        tok,
+        {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"},
+        edit=lambda d: d["model"].update(ignore_merges=True),
+    )
     v = read_vocab(folder, 320)
     assert v.pre == "llama-bpe"
     bos, eos = n - 2, n - 1
@@ -85,10 +93,12 @@ def test_qwen2_regex_with_nfc(tmp_path):
 
     tok = train_tokenizer(vocab_size=300)
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(REGEX_QWEN2), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(REGEX_QWEN2), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     assert read_vocab(write(tmp_path, tok), 300).pre == "qwen2"
 
 
@@ -105,8 +115,10 @@ def test_unrecognised_pre_tokenizers_are_refused_naming_the_option(tmp_path, cas
     elif case == "lowercase":
         tok.normalizer = normalizers.Lowercase()
     else:
+
         def edit(d):
             d["model"]["ignore_merges"] = True
+
     folder = write(tmp_path, tok, edit=edit)
     with pytest.raises(ValueError, match="--pre NAME"):
         read_vocab(folder, 300)
@@ -172,9 +184,13 @@ def test_special_token_not_in_vocab_is_refused(tmp_path):
 def test_detect_pre_on_plain_dicts():
     bl = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
     assert detect_pre({"pre_tokenizer": bl}) == "gpt-2"
-    seq = {"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": REGEX_LLAMA3}, "behavior": "Isolated", "invert": False},
-        {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False}]}
+    seq = {
+        "type": "Sequence",
+        "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": REGEX_LLAMA3}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False},
+        ],
+    }
     assert detect_pre({"pre_tokenizer": seq}) == "llama-bpe"
     seq["pretokenizers"][0]["pattern"]["Regex"] = REGEX_LLAMA3.replace("{1,3}", "{1,2}")
     with pytest.raises(ValueError, match="Split \\+ ByteLevel"):
@@ -184,8 +200,12 @@ def test_detect_pre_on_plain_dicts():
 @pytest.mark.parametrize("kind", ["gpt2", "smollm", "llama3"])
 def test_rebuilt_tokenizer_encodes_like_the_original(tmp_path, kind):
     if kind == "llama3":
-        folder = write(tmp_path, llama3_like(), {"bos_token": "<|begin_of_text|>"},
-                       edit=lambda d: d["model"].update(ignore_merges=True))
+        folder = write(
+            tmp_path,
+            llama3_like(),
+            {"bos_token": "<|begin_of_text|>"},
+            edit=lambda d: d["model"].update(ignore_merges=True),
+        )
         original = Tokenizer.from_file(str(folder / "tokenizer.json"))
         size = 320
     else:
@@ -199,11 +219,14 @@ def test_rebuilt_tokenizer_encodes_like_the_original(tmp_path, kind):
         assert rebuilt.decode(rebuilt.encode(text).ids) == original.decode(original.encode(text).ids)
 
 
-@pytest.mark.parametrize("repo, rows, pre, bos, eos, add_bos", [
-    ("HuggingFaceTB/SmolLM2-135M", 400, "smollm", "<|endoftext|>", "<|endoftext|>", False),
-    ("Qwen/Qwen3-0.6B", 512, "qwen2", None, "<|im_end|>", False),
-    ("microsoft/bitnet-b1.58-2B-4T-bf16", 400, "llama-bpe", "<|begin_of_text|>", "<|end_of_text|>", True),
-])
+@pytest.mark.parametrize(
+    "repo, rows, pre, bos, eos, add_bos",
+    [
+        ("HuggingFaceTB/SmolLM2-135M", 400, "smollm", "<|endoftext|>", "<|endoftext|>", False),
+        ("Qwen/Qwen3-0.6B", 512, "qwen2", None, "<|im_end|>", False),
+        ("microsoft/bitnet-b1.58-2B-4T-bf16", 400, "llama-bpe", "<|begin_of_text|>", "<|end_of_text|>", True),
+    ],
+)
 def test_the_presets_tokenizer_configurations(hub_cache, repo, rows, pre, bos, eos, add_bos):
     """SmolLM2's (Digits + ByteLevel), Qwen3's (NFC, Split + ByteLevel, no BOS) and BitNet's Llama 3 shapes."""
     folder = hub_cache[repo]
@@ -213,8 +236,9 @@ def test_the_presets_tokenizer_configurations(hub_cache, repo, rows, pre, bos, e
     if bos is not None:
         assert vocab.tokens[vocab.special_ids["bos"]] == bos
     assert vocab.tokens[vocab.special_ids["eos"]] == eos and vocab.add_bos is add_bos
-    assert all(vocab.token_types[vocab.tokens.index(t)] == CONTROL for t in ("<|im_start|>", "<|im_end|>")
-               if t in vocab.tokens)
+    assert all(
+        vocab.token_types[vocab.tokens.index(t)] == CONTROL for t in ("<|im_start|>", "<|im_end|>") if t in vocab.tokens
+    )
     if rows > 400:  # Qwen3's embedding has more rows than its tokenizer has tokens
         assert vocab.tokens[400:] == [f"[PAD{i}]" for i in range(400, rows)]
         assert set(vocab.token_types[400:]) == {UNUSED}

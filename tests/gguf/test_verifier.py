@@ -124,14 +124,21 @@ def test_another_source_fails(packed, tmp_path):
 def test_source_with_other_dims_fails_the_metadata(packed, tmp_path):
     other = make_checkpoint(tmp_path / "other", tiny_config("silu", intermediate_size=768), seed=1)
     bad = failed(verify(packed["i2_s"], against=other))
-    assert "evaluates relu2, the source uses silu" in bad["metadata"] and "ffn 512 but the source has 768" in bad[
-        "metadata"]
+    assert (
+        "evaluates relu2, the source uses silu" in bad["metadata"]
+        and "ffn 512 but the source has 768" in bad["metadata"]
+    )
 
 
 def _minimal_gguf(path, arch="bitnet-b1.58", drop=(), extra_tensor=False):
     w = GGUFWriter(path, arch)
-    keys = {"context_length": 16, "embedding_length": 128, "block_count": 0, "feed_forward_length": 256,
-            "attention.head_count": 2}
+    keys = {
+        "context_length": 16,
+        "embedding_length": 128,
+        "block_count": 0,
+        "feed_forward_length": 256,
+        "attention.head_count": 2,
+    }
     for k, v in keys.items():
         if k not in drop:
             w.add_uint32(f"{arch}.{k}", v)

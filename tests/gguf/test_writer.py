@@ -120,12 +120,19 @@ def test_metadata_keys(tmp_path, relu2_ckpt):
     with read_gguf(out) as f:
         m = f.metadata
         expected = {
-            f"{a}.context_length": c.max_position_embeddings, f"{a}.embedding_length": c.hidden_size,
-            f"{a}.block_count": c.num_hidden_layers, f"{a}.feed_forward_length": c.intermediate_size,
+            f"{a}.context_length": c.max_position_embeddings,
+            f"{a}.embedding_length": c.hidden_size,
+            f"{a}.block_count": c.num_hidden_layers,
+            f"{a}.feed_forward_length": c.intermediate_size,
             f"{a}.attention.head_count": c.num_attention_heads,
-            f"{a}.attention.head_count_kv": c.num_key_value_heads, f"{a}.rope.dimension_count": c.head_dim,
-            f"{a}.vocab_size": c.vocab_size, "general.name": "tiny", "bitk.i2s_layout": "x86",
-            "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2", "general.quantization_version": 2,
+            f"{a}.attention.head_count_kv": c.num_key_value_heads,
+            f"{a}.rope.dimension_count": c.head_dim,
+            f"{a}.vocab_size": c.vocab_size,
+            "general.name": "tiny",
+            "bitk.i2s_layout": "x86",
+            "tokenizer.ggml.model": "gpt2",
+            "tokenizer.ggml.pre": "gpt-2",
+            "general.quantization_version": 2,
         }
         for key, value in expected.items():
             assert m[key] == value, key
@@ -178,8 +185,10 @@ def _corrupt(ckpt_dir, name, value, tmp_path):
     return make_checkpoint(tmp_path / ckpt_dir, cfg, tensors=tensors)
 
 
-@pytest.mark.parametrize("name", ["model.layers.1.mlp.down_proj.weight", "model.layers.0.input_layernorm.weight",
-                                  "model.embed_tokens.weight"])
+@pytest.mark.parametrize(
+    "name",
+    ["model.layers.1.mlp.down_proj.weight", "model.layers.0.input_layernorm.weight", "model.embed_tokens.weight"],
+)
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_non_finite_weights_are_refused_and_nothing_is_written(tmp_path, name, value):
     ckpt = _corrupt("bad", name, value, tmp_path)
@@ -254,10 +263,21 @@ def test_checkpoint_extra_keys_are_ignored(tmp_path, relu2_ckpt):
     assert pack(relu2_ckpt, tmp_path / "m.gguf", "f16").rows
 
 
-@pytest.mark.parametrize("values", [
-    ["<|endoftext|>", "Ġthe", "é€", "", "x" * 300], [""], [0, 1, -2, 2**31 - 1, -(2**31)], [2**31],
-    [0.5, -1.25, 1e-5, 3.4e38, float("nan")], [1e39], [1 / 3, 0.1], [True, False], [[1, 2], [3]], ["a", 1],
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["<|endoftext|>", "Ġthe", "é€", "", "x" * 300],
+        [""],
+        [0, 1, -2, 2**31 - 1, -(2**31)],
+        [2**31],
+        [0.5, -1.25, 1e-5, 3.4e38, float("nan")],
+        [1e39],
+        [1 / 3, 0.1],
+        [True, False],
+        [[1, 2], [3]],
+        ["a", 1],
+    ],
+)
 def test_bulk_array_packing_matches_gguf_byte_for_byte(values):
     from gguf import GGUFValueType, GGUFWriter
 

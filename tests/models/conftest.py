@@ -18,8 +18,15 @@ from bitk_testing import scramble
 
 # Small enough for a fast CPU run, large enough to have GQA (4 query heads, 2 KV heads), two
 # layers and a vocabulary the tokenizer fixture fits in.
-DIMS = {"vocab_size": 96, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128}
+DIMS = {
+    "vocab_size": 96,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128,
+}
 
 # transformers' packed/online BitNet quantizer config keys (transformers.utils.quantization_config).
 BITNET_ONLINE = {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "online"}
@@ -53,8 +60,11 @@ def make_hf(transformers, tmp_path):
     """
 
     def make(kind: str, name: str = "hf", *, seed: int = 0, quantization: dict | None = None, **overrides):
-        cls = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
-               "bitnet": ("BitNetConfig", "BitNetForCausalLM")}[kind]
+        cls = {
+            "llama": ("LlamaConfig", "LlamaForCausalLM"),
+            "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+            "bitnet": ("BitNetConfig", "BitNetForCausalLM"),
+        }[kind]
         options = dict(DIMS, tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None)
         options.update(overrides)
         config = getattr(transformers, cls[0])(**options)
@@ -76,8 +86,21 @@ def tokenizer():
     """A word-level `tokenizers.Tokenizer` over a few words, with bitk's special tokens at 0..2."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    words = ["<|endoftext|>", "<|pad|>", "<|mask|>", "<unk>", "the", "quick", "brown", "fox", "jumps", "over",
-             "a", "lazy", "dog"]
+    words = [
+        "<|endoftext|>",
+        "<|pad|>",
+        "<|mask|>",
+        "<unk>",
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "a",
+        "lazy",
+        "dog",
+    ]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     return tok
@@ -101,5 +124,6 @@ def helpers():
     """The module-level helpers above, for test files (conftest modules are not importable)."""
     import types
 
-    return types.SimpleNamespace(DIMS=DIMS, BITNET_ONLINE=BITNET_ONLINE, BITNET_PACKED=BITNET_PACKED,
-                                 scramble=scramble, ids=ids)
+    return types.SimpleNamespace(
+        DIMS=DIMS, BITNET_ONLINE=BITNET_ONLINE, BITNET_PACKED=BITNET_PACKED, scramble=scramble, ids=ids
+    )

@@ -13,8 +13,15 @@ from bitk.models import CausalLM, ModelConfig, load_checkpoint, save_checkpoint
 from bitk.models.checkpoint import read_checkpoint_meta
 from bitk.models.sources import open_source
 
-SMALL = ModelConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2)
+SMALL = ModelConfig(
+    vocab_size=96,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    initializer_range=0.2,
+)
 CONFIGS = {
     "ternary_tied": SMALL,
     "ternary_untied_bias_qk": SMALL.replace(tie_word_embeddings=False, attention_bias=True, qk_norm=True, head_dim=16),
@@ -138,8 +145,14 @@ def _edit_weights(path, edit):
     "edit, match",
     [
         (lambda t: t.pop("model.layers.1.mlp.up_proj.weight"), r"missing tensor\(s\) model\.layers\.1\.mlp\.up_proj"),
-        (lambda t: t.update({"model.layers.0.extra.weight": torch.zeros(3)}), r"unexpected tensor\(s\) model\.layers\.0\.extra"),
-        (lambda t: t.update({"model.norm.weight": torch.zeros(31)}), r"mis-shaped tensor\(s\) model\.norm\.weight \(31,\) \(expected \(32,\)\)"),
+        (
+            lambda t: t.update({"model.layers.0.extra.weight": torch.zeros(3)}),
+            r"unexpected tensor\(s\) model\.layers\.0\.extra",
+        ),
+        (
+            lambda t: t.update({"model.norm.weight": torch.zeros(31)}),
+            r"mis-shaped tensor\(s\) model\.norm\.weight \(31,\) \(expected \(32,\)\)",
+        ),
         (lambda t: t.update({"model.norm.weight": torch.zeros(32, dtype=torch.float16)}), "float32 or bfloat16"),
     ],
     ids=["missing", "unexpected", "mis-shaped", "dtype"],
@@ -159,8 +172,11 @@ def test_load_validates_the_folder(tmp_path):
         load_checkpoint(tmp_path / "plain")
     path = _model().save(tmp_path / "ckpt")
     meta = json.loads((path / "bitk.json").read_text())
-    for change, match in [({"format": "gguf"}, "format 'gguf'"), ({"format_version": 2}, "format_version 2"),
-                          ({"model": {**SMALL.to_dict(), "hidden_size": 0}}, "hidden_size")]:
+    for change, match in [
+        ({"format": "gguf"}, "format 'gguf'"),
+        ({"format_version": 2}, "format_version 2"),
+        ({"model": {**SMALL.to_dict(), "hidden_size": 0}}, "hidden_size"),
+    ]:
         (path / "bitk.json").write_text(json.dumps({**meta, **change}))
         with pytest.raises(ValueError, match=match):
             load_checkpoint(path)

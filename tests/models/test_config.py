@@ -20,9 +20,16 @@ def test_presets_round_trip_through_dict(name):
 
 def test_bitnet_2b_dimensions():
     c = preset("bitnet_2b")
-    assert (c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads,
-            c.num_key_value_heads, c.rope_theta, c.hidden_act, c.tie_word_embeddings) == \
-        (2560, 6912, 30, 20, 5, 500000.0, "relu2", True)
+    assert (
+        c.hidden_size,
+        c.intermediate_size,
+        c.num_hidden_layers,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.rope_theta,
+        c.hidden_act,
+        c.tie_word_embeddings,
+    ) == (2560, 6912, 30, 20, 5, 500000.0, "relu2", True)
 
 
 @pytest.mark.parametrize(

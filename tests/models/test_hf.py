@@ -200,7 +200,7 @@ def _pack(codes: torch.Tensor) -> torch.Tensor:
     u = (codes.to(torch.int16) + 1).to(torch.uint8)
     packed = torch.zeros(rows, codes.shape[1], dtype=torch.uint8)
     for i in range(4):
-        packed |= u[i * rows:(i + 1) * rows] << (2 * i)
+        packed |= u[i * rows : (i + 1) * rows] << (2 * i)
     return packed
 
 

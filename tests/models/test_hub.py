@@ -103,8 +103,12 @@ class _Hub(http.server.BaseHTTPRequestHandler):
 
     COMMIT = "5eedc0de" * 5
     served: dict[str, object] = {}
-    failures = {"gated": (403, "GatedRepo"), "missing": (404, "RepoNotFound"), "badrev": (404, "RevisionNotFound"),
-                "broken": (500, None)}
+    failures = {
+        "gated": (403, "GatedRepo"),
+        "missing": (404, "RepoNotFound"),
+        "badrev": (404, "RevisionNotFound"),
+        "broken": (500, None),
+    }
 
     def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
         self.send_response(status)
@@ -129,8 +133,15 @@ class _Hub(http.server.BaseHTTPRequestHandler):
         files = sorted(p for p in folder.iterdir() if p.is_file())
         json_type = {"Content-Type": "application/json"}
         if api and len(parts) > 4 and parts[4] == "tree":
-            tree = [{"type": "file", "path": p.name, "size": p.stat().st_size,
-                     "oid": hashlib.sha1(p.read_bytes()).hexdigest()} for p in files]
+            tree = [
+                {
+                    "type": "file",
+                    "path": p.name,
+                    "size": p.stat().st_size,
+                    "oid": hashlib.sha1(p.read_bytes()).hexdigest(),
+                }
+                for p in files
+            ]
             return self._send(200, json.dumps(tree).encode(), json_type)
         if api:
             info = {"id": repo, "sha": self.COMMIT, "siblings": [{"rfilename": p.name} for p in files]}
@@ -156,8 +167,15 @@ def hub_server():
 
 
 def online_env(endpoint: str, hf_home) -> dict[str, str]:
-    return {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_HOME": str(hf_home),
-            "HF_HUB_DISABLE_TELEMETRY": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "HF_ENDPOINT": endpoint,
+        "HF_HUB_OFFLINE": "0",
+        "HF_HOME": str(hf_home),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 @pytest.mark.slow
@@ -165,35 +183,78 @@ def test_a_hub_id_downloads_once_then_trains_offline(hub_server, hub_cache, tmp_
     """The real download path (huggingface_hub against a hub on 127.0.0.1), then the cache alone."""
     _Hub.served = {"bitk-tests/served": hub_cache["HuggingFaceTB/SmolLM2-135M"]}
     hf_home = tmp_path / "hf"
-    run = [sys.executable, "-m", "bitk.train", "model=bitk-tests/served", "training.max_steps=1", "data.block_size=32",
-           "training.eval_every=0", "export_gguf=none", "logging.progress=false"]
-    proc = subprocess.run([*run, f"output_dir={tmp_path / 'a'}"], capture_output=True, text=True, timeout=300,
-                          env=online_env(hub_server, hf_home))
+    run = [
+        sys.executable,
+        "-m",
+        "bitk.train",
+        "model=bitk-tests/served",
+        "training.max_steps=1",
+        "data.block_size=32",
+        "training.eval_every=0",
+        "export_gguf=none",
+        "logging.progress=false",
+    ]
+    proc = subprocess.run(
+        [*run, f"output_dir={tmp_path / 'a'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=online_env(hub_server, hf_home),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     snapshot = hf_home / "hub" / "models--bitk-tests--served" / "snapshots" / _Hub.COMMIT
-    assert (snapshot / "model.safetensors").read_bytes() == \
-        (hub_cache["HuggingFaceTB/SmolLM2-135M"] / "model.safetensors").read_bytes()
+    assert (snapshot / "model.safetensors").read_bytes() == (
+        hub_cache["HuggingFaceTB/SmolLM2-135M"] / "model.safetensors"
+    ).read_bytes()
     assert f"model: bitk-tests/served@{_Hub.COMMIT[:12]}" in proc.stdout
     _Hub.served = {}  # the hub knows it no more; offline, the cache serves
-    proc = subprocess.run([*run, f"output_dir={tmp_path / 'b'}"], capture_output=True, text=True, timeout=300,
-                          env={**online_env(hub_server, hf_home), "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run(
+        [*run, f"output_dir={tmp_path / 'b'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**online_env(hub_server, hf_home), "HF_HUB_OFFLINE": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-@pytest.mark.parametrize("repo, extra, expected", [
-    pytest.param("bitk-tests/gated", [], "bitk-tests/gated is a gated repository: accept its terms at "
-                                         "https://huggingface.co/bitk-tests/gated and log in", marks=pytest.mark.slow),
-    ("bitk-tests/missing", [], "bitk-tests/missing: no such repository on the Hugging Face hub"),
-    pytest.param("bitk-tests/badrev", ["model.revision=v9"], "bitk-tests/badrev has no revision 'v9'",
-                 marks=pytest.mark.slow),
-    pytest.param("bitk-tests/broken", [], "bitk-tests/broken is not in the Hugging Face cache", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "repo, extra, expected",
+    [
+        pytest.param(
+            "bitk-tests/gated",
+            [],
+            "bitk-tests/gated is a gated repository: accept its terms at "
+            "https://huggingface.co/bitk-tests/gated and log in",
+            marks=pytest.mark.slow,
+        ),
+        ("bitk-tests/missing", [], "bitk-tests/missing: no such repository on the Hugging Face hub"),
+        pytest.param(
+            "bitk-tests/badrev", ["model.revision=v9"], "bitk-tests/badrev has no revision 'v9'", marks=pytest.mark.slow
+        ),
+        pytest.param(
+            "bitk-tests/broken", [], "bitk-tests/broken is not in the Hugging Face cache", marks=pytest.mark.slow
+        ),
+    ],
+)
 def test_hub_failures_are_one_line_and_exit_2(hub_server, tmp_path, repo, extra, expected):
     env = online_env(hub_server, tmp_path / "hf")
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "bitk.train", f"model={repo}", *extra,
-                           f"output_dir={tmp_path / 'run'}", "logging.progress=false"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bitk.train",
+            f"model={repo}",
+            *extra,
+            f"output_dir={tmp_path / 'run'}",
+            "logging.progress=false",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("bitk.train: error:")]

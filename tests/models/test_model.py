@@ -12,8 +12,15 @@ from bitk.models.sources import tensor_shapes
 from bitk.nn import BitLinear, SubLN
 from bitk_testing import assert_derived_close
 
-SMALL = ModelConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2)
+SMALL = ModelConfig(
+    vocab_size=96,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    initializer_range=0.2,
+)
 VARIANTS = {
     "bitnet": SMALL,
     "llama": SMALL.replace(ternary=False, subln=False, hidden_act="silu", tie_word_embeddings=False),
@@ -175,8 +182,12 @@ def test_bad_config():
 def _count(config: ModelConfig) -> int:
     """Parameters of a bitk decoder by formula (tied head counted once)."""
     c = config
-    per_layer = (2 * c.hidden_size + c.hidden_size * (c.q_size + 2 * c.kv_size) + c.q_size * c.hidden_size
-                 + 3 * c.hidden_size * c.intermediate_size)
+    per_layer = (
+        2 * c.hidden_size
+        + c.hidden_size * (c.q_size + 2 * c.kv_size)
+        + c.q_size * c.hidden_size
+        + 3 * c.hidden_size * c.intermediate_size
+    )
     per_layer += c.attention_bias * (2 * c.q_size + 2 * c.kv_size)
     per_layer += c.qk_norm * 2 * c.head_dim + c.subln * (c.q_size + c.intermediate_size)
     head = 0 if c.tie_word_embeddings else c.vocab_size * c.hidden_size
@@ -195,7 +206,8 @@ def test_presets_build(name):
         parent = CausalLM(config.replace(ternary=False, subln=False))
     assert model.num_parameters() == _count(config)
     assert model.num_parameters() - parent.num_parameters() == config.num_hidden_layers * (
-        config.q_size + config.intermediate_size)
+        config.q_size + config.intermediate_size
+    )
     published = {"smollm2_135m": 134_515_008, "smollm2_360m": 361_821_120}
     if name in published:
         assert parent.num_parameters() == published[name]
@@ -219,8 +231,15 @@ def test_tiny_preset_trains_on_cpu():
 
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
 def test_resize_token_embeddings_appends_mean_rows(tied):
-    config = ModelConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
+    config = ModelConfig(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=tied,
+    )
     torch.manual_seed(0)
     model = CausalLM(config)
     emb, head = model.model.embed_tokens.weight.detach().clone(), model.lm_head.weight.detach().clone()

@@ -12,8 +12,15 @@ from safetensors.numpy import save_file
 from bitk.models.config import ModelConfig
 from bitk.models.sources import config_from_hf, open_source, tensor_shapes, unpack_bitnet_weight
 
-SMALL = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+SMALL = ModelConfig(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+)
 
 
 def _weights(config, rng, dtype=np.float32):
@@ -28,18 +35,28 @@ def _bitk_folder(path, config, weights):
 
 
 def _hf_bitnet_config(config, **extra):
-    return {"model_type": "bitnet", "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
-            "intermediate_size": config.intermediate_size, "num_hidden_layers": config.num_hidden_layers,
-            "num_attention_heads": config.num_attention_heads, "num_key_value_heads": config.num_key_value_heads,
-            "hidden_act": "relu2", "max_position_embeddings": 64, "rms_norm_eps": 1e-5,
-            "tie_word_embeddings": True, "rope_parameters": {"rope_theta": 500000.0, "rope_type": "default"}, **extra}
+    return {
+        "model_type": "bitnet",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_attention_heads": config.num_attention_heads,
+        "num_key_value_heads": config.num_key_value_heads,
+        "hidden_act": "relu2",
+        "max_position_embeddings": 64,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": True,
+        "rope_parameters": {"rope_theta": 500000.0, "rope_type": "default"},
+        **extra,
+    }
 
 
 def _pack_rows(codes):
     """transformers' packing: byte row r, bits 2i..2i+1 = output row i*(out/4) + r, value + 1."""
     u = (codes + 1).astype(np.uint8)
     q = u.shape[0] // 4
-    return u[:q] | u[q:2 * q] << 2 | u[2 * q:3 * q] << 4 | u[3 * q:] << 6
+    return u[:q] | u[q : 2 * q] << 2 | u[2 * q : 3 * q] << 4 | u[3 * q :] << 6
 
 
 def test_bitk_checkpoint(tmp_path):
@@ -83,7 +100,9 @@ def test_prequantized_bitnet_scale_direction(tmp_path, linear_class):
     config = SMALL.replace(hidden_act="relu2")
     weights, expected = {}, {}
     for name, shape in tensor_shapes(config).items():
-        if (".self_attn." in name and name.endswith("_proj.weight")) or (".mlp." in name and name.endswith("_proj.weight")):
+        if (".self_attn." in name and name.endswith("_proj.weight")) or (
+            ".mlp." in name and name.endswith("_proj.weight")
+        ):
             codes = rng.integers(-1, 2, shape).astype(np.int8)
             ws = np.float32(rng.uniform(0.5, 4))
             weights[name] = _pack_rows(codes) if linear_class == "bitlinear" else codes.astype(np.float32)
@@ -105,13 +124,31 @@ def test_prequantized_bitnet_scale_direction(tmp_path, linear_class):
 
 
 def test_hf_config_mapping():
-    hf = {"model_type": "qwen3", "vocab_size": 100, "hidden_size": 64, "intermediate_size": 96,
-          "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
-          "hidden_act": "silu", "rope_theta": 1e6, "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
-          "eos_token_id": [7, 8]}
+    hf = {
+        "model_type": "qwen3",
+        "vocab_size": 100,
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 32,
+        "hidden_act": "silu",
+        "rope_theta": 1e6,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": True,
+        "eos_token_id": [7, 8],
+    }
     c = config_from_hf(hf)
-    assert (c.qk_norm, c.ternary, c.subln, c.head_dim, c.q_size, c.rope_theta, c.eos_token_id) == \
-        (True, False, False, 32, 128, 1e6, 7)
+    assert (c.qk_norm, c.ternary, c.subln, c.head_dim, c.q_size, c.rope_theta, c.eos_token_id) == (
+        True,
+        False,
+        False,
+        32,
+        128,
+        1e6,
+        7,
+    )
     # transformers 5 nests the base; a missing one takes transformers' own default, never a guess
     llama = {**hf, "model_type": "llama", "rope_parameters": {"rope_theta": 5e5, "rope_type": "default"}}
     del llama["rope_theta"]
@@ -131,8 +168,14 @@ def test_hf_config_mapping():
     ],
 )
 def test_hf_config_refusals(change, match):
-    hf = {"model_type": "llama", "vocab_size": 100, "hidden_size": 64, "intermediate_size": 96,
-          "num_hidden_layers": 2, "num_attention_heads": 4}
+    hf = {
+        "model_type": "llama",
+        "vocab_size": 100,
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+    }
     with pytest.raises(ValueError, match=match):
         config_from_hf({**hf, **change})
 
@@ -164,6 +207,8 @@ def test_bad_folders(tmp_path):
 
 def test_reading_needs_no_torch(tmp_path):
     folder = _bitk_folder(tmp_path / "ckpt", SMALL, _weights(SMALL, np.random.default_rng(5)))
-    code = ("import sys; from bitk.models.sources import open_source; s = open_source(sys.argv[1]); "
-            "[s.tensor(n) for n in s.names()]; assert 'torch' not in sys.modules, 'torch was imported'")
+    code = (
+        "import sys; from bitk.models.sources import open_source; s = open_source(sys.argv[1]); "
+        "[s.tensor(n) for n in s.names()]; assert 'torch' not in sys.modules, 'torch was imported'"
+    )
     subprocess.run([sys.executable, "-c", code, str(folder)], check=True)

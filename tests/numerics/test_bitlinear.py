@@ -1,6 +1,5 @@
 """Tests of bitk.numerics bitlinear, bitlinear_fake_quant and bitlinear_bitnet_cpp."""
 
-
 import numpy as np
 import pytest
 import torch

@@ -1,6 +1,5 @@
 """Tests of bitk.numerics.quant: hand-computed examples, numpy cross-checks, bitnet.cpp variant, STE."""
 
-
 import numpy as np
 import pytest
 import torch

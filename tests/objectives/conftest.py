@@ -16,9 +16,18 @@ from bitk_testing import scramble
 
 sys.modules["bitk_objectives_testing"] = sys.modules[__name__]
 
-TINY = ModelConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                   bos_token_id=0, eos_token_id=0, pad_token_id=1)
+TINY = ModelConfig(
+    vocab_size=64,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    bos_token_id=0,
+    eos_token_id=0,
+    pad_token_id=1,
+)
 
 
 def tiny_model(seed: int = 0, **changes) -> CausalLM:

@@ -54,8 +54,15 @@ def test_zero_when_student_equals_teacher():
 def test_different_head_counts_and_depths():
     ids = random_ids(2, 10, seed=1)
     student = tiny_model(2)  # 4 heads of 16, 2 KV heads, 2 layers
-    teacher = tiny_model(3, ternary=False, subln=False, hidden_size=128, num_attention_heads=2,
-                         num_key_value_heads=1, num_hidden_layers=3)  # 2 heads of 64, 3 layers
+    teacher = tiny_model(
+        3,
+        ternary=False,
+        subln=False,
+        hidden_size=128,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_hidden_layers=3,
+    )  # 2 heads of 64, 3 layers
     s, t = _states(student, ids), _states(teacher, ids)
     assert s[0][0].shape[-1] != t[0][0].shape[-1] and len(s) != len(t)
     loss = attention_relation_loss(s, t, split_heads=16)

@@ -18,12 +18,18 @@ from bitk_objectives_testing import full_precision_twin, random_ids, tiny_model
 
 def test_settings_validate():
     ObjectiveSettings(relation_layers=[[1, 2], -1]).validate()  # pairs of (student, teacher) layers are fine
-    for bad, name in (({"dlm_probability": 1.5}, "dlm_probability"), ({"kd_temperature": 0}, "kd_temperature"),
-                      ({"relation_split_heads": 0}, "relation_split_heads"),
-                      ({"layerwise_weighting": "log"}, "layerwise_weighting"), ({"lrc_layers": "some"}, "lrc_layers"),
-                      ({"relation_layers": ["last"]}, "relation_layers"), ({"relation_layers": []}, "relation_layers"),
-                      ({"dlm_complementary": 1}, "dlm_complementary"), ({"weights": "ce=1,mlm=1"}, "weights"),
-                      ({"weights": "0:ce=1;0.5:dlm=1", "phase": 3}, "phase")):
+    for bad, name in (
+        ({"dlm_probability": 1.5}, "dlm_probability"),
+        ({"kd_temperature": 0}, "kd_temperature"),
+        ({"relation_split_heads": 0}, "relation_split_heads"),
+        ({"layerwise_weighting": "log"}, "layerwise_weighting"),
+        ({"lrc_layers": "some"}, "lrc_layers"),
+        ({"relation_layers": ["last"]}, "relation_layers"),
+        ({"relation_layers": []}, "relation_layers"),
+        ({"dlm_complementary": 1}, "dlm_complementary"),
+        ({"weights": "ce=1,mlm=1"}, "weights"),
+        ({"weights": "0:ce=1;0.5:dlm=1", "phase": 3}, "phase"),
+    ):
         with pytest.raises(ValueError, match=f"objectives.{name}"):
             ObjectiveSettings(**bad).validate()
     ids = random_ids(1, 4)
@@ -59,7 +65,9 @@ def _setup(seed=0):
 
 def test_ce_only_is_one_plain_forward_and_plain_ce():
     student, ids, settings = _setup()
-    total, parts = compute_loss(student, ids, None, {"ce": 1.0, "logits_kd": 0.0, "dlm": 0}, settings, teacher=Forbidden())
+    total, parts = compute_loss(
+        student, ids, None, {"ce": 1.0, "logits_kd": 0.0, "dlm": 0}, settings, teacher=Forbidden()
+    )
     assert student.calls == [((2, 12), {})]
     logits = student.inner(ids).logits
     want = F.cross_entropy(logits[:, :-1].reshape(-1, 64), ids[:, 1:].reshape(-1))
@@ -91,8 +99,7 @@ def test_dlm_runs_one_forward_over_the_clean_and_the_doubled_masked_rows():
     # the same values as separate forwards: the clean rows alone for ce, the masked rows alone for dlm
     model = student.inner
     assert parts["ce"].item() == pytest.approx(next_token_ce(model(ids, pos).logits, ids).item(), rel=1e-5)
-    batch = dlm_mask(ids, mask_token_id=2, generator=torch.Generator().manual_seed(0),
-                     position_ids=pos)
+    batch = dlm_mask(ids, mask_token_id=2, generator=torch.Generator().manual_seed(0), position_ids=pos)
     want = dlm_loss(model(batch.input_ids, batch.position_ids).logits, batch.labels)
     assert parts["dlm"].item() == pytest.approx(want.item(), rel=1e-5)
     student.calls.clear()
@@ -159,10 +166,13 @@ def test_padding_is_not_a_target_and_not_a_valid_kd_token():
             return out
 
     kd = compute_loss(student, ids, None, {"logits_kd": 1.0}, settings, teacher=teacher, pad_token_id=1)[1]["logits_kd"]
-    noisy = compute_loss(student, ids, None, {"logits_kd": 1.0}, settings, teacher=Noisy(),
-                         pad_token_id=1)[1]["logits_kd"]
+    noisy = compute_loss(student, ids, None, {"logits_kd": 1.0}, settings, teacher=Noisy(), pad_token_id=1)[1][
+        "logits_kd"
+    ]
     assert kd.item() > 0 and noisy.item() == pytest.approx(kd.item(), rel=1e-6)
-    unmasked = compute_loss(student, ids, None, {"logits_kd": 1.0}, ObjectiveSettings(), teacher=Noisy())[1]["logits_kd"]
+    unmasked = compute_loss(student, ids, None, {"logits_kd": 1.0}, ObjectiveSettings(), teacher=Noisy())[1][
+        "logits_kd"
+    ]
     assert unmasked.item() > 2 * kd.item()
 
 

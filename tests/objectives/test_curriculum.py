@@ -17,8 +17,12 @@ def test_importing_the_curriculum_needs_no_torch():
 
 def test_weights_switch_at_the_ceiling_of_the_start_fraction():
     c = Curriculum.parse("0:ce=1;0.2:ce=1,dlm=1")
-    assert [c.weights_at(s, 10) for s in range(4)] == [{"ce": 1.0}, {"ce": 1.0}, {"ce": 1.0, "dlm": 1.0},
-                                                       {"ce": 1.0, "dlm": 1.0}]
+    assert [c.weights_at(s, 10) for s in range(4)] == [
+        {"ce": 1.0},
+        {"ce": 1.0},
+        {"ce": 1.0, "dlm": 1.0},
+        {"ce": 1.0, "dlm": 1.0},
+    ]
     assert c.phase_starts(10) == [0, 2] and c.phase_starts(11) == [0, 3]  # ceil(2.2) = 3
     assert c.weights_at(2, 11) == {"ce": 1.0} and c.weights_at(3, 11)["dlm"] == 1.0
     assert c.weights_at(500, 10) == {"ce": 1.0, "dlm": 1.0}  # past the end: the last phase
@@ -37,30 +41,36 @@ def test_parse_round_trips_and_describes():
     assert c.phases == ((0.0, {"ce": 1.0}), (0.25, {"ce": 0.5, "logits_kd": 2.0, "attention_relation": 1.0}))
     assert str(c) == "0:ce=1;0.25:ce=0.5,logits_kd=2,attention_relation=1"
     assert Curriculum.parse(str(c)) == c
-    assert c.describe(8) == "phase 1 from 0% (step 0): ce=1 | phase 2 from 25% (step 2): ce=0.5, logits_kd=2, attention_relation=1"
+    assert (
+        c.describe(8)
+        == "phase 1 from 0% (step 0): ce=1 | phase 2 from 25% (step 2): ce=0.5, logits_kd=2, attention_relation=1"
+    )
     assert Curriculum.parse("ce=1,dlm=0.5") == Curriculum.constant({"ce": 1, "dlm": 0.5})
     assert Curriculum([(0, {"ce": 1}), (0.5, {"lrc": 1})]).objectives() == {"ce", "lrc"}
     assert Curriculum.parse("0:ce=1,dlm=0;0.5:ce=0.5,dlm=2").all_weights() == {"ce": 1.0, "dlm": 2.0}
 
 
-@pytest.mark.parametrize("text, match", [
-    ("0:ce=1;0.5:dlm=1;0.2:logits_kd=1", "strictly increase"),
-    ("0:ce=1;0.5:dlm=1;0.5:logits_kd=1", "strictly increase"),
-    ("0.1:ce=1", "must start at 0"),
-    ("0:ce=1;1:logits_kd=1", r"in \[0, 1\)"),
-    ("0:ce=1;-0.5:logits_kd=1", r"in \[0, 1\)"),
-    ("0:ce=1,mlm=1", "unknown objective 'mlm'"),
-    ("0:ce=-1", ">= 0"),
-    ("0:ce=nan", ">= 0"),
-    ("0:ce=0", "no positive weight"),
-    ("0:ce=1,ce=2", "twice"),
-    ("0:ce", "not name=weight"),
-    ("0:ce=x", "not a number"),
-    ("a:ce=1", "not a number"),
-    ("0:ce=1;", "empty phase"),
-    ("0:ce=1;logits_kd=1", "needs a start fraction"),
-    ("", "looks like"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("0:ce=1;0.5:dlm=1;0.2:logits_kd=1", "strictly increase"),
+        ("0:ce=1;0.5:dlm=1;0.5:logits_kd=1", "strictly increase"),
+        ("0.1:ce=1", "must start at 0"),
+        ("0:ce=1;1:logits_kd=1", r"in \[0, 1\)"),
+        ("0:ce=1;-0.5:logits_kd=1", r"in \[0, 1\)"),
+        ("0:ce=1,mlm=1", "unknown objective 'mlm'"),
+        ("0:ce=-1", ">= 0"),
+        ("0:ce=nan", ">= 0"),
+        ("0:ce=0", "no positive weight"),
+        ("0:ce=1,ce=2", "twice"),
+        ("0:ce", "not name=weight"),
+        ("0:ce=x", "not a number"),
+        ("a:ce=1", "not a number"),
+        ("0:ce=1;", "empty phase"),
+        ("0:ce=1;logits_kd=1", "needs a start fraction"),
+        ("", "looks like"),
+    ],
+)
 def test_bad_curricula_raise(text, match):
     with pytest.raises(ValueError, match=match):
         Curriculum.parse(text)

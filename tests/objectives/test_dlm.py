@@ -28,8 +28,14 @@ def _masked(batch):
 def test_never_masks_first_last_or_padding():
     ids = _padded_ids()
     for seed in range(5):
-        batch = dlm_mask(ids, mask_token_id=MASK, probability=0.95, complementary=False, pad_token_id=PAD,
-                         generator=torch.Generator().manual_seed(seed))
+        batch = dlm_mask(
+            ids,
+            mask_token_id=MASK,
+            probability=0.95,
+            complementary=False,
+            pad_token_id=PAD,
+            generator=torch.Generator().manual_seed(seed),
+        )
         masked = _masked(batch)
         assert not masked[:, 0].any() and not masked[:, -1].any()
         assert not masked[ids == PAD].any()
@@ -42,8 +48,9 @@ def test_never_masks_first_last_or_padding():
 
 def test_complementary_masks_every_interior_token_exactly_once():
     ids = _padded_ids(1)
-    batch = dlm_mask(ids, mask_token_id=MASK, probability=0.3, pad_token_id=PAD,
-                     generator=torch.Generator().manual_seed(3))
+    batch = dlm_mask(
+        ids, mask_token_id=MASK, probability=0.3, pad_token_id=PAD, generator=torch.Generator().manual_seed(3)
+    )
     assert batch.input_ids.shape == (8, 24)
     masked = _masked(batch)
     count = masked[:4].int() + masked[4:].int()
@@ -65,10 +72,12 @@ def test_probability_zero_masks_nothing_and_keeps_one_copy():
 
 def test_document_starts_are_never_masked_in_packed_rows():
     ids = random_ids(2, 16, seed=4)
-    pos = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 0, 1, 2, 3, 4, 5, 0, 1, 2],
-                        [2, 3, 4, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4]])
-    batch = dlm_mask(ids, mask_token_id=MASK, probability=0.5, position_ids=pos,
-                     generator=torch.Generator().manual_seed(0))
+    pos = torch.tensor(
+        [[0, 1, 2, 3, 0, 1, 2, 0, 1, 2, 3, 4, 5, 0, 1, 2], [2, 3, 4, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4]]
+    )
+    batch = dlm_mask(
+        ids, mask_token_id=MASK, probability=0.5, position_ids=pos, generator=torch.Generator().manual_seed(0)
+    )
     masked = _masked(batch)
     count = masked[:2].int() + masked[2:].int()
     want = (pos != 0).int()
@@ -81,8 +90,12 @@ def test_document_starts_are_never_masked_in_packed_rows():
 
 def test_generator_makes_masks_reproducible_and_rate_is_p():
     ids = random_ids(8, 512, seed=5)
-    a = dlm_mask(ids, mask_token_id=MASK, probability=0.15, complementary=False, generator=torch.Generator().manual_seed(7))
-    b = dlm_mask(ids, mask_token_id=MASK, probability=0.15, complementary=False, generator=torch.Generator().manual_seed(7))
+    a = dlm_mask(
+        ids, mask_token_id=MASK, probability=0.15, complementary=False, generator=torch.Generator().manual_seed(7)
+    )
+    b = dlm_mask(
+        ids, mask_token_id=MASK, probability=0.15, complementary=False, generator=torch.Generator().manual_seed(7)
+    )
     assert torch.equal(a.input_ids, b.input_ids)
     rate = _masked(a).float().sum().item() / (8 * 510)
     assert abs(rate - 0.15) < 0.02  # 4080 Bernoulli draws: std 0.0056
@@ -126,7 +139,9 @@ def test_init_mask_embedding_is_the_mean_of_the_other_rows():
     got = model.model.embed_tokens.weight[MASK].detach().numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert model.model.embed_tokens.weight.requires_grad
-    np.testing.assert_array_equal(np.delete(model.model.embed_tokens.weight.detach().numpy(), MASK, axis=0),
-                                  np.delete(table, MASK, axis=0).astype(np.float32))
+    np.testing.assert_array_equal(
+        np.delete(model.model.embed_tokens.weight.detach().numpy(), MASK, axis=0),
+        np.delete(table, MASK, axis=0).astype(np.float32),
+    )
     with pytest.raises(ValueError, match="outside"):
         init_mask_embedding(model, 64)

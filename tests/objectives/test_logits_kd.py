@@ -17,7 +17,9 @@ def test_hand_computed_kl_with_temperature_and_beta():
     teacher = torch.zeros(1, 1, 2)
     loss = logits_kd_loss(student, teacher, temperature=2.0, beta=0.5)
     assert loss.item() == pytest.approx(math.log(4.0 / 3.0), rel=1e-6)
-    assert logits_kd_loss(student / 2, teacher, temperature=1.0).item() == pytest.approx(0.5 * math.log(4.0 / 3.0), rel=1e-6)
+    assert logits_kd_loss(student / 2, teacher, temperature=1.0).item() == pytest.approx(
+        0.5 * math.log(4.0 / 3.0), rel=1e-6
+    )
 
 
 def test_direction_is_teacher_to_student():

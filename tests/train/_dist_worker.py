@@ -20,12 +20,19 @@ from bitk.models import CausalLM, ModelConfig
 from bitk.train import distributed as D
 from bitk.train.optim import build_optimizer
 
-CONFIG = ModelConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2, ternary=True)
-STEPS = 4            # optimizer steps compared (the reference runs one more: the resumed step)
-GLOBAL_BATCH = 4     # sequences per optimizer step, whatever the number of processes
-MICRO_BATCH = 1      # sequences per forward/backward
-BLOCK = 32           # tokens per sequence
+CONFIG = ModelConfig(
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    ternary=True,
+)
+STEPS = 4  # optimizer steps compared (the reference runs one more: the resumed step)
+GLOBAL_BATCH = 4  # sequences per optimizer step, whatever the number of processes
+MICRO_BATCH = 1  # sequences per forward/backward
+BLOCK = 32  # tokens per sequence
 OPTIMIZERS = ("adamw", "muon")
 CASES = [(strategy, opt) for strategy in ("ddp", "fsdp") for opt in OPTIMIZERS]
 
@@ -55,10 +62,10 @@ def train_steps(model, optimizer, data: torch.Tensor, info: D.DistInfo) -> tuple
     accum = per_rank // MICRO_BATCH
     losses, norms = [], []
     for rows in data:
-        mine = rows[info.rank * per_rank:(info.rank + 1) * per_rank]
+        mine = rows[info.rank * per_rank : (info.rank + 1) * per_rank]
         total = torch.zeros(())
         for i in range(accum):
-            chunk = mine[i * MICRO_BATCH:(i + 1) * MICRO_BATCH]
+            chunk = mine[i * MICRO_BATCH : (i + 1) * MICRO_BATCH]
             with D.no_sync(model, info, last_micro_step=i == accum - 1):
                 logits = model(chunk[:, :-1]).logits
                 loss = F.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten()) / accum

@@ -17,6 +17,7 @@ def fake_step(tried):
         tried.append(mb)
         x = torch.ones(mb * STEP_MIB * MIB // 4)  # touched pages count in the RSS
         assert x.sum() > 0
+
     return try_step
 
 
@@ -33,8 +34,9 @@ needs_proc = pytest.mark.skipif(not reset_peak_rss(), reason="needs /proc/self/c
 def test_cpu_budget_picks_the_largest_that_fits():
     tried = []
     # 1 x 48 and 2 x 48 MiB fit in 160 MiB over the current RSS, 4 x 48 does not
-    mb = find_micro_batch(fake_step(tried), start=1, limit=64, device=torch.device("cpu"),
-                          memory_budget_gb=budget_gb(160), log=None)
+    mb = find_micro_batch(
+        fake_step(tried), start=1, limit=64, device=torch.device("cpu"), memory_budget_gb=budget_gb(160), log=None
+    )
     assert mb == 2
     assert tried == [1, 2, 4]
 

@@ -38,10 +38,21 @@ def test_no_arguments_is_the_documented_default():
 
 
 def test_overrides_and_groups():
-    cfg = parse_args(["model=tiny", "training=base", "training.max_steps=100", "training.lr=1e-3",
-                      "training.auto_batch_size=true", "training.betas=[0.8,0.99]", "data.sources=[default,default]",
-                      "data.weights=[1,3]", "model.num_hidden_layers=2", "output_dir=/tmp/x",
-                      "logging.progress=false"])
+    cfg = parse_args(
+        [
+            "model=tiny",
+            "training=base",
+            "training.max_steps=100",
+            "training.lr=1e-3",
+            "training.auto_batch_size=true",
+            "training.betas=[0.8,0.99]",
+            "data.sources=[default,default]",
+            "data.weights=[1,3]",
+            "model.num_hidden_layers=2",
+            "output_dir=/tmp/x",
+            "logging.progress=false",
+        ]
+    )
     t = cfg.training
     assert (t.max_steps, t.lr, t.auto_batch_size, t.betas) == (100, 1e-3, True, (0.8, 0.99))
     assert cfg.data.weights == [1.0, 3.0] and cfg.data.sources == ["default", "default"]
@@ -54,8 +65,17 @@ def test_overrides_and_groups():
 def test_training_presets_are_a_registry(monkeypatch):
     monkeypatch.setattr("bitk.train.config.TRAINING_PRESETS", dict(TRAINING_PRESETS))
     monkeypatch.setattr("bitk.train.config.TRAINING_PRESET_DOCS", {})
-    register_training_preset("short", {"training.max_steps": 10, "training.warmup_steps": 2, "training.lr": 1e-3,
-                                       "objectives.weights": "ce=1,dlm=0.5", "checkpoint.keep_last": 1}, "a short run")
+    register_training_preset(
+        "short",
+        {
+            "training.max_steps": 10,
+            "training.warmup_steps": 2,
+            "training.lr": 1e-3,
+            "objectives.weights": "ce=1,dlm=0.5",
+            "checkpoint.keep_last": 1,
+        },
+        "a short run",
+    )
     cfg = parse_args(["training=short", "training.lr=5e-4"])
     assert (cfg.training.max_steps, cfg.training.lr) == (10, 5e-4)  # preset, then the override on top
     assert (cfg.objectives.weights, cfg.checkpoint.keep_last) == ("ce=1,dlm=0.5", 1)
@@ -66,54 +86,76 @@ def test_training_presets_are_a_registry(monkeypatch):
         register_training_preset("broken", {"training.nope": 1}, "")
     with pytest.raises(ValueError, match="maps 'group.field' keys"):
         register_training_preset("broken", {"lr": 1.0}, "")
-    with pytest.raises(ValueError, match="unknown training preset .nope.; presets: base, unified, bitdistill_full, lrc_calibration, short"):
+    with pytest.raises(
+        ValueError,
+        match="unknown training preset .nope.; presets: base, unified, bitdistill_full, lrc_calibration, short",
+    ):
         parse_args(["training=nope"])
 
 
-@pytest.mark.parametrize("args, message", [
-    (["foo=1"], r"unknown key 'foo'; valid keys: model, data, training, objectives, checkpoint, logging, output_dir"),
-    (["training.foo=1"], r"unknown key 'training.foo'; valid keys of training: training.max_steps, .*training.seed"),
-    (["data.foo.bar=1"], r"unknown key 'data.foo'; valid keys of data: data.sources"),
-    (["model.foo=1"], r"unknown key 'model.foo'; valid keys of model: model.name, .*model.hidden_size"),
-    (["training.lr=abc"], r"bad value for training.lr: .*'abc'.*\(expected float\)"),
-    (["training.max_steps=2.5"], r"bad value for training.max_steps.*\(expected int\)"),
-    (["logging.progress=maybe"], r"bad value for logging.progress"),
-    (["objectives.weights=ce=1,mlm=1"], r"objectives.weights: .*unknown objective 'mlm'"),
-    (["checkpoint.keep_last=-1"], r"checkpoint.keep_last must be >= 0"),
-    (["logging.log_every=0"], r"logging.log_every must be >= 1"),
-    (["objectives=x"], r"objectives is a group: set its fields"),
-    (["training.optimizer=sgd"], r"training.optimizer must be one of adamw, muon; got 'sgd'"),
-    (["training.schedule=linear"], r"training.schedule must be one of cosine, wsd, constant"),
-    (["training.clip=value"], r"training.clip must be one of zclip, norm, none"),
-    (["training.precision=fp16"], r"training.precision must be one of auto, fp32, bf16"),
-    (["distributed=horovod"], r"distributed must be one of auto, ddp, fsdp"),
-    (["export_gguf=q4_0"], r"export_gguf must be one of i2_s, tq1_0, tq2_0, f16, f32, none"),
-    (["model.ternary=false"], r"export_gguf=i2_s stores ternary weights.*export_gguf=f16, f32 or none"),
-    (["device=tpu"], r"device must be one of auto, cpu, cuda, cuda:N"),
-    (["training.lr=0"], r"training.lr must be in \(0.0, inf\]"),
-    (["training.max_steps=0"], r"training.max_steps must be >= 1"),
-    (["training.global_batch_size=12", "training.micro_batch_size=8"], r"must be a multiple of"),
-    (["data.block_size=1024"], r"exceeds the model's max_position_embeddings \(512\)"),
-    (["data.sources=[a,b]", "data.weights=[1]"], r"data.weights has 1 entries, data.sources has 2"),
-    (["model=nope"], r"neither a preset \(tiny, smollm2_135m.*\), nor an existing path .*nor a Hugging Face hub id"),
-    (["model=smollm2_135m", "model.hidden_size=128"], r"model.hidden_size changes the architecture.*pretrained=false"),
-    (["model=tiny", "model.revision=main"], r"model.revision applies to hub models; model=tiny is a preset without"),
-    (["model=.", "model.revision=main"], r"model.revision applies to hub models; model=. is a local folder"),
-    (["model.pretrained=maybe"], r"bad value for model.pretrained"),
-    (["model.hidden_size=-3"], r"ModelConfig.hidden_size must be a positive integer"),
-    (["model={}"], r"model is a group: set its fields"),
-    (["resume=/no/such/dir"], r"no such checkpoint folder"),
-    (["logging.wandb=true"], r"logging.wandb=true needs the wandb package"),
-    (["logging.tensorboard=true"], r"logging.tensorboard=true needs the tensorboard package"),
-    (["data"], r"is not of the form key=value"),
-    (["training.max_steps"], r"is not of the form key=value"),
-    (["data=x"], r"data is a group: set its fields"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["foo=1"],
+            r"unknown key 'foo'; valid keys: model, data, training, objectives, checkpoint, logging, output_dir",
+        ),
+        (
+            ["training.foo=1"],
+            r"unknown key 'training.foo'; valid keys of training: training.max_steps, .*training.seed",
+        ),
+        (["data.foo.bar=1"], r"unknown key 'data.foo'; valid keys of data: data.sources"),
+        (["model.foo=1"], r"unknown key 'model.foo'; valid keys of model: model.name, .*model.hidden_size"),
+        (["training.lr=abc"], r"bad value for training.lr: .*'abc'.*\(expected float\)"),
+        (["training.max_steps=2.5"], r"bad value for training.max_steps.*\(expected int\)"),
+        (["logging.progress=maybe"], r"bad value for logging.progress"),
+        (["objectives.weights=ce=1,mlm=1"], r"objectives.weights: .*unknown objective 'mlm'"),
+        (["checkpoint.keep_last=-1"], r"checkpoint.keep_last must be >= 0"),
+        (["logging.log_every=0"], r"logging.log_every must be >= 1"),
+        (["objectives=x"], r"objectives is a group: set its fields"),
+        (["training.optimizer=sgd"], r"training.optimizer must be one of adamw, muon; got 'sgd'"),
+        (["training.schedule=linear"], r"training.schedule must be one of cosine, wsd, constant"),
+        (["training.clip=value"], r"training.clip must be one of zclip, norm, none"),
+        (["training.precision=fp16"], r"training.precision must be one of auto, fp32, bf16"),
+        (["distributed=horovod"], r"distributed must be one of auto, ddp, fsdp"),
+        (["export_gguf=q4_0"], r"export_gguf must be one of i2_s, tq1_0, tq2_0, f16, f32, none"),
+        (["model.ternary=false"], r"export_gguf=i2_s stores ternary weights.*export_gguf=f16, f32 or none"),
+        (["device=tpu"], r"device must be one of auto, cpu, cuda, cuda:N"),
+        (["training.lr=0"], r"training.lr must be in \(0.0, inf\]"),
+        (["training.max_steps=0"], r"training.max_steps must be >= 1"),
+        (["training.global_batch_size=12", "training.micro_batch_size=8"], r"must be a multiple of"),
+        (["data.block_size=1024"], r"exceeds the model's max_position_embeddings \(512\)"),
+        (["data.sources=[a,b]", "data.weights=[1]"], r"data.weights has 1 entries, data.sources has 2"),
+        (
+            ["model=nope"],
+            r"neither a preset \(tiny, smollm2_135m.*\), nor an existing path .*nor a Hugging Face hub id",
+        ),
+        (
+            ["model=smollm2_135m", "model.hidden_size=128"],
+            r"model.hidden_size changes the architecture.*pretrained=false",
+        ),
+        (
+            ["model=tiny", "model.revision=main"],
+            r"model.revision applies to hub models; model=tiny is a preset without",
+        ),
+        (["model=.", "model.revision=main"], r"model.revision applies to hub models; model=. is a local folder"),
+        (["model.pretrained=maybe"], r"bad value for model.pretrained"),
+        (["model.hidden_size=-3"], r"ModelConfig.hidden_size must be a positive integer"),
+        (["model={}"], r"model is a group: set its fields"),
+        (["resume=/no/such/dir"], r"no such checkpoint folder"),
+        (["logging.wandb=true"], r"logging.wandb=true needs the wandb package"),
+        (["logging.tensorboard=true"], r"logging.tensorboard=true needs the tensorboard package"),
+        (["data"], r"is not of the form key=value"),
+        (["training.max_steps"], r"is not of the form key=value"),
+        (["data=x"], r"data is a group: set its fields"),
+    ],
+)
 def test_bad_keys_and_values_are_refused(args, message):
     import importlib.util
 
-    if ("wandb" in message and importlib.util.find_spec("wandb")) or \
-            ("tensorboard" in message and importlib.util.find_spec("tensorboard")):
+    if ("wandb" in message and importlib.util.find_spec("wandb")) or (
+        "tensorboard" in message and importlib.util.find_spec("tensorboard")
+    ):
         pytest.skip("installed here")
     with pytest.raises(ValueError, match=message):
         parse_args(args)
@@ -181,17 +223,50 @@ def test_docs_list_every_field():
 
 def test_earlier_spellings_still_work():
     """0.1.0 spellings on the command line and in saved configs map to today's keys."""
-    old = parse_args(["ternary=false", "export_gguf=f16", "model_overrides.num_hidden_layers=2",
-                      "training.objectives=ce=1,dlm=1", "training.teacher_dtype=fp32", "training.save_every=7",
-                      "training.keep_last=2", "training.log_every=3", "progress=false", "wandb_project=p"])
-    new = parse_args(["model.ternary=false", "export_gguf=f16", "model.num_hidden_layers=2",
-                      "objectives.weights=ce=1,dlm=1", "objectives.teacher_dtype=fp32", "checkpoint.save_every=7",
-                      "checkpoint.keep_last=2", "logging.log_every=3", "logging.progress=false",
-                      "logging.wandb_project=p"])
+    old = parse_args(
+        [
+            "ternary=false",
+            "export_gguf=f16",
+            "model_overrides.num_hidden_layers=2",
+            "training.objectives=ce=1,dlm=1",
+            "training.teacher_dtype=fp32",
+            "training.save_every=7",
+            "training.keep_last=2",
+            "training.log_every=3",
+            "progress=false",
+            "wandb_project=p",
+        ]
+    )
+    new = parse_args(
+        [
+            "model.ternary=false",
+            "export_gguf=f16",
+            "model.num_hidden_layers=2",
+            "objectives.weights=ce=1,dlm=1",
+            "objectives.teacher_dtype=fp32",
+            "checkpoint.save_every=7",
+            "checkpoint.keep_last=2",
+            "logging.log_every=3",
+            "logging.progress=false",
+            "logging.wandb_project=p",
+        ]
+    )
     assert old == new
-    saved = {"model": "tiny", "model_overrides": {"num_hidden_layers": 2}, "ternary": False, "export_gguf": "f16",
-             "training": {"objectives": "ce=1,dlm=1", "teacher_dtype": "fp32", "save_every": 7, "keep_last": 2,
-                          "log_every": 3}, "progress": False, "wandb_project": "p"}
+    saved = {
+        "model": "tiny",
+        "model_overrides": {"num_hidden_layers": 2},
+        "ternary": False,
+        "export_gguf": "f16",
+        "training": {
+            "objectives": "ce=1,dlm=1",
+            "teacher_dtype": "fp32",
+            "save_every": 7,
+            "keep_last": 2,
+            "log_every": 3,
+        },
+        "progress": False,
+        "wandb_project": "p",
+    }
     assert config_from_dict(saved) == new
     for old_key, new_key in RENAMED.items():  # every renamed key names a field that exists
         group, _, name = new_key.partition(".")

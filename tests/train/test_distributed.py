@@ -51,8 +51,7 @@ def _torchrun(args: list[str], *, cwd: Path, timeout: float = 300, env: dict | N
     """Run ``torchrun --standalone --nproc_per_node 2 ARGS`` (a free port is picked); its output."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout, check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-6000:]}"
     return out
@@ -114,8 +113,14 @@ def test_single_process_state_round_trip():
     from bitk.train.optim import build_optimizer
 
     info = D.init_distributed("cpu")
-    config = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1)
+    config = ModelConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     opt_cfg = SimpleNamespace(optimizer="muon", lr=1e-3, muon_lr=0.02, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8)
     x = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(0))
 
@@ -177,9 +182,11 @@ def _bounds(opt: str, ref: dict, split2: dict) -> tuple[float, float, float]:
     """(loss rtol, grad-norm rtol, parameter atol) for optimizer ``opt`` (module doc)."""
     if opt == "adamw":
         return ADAMW_RTOL, ADAMW_RTOL, ADAMW_PARAM_ATOL
-    return (2 * max(_rel(split2["losses"], ref["losses"]), ADAMW_RTOL),
-            2 * max(_rel(split2["norms"], ref["norms"]), ADAMW_RTOL),
-            2 * max(_max_param_diff(split2["model"], ref["model"]), ADAMW_PARAM_ATOL))
+    return (
+        2 * max(_rel(split2["losses"], ref["losses"]), ADAMW_RTOL),
+        2 * max(_rel(split2["norms"], ref["norms"]), ADAMW_RTOL),
+        2 * max(_max_param_diff(split2["model"], ref["model"]), ADAMW_PARAM_ATOL),
+    )
 
 
 @pytest.mark.slow
@@ -205,7 +212,7 @@ def test_resume_from_single_process_state(worker_results, strategy, opt):
     """A single-process checkpoint, read by every rank, continues exactly where the single process went."""
     worker, refs, _, results = worker_results
     resumed = results[f"resume-{strategy}-{opt}-from-single"]
-    assert resumed == pytest.approx(refs[opt]["losses"][worker.STEPS:], rel=ADAMW_RTOL)
+    assert resumed == pytest.approx(refs[opt]["losses"][worker.STEPS :], rel=ADAMW_RTOL)
 
 
 @pytest.mark.slow
@@ -214,7 +221,7 @@ def test_resume_across_strategies_from_rank0(worker_results, src, dst):
     """DDP's state held by rank 0 alone (broadcast on load) resumes under FSDP2, and back."""
     worker, refs, _, results = worker_results
     resumed = results[f"resume-{dst}-adamw-from-{src}"]
-    assert resumed == pytest.approx(refs["adamw"]["losses"][worker.STEPS:], rel=ADAMW_RTOL)
+    assert resumed == pytest.approx(refs["adamw"]["losses"][worker.STEPS :], rel=ADAMW_RTOL)
 
 
 # --------------------------------------------------------------------------- the trainer itself
@@ -222,10 +229,20 @@ def test_resume_across_strategies_from_rank0(worker_results, src, dst):
 # A micro run of `python -m bitk.train`: the tiny preset cut down, micro-batch 1 on every process so
 # the single process and each rank run the same shapes (module doc); 4 sequences per step.
 TRAIN_ARGS = [
-    "model.num_hidden_layers=2", "model.hidden_size=64", "model.intermediate_size=128",
-    "data.block_size=32", "data.max_eval_tokens=32", "training.max_steps=4", "training.warmup_steps=1",
-    "training.global_batch_size=4", "training.micro_batch_size=1", "logging.log_every=1",
-    "checkpoint.save_every=2", "training.eval_every=0", "export_gguf=none", "logging.progress=false",
+    "model.num_hidden_layers=2",
+    "model.hidden_size=64",
+    "model.intermediate_size=128",
+    "data.block_size=32",
+    "data.max_eval_tokens=32",
+    "training.max_steps=4",
+    "training.warmup_steps=1",
+    "training.global_batch_size=4",
+    "training.micro_batch_size=1",
+    "logging.log_every=1",
+    "checkpoint.save_every=2",
+    "training.eval_every=0",
+    "export_gguf=none",
+    "logging.progress=false",
 ]
 
 
@@ -267,8 +284,9 @@ def test_trainer_fsdp_resumes_a_single_process_checkpoint(single_run, tmp_path):
     out = tmp_path / "fsdp"
     checkpoint = single_run / "checkpoints" / "step-000002"
     assert checkpoint.is_dir()
-    _torchrun(["-m", "bitk.train", *TRAIN_ARGS, "distributed=fsdp", f"resume={checkpoint}", f"output_dir={out}"],
-              cwd=tmp_path)
+    _torchrun(
+        ["-m", "bitk.train", *TRAIN_ARGS, "distributed=fsdp", f"resume={checkpoint}", f"output_dir={out}"], cwd=tmp_path
+    )
     expected, got = _train_losses(single_run), _train_losses(out)
     assert sorted(got) == [3, 4]
     assert [got[s] for s in (3, 4)] == pytest.approx([expected[s] for s in (3, 4)], rel=ADAMW_RTOL)
@@ -281,8 +299,18 @@ def test_trainer_fsdp_resumes_a_single_process_checkpoint(single_run, tmp_path):
 def test_trainer_runs_a_curriculum_under_torchrun(tmp_path, strategy):
     """The unified recipe (CE, then CE + DLM in one forward) on two processes: objectives averaged over ranks."""
     out = tmp_path / strategy
-    _torchrun(["-m", "bitk.train", *TRAIN_ARGS, "training=unified", "objectives.weights=0:ce=1;0.5:ce=1,dlm=1",
-               f"distributed={strategy}", f"output_dir={out}"], cwd=tmp_path)
+    _torchrun(
+        [
+            "-m",
+            "bitk.train",
+            *TRAIN_ARGS,
+            "training=unified",
+            "objectives.weights=0:ce=1;0.5:ce=1,dlm=1",
+            f"distributed={strategy}",
+            f"output_dir={out}",
+        ],
+        cwd=tmp_path,
+    )
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
     train = [r for r in records if r["kind"] == "train"]
     assert [sorted(r["objectives"]) for r in train] == [["ce"], ["ce"], ["ce", "dlm"], ["ce", "dlm"]]

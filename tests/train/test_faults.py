@@ -39,8 +39,9 @@ loop.train(parse_args(sys.argv[1:]))
 def test_sigkill_during_save_leaves_the_previous_checkpoint(micro_argv, tmp_path, run_env):
     out = tmp_path / "run"
     args = micro_argv("training.max_steps=6", "checkpoint.save_every=2", "training.eval_every=0")
-    proc = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, *args], env=run_env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_DURING_SAVE, *args], env=run_env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     root = out / "checkpoints"
     # the killed save left only a hidden temporary folder; step 2 and `latest` are untouched
@@ -122,8 +123,13 @@ def test_a_nan_loss_skips_the_step_and_is_counted(micro_config, monkeypatch):
 def test_too_many_bad_steps_stop_with_the_last_good_checkpoint(micro_argv, tmp_path, monkeypatch, capsys):
     # every loss from step 4 on (call 6) is NaN: steps 4, 5, 6 are skipped, then the run stops
     poison_losses(monkeypatch, set(range(6, 100)))
-    args = micro_argv("training.max_steps=10", "checkpoint.save_every=2", "training.eval_every=0",
-                      "training.max_bad_steps=3", "export_gguf=i2_s")
+    args = micro_argv(
+        "training.max_steps=10",
+        "checkpoint.save_every=2",
+        "training.eval_every=0",
+        "training.max_bad_steps=3",
+        "export_gguf=i2_s",
+    )
     assert main(args) == 1
     err = capsys.readouterr().err
     out = tmp_path / "run"
@@ -155,8 +161,13 @@ def test_non_finite_weights_stop_the_run_and_are_never_saved(micro_config, monke
 
     monkeypatch.setattr(loop, "build_model", build_and_keep)
     monkeypatch.setattr(loop, "compute_loss", break_weights)
-    cfg = micro_config("training.max_steps=6", "checkpoint.save_every=2", "training.eval_every=0",
-                       "training.max_bad_steps=8", f"model.ternary={str(ternary).lower()}")
+    cfg = micro_config(
+        "training.max_steps=6",
+        "checkpoint.save_every=2",
+        "training.eval_every=0",
+        "training.max_bad_steps=8",
+        f"model.ternary={str(ternary).lower()}",
+    )
     with pytest.raises(loop.TrainingError, match="last good checkpoint is .*step-000002"):
         loop.train(cfg)
     assert [p.name for p in list_checkpoints(cfg.output_dir)] == ["step-000002"]
@@ -169,10 +180,16 @@ def test_non_finite_weights_stop_the_run_and_are_never_saved(micro_config, monke
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
 def test_signal_saves_a_checkpoint_and_exits_cleanly(micro_argv, tmp_path, run_env, sig, code):
     out = tmp_path / "run"
-    args = micro_argv("training.max_steps=100000", "checkpoint.save_every=0", "training.eval_every=0",
-                      "export_gguf=i2_s")
-    proc = subprocess.Popen([sys.executable, "-m", "bitk.train", *args], env=run_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    args = micro_argv(
+        "training.max_steps=100000", "checkpoint.save_every=0", "training.eval_every=0", "export_gguf=i2_s"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bitk.train", *args],
+        env=run_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines = []
     try:
         for line in proc.stdout:  # wait until training is under way

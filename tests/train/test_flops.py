@@ -8,9 +8,18 @@ import torch
 from bitk.models import CausalLM, preset
 from bitk.train.flops import flops_per_token, matmul_params, mfu, peak_flops
 
-SMALL = {"vocab_size": 32, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2,
-         "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 4,
-         "bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+SMALL = {
+    "vocab_size": 32,
+    "hidden_size": 8,
+    "intermediate_size": 16,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "head_dim": 4,
+    "bos_token_id": None,
+    "eos_token_id": None,
+    "pad_token_id": None,
+}
 
 
 def test_hand_computed_small_config():
@@ -39,8 +48,13 @@ def test_tiny_preset_order_of_magnitude():
 def test_peak_flops(monkeypatch):
     assert peak_flops(torch.device("cpu"), torch.bfloat16) is None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    for name, peak in (("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H200", 989e12), ("NVIDIA H100 PCIe", 756e12),
-                       ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA GeForce GTX 1080", None)):
+    for name, peak in (
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA A100-SXM4-80GB", 312e12),
+        ("NVIDIA GeForce GTX 1080", None),
+    ):
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, name=name: name)
         assert peak_flops(torch.device("cuda"), torch.bfloat16) == peak, name
         assert peak_flops("cuda:0", torch.float16) == peak

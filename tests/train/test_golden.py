@@ -62,15 +62,24 @@ def run_losses(output_dir: Path) -> list[float]:
     from bitk.train.metrics import read_metrics
 
     env = {**os.environ, **PINNED_ENV}
-    proc = subprocess.run([sys.executable, "-m", "bitk.train", *ARGS, f"output_dir={output_dir}", "resume=none"],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bitk.train", *ARGS, f"output_dir={output_dir}", "resume=none"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [r["loss"] for r in read_metrics(output_dir / "metrics.jsonl") if r["kind"] == "train"]
 
 
 def environment() -> dict[str, object]:
-    return {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-            "cpu": _cpu_model()}
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu": _cpu_model(),
+    }
 
 
 def _cpu_model() -> str:
@@ -99,7 +108,8 @@ def test_golden_loss_curve(tmp_path):
             f"the golden losses moved from step {first + 1} on (now {losses[first]!r}, golden {expected[first]!r}; "
             f"worst relative change {worst:.2e}). "
             + (f"Environment differs from the golden's (golden, here): {env}. " if env else "")
-            + "If the change is intended, regenerate: python tests/train/test_golden.py --regenerate")
+            + "If the change is intended, regenerate: python tests/train/test_golden.py --regenerate"
+        )
     assert losses[-1] < losses[0] - 1.0  # and it learns
 
 
@@ -107,11 +117,17 @@ def regenerate() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         losses = run_losses(Path(tmp) / "run")
     GOLDEN.parent.mkdir(exist_ok=True)
-    GOLDEN.write_text(json.dumps({
-        "args": ARGS,
-        "losses": losses,
-        "generated_with": environment(),
-    }, indent=1) + "\n")
+    GOLDEN.write_text(
+        json.dumps(
+            {
+                "args": ARGS,
+                "losses": losses,
+                "generated_with": environment(),
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     print(f"wrote {GOLDEN}: {len(losses)} losses, {losses[0]:.4f} -> {losses[-1]:.4f}")
 
 

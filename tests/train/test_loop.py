@@ -75,9 +75,15 @@ def test_muon_wsd_norm_clip_and_quant_warmup(micro_config, monkeypatch):
     lambdas = []
     real = loop.set_quant_lambda
     monkeypatch.setattr(loop, "set_quant_lambda", lambda m, lam: (lambdas.append(lam), real(m, lam)))
-    cfg = micro_config("training.optimizer=muon", "training.schedule=wsd", "training.clip=norm",
-                       "training.quant_warmup_steps=4", "training.quant_warmup_shape=cosine",
-                       "training.max_steps=6", "training.eval_every=0")
+    cfg = micro_config(
+        "training.optimizer=muon",
+        "training.schedule=wsd",
+        "training.clip=norm",
+        "training.quant_warmup_steps=4",
+        "training.quant_warmup_shape=cosine",
+        "training.max_steps=6",
+        "training.eval_every=0",
+    )
     summary = loop.train(cfg)
     assert summary["steps"] == 6 and all(math.isfinite(x) for x in train_losses(summary))
     assert lambdas[0] == 0.0 and lambdas[1:4] == sorted(lambdas[1:4]) and lambdas[4:] == [1.0, 1.0]
@@ -86,8 +92,13 @@ def test_muon_wsd_norm_clip_and_quant_warmup(micro_config, monkeypatch):
 
 
 def test_auto_batch_size_keeps_the_global_batch(micro_config, capsys):
-    cfg = micro_config("training.auto_batch_size=true", "training.micro_batch_size=1",
-                       "training.memory_budget_gb=64", "training.max_steps=2", "training.eval_every=0")
+    cfg = micro_config(
+        "training.auto_batch_size=true",
+        "training.micro_batch_size=1",
+        "training.memory_budget_gb=64",
+        "training.max_steps=2",
+        "training.eval_every=0",
+    )
     summary = loop.train(cfg)
     out = capsys.readouterr().out
     assert "auto batch: micro-batch 4" in out

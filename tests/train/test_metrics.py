@@ -13,8 +13,10 @@ def test_records_round_trip_and_non_finite_values_are_strings(tmp_path):
     m.log({"kind": "bad_step", "step": 11, "loss": float("nan"), "grad_norm": float("inf")})
     m.close()
     records = read_metrics(tmp_path / METRICS_FILE)
-    assert records == [{"kind": "train", "step": 10, "loss": 2.5},
-                       {"kind": "bad_step", "step": 11, "loss": "nan", "grad_norm": "inf"}]
+    assert records == [
+        {"kind": "train", "step": 10, "loss": 2.5},
+        {"kind": "bad_step", "step": 11, "loss": "nan", "grad_norm": "inf"},
+    ]
 
 
 def test_resume_drops_records_past_the_checkpoint_and_ignores_a_torn_line(tmp_path):

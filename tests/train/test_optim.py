@@ -25,8 +25,14 @@ def cfg(**changes):
 
 def micro_model(seed=0, **changes):
     torch.manual_seed(seed)
-    fields = {"vocab_size": 128, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-              "num_attention_heads": 2, "num_key_value_heads": 1}
+    fields = {
+        "vocab_size": 128,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+    }
     fields.update(changes)
     return CausalLM(preset("tiny", **fields))
 

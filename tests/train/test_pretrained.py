@@ -25,9 +25,18 @@ from bitk.train.distributed import DistInfo
 from bitk.train.metrics import read_metrics
 from bitk_testing import build_hub_repo
 
-SMALL = ("data.block_size=32", "data.max_eval_tokens=128", "training.max_steps=2", "training.global_batch_size=2",
-         "training.micro_batch_size=2", "training.warmup_steps=1", "logging.log_every=1", "training.eval_every=0",
-         "logging.progress=false", "device=cpu")
+SMALL = (
+    "data.block_size=32",
+    "data.max_eval_tokens=128",
+    "training.max_steps=2",
+    "training.global_batch_size=2",
+    "training.micro_batch_size=2",
+    "training.warmup_steps=1",
+    "logging.log_every=1",
+    "training.eval_every=0",
+    "logging.progress=false",
+    "device=cpu",
+)
 SMOLLM = "HuggingFaceTB/SmolLM2-135M"
 CONTROL = 3
 
@@ -70,8 +79,9 @@ def test_the_preset_brings_a_gentler_learning_rate_under_the_training_preset():
 def test_unified_on_smollm2_adds_the_mask_token_everywhere(hub_cache, tmp_path, capsys):
     """SmolLM2's tokenizer has no mask token: DLM adds one (a new row), and it reaches checkpoint, HF and GGUF."""
     out = tmp_path / "run"
-    summary = loop.train(parse_args(args(out, "model=smollm2_135m", "training=unified", "checkpoint.save_every=1",
-                                         "export_gguf=i2_s")))
+    summary = loop.train(
+        parse_args(args(out, "model=smollm2_135m", "training=unified", "checkpoint.save_every=1", "export_gguf=i2_s"))
+    )
     assert summary["steps"] == 2
     stdout = capsys.readouterr().out
     assert "DLM: the tokenizer has no <|mask|>; added it as id 400" in stdout
@@ -107,8 +117,9 @@ def test_resume_needs_no_hub_and_keeps_the_added_token(hub_cache, tmp_path, monk
         raise AssertionError("a resumed run reads its checkpoint, not the hub")
 
     monkeypatch.setattr(build_module, "resolve_model", no_hub)
-    summary = loop.train(parse_args(args(out, "model=smollm2_135m", "training=unified", "export_gguf=none",
-                                         "training.max_steps=4")))
+    summary = loop.train(
+        parse_args(args(out, "model=smollm2_135m", "training=unified", "export_gguf=none", "training.max_steps=4"))
+    )
     assert summary["steps"] == 4 and load_checkpoint(summary["checkpoint"]).config.vocab_size == 401
     with pytest.raises(ValueError, match=r"trained from another model \(model.name 'smollm2_135m' -> 'qwen3_0_6b'\)"):
         loop.train(parse_args(args(out, "model=qwen3_0_6b", "training.max_steps=6", "export_gguf=none")))
@@ -116,8 +127,7 @@ def test_resume_needs_no_hub_and_keeps_the_added_token(hub_cache, tmp_path, monk
 
 def test_qwen3_vocabulary_padded_past_the_tokenizer(hub_cache, tmp_path, capsys):
     """Qwen3 has more embedding rows (512) than tokens (400): the mask token takes a free row, nothing grows."""
-    summary = loop.train(parse_args(args(tmp_path / "run", "model=qwen3_0_6b", "training=unified",
-                                         "export_gguf=none")))
+    summary = loop.train(parse_args(args(tmp_path / "run", "model=qwen3_0_6b", "training=unified", "export_gguf=none")))
     ckpt = Path(summary["checkpoint"])
     assert load_checkpoint(ckpt).config.vocab_size == 512
     assert load_tokenizer(ckpt).token_to_id("<|mask|>") == 400
@@ -129,8 +139,17 @@ def test_qwen3_vocabulary_padded_past_the_tokenizer(hub_cache, tmp_path, capsys)
 
 def test_a_padded_llama_vocabulary_trains_and_exports(hub_cache, tmp_path):
     build_hub_repo("bitk-tests/padded-llama", "llama", seed=21, vocab_rows=448)
-    summary = loop.train(parse_args(args(tmp_path / "run", "model=bitk-tests/padded-llama", "training=unified",
-                                         "export_gguf=i2_s", "training.eval_every=2")))
+    summary = loop.train(
+        parse_args(
+            args(
+                tmp_path / "run",
+                "model=bitk-tests/padded-llama",
+                "training=unified",
+                "export_gguf=i2_s",
+                "training.eval_every=2",
+            )
+        )
+    )
     assert summary["eval_loss"] is not None and summary["gguf"] is not None
     with read_gguf(summary["gguf"]) as f:
         tokens = f.metadata["tokenizer.ggml.tokens"]
@@ -164,8 +183,11 @@ def test_bitnet_tokenizer_frames_documents_with_its_bos(hub_cache, tmp_path):
 
 def test_bitdistill_takes_the_same_repo_as_its_teacher(hub_cache, tmp_path, capsys):
     out = tmp_path / "run"
-    summary = loop.train(parse_args(args(out, "model=smollm2_135m", "training=bitdistill_full", "objectives.phase=2",
-                                         "export_gguf=none")))
+    summary = loop.train(
+        parse_args(
+            args(out, "model=smollm2_135m", "training=bitdistill_full", "objectives.phase=2", "export_gguf=none")
+        )
+    )
     stdout = capsys.readouterr().out
     assert f"teacher: {SMOLLM}@{hub_cache[SMOLLM].name[:12]}" in stdout
     records = [r for r in read_metrics(summary["metrics"]) if r["kind"] == "train"]
@@ -175,20 +197,36 @@ def test_bitdistill_takes_the_same_repo_as_its_teacher(hub_cache, tmp_path, caps
     assert "= attention_relation " in line and " + ce " in line and " + logits_kd " in line
     assert "held-out CE" in stdout or "train loss" in stdout
     # another teacher by preset name or hub id
-    cfg = parse_args(args(tmp_path / "b", "model=smollm2_135m", "training=bitdistill_full",
-                          "objectives.teacher=smollm2_360m"))
+    cfg = parse_args(
+        args(tmp_path / "b", "model=smollm2_135m", "training=bitdistill_full", "objectives.teacher=smollm2_360m")
+    )
     assert cfg.teacher_source() == "smollm2_360m"
-    cfg = parse_args(args(tmp_path / "c", "model=smollm2_135m", "training=bitdistill_full",
-                          "objectives.teacher=HuggingFaceTB/SmolLM2-360M", "objectives.phase=2", "export_gguf=none"))
+    cfg = parse_args(
+        args(
+            tmp_path / "c",
+            "model=smollm2_135m",
+            "training=bitdistill_full",
+            "objectives.teacher=HuggingFaceTB/SmolLM2-360M",
+            "objectives.phase=2",
+            "export_gguf=none",
+        )
+    )
     loop.train(cfg)
     assert "teacher: HuggingFaceTB/SmolLM2-360M@" in capsys.readouterr().out
 
 
 def test_from_scratch_keeps_the_presets_cached_tokenizer(hub_cache, tmp_path):
-    small = ("model.num_hidden_layers=1", "model.hidden_size=64", "model.intermediate_size=128",
-             "model.num_attention_heads=2", "model.num_key_value_heads=1", "model.head_dim=32")
-    model, tokenizer = build(parse_args(args(tmp_path, "model=smollm2_135m", "model.pretrained=false", *small)),
-                             tmp_path)
+    small = (
+        "model.num_hidden_layers=1",
+        "model.hidden_size=64",
+        "model.intermediate_size=128",
+        "model.num_attention_heads=2",
+        "model.num_key_value_heads=1",
+        "model.head_dim=32",
+    )
+    model, tokenizer = build(
+        parse_args(args(tmp_path, "model=smollm2_135m", "model.pretrained=false", *small)), tmp_path
+    )
     assert model.config.vocab_size == 49152 and tokenizer.get_vocab_size() == 400  # the preset's vocabulary
     assert model.tokenizer_dir == hub_cache[SMOLLM] and "from scratch" in model.source
 
@@ -197,21 +235,39 @@ def test_from_scratch_without_a_cached_tokenizer_uses_bitks(tmp_path, monkeypatc
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    cfg = parse_args(args(tmp_path / "run", "model=qwen3_0_6b", "model.pretrained=false", "model.num_hidden_layers=1",
-                          "model.hidden_size=64", "model.intermediate_size=128", "model.num_attention_heads=2",
-                          "model.num_key_value_heads=1", "model.head_dim=32", "export_gguf=none"))
+    cfg = parse_args(
+        args(
+            tmp_path / "run",
+            "model=qwen3_0_6b",
+            "model.pretrained=false",
+            "model.num_hidden_layers=1",
+            "model.hidden_size=64",
+            "model.intermediate_size=128",
+            "model.num_attention_heads=2",
+            "model.num_key_value_heads=1",
+            "model.head_dim=32",
+            "export_gguf=none",
+        )
+    )
     summary = loop.train(cfg)
     assert load_checkpoint(summary["checkpoint"]).config.vocab_size == 4096
     notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
-    assert notes == ["note: Qwen/Qwen3-0.6B's tokenizer is not in the Hugging Face cache; using bitk's embedded "
-                     "4096-token tokenizer (vocab_size 151936 -> 4096)"]
+    assert notes == [
+        "note: Qwen/Qwen3-0.6B's tokenizer is not in the Hugging Face cache; using bitk's embedded "
+        "4096-token tokenizer (vocab_size 151936 -> 4096)"
+    ]
 
 
 @pytest.mark.slow
 def test_not_cached_exits_2_within_seconds_with_one_line(tmp_path, run_env):
     env = {**run_env, "HF_HOME": str(tmp_path / "hf")}
-    proc = subprocess.run([sys.executable, "-m", "bitk.train", "model=qwen3_4b", f"output_dir={tmp_path / 'run'}"],
-                          capture_output=True, text=True, env=env, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bitk.train", "model=qwen3_4b", f"output_dir={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -221,13 +277,20 @@ def test_not_cached_exits_2_within_seconds_with_one_line(tmp_path, run_env):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["model=smollm2_135m", "model.num_hidden_layers=3"], "model.num_hidden_layers changes the architecture"),
-    (["model=smollm2_135m", "training=bitdistill_full", "objectives.teacher=nope"], "objectives.teacher='nope'"),
-    (["training=bitdistill_full"], "model=tiny is a preset without pretrained weights"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["model=smollm2_135m", "model.num_hidden_layers=3"], "model.num_hidden_layers changes the architecture"),
+        (["model=smollm2_135m", "training=bitdistill_full", "objectives.teacher=nope"], "objectives.teacher='nope'"),
+        (["training=bitdistill_full"], "model=tiny is a preset without pretrained weights"),
+    ],
+)
 def test_bad_model_settings_exit_2_before_any_work(tmp_path, run_env, argv, message):
-    proc = subprocess.run([sys.executable, "-m", "bitk.train", *argv, f"output_dir={tmp_path / 'run'}"],
-                          capture_output=True, text=True, env={**run_env, "HF_HOME": os.environ["HF_HOME"]},
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bitk.train", *argv, f"output_dir={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        env={**run_env, "HF_HOME": os.environ["HF_HOME"]},
+        timeout=60,
+    )
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr

@@ -12,8 +12,15 @@ from bitk.train.schedule import apply_lr, lr_factor, quant_lambda
 
 
 def cfg(**changes):
-    base = {"schedule": "cosine", "max_steps": 10, "warmup_steps": 2, "min_lr_ratio": 0.1, "decay_fraction": 0.2,
-            "quant_warmup_steps": 0, "quant_warmup_shape": "linear"}
+    base = {
+        "schedule": "cosine",
+        "max_steps": 10,
+        "warmup_steps": 2,
+        "min_lr_ratio": 0.1,
+        "decay_fraction": 0.2,
+        "quant_warmup_steps": 0,
+        "quant_warmup_shape": "linear",
+    }
     base.update(changes)
     return TrainingConfig(**base)
 
@@ -39,13 +46,13 @@ def test_cosine_hand_values():
 def test_cosine_without_warmup_starts_decaying_at_once():
     c = cfg(warmup_steps=0, max_steps=4, min_lr_ratio=0.0)
     assert [lr_factor(s, c) for s in range(4)] == pytest.approx(
-        [0.5 * (1 + math.cos(math.pi * t / 4)) for t in (1, 2, 3, 4)], abs=1e-15)
+        [0.5 * (1 + math.cos(math.pi * t / 4)) for t in (1, 2, 3, 4)], abs=1e-15
+    )
 
 
 def test_wsd_hand_values():
     c = cfg(schedule="wsd")  # decay over the last round(0.2 * 10) = 2 steps
-    assert [lr_factor(s, c) for s in range(10)] == pytest.approx(
-        [0.5, 1, 1, 1, 1, 1, 1, 1, 0.55, 0.1], abs=1e-15)
+    assert [lr_factor(s, c) for s in range(10)] == pytest.approx([0.5, 1, 1, 1, 1, 1, 1, 1, 0.55, 0.1], abs=1e-15)
     c = cfg(schedule="wsd", max_steps=100, warmup_steps=10, decay_fraction=0.25, min_lr_ratio=0.0)
     assert lr_factor(74, c) == 1.0  # t = 75 = T - D: the last stable step
     assert lr_factor(75, c) == pytest.approx(1 - 1 / 25)
@@ -81,6 +88,7 @@ def test_quant_lambda():
     assert [quant_lambda(s, c) for s in range(7)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     c = cfg(quant_warmup_steps=4, quant_warmup_shape="cosine")
     assert [quant_lambda(s, c) for s in range(5)] == pytest.approx(
-        [0.0, (1 - math.cos(math.pi / 4)) / 2, 0.5, (1 + math.cos(math.pi / 4)) / 2, 1.0], abs=1e-15)
+        [0.0, (1 - math.cos(math.pi / 4)) / 2, 0.5, (1 + math.cos(math.pi / 4)) / 2, 1.0], abs=1e-15
+    )
     with pytest.raises(ValueError, match="linear, cosine"):
         quant_lambda(0, cfg(quant_warmup_steps=4, quant_warmup_shape="step"))

@@ -29,11 +29,15 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("extra", [
-    (),  # AdamW + ZClip (whose warm-up ends mid-run) + cosine
-    ("training.optimizer=muon", "training.schedule=wsd", "training.clip=norm", "training.quant_warmup_steps=5"),
-    ("training=unified", "objectives.weights=0:ce=1;0.25:ce=1,dlm=1"),  # DLM masks drawn across the resume
-], ids=["adamw-zclip", "muon-wsd-quantwarmup", "unified-dlm"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        (),  # AdamW + ZClip (whose warm-up ends mid-run) + cosine
+        ("training.optimizer=muon", "training.schedule=wsd", "training.clip=norm", "training.quant_warmup_steps=5"),
+        ("training=unified", "objectives.weights=0:ce=1;0.25:ce=1,dlm=1"),  # DLM masks drawn across the resume
+    ],
+    ids=["adamw-zclip", "muon-wsd-quantwarmup", "unified-dlm"],
+)
 def test_resume_reproduces_the_losses_bit_for_bit(micro_config, tmp_path, monkeypatch, extra):
     steps = ("training.max_steps=8", "training.eval_every=0", *extra)
     straight = loop.train(micro_config(*steps, "checkpoint.save_every=0", output_dir=tmp_path / "straight"))
@@ -63,8 +67,11 @@ def test_resume_reproduces_the_losses_bit_for_bit(micro_config, tmp_path, monkey
 
 def test_keep_last_and_latest_pointer(micro_config, tmp_path):
     out = tmp_path / "run"
-    loop.train(micro_config("training.max_steps=5", "checkpoint.save_every=1", "checkpoint.keep_last=2",
-                            "training.eval_every=0"))
+    loop.train(
+        micro_config(
+            "training.max_steps=5", "checkpoint.save_every=1", "checkpoint.keep_last=2", "training.eval_every=0"
+        )
+    )
     assert [p.name for p in list_checkpoints(out)] == ["step-000004", "step-000005"]
     assert latest_checkpoint(out).name == "step-000005"
     # a pointer to a folder that is gone (or garbage) falls back to the newest complete checkpoint

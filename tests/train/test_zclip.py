@@ -168,8 +168,9 @@ def test_bad_arguments():
 
 
 def test_clip_gradients_dispatch():
-    cfg = TrainingConfig(clip="norm", max_grad_norm=1.0, zclip_alpha=0.97, zclip_z_thresh=2.5,
-                         zclip_warmup_steps=25, zclip_factor=1.0)
+    cfg = TrainingConfig(
+        clip="norm", max_grad_norm=1.0, zclip_alpha=0.97, zclip_z_thresh=2.5, zclip_warmup_steps=25, zclip_factor=1.0
+    )
     ps = params_with_norm(4.0)
     assert clip_gradients(ps, cfg, None).item() == pytest.approx(4.0)
     assert norm_of(ps) == pytest.approx(1.0, rel=1e-6)

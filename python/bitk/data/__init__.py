@@ -35,9 +35,10 @@ from .tokenizer import (
     train_tokenizer,
 )
 
-_LAZY = {**{name: "loading" for name in ("load_texts", "encode_documents", "packed_length", "pack_tokens",
-                                         "EXTENSIONS")},
-         "TrainData": "stream"}
+_LAZY = {
+    **{name: "loading" for name in ("load_texts", "encode_documents", "packed_length", "pack_tokens", "EXTENSIONS")},
+    "TrainData": "stream",
+}
 
 __all__ = [
     "DataConfig",

@@ -44,8 +44,10 @@ class DataConfig:
                 raise ValueError(f"data.sources must hold non-empty strings, got {s!r}")
         if self.weights is not None:
             if len(self.weights) != len(self.sources):
-                raise ValueError(f"data.weights has {len(self.weights)} entries, data.sources has "
-                                 f"{len(self.sources)}: give one weight per source (or weights=null)")
+                raise ValueError(
+                    f"data.weights has {len(self.weights)} entries, data.sources has "
+                    f"{len(self.sources)}: give one weight per source (or weights=null)"
+                )
             for w in self.weights:
                 check_number("data.weights", w, low=0.0, low_open=True)
         if not isinstance(self.text_field, str) or not self.text_field:
@@ -53,5 +55,9 @@ class DataConfig:
         check_int("data.block_size", self.block_size, low=2)
         check_bool("data.streaming", self.streaming)
         check_number("data.heldout_fraction", self.heldout_fraction, low=0.0, high=0.5)
-        check_int("data.max_eval_tokens", self.max_eval_tokens, low=self.block_size,
-                  why=f" (at least one block of data.block_size={self.block_size})")
+        check_int(
+            "data.max_eval_tokens",
+            self.max_eval_tokens,
+            low=self.block_size,
+            why=f" (at least one block of data.block_size={self.block_size})",
+        )

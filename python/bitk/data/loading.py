@@ -24,8 +24,15 @@ import torch
 
 from bitk.data.corpus import SPLITS, default_corpus
 
-__all__ = ["EXTENSIONS", "document_piece", "encode_documents", "load_texts", "pack_tokens", "packed_length",
-           "stream_end"]
+__all__ = [
+    "EXTENSIONS",
+    "document_piece",
+    "encode_documents",
+    "load_texts",
+    "pack_tokens",
+    "packed_length",
+    "stream_end",
+]
 
 # file extension -> the `datasets` builder that reads it
 EXTENSIONS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -49,8 +56,12 @@ def _local_files(path: Path) -> tuple[str, list[str]]:
 
 def looks_like_path(source: str) -> bool:
     """True for what cannot be a hub name ("name" or "owner/name"): so a mistyped path is not sent to the hub."""
-    return (source.startswith(("/", ".", "~")) or source.count("/") > 1 or (os.sep != "/" and os.sep in source)
-            or Path(source).suffix.lower() in EXTENSIONS)
+    return (
+        source.startswith(("/", ".", "~"))
+        or source.count("/") > 1
+        or (os.sep != "/" and os.sep in source)
+        or Path(source).suffix.lower() in EXTENSIONS
+    )
 
 
 def _check_hub(source: str) -> None:
@@ -70,8 +81,9 @@ def _check_hub(source: str) -> None:
         raise ValueError(f"{message} ({url.hostname}: {exc})") from exc
 
 
-def load_texts(source: str | os.PathLike, split: str | None = None, text_field: str = "text",
-               streaming: bool = False) -> list[str] | Iterator[str]:
+def load_texts(
+    source: str | os.PathLike, split: str | None = None, text_field: str = "text", streaming: bool = False
+) -> list[str] | Iterator[str]:
     """The documents of ``source``: a list of strings, or a lazy iterator of them when ``streaming``.
 
     ``source`` is "default" (the embedded corpus; ``split`` "train" (default) or "heldout"), a
@@ -146,8 +158,15 @@ def _framing(eos_id: int, bos_id: int | None) -> tuple[int, int]:
     return (1, 1) if bos_id is None or bos_id == eos_id else (2, 0)
 
 
-def encode_documents(texts: Iterable[str], tokenizer, max_tokens: int | None = None,
-                     chunk: int = 256, *, eos_id: int = 0, bos_id: int | None = None) -> list[list[int]]:
+def encode_documents(
+    texts: Iterable[str],
+    tokenizer,
+    max_tokens: int | None = None,
+    chunk: int = 256,
+    *,
+    eos_id: int = 0,
+    bos_id: int | None = None,
+) -> list[list[int]]:
     """Token ids of each document (no special tokens added), read in chunks of ``chunk`` documents.
 
     With ``max_tokens``, reading stops once the packed stream (`pack_tokens` with the same
@@ -156,8 +175,10 @@ def encode_documents(texts: Iterable[str], tokenizer, max_tokens: int | None = N
     """
     per_doc, closing = _framing(eos_id, bos_id)
     if max_tokens is not None and max_tokens < per_doc + closing + 1:
-        raise ValueError(f"max_tokens must be at least {per_doc + closing + 1} (a document's framing tokens, a "
-                         f"token and the stream's end), got {max_tokens}")
+        raise ValueError(
+            f"max_tokens must be at least {per_doc + closing + 1} (a document's framing tokens, a "
+            f"token and the stream's end), got {max_tokens}"
+        )
     out: list[list[int]] = []
     total = 0  # tokens of the stream so far, without the closing tokens
     budget = None if max_tokens is None else max_tokens - closing
@@ -184,8 +205,14 @@ def packed_length(token_lists: Iterable[Sequence[int]], *, eos_id: int = 0, bos_
     return n + closing if n else 0
 
 
-def pack_tokens(token_lists: Iterable[Sequence[int]], block_size: int, eos_id: int,
-                pad_id: int | None = None, *, bos_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def pack_tokens(
+    token_lists: Iterable[Sequence[int]],
+    block_size: int,
+    eos_id: int,
+    pad_id: int | None = None,
+    *,
+    bos_id: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pack documents into ``(input_ids, position_ids)``, both int64 [N, block_size].
 
     The stream is `EOS d1 EOS d2 ... EOS dn EOS`, or `BOS d1 EOS BOS d2 EOS ...` when ``bos_id``
@@ -205,7 +232,7 @@ def pack_tokens(token_lists: Iterable[Sequence[int]], block_size: int, eos_id: i
     stream = np.concatenate([*pieces, stream_end(eos_id, bos_id)])
     starts = np.zeros(len(stream), dtype=bool)
     starts[np.cumsum([0] + lengths[:-1])] = True  # each document's first token
-    starts[sum(lengths):] = True  # the closing EOS, if any, forms its own segment
+    starts[sum(lengths) :] = True  # the closing EOS, if any, forms its own segment
     rows, tail = divmod(len(stream), block_size)
     if tail and pad_id is not None:
         fill = block_size - tail

@@ -117,8 +117,10 @@ class _PackedSource:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("num_blocks") != self.num_blocks:
-            raise ValueError(f"data source {self.name!r} now packs into {self.num_blocks} blocks, the saved state "
-                             f"had {state.get('num_blocks')}: the data or block_size changed since the checkpoint")
+            raise ValueError(
+                f"data source {self.name!r} now packs into {self.num_blocks} blocks, the saved state "
+                f"had {state.get('num_blocks')}: the data or block_size changed since the checkpoint"
+            )
         self.taken = int(state["taken"])
 
 
@@ -131,8 +133,16 @@ class _StreamSource:
 
     streaming = True
 
-    def __init__(self, name: str, index: int, open_texts: Callable[[], Iterator[str]], tokenizer: Any,
-                 block_size: int, framing: DocumentTokens, first_doc: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        index: int,
+        open_texts: Callable[[], Iterator[str]],
+        tokenizer: Any,
+        block_size: int,
+        framing: DocumentTokens,
+        first_doc: int,
+    ) -> None:
         self.name, self.index = name, index
         self._open_texts, self._tokenizer = open_texts, tokenizer
         self.block_size, self.framing, self.first_doc = block_size, framing, first_doc
@@ -151,12 +161,16 @@ class _StreamSource:
         self._fill()
         if offset:
             if not self._pieces or self._pieces[0][0] != doc:
-                raise ValueError(f"cannot resume the stream {self.name!r}: document {doc} no longer holds token "
-                                 f"{offset} (the data changed since the checkpoint)")
+                raise ValueError(
+                    f"cannot resume the stream {self.name!r}: document {doc} no longer holds token "
+                    f"{offset} (the data changed since the checkpoint)"
+                )
             piece = self._pieces[0]
             if offset >= len(piece[1]):
-                raise ValueError(f"cannot resume the stream {self.name!r}: document {doc} is shorter than "
-                                 f"{offset + 1} tokens now (the data changed since the checkpoint)")
+                raise ValueError(
+                    f"cannot resume the stream {self.name!r}: document {doc} is shorter than "
+                    f"{offset + 1} tokens now (the data changed since the checkpoint)"
+                )
             piece[2] = offset
             self._buffered -= offset
 
@@ -200,7 +214,7 @@ class _StreamSource:
             piece = self._pieces[0]
             tokens, offset = piece[1], piece[2]
             n = min(B - filled, len(tokens) - offset)
-            ids[filled:filled + n] = tokens[offset:offset + n]
+            ids[filled : filled + n] = tokens[offset : offset + n]
             starts[filled] = offset == 0
             filled += n
             if offset + n == len(tokens):
@@ -238,8 +252,17 @@ class TrainData:
     (`bitk.data.document_tokens`, given the tokenizer folder ``tokenizer_dir``).
     """
 
-    def __init__(self, cfg: Any, tokenizer: Any, *, seed: int, rank: int = 0, world_size: int = 1,
-                 framing: DocumentTokens | None = None, tokenizer_dir: Any = None) -> None:
+    def __init__(
+        self,
+        cfg: Any,
+        tokenizer: Any,
+        *,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        framing: DocumentTokens | None = None,
+        tokenizer_dir: Any = None,
+    ) -> None:
         sources = list(cfg.sources)
         if not sources:
             raise ValueError("data.sources is empty: name at least one source ('default' is the embedded corpus)")
@@ -281,8 +304,9 @@ class TrainData:
     def _encode(self, texts: Any, tokenizer: Any, max_tokens: int | None = None) -> list[list[int]]:
         from bitk.data import encode_documents
 
-        return encode_documents(texts, tokenizer, max_tokens=max_tokens, eos_id=self.framing.eos,
-                                bos_id=self.framing.bos)
+        return encode_documents(
+            texts, tokenizer, max_tokens=max_tokens, eos_id=self.framing.eos, bos_id=self.framing.bos
+        )
 
     def _open(self, index: int, name: str, tokenizer: Any):
         from bitk.data import load_texts
@@ -301,6 +325,7 @@ class TrainData:
                 def open_texts() -> Iterator[str]:
                     return load_texts("default", "train", streaming=True)
             else:
+
                 def open_texts() -> Iterator[str]:
                     return load_texts(name, text_field=cfg.text_field, streaming=True)
 
@@ -319,12 +344,12 @@ class TrainData:
             n_held = math.floor(len(docs) * fraction)
             if n_held > 0:
                 train_ids = self._pack(self._encode(docs[: len(docs) - n_held], tokenizer))
-                held = self._pack(self._encode(docs[len(docs) - n_held:], tokenizer, max_tokens=eval_cap + 1))
+                held = self._pack(self._encode(docs[len(docs) - n_held :], tokenizer, max_tokens=eval_cap + 1))
             else:  # too few documents: hold out the last blocks instead
                 ids, pos = self._pack(self._encode(docs, tokenizer))
                 n_blocks = math.ceil(fraction * ids.shape[0]) if fraction > 0 and ids.shape[0] >= 2 else 0
                 train_ids = (ids[: ids.shape[0] - n_blocks], pos[: ids.shape[0] - n_blocks])
-                held = (ids[ids.shape[0] - n_blocks:], pos[ids.shape[0] - n_blocks:])
+                held = (ids[ids.shape[0] - n_blocks :], pos[ids.shape[0] - n_blocks :])
         if train_ids[0].shape[0] == 0:
             raise ValueError(f"data source {name!r} holds fewer than block_size={B} training tokens")
         return _PackedSource(name, index, *train_ids, self.seed), held
@@ -394,9 +419,15 @@ class TrainData:
     # -- resume ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The exact position (plain ints), the same on every rank."""
-        return {"format": _STATE_FORMAT, "position": self.position, "seed": self.seed, "names": list(self.names),
-                "block_size": self.tokens_per_block, "weights": [float(w) for w in self.weights],
-                "sources": [s.state_dict() for s in self._sources]}
+        return {
+            "format": _STATE_FORMAT,
+            "position": self.position,
+            "seed": self.seed,
+            "names": list(self.names),
+            "block_size": self.tokens_per_block,
+            "weights": [float(w) for w in self.weights],
+            "sources": [s.state_dict() for s in self._sources],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state`` (ValueError when the sources, weights, block size or seed differ)."""
@@ -404,11 +435,15 @@ class TrainData:
             raise ValueError(f"unknown data state format {state.get('format')!r}")
         for key, mine in (("names", self.names), ("block_size", self.tokens_per_block), ("seed", self.seed)):
             if state[key] != mine:
-                raise ValueError(f"the data state was saved with {key}={state[key]!r}, this run has {mine!r}: "
-                                 "an exact resume needs the same data settings")
+                raise ValueError(
+                    f"the data state was saved with {key}={state[key]!r}, this run has {mine!r}: "
+                    "an exact resume needs the same data settings"
+                )
         if not np.allclose(state["weights"], self.weights, rtol=0, atol=1e-12):
-            raise ValueError(f"the data state was saved with weights {state['weights']}, this run has "
-                             f"{self.weights.tolist()}: an exact resume needs the same data settings")
+            raise ValueError(
+                f"the data state was saved with weights {state['weights']}, this run has "
+                f"{self.weights.tolist()}: an exact resume needs the same data settings"
+            )
         for source, s in zip(self._sources, state["sources"]):
             source.load_state_dict(s)
         self.position = int(state["position"])

@@ -135,8 +135,9 @@ def default_tokenizer() -> Tokenizer:
     return tokenizer
 
 
-def save_tokenizer(directory: str | os.PathLike, tokenizer: Tokenizer | None = None,
-                   model_max_length: int | None = None) -> Path:
+def save_tokenizer(
+    directory: str | os.PathLike, tokenizer: Tokenizer | None = None, model_max_length: int | None = None
+) -> Path:
     """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into ``directory``.
 
     ``tokenizer`` defaults to `default_tokenizer()`. transformers then loads the folder offline
@@ -222,8 +223,9 @@ def _template_prepends(tokenizer: Tokenizer) -> str | None:
     return None
 
 
-def document_tokens(tokenizer: Tokenizer, tokenizer_dir: str | os.PathLike | None = None,
-                    eos_token_id: int | None = None) -> DocumentTokens:
+def document_tokens(
+    tokenizer: Tokenizer, tokenizer_dir: str | os.PathLike | None = None, eos_token_id: int | None = None
+) -> DocumentTokens:
     """The EOS (and BOS, when the tokenizer adds one) that frame documents, as the tokenizer's config says.
 
     EOS: tokenizer_config.json's ``eos_token``, else the model's ``eos_token_id``, else the first of
@@ -236,18 +238,23 @@ def document_tokens(tokenizer: Tokenizer, tokenizer_dir: str | os.PathLike | Non
     if token is not None:
         eos = tokenizer.token_to_id(token)
         if eos is None:
-            raise ValueError(f"{Path(tokenizer_dir) / 'tokenizer_config.json'}: eos_token {token!r} is not in the "
-                             "tokenizer's vocabulary")
+            raise ValueError(
+                f"{Path(tokenizer_dir) / 'tokenizer_config.json'}: eos_token {token!r} is not in the "
+                "tokenizer's vocabulary"
+            )
     if eos is None:
         eos = eos_token_id
     if eos is None:
         eos = next((tokenizer.token_to_id(t) for t in EOS_FALLBACKS if tokenizer.token_to_id(t) is not None), None)
     if eos is None:
-        raise ValueError("cannot tell which token ends a document: the tokenizer config names no eos_token, the "
-                         f"model config no eos_token_id, and the vocabulary has none of {', '.join(EOS_FALLBACKS)}")
+        raise ValueError(
+            "cannot tell which token ends a document: the tokenizer config names no eos_token, the "
+            f"model config no eos_token_id, and the vocabulary has none of {', '.join(EOS_FALLBACKS)}"
+        )
     bos_token = _content(config.get("bos_token"))
-    adds_bos = config.get("add_bos_token") is True or (bos_token is not None and
-                                                       _template_prepends(tokenizer) == bos_token)
+    adds_bos = config.get("add_bos_token") is True or (
+        bos_token is not None and _template_prepends(tokenizer) == bos_token
+    )
     bos = tokenizer.token_to_id(bos_token) if bos_token is not None and adds_bos else None
     return DocumentTokens(eos=int(eos), bos=None if bos is None else int(bos))
 
@@ -273,8 +280,14 @@ def add_special_token(src: str | os.PathLike, dest: str | os.PathLike, content: 
     config[role] = content
     decoder = config.get("added_tokens_decoder")
     if isinstance(decoder, dict):
-        decoder[str(token_id)] = {"content": content, "lstrip": False, "normalized": False, "rstrip": False,
-                                  "single_word": False, "special": True}
+        decoder[str(token_id)] = {
+            "content": content,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
     dest.mkdir(parents=True, exist_ok=True)
     if dest.resolve() != src.resolve():
         for name in TOKENIZER_FILES[2:]:

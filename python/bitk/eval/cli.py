@@ -41,22 +41,39 @@ def build_parser() -> argparse.ArgumentParser:
         description="Perplexity and forward tokens/s of a bitk checkpoint or Hugging Face model folder.",
     )
     p.add_argument("checkpoint", help="bitk checkpoint folder, Hugging Face model folder or hub id")
-    p.add_argument("--data", default=None,
-                   help="text to score: a .txt/.jsonl/.json/.parquet file or folder, a hub dataset name, or "
-                        "'default' (the embedded corpus's held-out split; the default)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="text to score: a .txt/.jsonl/.json/.parquet file or folder, a hub dataset name, or "
+        "'default' (the embedded corpus's held-out split; the default)",
+    )
     p.add_argument("--split", default=None, help="split of a hub dataset or of 'default' (train|heldout)")
     p.add_argument("--text-field", default="text", help="column holding the text in JSON/parquet/hub rows")
-    p.add_argument("--numerics", choices=NUMERICS, default="train",
-                   help="BitLinear numerics: train (as trained), i2s (as bitnet.cpp runs an I2_S GGUF), "
-                        "float (dequantized ternary weights, float activations)")
-    p.add_argument("--seq-len", type=_positive, default=None,
-                   help=f"tokens per row (default: min({DEFAULT_SEQ_LEN}, max_position_embeddings))")
+    p.add_argument(
+        "--numerics",
+        choices=NUMERICS,
+        default="train",
+        help="BitLinear numerics: train (as trained), i2s (as bitnet.cpp runs an I2_S GGUF), "
+        "float (dequantized ternary weights, float activations)",
+    )
+    p.add_argument(
+        "--seq-len",
+        type=_positive,
+        default=None,
+        help=f"tokens per row (default: min({DEFAULT_SEQ_LEN}, max_position_embeddings))",
+    )
     p.add_argument("--batch-size", type=_positive, default=1, help="rows per forward pass (default 1)")
     p.add_argument("--max-tokens", type=_positive, default=None, help="read at most this many tokens of the data")
-    p.add_argument("--tokenizer", default=None,
-                   help="tokenizer.json or its folder, or 'default' (bitk's); default: the checkpoint's")
-    p.add_argument("--full-precision", action="store_true",
-                   help="load without the ternary conversion (a full-precision model evaluates as it is)")
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer.json or its folder, or 'default' (bitk's); default: the checkpoint's",
+    )
+    p.add_argument(
+        "--full-precision",
+        action="store_true",
+        help="load without the ternary conversion (a full-precision model evaluates as it is)",
+    )
     p.add_argument("--threads", type=_positive, default=None, help="torch CPU threads")
     p.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON to PATH ('-': stdout)")
     return p
@@ -102,8 +119,9 @@ def _prepare(args: argparse.Namespace) -> _Plan:
     def check_seq_len(config) -> int:
         seq_len = args.seq_len if args.seq_len is not None else min(DEFAULT_SEQ_LEN, config.max_position_embeddings)
         if seq_len > config.max_position_embeddings:
-            raise ValueError(f"--seq-len {seq_len} exceeds the model's max_position_embeddings "
-                             f"({config.max_position_embeddings})")
+            raise ValueError(
+                f"--seq-len {seq_len} exceeds the model's max_position_embeddings ({config.max_position_embeddings})"
+            )
         if seq_len < 2:
             raise ValueError("--seq-len must be at least 2 (a row's first token is never scored)")
         return seq_len
@@ -115,8 +133,7 @@ def _prepare(args: argparse.Namespace) -> _Plan:
         data_name = f"default:{split}"
     else:
         data_source, split, data_name = args.data, args.split, args.data
-    texts = data.load_texts(data_source, split=split, text_field=args.text_field,
-                            streaming=args.max_tokens is not None)
+    texts = data.load_texts(data_source, split=split, text_field=args.text_field, streaming=args.max_tokens is not None)
     if config is None:  # a hub id: only the downloaded folder tells its config and tokenizer
         model = _load_model(args)
         config, tokenizer_dir = model.config, model.tokenizer_dir
@@ -130,11 +147,15 @@ def _prepare(args: argparse.Namespace) -> _Plan:
     elif tokenizer_dir is not None:
         tokenizer = data.load_tokenizer(tokenizer_dir)
     else:
-        raise ValueError(f"{args.checkpoint} holds no tokenizer; pass --tokenizer (a tokenizer.json or folder, "
-                         "or 'default' for bitk's)")
+        raise ValueError(
+            f"{args.checkpoint} holds no tokenizer; pass --tokenizer (a tokenizer.json or folder, "
+            "or 'default' for bitk's)"
+        )
     if tokenizer.get_vocab_size() > config.vocab_size:
-        raise ValueError(f"the tokenizer has {tokenizer.get_vocab_size()} tokens, more than the model's "
-                         f"vocab_size {config.vocab_size}: it is not this model's tokenizer")
+        raise ValueError(
+            f"the tokenizer has {tokenizer.get_vocab_size()} tokens, more than the model's "
+            f"vocab_size {config.vocab_size}: it is not this model's tokenizer"
+        )
     framing = data.document_tokens(tokenizer, tokenizer_dir, config.eos_token_id)
     frame = {"eos_id": framing.eos, "bos_id": framing.bos}
 
@@ -186,8 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plan = _prepare(args)
         model = plan.model if plan.model is not None else _load_model(args)
-        result = evaluate(model, plan.input_ids, plan.position_ids, args.batch_size, args.numerics,
-                          labels=plan.labels, progress=True)
+        result = evaluate(
+            model, plan.input_ids, plan.position_ids, args.batch_size, args.numerics, labels=plan.labels, progress=True
+        )
     except ValueError as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     record = {

@@ -25,7 +25,6 @@ from bitk.objectives.ce import IGNORE_INDEX, next_token_losses
 __all__ = ["IGNORE_INDEX", "NUMERICS", "EvalResult", "evaluate"]
 
 
-
 @dataclass(frozen=True)
 class EvalResult:
     """What one evaluation measured."""
@@ -62,11 +61,18 @@ def _numerics(model: torch.nn.Module, mode: str | None) -> Iterator[None]:
             set_numerics(module, previous)
 
 
-def _check(input_ids: torch.Tensor, position_ids: torch.Tensor | None, labels: torch.Tensor | None,
-           batch_size: int, numerics: str | None) -> None:
+def _check(
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    batch_size: int,
+    numerics: str | None,
+) -> None:
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.int64:
-        raise ValueError("input_ids must be an int64 tensor [rows, seq_len], got "
-                         f"{getattr(input_ids, 'dtype', type(input_ids))} {tuple(getattr(input_ids, 'shape', ()))}")
+        raise ValueError(
+            "input_ids must be an int64 tensor [rows, seq_len], got "
+            f"{getattr(input_ids, 'dtype', type(input_ids))} {tuple(getattr(input_ids, 'shape', ()))}"
+        )
     if input_ids.shape[0] < 1 or input_ids.shape[1] < 2:
         raise ValueError(f"input_ids {tuple(input_ids.shape)} holds nothing to score: need >= 1 row of >= 2 tokens")
     for name, other in (("position_ids", position_ids), ("labels", labels)):
@@ -90,13 +96,28 @@ def _progress_bar():
         TimeRemainingColumn,
     )
 
-    return Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+    return Progress(
+        TextColumn("evaluating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("batches"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
 
 
-def evaluate(model: torch.nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
-             batch_size: int = 1, numerics: str | None = None, *, labels: torch.Tensor | None = None,
-             progress: bool = False) -> EvalResult:
+def evaluate(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+    batch_size: int = 1,
+    numerics: str | None = None,
+    *,
+    labels: torch.Tensor | None = None,
+    progress: bool = False,
+) -> EvalResult:
     """Perplexity of ``model`` on the rows of ``input_ids`` [N, L], ``batch_size`` rows per forward.
 
     ``model(ids, position_ids=...)`` must return an object with ``.logits`` [B, L, V].
@@ -120,8 +141,8 @@ def evaluate(model: torch.nn.Module, input_ids: torch.Tensor, position_ids: torc
         with _numerics(model, numerics), torch.inference_mode(), bar:
             task = bar.add_task("eval", total=len(starts)) if progress else None
             for start in starts:
-                ids = input_ids[start:start + batch_size].to(device)
-                pos = None if position_ids is None else position_ids[start:start + batch_size].to(device)
+                ids = input_ids[start : start + batch_size].to(device)
+                pos = None if position_ids is None else position_ids[start : start + batch_size].to(device)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 t0 = time.perf_counter()
@@ -129,7 +150,7 @@ def evaluate(model: torch.nn.Module, input_ids: torch.Tensor, position_ids: torc
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 seconds += time.perf_counter() - t0
-                losses, counted = next_token_losses(logits, labels[start:start + batch_size].to(device))
+                losses, counted = next_token_losses(logits, labels[start : start + batch_size].to(device))
                 total_loss += losses.double().sum().item()
                 scored += int(counted.sum().item())
                 if progress:

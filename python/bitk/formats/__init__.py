@@ -250,8 +250,10 @@ def ternarize_bf16(bits: np.ndarray) -> tuple[np.ndarray, float]:
     16-bit values directly instead of materializing that float32 copy.
     """
     if not isinstance(bits, np.ndarray) or bits.dtype != np.uint16:
-        raise ValueError(f"ternarize_bf16: expected a uint16 numpy array of bfloat16 bits; got "
-                         f"{getattr(bits, 'dtype', type(bits).__name__)}")
+        raise ValueError(
+            f"ternarize_bf16: expected a uint16 numpy array of bfloat16 bits; got "
+            f"{getattr(bits, 'dtype', type(bits).__name__)}"
+        )
     _check_matrix_shape(bits.shape, "ternarize_bf16")
     return _impl().ternarize_bf16(np.ascontiguousarray(bits))
 
@@ -277,10 +279,13 @@ def latent_weights(codes: Any, scale: float) -> np.ndarray:
         raise ValueError("latent_weights: codes must be in {-1, 0, 1}")
     s = np.float32(scale)
     if not np.isfinite(s) or s < np.float32(ABSMEAN_EPS):
-        raise ValueError(f"latent_weights: scale must be finite and >= {ABSMEAN_EPS} (the absmean floor); got {scale!r}")
+        raise ValueError(
+            f"latent_weights: scale must be finite and >= {ABSMEAN_EPS} (the absmean floor); got {scale!r}"
+        )
     n, nnz = codes.size, int(np.count_nonzero(codes))
     if nnz == 0:
         return np.zeros(codes.shape, np.float32)
+
     # Magnitudes a (and its float32 successor for the first k non-zeros): every partial sum is a
     # whole number of ulp(a) below 2^53 of them, so sum|W| = nnz*a + k*ulp(a) exactly in float64
     # and the gamma of `ternarize` is float32(sum / n). Pick a with gamma(k=0) <= s <= gamma(k=nnz),

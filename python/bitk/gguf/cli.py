@@ -25,28 +25,61 @@ PROGRESS_MIN_PARAMS = 50_000_000
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Pack ternary (BitNet b1.58) models into GGUF files for "
-                                "bitnet.cpp and llama.cpp, and inspect or verify GGUF files.")
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Pack ternary (BitNet b1.58) models into GGUF files for "
+        "bitnet.cpp and llama.cpp, and inspect or verify GGUF files.",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="{pack,inspect,verify}")
 
     pk = sub.add_parser("pack", help="pack a bitk checkpoint or Hugging Face BitNet folder into a GGUF file")
     pk.add_argument("src", metavar="SRC", help="bitk checkpoint folder (bitk.json) or Hugging Face model folder")
     pk.add_argument("-o", "--output", required=True, metavar="OUT.gguf", help="output file (written atomically)")
-    pk.add_argument("--type", dest="qtype", default="i2_s", type=str.lower, choices=list(QTYPE_CHOICES),
-                    help="type of the seven projections (default i2_s: bitnet.cpp; tq1_0/tq2_0: upstream llama.cpp)")
-    pk.add_argument("--arch", default="auto", choices=list(ARCH_CHOICES) + ["bitnet-25"],
-                    help="GGUF architecture; auto picks it by FFN activation (relu2 -> bitnet-b1.58, silu -> bitnet)")
-    pk.add_argument("--i2s-layout", default=I2S_DEFAULT_LAYOUT, choices=list(I2S_LAYOUTS),
-                    help="I2_S byte layout of the target bitnet.cpp build (default x86: the released builds)")
-    pk.add_argument("--embedding-type", default="f16", type=str.lower, choices=list(EMBEDDING_TYPE_CHOICES),
-                    help="type of token_embd (default f16)")
+    pk.add_argument(
+        "--type",
+        dest="qtype",
+        default="i2_s",
+        type=str.lower,
+        choices=list(QTYPE_CHOICES),
+        help="type of the seven projections (default i2_s: bitnet.cpp; tq1_0/tq2_0: upstream llama.cpp)",
+    )
+    pk.add_argument(
+        "--arch",
+        default="auto",
+        choices=list(ARCH_CHOICES) + ["bitnet-25"],
+        help="GGUF architecture; auto picks it by FFN activation (relu2 -> bitnet-b1.58, silu -> bitnet)",
+    )
+    pk.add_argument(
+        "--i2s-layout",
+        default=I2S_DEFAULT_LAYOUT,
+        choices=list(I2S_LAYOUTS),
+        help="I2_S byte layout of the target bitnet.cpp build (default x86: the released builds)",
+    )
+    pk.add_argument(
+        "--embedding-type",
+        default="f16",
+        type=str.lower,
+        choices=list(EMBEDDING_TYPE_CHOICES),
+        help="type of token_embd (default f16)",
+    )
     pk.add_argument("--tokenizer", metavar="DIR", help="folder with tokenizer.json to use instead of SRC's")
-    pk.add_argument("--pre", "--tokenizer-pre", dest="tokenizer_pre", metavar="NAME",
-                    help="llama.cpp pre-tokenizer type (gpt-2, llama-bpe, smollm, qwen2, ...) instead of detecting it")
-    pk.add_argument("--allow-untied-head", action="store_true",
-                    help="drop an lm_head that differs from the embedding (the GGUF uses the embedding as head)")
-    pk.add_argument("--allow-drop-qk-norm", action="store_true",
-                    help="drop Qwen3-style q/k norms, which no BitNet GGUF graph evaluates")
+    pk.add_argument(
+        "--pre",
+        "--tokenizer-pre",
+        dest="tokenizer_pre",
+        metavar="NAME",
+        help="llama.cpp pre-tokenizer type (gpt-2, llama-bpe, smollm, qwen2, ...) instead of detecting it",
+    )
+    pk.add_argument(
+        "--allow-untied-head",
+        action="store_true",
+        help="drop an lm_head that differs from the embedding (the GGUF uses the embedding as head)",
+    )
+    pk.add_argument(
+        "--allow-drop-qk-norm",
+        action="store_true",
+        help="drop Qwen3-style q/k norms, which no BitNet GGUF graph evaluates",
+    )
     pk.add_argument("--allow-drop-bias", action="store_true", help="drop attention biases")
     pk.add_argument("--name", help="general.name (default: the source folder's name)")
     pk.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary table")
@@ -80,8 +113,15 @@ class _Progress:
         con = console(stderr=True)
         if not con.is_terminal:  # a log file gets the summary, not bar redraws
             return
-        self.bar = Progress(TextColumn(self.what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            TextColumn("{task.description}"), console=con, transient=True)
+        self.bar = Progress(
+            TextColumn(self.what),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            console=con,
+            transient=True,
+        )
         self.bar.start()
         self.task = self.bar.add_task("", total=n_tensors)
 
@@ -102,10 +142,18 @@ def _pack(args: argparse.Namespace) -> int:
     progress = _Progress(not args.quiet, "packing")
     try:
         res = pack(
-            args.src, args.output, args.qtype, arch=args.arch, i2s_layout=args.i2s_layout,
-            embedding_type=args.embedding_type, tokenizer=args.tokenizer, tokenizer_pre=args.tokenizer_pre,
-            allow_untied_head=args.allow_untied_head, allow_drop_qk_norm=args.allow_drop_qk_norm,
-            allow_drop_bias=args.allow_drop_bias, name=args.name,
+            args.src,
+            args.output,
+            args.qtype,
+            arch=args.arch,
+            i2s_layout=args.i2s_layout,
+            embedding_type=args.embedding_type,
+            tokenizer=args.tokenizer,
+            tokenizer_pre=args.tokenizer_pre,
+            allow_untied_head=args.allow_untied_head,
+            allow_drop_qk_norm=args.allow_drop_qk_norm,
+            allow_drop_bias=args.allow_drop_bias,
+            name=args.name,
             on_plan=lambda plan: progress.start(len(plan.tensors), plan.n_params),
             on_tensor=lambda i, n, row: progress.step(row.name),
         )

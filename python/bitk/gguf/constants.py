@@ -56,12 +56,30 @@ VT_FLOAT64 = int(GGUFValueType.FLOAT64)
 # struct codes / numpy dtypes bitk's reader decodes the fixed-size value types with (gguf-py's counterparts
 # live inside GGUFWriter / GGUFReader; tests/gguf/test_constants.py checks they agree)
 VALUE_STRUCT = {
-    VT_UINT8: "<B", VT_INT8: "<b", VT_UINT16: "<H", VT_INT16: "<h", VT_UINT32: "<I", VT_INT32: "<i",
-    VT_FLOAT32: "<f", VT_BOOL: "<?", VT_UINT64: "<Q", VT_INT64: "<q", VT_FLOAT64: "<d",
+    VT_UINT8: "<B",
+    VT_INT8: "<b",
+    VT_UINT16: "<H",
+    VT_INT16: "<h",
+    VT_UINT32: "<I",
+    VT_INT32: "<i",
+    VT_FLOAT32: "<f",
+    VT_BOOL: "<?",
+    VT_UINT64: "<Q",
+    VT_INT64: "<q",
+    VT_FLOAT64: "<d",
 }
 VALUE_NUMPY = {
-    VT_UINT8: "<u1", VT_INT8: "<i1", VT_UINT16: "<u2", VT_INT16: "<i2", VT_UINT32: "<u4", VT_INT32: "<i4",
-    VT_FLOAT32: "<f4", VT_BOOL: "<u1", VT_UINT64: "<u8", VT_INT64: "<i8", VT_FLOAT64: "<f8",
+    VT_UINT8: "<u1",
+    VT_INT8: "<i1",
+    VT_UINT16: "<u2",
+    VT_INT16: "<i2",
+    VT_UINT32: "<u4",
+    VT_INT32: "<i4",
+    VT_FLOAT32: "<f4",
+    VT_BOOL: "<u1",
+    VT_UINT64: "<u8",
+    VT_INT64: "<i8",
+    VT_FLOAT64: "<f8",
 }
 
 # --------------------------------------------------------------------------- tensor types
@@ -80,9 +98,13 @@ QUANT_SIZES = {int(t): sizes for t, sizes in GGML_QUANT_SIZES.items()}
 
 # `general.file_type`: llama.cpp's llama_ftype (gguf.LlamaFileType) and bitnet.cpp's MOSTLY_I2_S, which gguf-py
 # lacks (its 40 is upstream's later MOSTLY_Q1_0; the field is informational in both runtimes).
-FILE_TYPES = {"F32": int(LlamaFileType.ALL_F32), "F16": int(LlamaFileType.MOSTLY_F16),
-              "TQ1_0": int(LlamaFileType.MOSTLY_TQ1_0), "TQ2_0": int(LlamaFileType.MOSTLY_TQ2_0),
-              "I2_S": FILE_TYPE_MOSTLY_I2_S}
+FILE_TYPES = {
+    "F32": int(LlamaFileType.ALL_F32),
+    "F16": int(LlamaFileType.MOSTLY_F16),
+    "TQ1_0": int(LlamaFileType.MOSTLY_TQ1_0),
+    "TQ2_0": int(LlamaFileType.MOSTLY_TQ2_0),
+    "I2_S": FILE_TYPE_MOSTLY_I2_S,
+}
 QUANTIZATION_VERSION = GGML_QUANT_VERSION  # ggml's GGML_QNT_VERSION, written by every quantized llama.cpp file
 
 # --------------------------------------------------------------------------- architectures
@@ -126,8 +148,14 @@ ARCH_KEYS = {
     "vocab_size": Keys.LLM.VOCAB_SIZE,
 }
 # Keys the runtimes cannot load a model without (docs/gguf.md "What is written").
-REQUIRED_ARCH_KEYS = ("context_length", "embedding_length", "block_count", "feed_forward_length", "head_count",
-                      "rms_eps")
+REQUIRED_ARCH_KEYS = (
+    "context_length",
+    "embedding_length",
+    "block_count",
+    "feed_forward_length",
+    "head_count",
+    "rms_eps",
+)
 
 
 def arch_key(arch: str, what: str) -> str:
@@ -165,10 +193,14 @@ BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 # The splitting regexes of the pre-tokenizers llama.cpp implements (llama-vocab.cpp), as
 # tokenizer.json spells them in its Split pre-tokenizer. gguf-py has neither these nor the pre-type names.
 REGEX_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-REGEX_LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-REGEX_QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+REGEX_LLAMA3 = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+REGEX_QWEN2 = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 PRE_GPT2 = "gpt-2"
 PRE_LLAMA3 = "llama-bpe"
 PRE_SMOLLM = "smollm"
@@ -176,11 +208,44 @@ PRE_QWEN2 = "qwen2"
 PRE_DEFAULT = "default"  # SentencePiece (llama) vocabularies: no regex pre-tokenizer
 # Names --pre accepts: llama.cpp's pre-types (llama-vocab.cpp) for byte-level BPE.
 KNOWN_PRE_TYPES = (
-    PRE_DEFAULT, PRE_GPT2, PRE_LLAMA3, PRE_SMOLLM, PRE_QWEN2, "deepseek-llm", "deepseek-coder", "deepseek-v3",
-    "falcon", "mpt", "starcoder", "refact", "command-r", "olmo", "dbrx", "smaug-bpe", "poro-chat",
-    "stablelm2", "jais", "tekken", "chatglm-bpe", "viking", "bloom", "gpt3-finnish", "exaone", "phi-2",
-    "chameleon", "minerva-7b", "gpt-4o", "superbpe", "trillion", "bailingmoe", "llama4", "pixtral", "seed-coder",
-    "kimi-k2", "hunyuan", "grok-2",
+    PRE_DEFAULT,
+    PRE_GPT2,
+    PRE_LLAMA3,
+    PRE_SMOLLM,
+    PRE_QWEN2,
+    "deepseek-llm",
+    "deepseek-coder",
+    "deepseek-v3",
+    "falcon",
+    "mpt",
+    "starcoder",
+    "refact",
+    "command-r",
+    "olmo",
+    "dbrx",
+    "smaug-bpe",
+    "poro-chat",
+    "stablelm2",
+    "jais",
+    "tekken",
+    "chatglm-bpe",
+    "viking",
+    "bloom",
+    "gpt3-finnish",
+    "exaone",
+    "phi-2",
+    "chameleon",
+    "minerva-7b",
+    "gpt-4o",
+    "superbpe",
+    "trillion",
+    "bailingmoe",
+    "llama4",
+    "pixtral",
+    "seed-coder",
+    "kimi-k2",
+    "hunyuan",
+    "grok-2",
 )
 
 # --------------------------------------------------------------------------- tensors

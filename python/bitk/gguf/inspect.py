@@ -31,9 +31,21 @@ from bitk.gguf.reader import read_gguf
 
 __all__ = ["describe", "Description", "TensorRow", "format_value"]
 
-_VT_NAMES = {VT_UINT8: "u8", VT_INT8: "i8", VT_UINT16: "u16", VT_INT16: "i16", VT_UINT32: "u32", VT_INT32: "i32",
-             VT_FLOAT32: "f32", VT_BOOL: "bool", VT_STRING: "str", VT_ARRAY: "arr", VT_UINT64: "u64",
-             VT_INT64: "i64", VT_FLOAT64: "f64"}
+_VT_NAMES = {
+    VT_UINT8: "u8",
+    VT_INT8: "i8",
+    VT_UINT16: "u16",
+    VT_INT16: "i16",
+    VT_UINT32: "u32",
+    VT_INT32: "i32",
+    VT_FLOAT32: "f32",
+    VT_BOOL: "bool",
+    VT_STRING: "str",
+    VT_ARRAY: "arr",
+    VT_UINT64: "u64",
+    VT_INT64: "i64",
+    VT_FLOAT64: "f64",
+}
 
 
 @dataclass
@@ -93,6 +105,8 @@ def describe(path: str | Path) -> Description:
     """Metadata and tensor table of the GGUF file `path`; ValueError if its header is malformed."""
     with read_gguf(path) as f:
         meta = [(k, _type_name(f.value_types[k], v), format_value(v, f.value_types[k])) for k, v in f.metadata.items()]
-        rows = [TensorRow(t.name, t.type_name, t.shape, t.nbytes, t.offset, f.data_problem(t.name))
-                for t in f.tensors.values()]
+        rows = [
+            TensorRow(t.name, t.type_name, t.shape, t.nbytes, t.offset, f.data_problem(t.name))
+            for t in f.tensors.values()
+        ]
         return Description(f.path, f.version, f.file_size, f.data_offset, f.alignment, meta, rows)

@@ -57,8 +57,7 @@ def export(model_or_path: Any, path: str | Path, qtype: str = "i2_s", **options:
     from bitk.models.model import CausalLM
 
     if not isinstance(model_or_path, CausalLM):
-        raise ValueError(
-            f"export takes a bitk.models.CausalLM or a model folder, got {type(model_or_path).__name__}")
+        raise ValueError(f"export takes a bitk.models.CausalLM or a model folder, got {type(model_or_path).__name__}")
     tokenizer = options.pop("tokenizer", None)
     options.setdefault("name", "bitk-model")
     with tempfile.TemporaryDirectory(prefix="bitk-export-") as tmp:
@@ -146,14 +145,25 @@ def load(path: str | Path, tokenizer_dir: str | Path | None = None) -> Any:
         projections = [n for n in floats if n.endswith("_proj.weight")]
         is_ternary = all(n in ternary for n in projections)
         config = ModelConfig(
-            vocab_size=dims["vocab"], hidden_size=dims["hidden"], intermediate_size=dims["ffn"],
-            num_hidden_layers=dims["layers"], num_attention_heads=dims["heads"],
-            num_key_value_heads=dims["kv_heads"], head_dim=dims["head_dim"], hidden_act=ACTIVATION_BY_ARCH[arch],
+            vocab_size=dims["vocab"],
+            hidden_size=dims["hidden"],
+            intermediate_size=dims["ffn"],
+            num_hidden_layers=dims["layers"],
+            num_attention_heads=dims["heads"],
+            num_key_value_heads=dims["kv_heads"],
+            head_dim=dims["head_dim"],
+            hidden_act=ACTIVATION_BY_ARCH[arch],
             max_position_embeddings=int(meta[arch_key(arch, "context_length")]),
             rope_theta=_round_f32(meta.get(arch_key(arch, "rope_freq_base"), 10000.0)),
-            rms_norm_eps=_round_f32(meta[arch_key(arch, "rms_eps")]), tie_word_embeddings=True, qk_norm=False,
-            subln=True, ternary=is_ternary, attention_bias=False,
-            bos_token_id=special(KEY_BOS_ID), eos_token_id=special(KEY_EOS_ID), pad_token_id=special(KEY_PAD_ID),
+            rms_norm_eps=_round_f32(meta[arch_key(arch, "rms_eps")]),
+            tie_word_embeddings=True,
+            qk_norm=False,
+            subln=True,
+            ternary=is_ternary,
+            attention_bias=False,
+            bos_token_id=special(KEY_BOS_ID),
+            eos_token_id=special(KEY_EOS_ID),
+            pad_token_id=special(KEY_PAD_ID),
         )
         tensors = {}
         for hf, values in floats.items():
@@ -184,12 +194,19 @@ def _tokenizer(f: GGUFFile) -> Any:
 
     meta = f.metadata
     if meta.get(KEY_TOKENIZER_MODEL) != TOKENIZER_GPT2 or KEY_MERGES not in meta:
-        raise ValueError(f"{f.path}: bitk rebuilds byte-level BPE (gpt2) vocabularies only; this file has "
-                         f"{meta.get(KEY_TOKENIZER_MODEL)!r}")
+        raise ValueError(
+            f"{f.path}: bitk rebuilds byte-level BPE (gpt2) vocabularies only; this file has "
+            f"{meta.get(KEY_TOKENIZER_MODEL)!r}"
+        )
     bos = meta.get(KEY_BOS_ID)
-    return to_hf_tokenizer(list(meta[KEY_TOKENS]), [int(t) for t in meta[KEY_TOKEN_TYPE]], list(meta[KEY_MERGES]),
-                           meta.get(KEY_TOKENIZER_PRE, ""), None if bos is None else int(bos),
-                           bool(meta.get(KEY_ADD_BOS, False)))
+    return to_hf_tokenizer(
+        list(meta[KEY_TOKENS]),
+        [int(t) for t in meta[KEY_TOKEN_TYPE]],
+        list(meta[KEY_MERGES]),
+        meta.get(KEY_TOKENIZER_PRE, ""),
+        None if bos is None else int(bos),
+        bool(meta.get(KEY_ADD_BOS, False)),
+    )
 
 
 def load_tokenizer(path: str | Path) -> Any:

@@ -162,8 +162,10 @@ def plan_pack(src, options: PackOptions | None = None) -> PackPlan:
                 "graph evaluates them, so the packed model would compute something else. Pass "
                 "--allow-drop-qk-norm to drop them anyway"
             )
-        changes.append(f"dropped q_norm/k_norm of {c.num_hidden_layers} layers (--allow-drop-qk-norm): "
-                       "queries and keys are no longer normalized")
+        changes.append(
+            f"dropped q_norm/k_norm of {c.num_hidden_layers} layers (--allow-drop-qk-norm): "
+            "queries and keys are no longer normalized"
+        )
     if c.attention_bias:
         if not opts.allow_drop_bias:
             raise ValueError(
@@ -234,8 +236,20 @@ def plan_pack(src, options: PackOptions | None = None) -> PackPlan:
             f"{where}: no tokenizer files (tokenizer.json); bitnet.cpp needs the vocabulary inside the GGUF. "
             "Put the tokenizer next to the weights or pass --tokenizer DIR (tokenizer= in Python)"
         )
-    vocab = read_vocab(tok_dir, c.vocab_size, pre=opts.tokenizer_pre,
-                       fallback_ids={"bos": c.bos_token_id, "eos": c.eos_token_id, "pad": c.pad_token_id})
+    vocab = read_vocab(
+        tok_dir,
+        c.vocab_size,
+        pre=opts.tokenizer_pre,
+        fallback_ids={"bos": c.bos_token_id, "eos": c.eos_token_id, "pad": c.pad_token_id},
+    )
     notes.extend(vocab.notes)
-    return PackPlan(arch=arch, qtype=qtype, options=opts, ternary=c.ternary, tensors=tensors, vocab=vocab,
-                    changes=changes, notes=notes)
+    return PackPlan(
+        arch=arch,
+        qtype=qtype,
+        options=opts,
+        ternary=c.ternary,
+        tensors=tensors,
+        vocab=vocab,
+        changes=changes,
+        notes=notes,
+    )

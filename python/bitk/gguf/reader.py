@@ -40,7 +40,7 @@ __all__ = ["GGUFFile", "TensorInfo", "read_gguf", "ggml_type_name", "tensor_nbyt
 
 
 def ggml_type_name(type_id: int) -> str:
-    """"I2_S", "TQ2_0", "F16", ... for a ggml type id; "type<N>" for ids no library here knows."""
+    """ "I2_S", "TQ2_0", "F16", ... for a ggml type id; "type<N>" for ids no library here knows."""
     if type_id in TYPE_NAMES:
         return TYPE_NAMES[type_id]
     try:
@@ -109,7 +109,7 @@ class _Cursor:
                 f"{self.path}: the file ends inside the GGUF header ({what} at byte {self.pos} needs {n} bytes, "
                 f"the file has {len(self.buf)}): truncated or not a GGUF file"
             )
-        out = self.buf[self.pos:self.pos + n]
+        out = self.buf[self.pos : self.pos + n]
         self.pos += n
         return out
 
@@ -213,8 +213,10 @@ class GGUFFile:
             return f"offset {info.offset} is not a multiple of the alignment {self.alignment}"
         end = self.data_offset + info.offset + info.nbytes
         if end > self.file_size:
-            return (f"data ends at byte {end} but the file has {self.file_size} bytes "
-                    f"({end - self.file_size} missing: truncated file)")
+            return (
+                f"data ends at byte {end} but the file has {self.file_size} bytes "
+                f"({end - self.file_size} missing: truncated file)"
+            )
         return None
 
     def tensor_data(self, name: str) -> np.ndarray:

@@ -50,15 +50,30 @@ def print_pack(res: PackResult, con: Any) -> None:
         key = (_BLOCK.sub("blk.*.", r.name), r.type, r.shape)
         groups.setdefault(key, []).append(r)
     table = Table(title=f"{res.path.name}: {res.arch}, projections {res.qtype}")
-    for col, justify in (("tensor", "left"), ("count", "right"), ("type", "left"), ("shape [out, in]", "left"),
-                         ("bits/weight", "right"), ("bytes", "right"), ("note", "left")):
+    for col, justify in (
+        ("tensor", "left"),
+        ("count", "right"),
+        ("type", "left"),
+        ("shape [out, in]", "left"),
+        ("bits/weight", "right"),
+        ("bytes", "right"),
+        ("note", "left"),
+    ):
         table.add_column(col, justify=justify)
     for (name, ttype, shape), rows in groups.items():
-        table.add_row(name, str(len(rows)), ttype, _shape(shape), f"{rows[0].bits_per_weight:.3f}",
-                      human_bytes(sum(r.nbytes for r in rows)), rows[0].note or "")
+        table.add_row(
+            name,
+            str(len(rows)),
+            ttype,
+            _shape(shape),
+            f"{rows[0].bits_per_weight:.3f}",
+            human_bytes(sum(r.nbytes for r in rows)),
+            rows[0].note or "",
+        )
     con.print(table)
-    con.print(f"wrote {res.path} ({human_bytes(res.file_bytes)}, {res.n_params / 1e6:.2f} M parameters)",
-              soft_wrap=True)
+    con.print(
+        f"wrote {res.path} ({human_bytes(res.file_bytes)}, {res.n_params / 1e6:.2f} M parameters)", soft_wrap=True
+    )
     for note in res.notes:
         con.print(f"note: {note}", soft_wrap=True)
     for change in res.changes:
@@ -68,9 +83,11 @@ def print_pack(res: PackResult, con: Any) -> None:
 def print_inspect(d: Description, con: Any) -> None:
     from rich.table import Table
 
-    con.print(f"{d.path}: GGUF v{d.version}, {human_bytes(d.file_size)}, {len(d.tensors)} tensors, "
-              f"{d.n_params / 1e6:.2f} M parameters, data at byte {d.data_offset} (alignment {d.alignment})",
-              soft_wrap=True)
+    con.print(
+        f"{d.path}: GGUF v{d.version}, {human_bytes(d.file_size)}, {len(d.tensors)} tensors, "
+        f"{d.n_params / 1e6:.2f} M parameters, data at byte {d.data_offset} (alignment {d.alignment})",
+        soft_wrap=True,
+    )
     meta = Table(title="metadata")
     for col in ("key", "type", "value"):
         meta.add_column(col)
@@ -78,13 +95,27 @@ def print_inspect(d: Description, con: Any) -> None:
         meta.add_row(key, vtype, value)
     con.print(meta)
     tensors = Table(title="tensors")
-    for col, justify in (("tensor", "left"), ("type", "left"), ("shape [out, in]", "left"), ("bits/weight", "right"),
-                         ("bytes", "right"), ("offset", "right"), ("problem", "left")):
+    for col, justify in (
+        ("tensor", "left"),
+        ("type", "left"),
+        ("shape [out, in]", "left"),
+        ("bits/weight", "right"),
+        ("bytes", "right"),
+        ("offset", "right"),
+        ("problem", "left"),
+    ):
         tensors.add_column(col, justify=justify)
     for t in d.tensors:
         bpw = t.bits_per_weight
-        tensors.add_row(t.name, t.type, _shape(t.shape), "?" if bpw is None else f"{bpw:.3f}", human_bytes(t.nbytes),
-                        str(t.offset), t.problem or "")
+        tensors.add_row(
+            t.name,
+            t.type,
+            _shape(t.shape),
+            "?" if bpw is None else f"{bpw:.3f}",
+            human_bytes(t.nbytes),
+            str(t.offset),
+            t.problem or "",
+        )
     con.print(tensors)
 
 

@@ -85,8 +85,11 @@ def _pretokenizer_parts(pre: dict | None) -> list[dict]:
 
 
 def _is_bytelevel(part: dict, use_regex: bool) -> bool:
-    return (part.get("type") == "ByteLevel" and not part.get("add_prefix_space", False)
-            and bool(part.get("use_regex", True)) == use_regex)
+    return (
+        part.get("type") == "ByteLevel"
+        and not part.get("add_prefix_space", False)
+        and bool(part.get("use_regex", True)) == use_regex
+    )
 
 
 def _split_regex(part: dict) -> str | None:
@@ -113,8 +116,12 @@ def detect_pre(tokenizer_json: dict) -> str:
     pre: str | None = None
     if len(parts) == 1 and _is_bytelevel(parts[0], use_regex=True):
         pre = PRE_GPT2
-    elif (len(parts) == 2 and parts[0].get("type") == "Digits" and parts[0].get("individual_digits")
-          and _is_bytelevel(parts[1], use_regex=True)):
+    elif (
+        len(parts) == 2
+        and parts[0].get("type") == "Digits"
+        and parts[0].get("individual_digits")
+        and _is_bytelevel(parts[1], use_regex=True)
+    ):
         pre = PRE_SMOLLM
     elif len(parts) == 2 and _is_bytelevel(parts[1], use_regex=False):
         regex = _split_regex(parts[0])
@@ -176,7 +183,7 @@ def _template_specials(post: dict | None) -> tuple[str | None, str | None]:
 def _spm_space_prefix(tj: dict, path: Path) -> bool:
     """Whether a SentencePiece-style tokenizer.json prepends a space (llama.cpp: add_space_prefix)."""
     norm = tj.get("normalizer")
-    norm_parts = (norm.get("normalizers", []) if norm and norm.get("type") == "Sequence" else [norm] if norm else [])
+    norm_parts = norm.get("normalizers", []) if norm and norm.get("type") == "Sequence" else [norm] if norm else []
     kinds = [p.get("type") for p in norm_parts]
     if any(p.get("type") == "Prepend" and p.get("prepend") == _SPM_SPACE for p in norm_parts):
         return True
@@ -192,8 +199,9 @@ def _spm_space_prefix(tj: dict, path: Path) -> bool:
     )
 
 
-def read_vocab(folder: str | Path, vocab_size: int, pre: str | None = None,
-               fallback_ids: dict[str, int | None] | None = None) -> GGUFVocab:
+def read_vocab(
+    folder: str | Path, vocab_size: int, pre: str | None = None, fallback_ids: dict[str, int | None] | None = None
+) -> GGUFVocab:
     """Read tokenizer.json (+ tokenizer_config.json) in `folder` as a GGUF vocabulary of `vocab_size` ids.
 
     `pre` overrides the detected pre-tokenizer type (--pre). `fallback_ids` (bos/eos/pad
@@ -203,8 +211,12 @@ def read_vocab(folder: str | Path, vocab_size: int, pre: str | None = None,
     folder = Path(folder)
     tj_path = folder / "tokenizer.json"
     if not tj_path.is_file():
-        extra = " (a tokenizer.model alone is not supported: save the tokenizer with transformers' fast tokenizer " \
-                "to get tokenizer.json)" if (folder / "tokenizer.model").is_file() else ""
+        extra = (
+            " (a tokenizer.model alone is not supported: save the tokenizer with transformers' fast tokenizer "
+            "to get tokenizer.json)"
+            if (folder / "tokenizer.model").is_file()
+            else ""
+        )
         raise ValueError(f"{folder}: no tokenizer.json{extra}; bitnet.cpp needs the vocabulary in the GGUF file")
     tj = _load_json(tj_path, "tokenizer.json")
     cfg_path = folder / "tokenizer_config.json"
@@ -289,8 +301,10 @@ def read_vocab(folder: str | Path, vocab_size: int, pre: str | None = None,
         present = set(tokens)
         missing = [f"<0x{b:02X}>" for b in range(256) if f"<0x{b:02X}>" not in present]
         if missing:
-            raise ValueError(f"{tj_path}: a SentencePiece (llama) vocabulary needs all 256 byte tokens; "
-                             f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
+            raise ValueError(
+                f"{tj_path}: a SentencePiece (llama) vocabulary needs all 256 byte tokens; "
+                f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}"
+            )
         # llama.cpp's SentencePiece tokenizer merges the adjacent pair whose result has the highest
         # score; scoring each token by its negated merge rank makes that the BPE merge order.
         rank: dict[str, int] = {}
@@ -328,14 +342,29 @@ def read_vocab(folder: str | Path, vocab_size: int, pre: str | None = None,
         add_eos = last is not None and last in index and index[last] == special_ids.get("eos")
     template = tcfg.get("chat_template")
     return GGUFVocab(
-        model=kind, tokens=tokens, token_types=types, pre=pre, merges=merges_out, scores=scores,
-        special_ids=special_ids, add_bos=add_bos, add_eos=add_eos, add_space_prefix=add_space_prefix,
-        chat_template=template if isinstance(template, str) else None, notes=notes,
+        model=kind,
+        tokens=tokens,
+        token_types=types,
+        pre=pre,
+        merges=merges_out,
+        scores=scores,
+        special_ids=special_ids,
+        add_bos=add_bos,
+        add_eos=add_eos,
+        add_space_prefix=add_space_prefix,
+        chat_template=template if isinstance(template, str) else None,
+        notes=notes,
     )
 
 
-def to_hf_tokenizer(tokens: list[str], token_types: list[int], merges: list[str], pre: str,
-                    bos_id: int | None = None, add_bos: bool = False) -> Any:
+def to_hf_tokenizer(
+    tokens: list[str],
+    token_types: list[int],
+    merges: list[str],
+    pre: str,
+    bos_id: int | None = None,
+    add_bos: bool = False,
+) -> Any:
     """Rebuild a `tokenizers.Tokenizer` from a GGUF byte-level (gpt2) vocabulary.
 
     Supported pre types: gpt-2, smollm, llama-bpe, qwen2 (the ones `detect_pre` recognises);
@@ -350,10 +379,12 @@ def to_hf_tokenizer(tokens: list[str], token_types: list[int], merges: list[str]
         pre_tok = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), bytelevel])
     elif pre in (PRE_LLAMA3, PRE_QWEN2):
         regex = REGEX_LLAMA3 if pre == PRE_LLAMA3 else REGEX_QWEN2
-        pre_tok = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
+        pre_tok = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     else:
         raise ValueError(f"bitk cannot rebuild a tokenizer with pre type {pre!r}")
     vocab = {}
@@ -369,11 +400,13 @@ def to_hf_tokenizer(tokens: list[str], token_types: list[int], merges: list[str]
     tok.pre_tokenizer = pre_tok
     tok.decoder = decoders.ByteLevel()
     for i, content, special in added:
-        tok.add_tokens([AddedToken(content, special=special, normalized=False)]) if not special else \
-            tok.add_special_tokens([AddedToken(content, special=True, normalized=False)])
+        tok.add_tokens(
+            [AddedToken(content, special=special, normalized=False)]
+        ) if not special else tok.add_special_tokens([AddedToken(content, special=True, normalized=False)])
         assert tok.token_to_id(content) == i, (content, i, tok.token_to_id(content))
     if add_bos and bos_id is not None:
         bos = tokens[bos_id]
-        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
-                                                           special_tokens=[(bos, bos_id)])
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
+        )
     return tok

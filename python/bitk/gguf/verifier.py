@@ -87,8 +87,13 @@ def model_dims(meta: dict[str, Any]) -> dict[str, int]:
     vocab = get("vocab_size", len(tokens) if tokens is not None else None)
     head_dim = get("key_length", get("rope_dimension_count", hidden // max(heads, 1)))
     return {
-        "vocab": vocab, "hidden": hidden, "ffn": get("feed_forward_length"), "layers": get("block_count"),
-        "heads": heads, "kv_heads": get("head_count_kv", heads), "head_dim": head_dim,
+        "vocab": vocab,
+        "hidden": hidden,
+        "ffn": get("feed_forward_length"),
+        "layers": get("block_count"),
+        "heads": heads,
+        "kv_heads": get("head_count_kv", heads),
+        "head_dim": head_dim,
     }
 
 
@@ -96,8 +101,16 @@ def expected_shapes(dims: dict[str, int]) -> dict[str, tuple[int, ...]]:
     """GGUF tensor name -> numpy shape [out, in] of a BitNet model of `dims`."""
     h, f, q, kv = dims["hidden"], dims["ffn"], dims["heads"] * dims["head_dim"], dims["kv_heads"] * dims["head_dim"]
     per_block = {
-        "attn_norm": (h,), "attn_q": (q, h), "attn_k": (kv, h), "attn_v": (kv, h), "attn_sub_norm": (q,),
-        "attn_output": (h, q), "ffn_norm": (h,), "ffn_gate": (f, h), "ffn_up": (f, h), "ffn_sub_norm": (f,),
+        "attn_norm": (h,),
+        "attn_q": (q, h),
+        "attn_k": (kv, h),
+        "attn_v": (kv, h),
+        "attn_sub_norm": (q,),
+        "attn_output": (h, q),
+        "ffn_norm": (h,),
+        "ffn_gate": (f, h),
+        "ffn_up": (f, h),
+        "ffn_sub_norm": (f,),
         "ffn_down": (h, f),
     }
     shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (dims["vocab"], h), "output_norm.weight": (h,)}
@@ -195,35 +208,57 @@ def _metadata_checks(f: GGUFFile, report: VerifyReport, src: Any) -> dict[str, t
         act = ACTIVATION_BY_ARCH[meta["general.architecture"]]
         if act != c.hidden_act:
             problems.append(f"arch {meta['general.architecture']} evaluates {act}, the source uses {c.hidden_act}")
-        want = {"vocab": c.vocab_size, "hidden": c.hidden_size, "ffn": c.intermediate_size,
-                "layers": c.num_hidden_layers, "heads": c.num_attention_heads, "kv_heads": c.num_key_value_heads,
-                "head_dim": c.head_dim}
+        want = {
+            "vocab": c.vocab_size,
+            "hidden": c.hidden_size,
+            "ffn": c.intermediate_size,
+            "layers": c.num_hidden_layers,
+            "heads": c.num_attention_heads,
+            "kv_heads": c.num_key_value_heads,
+            "head_dim": c.head_dim,
+        }
         problems += [f"{k} {dims[k]} but the source has {v}" for k, v in want.items() if dims[k] != v]
-    report.checks.append(Check("metadata", meta.get("general.architecture", "?"), (), not problems,
-                               "; ".join(problems) or f"{dims['layers']} blocks, hidden {dims['hidden']}, "
-                               f"ffn {dims['ffn']}, vocab {dims['vocab']}"))
+    report.checks.append(
+        Check(
+            "metadata",
+            meta.get("general.architecture", "?"),
+            (),
+            not problems,
+            "; ".join(problems)
+            or f"{dims['layers']} blocks, hidden {dims['hidden']}, ffn {dims['ffn']}, vocab {dims['vocab']}",
+        )
+    )
     shapes = expected_shapes(dims)
     missing = [n for n in shapes if n not in f.tensors]
     extra = [n for n in f.tensors if n not in shapes]
     if missing or extra:
-        detail = "; ".join(x for x in (
-            f"missing {', '.join(missing[:6])}" if missing else "",
-            f"unexpected {', '.join(extra[:6])}" if extra else "") if x)
+        detail = "; ".join(
+            x
+            for x in (
+                f"missing {', '.join(missing[:6])}" if missing else "",
+                f"unexpected {', '.join(extra[:6])}" if extra else "",
+            )
+            if x
+        )
         report.checks.append(Check("tensor set", "", (), False, detail))
     return shapes
 
 
 def _layout_check(f: GGUFFile, report: VerifyReport) -> None:
-    spans = sorted((f.data_offset + t.offset, f.data_offset + t.offset + (t.nbytes or 0), t.name)
-                   for t in f.tensors.values())
+    spans = sorted(
+        (f.data_offset + t.offset, f.data_offset + t.offset + (t.nbytes or 0), t.name) for t in f.tensors.values()
+    )
     for (a0, a1, an), (b0, _b1, bn) in itertools.pairwise(spans):
         if a1 > b0:
             report.checks.append(Check("layout", "", (), False, f"{an} (bytes {a0}..{a1}) overlaps {bn} (from {b0})"))
             return
 
 
-def verify(path: str | Path, against: str | Path | Any | None = None,
-           on_tensor: Callable[[int, int, Check], None] | None = None) -> VerifyReport:
+def verify(
+    path: str | Path,
+    against: str | Path | Any | None = None,
+    on_tensor: Callable[[int, int, Check], None] | None = None,
+) -> VerifyReport:
     """Decode and check every tensor of the GGUF file `path`; compare with the source `against` if given.
 
     Returns a VerifyReport (`.ok`, `.failures`); ValueError only when the header cannot be parsed

@@ -146,7 +146,7 @@ def encode_tensor(src: Any, tp: TensorPlan, ternary: bool, layout: str) -> np.nd
 
 
 def _nbytes(tp: TensorPlan) -> int:
-    rows, cols = (tp.shape if len(tp.shape) == 2 else (1, tp.shape[0]))
+    rows, cols = tp.shape if len(tp.shape) == 2 else (1, tp.shape[0])
     if tp.type in TERNARY_TYPES:
         return fmt.nbytes(tp.type, rows, cols)
     return rows * cols * (4 if tp.type == "F32" else 2)
@@ -181,8 +181,13 @@ def _writer_class() -> type:
 
     class BulkArrayWriter(GGUFWriter):
         def _pack_val(self, val: Any, vtype: Any, add_vtype: bool, sub_type: Any = None) -> bytes:
-            if (vtype != GGUFValueType.ARRAY or sub_type is not None or not isinstance(val, list) or not val
-                    or self.endianess != GGUFEndian.LITTLE):
+            if (
+                vtype != GGUFValueType.ARRAY
+                or sub_type is not None
+                or not isinstance(val, list)
+                or not val
+                or self.endianess != GGUFEndian.LITTLE
+            ):
                 return super()._pack_val(val, vtype, add_vtype, sub_type)
             kind = type(val[0])
             if kind not in (str, int, float) or any(type(v) is not kind for v in val):
@@ -224,10 +229,14 @@ def _write_metadata(w: Any, plan: PackPlan, src: Any) -> None:
         w.add_array(KEY_CHANGES, list(plan.changes))
 
     u32 = {
-        "context_length": c.max_position_embeddings, "embedding_length": c.hidden_size,
-        "block_count": c.num_hidden_layers, "feed_forward_length": c.intermediate_size,
-        "head_count": c.num_attention_heads, "head_count_kv": c.num_key_value_heads,
-        "rope_dimension_count": c.head_dim, "vocab_size": c.vocab_size,
+        "context_length": c.max_position_embeddings,
+        "embedding_length": c.hidden_size,
+        "block_count": c.num_hidden_layers,
+        "feed_forward_length": c.intermediate_size,
+        "head_count": c.num_attention_heads,
+        "head_count_kv": c.num_key_value_heads,
+        "rope_dimension_count": c.head_dim,
+        "vocab_size": c.vocab_size,
     }
     if c.head_dim * c.num_attention_heads != c.hidden_size:
         u32["key_length"] = u32["value_length"] = c.head_dim
@@ -276,8 +285,9 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
-def write_plan(plan: PackPlan, src: Any, out: Path,
-               on_tensor: Callable[[int, int, SummaryRow], None] | None = None) -> PackResult:
+def write_plan(
+    plan: PackPlan, src: Any, out: Path, on_tensor: Callable[[int, int, SummaryRow], None] | None = None
+) -> PackResult:
     """Write `plan` for `src` to `out` atomically; `on_tensor(i, total, row)` after each tensor."""
     out = _check_output(out)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
@@ -314,13 +324,26 @@ def write_plan(plan: PackPlan, src: Any, out: Path,
             writer.close()
         tmp.unlink(missing_ok=True)
         raise
-    return PackResult(path=out, arch=plan.arch, qtype=plan.qtype, rows=rows, changes=list(plan.changes),
-                      notes=list(plan.notes), file_bytes=out.stat().st_size)
+    return PackResult(
+        path=out,
+        arch=plan.arch,
+        qtype=plan.qtype,
+        rows=rows,
+        changes=list(plan.changes),
+        notes=list(plan.notes),
+        file_bytes=out.stat().st_size,
+    )
 
 
-def pack(src: Any, out: str | Path, qtype: str = "i2_s", *,
-         on_plan: Callable[[PackPlan], None] | None = None,
-         on_tensor: Callable[[int, int, SummaryRow], None] | None = None, **options: Any) -> PackResult:
+def pack(
+    src: Any,
+    out: str | Path,
+    qtype: str = "i2_s",
+    *,
+    on_plan: Callable[[PackPlan], None] | None = None,
+    on_tensor: Callable[[int, int, SummaryRow], None] | None = None,
+    **options: Any,
+) -> PackResult:
     """Pack `src` (a model folder or an open `ModelSource`) into the GGUF file `out`.
 
     `qtype`: i2_s, tq1_0, tq2_0, f16 or f32; `options`: the fields of `PackOptions` (arch,
@@ -331,8 +354,9 @@ def pack(src: Any, out: str | Path, qtype: str = "i2_s", *,
 
     unknown = sorted(set(options) - set(PackOptions.__dataclass_fields__))
     if unknown:
-        raise ValueError(f"unknown pack option(s) {', '.join(unknown)}; options: "
-                         f"{', '.join(PackOptions.__dataclass_fields__)}")
+        raise ValueError(
+            f"unknown pack option(s) {', '.join(unknown)}; options: {', '.join(PackOptions.__dataclass_fields__)}"
+        )
     out = _check_output(Path(out))
     source = src if isinstance(src, ModelSource) else open_source(src)
     plan = plan_pack(source, PackOptions(qtype=qtype, **options))

@@ -211,8 +211,11 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise ValueError(f"{file} is not valid JSON: {e}") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{file} does not describe a bitk checkpoint (format {meta.get('format')!r}, expected 'bitk')"
-                         if isinstance(meta, dict) else f"{file} must hold a JSON object")
+        raise ValueError(
+            f"{file} does not describe a bitk checkpoint (format {meta.get('format')!r}, expected 'bitk')"
+            if isinstance(meta, dict)
+            else f"{file} must hold a JSON object"
+        )
     version = meta.get("format_version")
     if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         raise ValueError(
@@ -223,9 +226,7 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def check_tensors(
-    expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], where: str
-) -> None:
+def check_tensors(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], where: str) -> None:
     """ValueError naming every missing, unexpected and mis-shaped tensor of ``found``."""
     problems = []
     missing = sorted(set(expected) - set(found))
@@ -237,8 +238,7 @@ def check_tensors(
         problems.append(f"unexpected tensor(s) {_names(unexpected)}")
     if shaped:
         problems.append(
-            "mis-shaped tensor(s) "
-            + _names([f"{n} {tuple(found[n])} (expected {tuple(expected[n])})" for n in shaped])
+            "mis-shaped tensor(s) " + _names([f"{n} {tuple(found[n])} (expected {tuple(expected[n])})" for n in shaped])
         )
     if problems:
         raise ValueError(f"{where}: " + "; ".join(problems))

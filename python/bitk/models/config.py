@@ -75,8 +75,16 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first field that is out of range or inconsistent."""
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+            "max_position_embeddings",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
@@ -97,15 +105,21 @@ class ModelConfig:
         if not isinstance(lrc, (int, float)) or isinstance(lrc, bool) or not 0.0 <= lrc <= 1.0:
             raise ValueError(f"ModelConfig.lrc_rank_ratio must be in [0, 1] (0 = no low-rank correction), got {lrc!r}")
         if lrc and not self.ternary:
-            raise ValueError("ModelConfig.lrc_rank_ratio > 0 needs ternary=true: the low-rank correction "
-                             "corrects the ternary projections' quantization error")
+            raise ValueError(
+                "ModelConfig.lrc_rank_ratio > 0 needs ternary=true: the low-rank correction "
+                "corrects the ternary projections' quantization error"
+            )
         for name in ("tie_word_embeddings", "qk_norm", "subln", "ternary", "attention_bias"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelConfig.{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < self.vocab_size):
-                raise ValueError(f"ModelConfig.{name} must be None or a token id below vocab_size {self.vocab_size}, got {value!r}")
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < self.vocab_size
+            ):
+                raise ValueError(
+                    f"ModelConfig.{name} must be None or a token id below vocab_size {self.vocab_size}, got {value!r}"
+                )
 
     @property
     def q_size(self) -> int:
@@ -127,7 +141,9 @@ class ModelConfig:
         """A validated copy with some fields changed (unknown names raise ValueError)."""
         unknown = sorted(set(changes) - {f.name for f in fields(self)})
         if unknown:
-            raise ValueError(f"unknown ModelConfig field(s) {', '.join(unknown)}; fields: {', '.join(f.name for f in fields(self))}")
+            raise ValueError(
+                f"unknown ModelConfig field(s) {', '.join(unknown)}; fields: {', '.join(f.name for f in fields(self))}"
+            )
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -159,34 +175,81 @@ class ModelConfig:
 PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(bos_token_id=0, eos_token_id=0, pad_token_id=1),
     "smollm2_135m": ModelConfig(
-        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-        num_attention_heads=9, num_key_value_heads=3, head_dim=64, hidden_act="silu",
-        max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
-        bos_token_id=0, eos_token_id=0,
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        hidden_act="silu",
+        max_position_embeddings=8192,
+        rope_theta=100000.0,
+        rms_norm_eps=1e-5,
+        bos_token_id=0,
+        eos_token_id=0,
     ),
     "smollm2_360m": ModelConfig(
-        vocab_size=49152, hidden_size=960, intermediate_size=2560, num_hidden_layers=32,
-        num_attention_heads=15, num_key_value_heads=5, head_dim=64, hidden_act="silu",
-        max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
-        bos_token_id=0, eos_token_id=0,
+        vocab_size=49152,
+        hidden_size=960,
+        intermediate_size=2560,
+        num_hidden_layers=32,
+        num_attention_heads=15,
+        num_key_value_heads=5,
+        head_dim=64,
+        hidden_act="silu",
+        max_position_embeddings=8192,
+        rope_theta=100000.0,
+        rms_norm_eps=1e-5,
+        bos_token_id=0,
+        eos_token_id=0,
     ),
     "qwen3_0_6b": ModelConfig(
-        vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
-        num_attention_heads=16, num_key_value_heads=8, head_dim=128, hidden_act="silu",
-        max_position_embeddings=40960, rope_theta=1000000.0, rms_norm_eps=1e-6, qk_norm=True,
-        bos_token_id=151643, eos_token_id=151645,
+        vocab_size=151936,
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        hidden_act="silu",
+        max_position_embeddings=40960,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        qk_norm=True,
+        bos_token_id=151643,
+        eos_token_id=151645,
     ),
     "qwen3_4b": ModelConfig(
-        vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
-        num_attention_heads=32, num_key_value_heads=8, head_dim=128, hidden_act="silu",
-        max_position_embeddings=40960, rope_theta=1000000.0, rms_norm_eps=1e-6, qk_norm=True,
-        bos_token_id=151643, eos_token_id=151645,
+        vocab_size=151936,
+        hidden_size=2560,
+        intermediate_size=9728,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        hidden_act="silu",
+        max_position_embeddings=40960,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        qk_norm=True,
+        bos_token_id=151643,
+        eos_token_id=151645,
     ),
     "bitnet_2b": ModelConfig(
-        vocab_size=128256, hidden_size=2560, intermediate_size=6912, num_hidden_layers=30,
-        num_attention_heads=20, num_key_value_heads=5, head_dim=128, hidden_act="relu2",
-        max_position_embeddings=4096, rope_theta=500000.0, rms_norm_eps=1e-5,
-        bos_token_id=128000, eos_token_id=128001,
+        vocab_size=128256,
+        hidden_size=2560,
+        intermediate_size=6912,
+        num_hidden_layers=30,
+        num_attention_heads=20,
+        num_key_value_heads=5,
+        head_dim=128,
+        hidden_act="relu2",
+        max_position_embeddings=4096,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+        bos_token_id=128000,
+        eos_token_id=128001,
     ),
 }
 

@@ -81,8 +81,9 @@ def convert_config(source: ModelConfig, ternary: bool) -> ModelConfig:
     return source
 
 
-def load_model(source: str | Path, ternary: bool = True, dtype: str | torch.dtype = torch.float32, *,
-               revision: str | None = None) -> CausalLM:
+def load_model(
+    source: str | Path, ternary: bool = True, dtype: str | torch.dtype = torch.float32, *, revision: str | None = None
+) -> CausalLM:
     """A CausalLM from a bitk checkpoint, a Hugging Face folder, a hub id or a preset's hub repo.
 
     ``source``: a local folder, an ``ORG/NAME`` hub id, or a preset name with pretrained weights

@@ -77,8 +77,11 @@ def cached_snapshot(repo_id: str, revision: str | None = None, patterns: list[st
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns or ALLOW_PATTERNS,
-                                      local_files_only=True))
+        return Path(
+            snapshot_download(
+                repo_id, revision=revision, allow_patterns=patterns or ALLOW_PATTERNS, local_files_only=True
+            )
+        )
     except Exception:
         return None
 
@@ -90,23 +93,27 @@ def _hub_error(exc: Exception, repo_id: str, revision: str | None, what: str) ->
     at = f" at revision {revision!r}" if revision else ""
     fixes = f"download it where the hub is reachable ({download_command(repo_id)}), or give a local folder: {what}=PATH"
     if isinstance(exc, errors.GatedRepoError):
-        return ValueError(f"{repo_id} is a gated repository: accept its terms at https://huggingface.co/{repo_id} "
-                          "and log in (hf auth login) or set HF_TOKEN, or give a local folder: "
-                          f"{what}=PATH")
+        return ValueError(
+            f"{repo_id} is a gated repository: accept its terms at https://huggingface.co/{repo_id} "
+            "and log in (hf auth login) or set HF_TOKEN, or give a local folder: "
+            f"{what}=PATH"
+        )
     if isinstance(exc, errors.RevisionNotFoundError):
-        return ValueError(f"{repo_id} has no revision {revision!r} (a branch, tag or commit of the repo); "
-                          f"check {what}.revision")
+        return ValueError(
+            f"{repo_id} has no revision {revision!r} (a branch, tag or commit of the repo); check {what}.revision"
+        )
     if isinstance(exc, errors.RepositoryNotFoundError):
-        return ValueError(f"{repo_id}: no such repository on the Hugging Face hub, or a private one your token "
-                          f"cannot read (set HF_TOKEN); or give a local folder: {what}=PATH")
+        return ValueError(
+            f"{repo_id}: no such repository on the Hugging Face hub, or a private one your token "
+            f"cannot read (set HF_TOKEN); or give a local folder: {what}=PATH"
+        )
     if isinstance(exc, errors.LocalEntryNotFoundError) or (isinstance(exc, OSError) and _offline()):
         if _offline():
             reason = "offline mode is set (HF_HUB_OFFLINE)"
         else:
             cause = exc.__cause__ or exc.__context__
             reason = "the hub cannot be reached" + (f" ({_first_line(cause)})" if cause is not None else "")
-        return ValueError(f"{repo_id}{at} is not in the Hugging Face cache ({hub_cache_dir()}) and {reason}: "
-                          f"{fixes}")
+        return ValueError(f"{repo_id}{at} is not in the Hugging Face cache ({hub_cache_dir()}) and {reason}: {fixes}")
     return ValueError(f"fetching {repo_id}{at} from the Hugging Face hub failed ({_first_line(exc)}); {fixes}")
 
 
@@ -150,8 +157,10 @@ def resolve_model(source: str | os.PathLike, revision: str | None = None, *, wha
     if text in PRESETS:
         if text not in PRESET_REPOS:
             scratch = f" (build it from scratch with {what}.pretrained=false)" if what == "model" else ""
-            raise ValueError(f"{what}={text} is a preset without pretrained weights{scratch}; presets with a hub "
-                             f"repo: {', '.join(PRESET_REPOS)}")
+            raise ValueError(
+                f"{what}={text} is a preset without pretrained weights{scratch}; presets with a hub "
+                f"repo: {', '.join(PRESET_REPOS)}"
+            )
         preset, text = text, PRESET_REPOS[text]
     path = Path(text).expanduser()
     if preset is None and path.exists():
@@ -160,7 +169,9 @@ def resolve_model(source: str | os.PathLike, revision: str | None = None, *, wha
         return ModelLocation(_latest_checkpoint(path))
     if not is_hub_id(text):
         presets = ", ".join(PRESETS)
-        raise ValueError(f"{what}={text!r}: no such file or folder, and neither a preset ({presets}) nor a Hugging "
-                         "Face hub id (ORG/NAME)")
+        raise ValueError(
+            f"{what}={text!r}: no such file or folder, and neither a preset ({presets}) nor a Hugging "
+            "Face hub id (ORG/NAME)"
+        )
     folder = _download(text, revision, what)
     return ModelLocation(folder, repo_id=text, revision=folder.name, preset=preset)

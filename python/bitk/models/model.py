@@ -331,8 +331,10 @@ class CausalLM(nn.Module):
     def extra_repr(self) -> str:
         c = self.config
         kind = "ternary" if c.ternary else "full precision"
-        return (f"{kind}, subln={c.subln}, qk_norm={c.qk_norm}, {c.num_hidden_layers} layers, "
-                f"{self.num_parameters():,} parameters")
+        return (
+            f"{kind}, subln={c.subln}, qk_norm={c.qk_norm}, {c.num_hidden_layers} layers, "
+            f"{self.num_parameters():,} parameters"
+        )
 
 
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> CausalLM:

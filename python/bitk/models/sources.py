@@ -37,16 +37,29 @@ BITK_FORMAT = "bitk"
 BITK_FORMAT_VERSION = 1
 CHECKPOINT_FILE = "bitk.json"
 HF_MODEL_TYPES = ("llama", "qwen3", "bitnet")
-PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+PROJECTIONS = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 
 # transformers' defaults where config.json omits the RoPE base: falling back to any other value
 # silently breaks the model, so use exactly what transformers would.
 _DEFAULT_ROPE_THETA = {"llama": 10000.0, "qwen3": 10000.0, "bitnet": 500000.0}
 _HF_ACT = {"silu": "silu", "swish": "silu", "relu2": "relu2"}
-_SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64,
-                       "U8": np.uint8, "I8": np.int8}
+_SAFETENSORS_DTYPES = {
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": np.uint16,
+    "F64": np.float64,
+    "U8": np.uint8,
+    "I8": np.int8,
+}
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
@@ -131,8 +144,11 @@ def read_safetensors(path: Path) -> dict[str, _Entry]:
 
 def _raw_entry(e: _Entry) -> np.ndarray:
     """A tensor's stored values as they are (a read-only memory map; BF16 as uint16 bits)."""
-    raw = np.memmap(e.file, dtype=np.uint8, mode="r", offset=e.start, shape=(e.end - e.start,)) if e.end > e.start \
+    raw = (
+        np.memmap(e.file, dtype=np.uint8, mode="r", offset=e.start, shape=(e.end - e.start,))
+        if e.end > e.start
         else np.zeros(0, np.uint8)
+    )
     return np.frombuffer(raw, dtype=_SAFETENSORS_DTYPES[e.dtype]).reshape(e.shape)
 
 
@@ -288,14 +304,20 @@ class ModelSource:
         else:
             values = np.asarray(raw, dtype=np.float32)
             if not np.isin(values, (-1.0, 0.0, 1.0)).all():
-                raise ValueError(f"{self.path}: {name} should hold ternary values (-1, 0, 1) for linear_class "
-                                 f"{self.linear_class!r} offline; it does not")
+                raise ValueError(
+                    f"{self.path}: {name} should hold ternary values (-1, 0, 1) for linear_class "
+                    f"{self.linear_class!r} offline; it does not"
+                )
             codes = values.astype(np.int8)
         if codes.shape != self.shape(name):
-            raise ValueError(f"{self.path}: {name} unpacks to {list(codes.shape)}, the config needs {list(self.shape(name))}")
+            raise ValueError(
+                f"{self.path}: {name} unpacks to {list(codes.shape)}, the config needs {list(self.shape(name))}"
+            )
         ws_name = name[: -len("weight")] + "weight_scale"
         if ws_name not in self._entries:
-            raise ValueError(f"{self.path}: {ws_name} is missing (pre-quantized BitNet weights need their weight_scale)")
+            raise ValueError(
+                f"{self.path}: {ws_name} is missing (pre-quantized BitNet weights need their weight_scale)"
+            )
         ws = np.asarray(_load_entry(self._entries[ws_name]), dtype=np.float64).reshape(-1)
         if ws.size != 1 or not np.isfinite(ws[0]) or ws[0] <= 0:
             raise ValueError(f"{self.path}: {ws_name} must be one positive finite number; got {ws.tolist()[:4]}")
@@ -330,8 +352,10 @@ class ModelSource:
         expected = tensor_shapes(self.config)
         missing = [n for n in expected if n not in self._entries]
         if missing:
-            raise ValueError(f"{self.path}: missing tensor(s) {', '.join(missing[:6])}"
-                             + (f" and {len(missing) - 6} more" if len(missing) > 6 else ""))
+            raise ValueError(
+                f"{self.path}: missing tensor(s) {', '.join(missing[:6])}"
+                + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+            )
         for name, shape in expected.items():
             got = self._entries[name].shape
             if self._packed and self.is_projection(name) and self.linear_class == "bitlinear":
@@ -345,8 +369,10 @@ class ModelSource:
             allowed.add("lm_head.weight")  # some exporters write the tied head too; it is ignored
         unexpected = [n for n in self._entries if n not in allowed and not n.endswith(_IGNORED_SUFFIXES)]
         if unexpected:
-            raise ValueError(f"{self.path}: unexpected tensor(s) {', '.join(sorted(unexpected)[:6])} "
-                             f"(a model bitk cannot express, or a config that does not match the weights)")
+            raise ValueError(
+                f"{self.path}: unexpected tensor(s) {', '.join(sorted(unexpected)[:6])} "
+                f"(a model bitk cannot express, or a config that does not match the weights)"
+            )
 
 
 def _tokenizer_dir(folder: Path) -> Path | None:
@@ -364,18 +390,28 @@ def open_source(path: str | Path) -> ModelSource:
     if not folder.exists():
         raise ValueError(f"{folder}: no such file or directory")
     if not folder.is_dir():
-        raise ValueError(f"{folder}: expected a model folder (a bitk checkpoint with {CHECKPOINT_FILE} "
-                         f"or a Hugging Face folder with config.json)")
+        raise ValueError(
+            f"{folder}: expected a model folder (a bitk checkpoint with {CHECKPOINT_FILE} "
+            f"or a Hugging Face folder with config.json)"
+        )
     if (folder / CHECKPOINT_FILE).is_file():
         meta = _read_json(folder / CHECKPOINT_FILE)
         if meta.get("format") != BITK_FORMAT:
             raise ValueError(f"{folder / CHECKPOINT_FILE}: not a bitk checkpoint (format {meta.get('format')!r})")
         if meta.get("format_version", 0) > BITK_FORMAT_VERSION:
-            raise ValueError(f"{folder}: checkpoint format version {meta['format_version']} is newer than this "
-                             f"bitk reads ({BITK_FORMAT_VERSION}); upgrade bitk")
+            raise ValueError(
+                f"{folder}: checkpoint format version {meta['format_version']} is newer than this "
+                f"bitk reads ({BITK_FORMAT_VERSION}); upgrade bitk"
+            )
         config = ModelConfig.from_dict(meta.get("model", {}))
-        src = ModelSource(folder, "bitk", config, bitk_meta=meta, tokenizer_dir=_tokenizer_dir(folder),
-                          _entries=_safetensors_index(folder))
+        src = ModelSource(
+            folder,
+            "bitk",
+            config,
+            bitk_meta=meta,
+            tokenizer_dir=_tokenizer_dir(folder),
+            _entries=_safetensors_index(folder),
+        )
     elif (folder / "config.json").is_file():
         hf = _read_json(folder / "config.json")
         config = config_from_hf(hf, folder)
@@ -386,21 +422,34 @@ def open_source(path: str | Path) -> ModelSource:
         linear_class = None
         if config.ternary and qc:
             if qc.get("quant_method", "bitnet") != "bitnet":
-                raise ValueError(f"{folder}: quantization_config.quant_method {qc.get('quant_method')!r} is not supported")
+                raise ValueError(
+                    f"{folder}: quantization_config.quant_method {qc.get('quant_method')!r} is not supported"
+                )
             linear_class = qc.get("linear_class", "bitlinear")
             if linear_class not in ("bitlinear", "autobitlinear"):
-                raise ValueError(f"{folder}: quantization_config.linear_class {linear_class!r} is not "
-                                 f"bitlinear or autobitlinear")
+                raise ValueError(
+                    f"{folder}: quantization_config.linear_class {linear_class!r} is not bitlinear or autobitlinear"
+                )
             online = linear_class == "autobitlinear" and qc.get("quantization_mode", "offline") == "online"
             packed = not online
             if packed and linear_class == "bitlinear" and probe is not None and probe.dtype != "U8":
-                raise ValueError(f"{folder}: linear_class bitlinear expects uint8-packed weights; "
-                                 f"q_proj is {probe.dtype}")
-        src = ModelSource(folder, hf["model_type"], config, hf_config=hf, tokenizer_dir=_tokenizer_dir(folder),
-                          linear_class=linear_class if packed else None, _entries=entries, _packed=packed)
+                raise ValueError(
+                    f"{folder}: linear_class bitlinear expects uint8-packed weights; q_proj is {probe.dtype}"
+                )
+        src = ModelSource(
+            folder,
+            hf["model_type"],
+            config,
+            hf_config=hf,
+            tokenizer_dir=_tokenizer_dir(folder),
+            linear_class=linear_class if packed else None,
+            _entries=entries,
+            _packed=packed,
+        )
     else:
-        raise ValueError(f"{folder}: neither a bitk checkpoint ({CHECKPOINT_FILE}) nor a Hugging Face folder "
-                         f"(config.json)")
+        raise ValueError(
+            f"{folder}: neither a bitk checkpoint ({CHECKPOINT_FILE}) nor a Hugging Face folder (config.json)"
+        )
     src.check()
     return src
 

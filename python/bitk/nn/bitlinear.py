@@ -60,9 +60,7 @@ class BitLinear(nn.Linear):
             return inference.bitlinear_float(x, self)
         if norm is None:
             return F.bitlinear(x, self.weight, self.bias, lam=self.quant_lambda)
-        return F.bitlinear(
-            x, self.weight, self.bias, lam=self.quant_lambda, norm_weight=norm.weight, norm_eps=norm.eps
-        )
+        return F.bitlinear(x, self.weight, self.bias, lam=self.quant_lambda, norm_weight=norm.weight, norm_eps=norm.eps)
 
     @torch.no_grad()
     def quantized_weight(self) -> tuple[torch.Tensor, torch.Tensor]:

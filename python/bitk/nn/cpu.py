@@ -18,8 +18,15 @@ import torch
 from bitk import formats, numerics
 from bitk.numerics.bitlinear import check_linear, linear_output_dtype, save_for_ste_backward, ste_backward
 
-__all__ = ["ENGINES", "bitlinear", "dequantize_weights", "int_matmul", "matmul_engine", "quantize_weights",
-           "scaled_int_matmul"]
+__all__ = [
+    "ENGINES",
+    "bitlinear",
+    "dequantize_weights",
+    "int_matmul",
+    "matmul_engine",
+    "quantize_weights",
+    "scaled_int_matmul",
+]
 
 ENGINES = ("cpp", "int_mm", "float")
 
@@ -55,7 +62,9 @@ def matmul_engine() -> str:
         if requested not in ENGINES:
             raise ValueError(f"BITK_CPU_MATMUL={requested!r} is not one of {', '.join(ENGINES)}")
         if requested == "cpp" and _codecs() is None:
-            raise RuntimeError("BITK_CPU_MATMUL=cpp but bitk._codecs has no ternary_gemm: reinstall with `pip install -e .`")
+            raise RuntimeError(
+                "BITK_CPU_MATMUL=cpp but bitk._codecs has no ternary_gemm: reinstall with `pip install -e .`"
+            )
         return requested
     if _cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"}:
         return "int_mm"
@@ -85,8 +94,7 @@ def _float_engine(xq: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     return (xq.to(dt) @ codes.to(dt).T).to(torch.float32)
 
 
-def int_matmul(xq: torch.Tensor, codes: torch.Tensor, engine: str | None = None,
-               packed: object = None) -> torch.Tensor:
+def int_matmul(xq: torch.Tensor, codes: torch.Tensor, engine: str | None = None, packed: object = None) -> torch.Tensor:
     """``xq @ codes^T`` exactly, as float32 [M, N] holding the int32 accumulators (any engine).
 
     ``packed``: the codes already packed by ``ternary_gemm_pack`` (the cpp engine; packed here
@@ -96,8 +104,9 @@ def int_matmul(xq: torch.Tensor, codes: torch.Tensor, engine: str | None = None,
     if engine == "cpp":
         codecs = _codecs()
         packed = codecs.ternary_gemm_pack(codes.numpy()) if packed is None else packed
-        return torch.from_numpy(codecs.ternary_gemm_int32(xq.contiguous().numpy(), packed, codes.shape[0])
-                                ).to(torch.float32)
+        return torch.from_numpy(codecs.ternary_gemm_int32(xq.contiguous().numpy(), packed, codes.shape[0])).to(
+            torch.float32
+        )
     if engine == "int_mm":
         return torch._int_mm(xq, codes.T).to(torch.float32)
     return _float_engine(xq, codes)

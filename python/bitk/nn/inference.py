@@ -75,8 +75,9 @@ def bitlinear_float(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     frozen = frozen_weights(layer)
     if "dequantized" not in frozen:
         codes, gamma = frozen["codes"], frozen["gamma"]
-        frozen["dequantized"] = cpu.dequantize_weights(codes, gamma) if codes.device.type == "cpu" \
-            else codes.float() * gamma.float()
+        frozen["dequantized"] = (
+            cpu.dequantize_weights(codes, gamma) if codes.device.type == "cpu" else codes.float() * gamma.float()
+        )
     with torch.autocast(x.device.type, enabled=False):
         y = x.reshape(-1, x.shape[-1]).float() @ frozen["dequantized"].T
     return _out(y, x, layer.bias, layer.out_features)

@@ -77,9 +77,7 @@ def save_for_ste_backward(ctx, x, weight, bias, xq, s, codes, gamma) -> None:
     ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
 
 
-def ste_backward(
-    ctx, dy: torch.Tensor, dequantize: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-):
+def ste_backward(ctx, dy: torch.Tensor, dequantize: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
     """(dx, dW, dbias) of a BitLinear by the straight-through formulas, from `save_for_ste_backward`'s ctx.
 
     ``dx = dy @ (codes * gamma)``, ``dW = dy^T @ (xq / s)``, ``dbias = sum(dy)``, computed in s's
@@ -160,9 +158,7 @@ def bitlinear_fake_quant(
     return y.to(x.dtype)
 
 
-def bitlinear_bitnet_cpp(
-    x: torch.Tensor, codes: torch.Tensor, scale: float | torch.Tensor
-) -> torch.Tensor:
+def bitlinear_bitnet_cpp(x: torch.Tensor, codes: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
     """Forward of an I2_S matmul as bitnet.cpp computes it; float32 output [..., out].
 
     ``codes`` int8 [out, in] in {-1, 0, 1} (not checked: that would sync the host), ``scale`` the

@@ -83,7 +83,9 @@ def attention_relation_loss(
     if not gamma >= 0:
         raise ValueError(f"relation gamma must be non-negative, got {gamma!r}")
     if student_states is None or teacher_states is None:
-        raise ValueError("relation distillation needs attention states: run the models with output_attention_states=True")
+        raise ValueError(
+            "relation distillation needs attention states: run the models with output_attention_states=True"
+        )
     pairs = resolve_layer_pairs(layers, len(student_states), len(teacher_states))
     total = None
     for s_layer, t_layer in pairs:

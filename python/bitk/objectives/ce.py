@@ -28,8 +28,9 @@ def next_token_ce(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int 
     return total / count
 
 
-def next_token_losses(logits: torch.Tensor, labels: torch.Tensor,
-                      ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+def next_token_losses(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-target losses [B * (L - 1)] in float32, 0 where ignored; the targets that count, bool).
 
     What `next_token_ce` averages, kept per token so that a scorer can sum over many batches

@@ -54,8 +54,9 @@ def compute_loss(
     """
     settings = ObjectiveSettings() if settings is None else settings
     for name, value in (("mask_token_id", mask_token_id), ("pad_token_id", pad_token_id)):
-        if (value is not None or name == "mask_token_id") and (isinstance(value, bool) or not isinstance(value, int)
-                                                                or value < 0):
+        if (value is not None or name == "mask_token_id") and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 0
+        ):
             raise ValueError(f"{name} must be a non-negative token id, got {value!r}")
     if mask_token_id == pad_token_id:
         raise ValueError(f"mask_token_id must differ from pad_token_id ({pad_token_id})")
@@ -77,13 +78,22 @@ def compute_loss(
     B, L = input_ids.shape
     ids, pos, masked = input_ids, position_ids, None
     if "dlm" in active:
-        masked = dlm_mask(input_ids, mask_token_id=mask_token_id, probability=settings.dlm_probability,
-                          complementary=settings.dlm_complementary, generator=generator, pad_token_id=pad,
-                          position_ids=position_ids)
+        masked = dlm_mask(
+            input_ids,
+            mask_token_id=mask_token_id,
+            probability=settings.dlm_probability,
+            complementary=settings.dlm_complementary,
+            generator=generator,
+            pad_token_id=pad,
+            position_ids=position_ids,
+        )
         if clean:  # one forward over the clean and the masked rows (DDP / FSDP want one forward per backward)
             ids = torch.cat([input_ids, masked.input_ids])
-            pos = None if position_ids is None else torch.cat([_rows(position_ids, B, L),
-                                                               _rows(masked.position_ids, masked.input_ids.shape[0], L)])
+            pos = (
+                None
+                if position_ids is None
+                else torch.cat([_rows(position_ids, B, L), _rows(masked.position_ids, masked.input_ids.shape[0], L)])
+            )
         else:
             ids, pos = masked.input_ids, masked.position_ids
     out = student(ids, pos, output_hidden_states=need_hidden, output_attention_states=need_attention)
@@ -97,18 +107,28 @@ def compute_loss(
             losses["ce"] = next_token_ce(logits, labels)
         if teacher_names:
             hidden = None if out.hidden_states is None else tuple(h[:B] for h in out.hidden_states)
-            states = None if out.attention_states is None else \
-                tuple(tuple(x[:B] for x in qkv) for qkv in out.attention_states)
+            states = (
+                None
+                if out.attention_states is None
+                else tuple(tuple(x[:B] for x in qkv) for qkv in out.attention_states)
+            )
             with torch.no_grad():
-                ref = teacher(input_ids, position_ids, output_hidden_states=need_hidden,
-                              output_attention_states=need_attention)
+                ref = teacher(
+                    input_ids, position_ids, output_hidden_states=need_hidden, output_attention_states=need_attention
+                )
             if "logits_kd" in active:
-                losses["logits_kd"] = logits_kd_loss(logits, ref.logits, temperature=settings.kd_temperature,
-                                                     valid_mask=valid)
+                losses["logits_kd"] = logits_kd_loss(
+                    logits, ref.logits, temperature=settings.kd_temperature, valid_mask=valid
+                )
             if "attention_relation" in active:
                 losses["attention_relation"] = attention_relation_loss(
-                    states, ref.attention_states, layers=settings.relation_layers,
-                    split_heads=settings.relation_split_heads, gamma=settings.relation_gamma, valid_mask=valid)
+                    states,
+                    ref.attention_states,
+                    layers=settings.relation_layers,
+                    split_heads=settings.relation_split_heads,
+                    gamma=settings.relation_gamma,
+                    valid_mask=valid,
+                )
             if "layerwise" in active:
                 losses["layerwise"] = layerwise_loss(hidden, ref.hidden_states, weighting=settings.layerwise_weighting)
             if "lrc" in active:

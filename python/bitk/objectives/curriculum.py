@@ -53,7 +53,9 @@ class Curriculum:
             raise ValueError(f"a curriculum is a list of (start_fraction, weights) phases, got {self.phases!r}")
         for i, phase in enumerate(self.phases):
             if not isinstance(phase, (tuple, list)) or len(phase) != 2 or not isinstance(phase[1], Mapping):
-                raise ValueError(f"curriculum phase {i + 1} must be (start_fraction, {{objective: weight}}), got {phase!r}")
+                raise ValueError(
+                    f"curriculum phase {i + 1} must be (start_fraction, {{objective: weight}}), got {phase!r}"
+                )
             start, weights = phase
             if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0.0 <= start < 1.0:
                 raise ValueError(f"curriculum phase {i + 1}: start fraction must be in [0, 1), got {start!r}")
@@ -83,7 +85,9 @@ class Curriculum:
             start_text, sep, body = piece.partition(":")
             if not sep:
                 if len(text.split(";")) > 1:
-                    raise ValueError(f"curriculum {text!r}: phase {piece!r} needs a start fraction, as in '0.2:{piece}'")
+                    raise ValueError(
+                        f"curriculum {text!r}: phase {piece!r} needs a start fraction, as in '0.2:{piece}'"
+                    )
                 start_text, body = "0", piece
             start = _number(start_text.strip(), f"curriculum {text!r}, phase {piece!r}, start fraction")
             weights: dict[str, float] = {}

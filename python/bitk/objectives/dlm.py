@@ -113,5 +113,5 @@ def init_mask_embedding(model: torch.nn.Module, mask_token_id: int, rows: int | 
     if not 0 <= mask_token_id < weight.shape[0]:
         raise ValueError(f"mask_token_id {mask_token_id} is outside the embedding's {weight.shape[0]} rows")
     used = weight[: weight.shape[0] if rows is None else max(min(rows, weight.shape[0]), mask_token_id + 1)]
-    others = torch.cat([used[:mask_token_id], used[mask_token_id + 1:]])
+    others = torch.cat([used[:mask_token_id], used[mask_token_id + 1 :]])
     weight[mask_token_id] = others.float().mean(0).to(weight.dtype)

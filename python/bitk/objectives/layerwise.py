@@ -40,7 +40,9 @@ def check_hidden_pairs(student_hidden: Sequence[torch.Tensor], teacher_hidden: S
             "states (layers + 1)"
         )
     if len(student_hidden) < 2:
-        raise ValueError(f"expected the embedding output and at least one layer's output, got {len(student_hidden)} state(s)")
+        raise ValueError(
+            f"expected the embedding output and at least one layer's output, got {len(student_hidden)} state(s)"
+        )
     for i, (s, t) in enumerate(zip(student_hidden, teacher_hidden)):
         if s.shape != t.shape:
             raise ValueError(f"hidden state {i}: student {tuple(s.shape)} and teacher {tuple(t.shape)} differ in shape")

@@ -24,7 +24,6 @@ from .settings import LRC_LAYERS
 __all__ = ["LRC_LAYERS", "lrc_loss", "lrc_parameters", "prepare_lrc"]
 
 
-
 def lrc_loss(
     student_hidden: Sequence[torch.Tensor], teacher_hidden: Sequence[torch.Tensor], *, layers: str = "all"
 ) -> torch.Tensor:

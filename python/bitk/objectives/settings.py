@@ -16,8 +16,14 @@ from bitk._checks import check_bool, check_choice, check_int, check_number
 
 from .curriculum import Curriculum, needs_teacher
 
-__all__ = ["LAYERWISE_WEIGHTINGS", "LRC_INITS", "LRC_LAYERS", "ObjectiveSettings", "TEACHER_DTYPES",
-           "check_relation_layers"]
+__all__ = [
+    "LAYERWISE_WEIGHTINGS",
+    "LRC_INITS",
+    "LRC_LAYERS",
+    "ObjectiveSettings",
+    "TEACHER_DTYPES",
+    "check_relation_layers",
+]
 
 TEACHER_DTYPES = ("auto", "fp32", "bf16")
 LAYERWISE_WEIGHTINGS = ("uniform", "depth")
@@ -84,15 +90,21 @@ class ObjectiveSettings:
         """Raise ValueError naming the first bad field."""
         p = "objectives."
         if not isinstance(self.weights, str):
-            raise ValueError(f"objectives.weights must be a string such as 'ce=1' or '0:ce=1;0.2:ce=1,dlm=1', "
-                             f"got {self.weights!r}")
+            raise ValueError(
+                f"objectives.weights must be a string such as 'ce=1' or '0:ce=1;0.2:ce=1,dlm=1', got {self.weights!r}"
+            )
         try:
             curriculum = Curriculum.parse(self.weights)
         except ValueError as e:
             raise ValueError(f"objectives.weights: {e}") from None
         if self.phase is not None:
-            check_int(p + "phase", self.phase, low=1, high=len(curriculum.phases),
-                      why=f" (objectives.weights has {len(curriculum.phases)} phase(s))")
+            check_int(
+                p + "phase",
+                self.phase,
+                low=1,
+                high=len(curriculum.phases),
+                why=f" (objectives.weights has {len(curriculum.phases)} phase(s))",
+            )
         if not isinstance(self.teacher, str) or not self.teacher:
             raise ValueError('objectives.teacher must be "auto", a preset, a hub id or a path')
         check_choice(p + "teacher_dtype", self.teacher_dtype, TEACHER_DTYPES)

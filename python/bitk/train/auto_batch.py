@@ -73,7 +73,8 @@ def peak_rss_bytes() -> int:
 
 def _is_cpu_oom(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or (
-        isinstance(exc, RuntimeError) and re.search(r"can't allocate memory|not enough memory", str(exc)) is not None)
+        isinstance(exc, RuntimeError) and re.search(r"can't allocate memory|not enough memory", str(exc)) is not None
+    )
 
 
 def _release(device: torch.device) -> None:
@@ -82,8 +83,13 @@ def _release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _fits(try_step: Callable[[int], None], mb: int, device: torch.device, budget_bytes: float,
-          log: Callable[[str], None] | None) -> bool:
+def _fits(
+    try_step: Callable[[int], None],
+    mb: int,
+    device: torch.device,
+    budget_bytes: float,
+    log: Callable[[str], None] | None,
+) -> bool:
     """Run one try; True when it fits (module doc)."""
     cuda = device.type == "cuda"
     if cuda:
@@ -116,8 +122,15 @@ def _fits(try_step: Callable[[int], None], mb: int, device: torch.device, budget
     return ok
 
 
-def find_micro_batch(try_step: Callable[[int], None], *, start: int, limit: int, device: torch.device | str,
-                     memory_budget_gb: float, log: Callable[[str], None] | None = print) -> int:
+def find_micro_batch(
+    try_step: Callable[[int], None],
+    *,
+    start: int,
+    limit: int,
+    device: torch.device | str,
+    memory_budget_gb: float,
+    log: Callable[[str], None] | None = print,
+) -> int:
     """The largest micro-batch ``start * 2**k <= limit`` dividing ``limit`` for which ``try_step`` fits (module doc).
 
     Raises ValueError for bad arguments and RuntimeError when not even a micro-batch of 1 fits.
@@ -157,19 +170,31 @@ def find_micro_batch(try_step: Callable[[int], None], *, start: int, limit: int,
                 best = mb
                 break
     if best is None and not can_reset and start > 1:
-        raise RuntimeError(f"auto batch: micro-batch {start} does not fit in {memory_budget_gb} GiB, and this "
-                           "platform cannot reset the peak memory to try smaller sizes; start from 1")
+        raise RuntimeError(
+            f"auto batch: micro-batch {start} does not fit in {memory_budget_gb} GiB, and this "
+            "platform cannot reset the peak memory to try smaller sizes; start from 1"
+        )
     if best is None:
         where = "GPU memory" if device.type == "cuda" else f"the CPU memory budget of {memory_budget_gb} GiB"
-        raise RuntimeError(f"auto batch: not even a micro-batch of 1 fits in {where}; use a smaller model or "
-                           f"block_size{'' if device.type == 'cuda' else ', or raise training.memory_budget_gb'}")
+        raise RuntimeError(
+            f"auto batch: not even a micro-batch of 1 fits in {where}; use a smaller model or "
+            f"block_size{'' if device.type == 'cuda' else ', or raise training.memory_budget_gb'}"
+        )
     if log is not None:
         log(f"auto batch: micro-batch {best} (largest power-of-two multiple of {start} up to {limit} that fits)")
     return best
 
 
-def auto_micro_batch(model: torch.nn.Module, vocab_size: int, info: DistInfo, t: Any, block: int, autocast: Any,
-                     say: Any, loss_fn: Callable[..., Any]) -> int:
+def auto_micro_batch(
+    model: torch.nn.Module,
+    vocab_size: int,
+    info: DistInfo,
+    t: Any,
+    block: int,
+    autocast: Any,
+    say: Any,
+    loss_fn: Callable[..., Any],
+) -> int:
     """The largest micro-batch that fits (`find_micro_batch`), tried with real steps that leave no trace.
 
     Each try runs forward (``loss_fn(model, ids, positions, generator=...)``: the run's objectives,
@@ -194,8 +219,14 @@ def auto_micro_batch(model: torch.nn.Module, vocab_size: int, info: DistInfo, t:
             model.zero_grad(set_to_none=True)
             del scratch
 
-    mb = find_micro_batch(try_step, start=t.micro_batch_size or 1, limit=per_rank, device=info.device,
-                          memory_budget_gb=t.memory_budget_gb, log=say)
+    mb = find_micro_batch(
+        try_step,
+        start=t.micro_batch_size or 1,
+        limit=per_rank,
+        device=info.device,
+        memory_budget_gb=t.memory_budget_gb,
+        log=say,
+    )
     if info.enabled:  # every process takes the smallest choice
         import torch.distributed as dist
 

@@ -29,8 +29,7 @@ TOKENIZER_DIR = "tokenizer"
 """output_dir/tokenizer: the tokenizer a run writes (bitk's own, or one that gained the mask token)."""
 
 
-def build_model(cfg: Config, resume_from: Path | None, out: Path, info: DistInfo,
-                say: Any) -> tuple[CausalLM, Any]:
+def build_model(cfg: Config, resume_from: Path | None, out: Path, info: DistInfo, say: Any) -> tuple[CausalLM, Any]:
     """The model to train and its `tokenizers.Tokenizer` (``model.source`` says where it came from).
 
     Resuming: the checkpoint's model and tokenizer, as saved (nothing is downloaded). Otherwise a
@@ -58,8 +57,10 @@ def build_model(cfg: Config, resume_from: Path | None, out: Path, info: DistInfo
         model = load_model(location.path, ternary=m.ternary)
         model.source = location.describe()
         if model.tokenizer_dir is None:
-            raise ValueError(f"model={m.name} has no tokenizer.json next to its weights: the trainer tokenizes "
-                             "the data with the model's own tokenizer")
+            raise ValueError(
+                f"model={m.name} has no tokenizer.json next to its weights: the trainer tokenizes "
+                "the data with the model's own tokenizer"
+            )
         if m.overrides():
             model.config = model.config.replace(**m.overrides())
         tokenizer = load_tokenizer(model.tokenizer_dir)
@@ -102,14 +103,21 @@ def build_from_scratch(cfg: Config, info: DistInfo, say: Any) -> tuple[CausalLM,
         tokenizer = default_tokenizer()
         if config.vocab_size != VOCAB_SIZE:
             why = f"{m.source()}'s tokenizer is not in the Hugging Face cache" if m.source() else "it has none"
-            say(f"note: {why}; using bitk's embedded {VOCAB_SIZE}-token tokenizer (vocab_size "
-                f"{config.vocab_size} -> {VOCAB_SIZE})", flush=True)
-            config = config.replace(vocab_size=VOCAB_SIZE, bos_token_id=EOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+            say(
+                f"note: {why}; using bitk's embedded {VOCAB_SIZE}-token tokenizer (vocab_size "
+                f"{config.vocab_size} -> {VOCAB_SIZE})",
+                flush=True,
+            )
+            config = config.replace(
+                vocab_size=VOCAB_SIZE, bos_token_id=EOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID
+            )
     else:
         tokenizer = load_tokenizer(folder)
         if tokenizer.get_vocab_size() > config.vocab_size:
-            raise ValueError(f"the tokenizer of {m.name} ({folder}) has {tokenizer.get_vocab_size()} tokens, more "
-                             f"than the model's vocab_size {config.vocab_size}")
+            raise ValueError(
+                f"the tokenizer of {m.name} ({folder}) has {tokenizer.get_vocab_size()} tokens, more "
+                f"than the model's vocab_size {config.vocab_size}"
+            )
     model = CausalLM(config)
     model.tokenizer_dir = folder
     model.source = source
@@ -151,12 +159,17 @@ def prepare_mask_token(model: CausalLM, tokenizer: Any, cfg: Config, out: Path, 
         grew = mask_id >= model.config.vocab_size
         if grew:
             model.resize_token_embeddings(mask_id + 1)
-        say(f"DLM: the tokenizer has no {token}; added it as id {mask_id} (written to {folder})"
-            + (f", the vocabulary grows to {model.config.vocab_size} rows" if grew else ""), flush=True)
+        say(
+            f"DLM: the tokenizer has no {token}; added it as id {mask_id} (written to {folder})"
+            + (f", the vocabulary grows to {model.config.vocab_size} rows" if grew else ""),
+            flush=True,
+        )
     framing = document_tokens(tokenizer, model.tokenizer_dir, model.config.eos_token_id)
     if mask_id in (framing.eos, framing.bos):
-        raise ValueError(f"objectives.dlm_mask_token={token!r} is the token that frames the packed documents (EOS "
-                         "or BOS): choose another token")
+        raise ValueError(
+            f"objectives.dlm_mask_token={token!r} is the token that frames the packed documents (EOS "
+            "or BOS): choose another token"
+        )
     if not added and cfg.model.from_scratch():
         return tokenizer  # random weights: the mask row is as good as any other
     init_mask_embedding(model, mask_id, rows=tokenizer.get_vocab_size())
@@ -172,8 +185,10 @@ def check_same_model(meta: dict[str, Any], cfg: Config, path: Path) -> None:
     diff = [k for k in keys if k in saved and saved[k] != now[k]]
     if diff:
         changes = ", ".join(f"model.{k} {saved[k]!r} -> {now[k]!r}" for k in diff)
-        raise ValueError(f"cannot resume from {path}: it was trained from another model ({changes}); use the same "
-                         "model settings, or resume=none with another output_dir")
+        raise ValueError(
+            f"cannot resume from {path}: it was trained from another model ({changes}); use the same "
+            "model settings, or resume=none with another output_dir"
+        )
 
 
 def prepare_lrc_student(raw: CausalLM, cfg: Config, say: Any) -> None:
@@ -181,13 +196,19 @@ def prepare_lrc_student(raw: CausalLM, cfg: Config, say: Any) -> None:
     o = cfg.objectives
     ratio = raw.config.lrc_rank_ratio or o.lrc_rank_ratio  # a model that has LRC already keeps its rank
     if raw.config.lrc_rank_ratio and raw.config.lrc_rank_ratio != o.lrc_rank_ratio:
-        say(f"LRC: the model already has low-rank factors of rank ratio {raw.config.lrc_rank_ratio}; "
-            f"objectives.lrc_rank_ratio={o.lrc_rank_ratio} is not used", flush=True)
+        say(
+            f"LRC: the model already has low-rank factors of rank ratio {raw.config.lrc_rank_ratio}; "
+            f"objectives.lrc_rank_ratio={o.lrc_rank_ratio} is not used",
+            flush=True,
+        )
     trainable = prepare_lrc(raw, rank_ratio=ratio, init=o.lrc_init)
     raw.config = raw.config.replace(lrc_rank_ratio=ratio)
     frozen = sum(p.numel() for p in raw.parameters()) - sum(p.numel() for p in trainable)
-    say(f"LRC: rank ratio {ratio} ({o.lrc_init} init): {sum(p.numel() for p in trainable):,} trainable parameters, "
-        f"{frozen:,} frozen (ternary weights, embeddings, norms)", flush=True)
+    say(
+        f"LRC: rank ratio {ratio} ({o.lrc_init} init): {sum(p.numel() for p in trainable):,} trainable parameters, "
+        f"{frozen:,} frozen (ternary weights, embeddings, norms)",
+        flush=True,
+    )
 
 
 def load_teacher(cfg: Config, raw: CausalLM, info: DistInfo, say: Any) -> torch.nn.Module | None:
@@ -202,23 +223,33 @@ def load_teacher(cfg: Config, raw: CausalLM, info: DistInfo, say: Any) -> torch.
     teacher.source = location.describe()
     s, c = raw.config, teacher.config
     if c.vocab_size != s.vocab_size:
-        raise ValueError(f"teacher {teacher.source} has a {c.vocab_size}-token vocabulary, the student "
-                         f"{s.vocab_size}: distillation compares logits token by token, so both need the same "
-                         "tokenizer")
+        raise ValueError(
+            f"teacher {teacher.source} has a {c.vocab_size}-token vocabulary, the student "
+            f"{s.vocab_size}: distillation compares logits token by token, so both need the same "
+            "tokenizer"
+        )
     objectives = o.curriculum().objectives()
     if "attention_relation" in objectives:
         r = o.relation_split_heads
         for who, config in (("student", s), ("teacher", c)):
             for what, size in (("q", config.q_size), ("k/v", config.kv_size)):
                 if size % r:
-                    raise ValueError(f"objectives.relation_split_heads={r} must divide the {who}'s {what} width "
-                                     f"{size}; choose a common divisor of {s.q_size}, {s.kv_size}, {c.q_size} "
-                                     f"and {c.kv_size}")
-    if objectives & {"layerwise", "lrc"} and (c.num_hidden_layers, c.hidden_size) != (s.num_hidden_layers,
-                                                                                      s.hidden_size):
-        raise ValueError(f"layerwise / lrc compare hidden states layer by layer: the teacher {teacher.source} has "
-                         f"{c.num_hidden_layers} layers of width {c.hidden_size}, the student "
-                         f"{s.num_hidden_layers} of width {s.hidden_size}")
-    say(f"teacher: {teacher.source} ({'bf16' if bf16 else 'float32'}, frozen, {teacher.num_parameters():,} "
-        "parameters)", flush=True)
+                    raise ValueError(
+                        f"objectives.relation_split_heads={r} must divide the {who}'s {what} width "
+                        f"{size}; choose a common divisor of {s.q_size}, {s.kv_size}, {c.q_size} "
+                        f"and {c.kv_size}"
+                    )
+    if objectives & {"layerwise", "lrc"} and (c.num_hidden_layers, c.hidden_size) != (
+        s.num_hidden_layers,
+        s.hidden_size,
+    ):
+        raise ValueError(
+            f"layerwise / lrc compare hidden states layer by layer: the teacher {teacher.source} has "
+            f"{c.num_hidden_layers} layers of width {c.hidden_size}, the student "
+            f"{s.num_hidden_layers} of width {s.hidden_size}"
+        )
+    say(
+        f"teacher: {teacher.source} ({'bf16' if bf16 else 'float32'}, frozen, {teacher.num_parameters():,} parameters)",
+        flush=True,
+    )
     return teacher

@@ -104,8 +104,11 @@ class _ModelSource:
 
     def overrides(self) -> dict[str, Any]:
         """The ModelConfig fields set in this group (model.FIELD=VALUE), by name."""
-        return {f.name: getattr(self, f.name) for f in fields(ModelConfig)
-                if f.name != "ternary" and getattr(self, f.name, None) is not None}
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(ModelConfig)
+            if f.name != "ternary" and getattr(self, f.name, None) is not None
+        }
 
     def is_preset(self) -> bool:
         return self.name in PRESETS
@@ -137,11 +140,15 @@ class _ModelSource:
             raise ValueError(f"model.revision must be a branch, tag or commit of the hub repo, got {self.revision!r}")
         local = not self.is_preset() and Path(self.name).expanduser().exists()
         if not self.is_preset() and not local and not is_hub_id(self.name):
-            raise ValueError(f"model={self.name!r} is neither a preset ({', '.join(PRESETS)}), nor an existing "
-                             "path (a bitk checkpoint or Hugging Face folder), nor a Hugging Face hub id (ORG/NAME)")
+            raise ValueError(
+                f"model={self.name!r} is neither a preset ({', '.join(PRESETS)}), nor an existing "
+                "path (a bitk checkpoint or Hugging Face folder), nor a Hugging Face hub id (ORG/NAME)"
+            )
         if self.revision is not None and (local or self.source() is None):
-            raise ValueError(f"model.revision applies to hub models; model={self.name} is "
-                             f"{'a local folder' if local else 'a preset without a hub repo'}")
+            raise ValueError(
+                f"model.revision applies to hub models; model={self.name} is "
+                f"{'a local folder' if local else 'a preset without a hub repo'}"
+            )
         changed = self.overrides()
         if self.from_scratch():
             if self.is_preset():
@@ -149,9 +156,11 @@ class _ModelSource:
             return
         fixed = sorted(set(changed) - set(PRETRAINED_OVERRIDABLE))
         if fixed:
-            raise ValueError(f"model.{fixed[0]} changes the architecture, which comes from the pretrained model's "
-                             f"config.json; set model.pretrained=false to build a changed architecture from scratch "
-                             f"(a pretrained model may change only {', '.join(PRETRAINED_OVERRIDABLE)})")
+            raise ValueError(
+                f"model.{fixed[0]} changes the architecture, which comes from the pretrained model's "
+                f"config.json; set model.pretrained=false to build a changed architecture from scratch "
+                f"(a pretrained model may change only {', '.join(PRETRAINED_OVERRIDABLE)})"
+            )
 
 
 def _model_group() -> type:
@@ -159,13 +168,19 @@ def _model_group() -> type:
     import typing
 
     hints = typing.get_type_hints(ModelConfig)
-    extra = [(f.name, typing.Optional[hints[f.name]], field(default=None))  # noqa: UP045 (OmegaConf's spelling)
-             for f in fields(ModelConfig) if f.name != "ternary"]
+    extra = [
+        (f.name, typing.Optional[hints[f.name]], field(default=None))  # noqa: UP045 (OmegaConf's spelling)
+        for f in fields(ModelConfig)
+        if f.name != "ternary"
+    ]
     cls = dataclasses.make_dataclass("ModelGroup", extra, bases=(_ModelSource,))
     cls.__doc__ = _ModelSource.__doc__
     cls.__module__ = __name__
-    cls.__field_docs__ = {name: f"{doc} (null: as the preset or the source has it)"
-                          for name, doc in field_docs(ModelConfig).items() if name != "ternary"}
+    cls.__field_docs__ = {
+        name: f"{doc} (null: as the preset or the source has it)"
+        for name, doc in field_docs(ModelConfig).items()
+        if name != "ternary"
+    }
     return cls
 
 
@@ -183,9 +198,13 @@ def field_docs(cls: type) -> dict[str, str]:
             continue
         body = tree.body[0].body
         for node, after in zip(body, body[1:]):
-            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                    and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
-                    and isinstance(after.value.value, str)):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
                 docs[node.target.id] = " ".join(after.value.value.split())
     return docs
 
@@ -270,8 +289,10 @@ class TrainingConfig:
         if self.micro_batch_size is not None:
             check_int(p + "micro_batch_size", self.micro_batch_size, low=1)
         if self.micro_batch_size is not None and self.global_batch_size % self.micro_batch_size:
-            raise ValueError(f"training.global_batch_size ({self.global_batch_size}) must be a multiple of "
-                             f"training.micro_batch_size ({self.micro_batch_size})")
+            raise ValueError(
+                f"training.global_batch_size ({self.global_batch_size}) must be a multiple of "
+                f"training.micro_batch_size ({self.micro_batch_size})"
+            )
         check_bool(p + "auto_batch_size", self.auto_batch_size)
         check_number(p + "memory_budget_gb", self.memory_budget_gb, low=0.0, low_open=True)
         check_choice(p + "optimizer", self.optimizer, OPTIMIZERS)
@@ -383,13 +404,16 @@ class Config:
         if self.model.from_scratch() and self.model.is_preset():
             max_positions = self.model.config().max_position_embeddings
             if self.data.block_size > max_positions:
-                raise ValueError(f"data.block_size ({self.data.block_size}) exceeds the model's "
-                                 f"max_position_embeddings ({max_positions})")
+                raise ValueError(
+                    f"data.block_size ({self.data.block_size}) exceeds the model's "
+                    f"max_position_embeddings ({max_positions})"
+                )
         if not isinstance(self.output_dir, str) or not self.output_dir:
             raise ValueError("output_dir must be a non-empty path")
         kind = self.device.split(":")[0] if isinstance(self.device, str) else None
-        if kind not in ("auto", "cpu", "cuda") or (":" in self.device and (kind != "cuda" or
-                                                                        not self.device.split(":")[1].isdigit())):
+        if kind not in ("auto", "cpu", "cuda") or (
+            ":" in self.device and (kind != "cuda" or not self.device.split(":")[1].isdigit())
+        ):
             raise ValueError(f"device must be one of auto, cpu, cuda, cuda:N; got {self.device!r}")
         check_choice("distributed", self.distributed, DISTRIBUTED)
         if not isinstance(self.resume, str) or not self.resume:
@@ -398,8 +422,10 @@ class Config:
             raise ValueError(f"resume={self.resume!r}: no such checkpoint folder (or use resume=auto / resume=none)")
         check_choice("export_gguf", self.export_gguf, EXPORT_TYPES)
         if not self.model.ternary and self.export_gguf in _TERNARY_EXPORTS:
-            raise ValueError(f"export_gguf={self.export_gguf} stores ternary weights, but model.ternary=false trains "
-                             "a full-precision model: use export_gguf=f16, f32 or none")
+            raise ValueError(
+                f"export_gguf={self.export_gguf} stores ternary weights, but model.ternary=false trains "
+                "a full-precision model: use export_gguf=f16, f32 or none"
+            )
 
     def teacher_source(self) -> str | None:
         """Where the teacher comes from (None when no objective needs one): a preset, hub id or path.
@@ -418,8 +444,9 @@ class Config:
     def _validate_objectives(self) -> None:
         objectives = self.objectives.curriculum().objectives()
         if "lrc" in objectives and not self.model.ternary:
-            raise ValueError("the lrc objective calibrates a low-rank correction of ternary projections: it needs "
-                             "model.ternary=true")
+            raise ValueError(
+                "the lrc objective calibrates a low-rank correction of ternary projections: it needs model.ternary=true"
+            )
         if not self.objectives.needs_teacher():
             return
         wanted = ", ".join(sorted(objectives & set(TEACHER_OBJECTIVES)))
@@ -428,13 +455,18 @@ class Config:
             raise ValueError(
                 f"the objective(s) {wanted} need a full-precision teacher, and model={self.model.name} is a preset "
                 "without pretrained weights: set objectives.teacher=NAME|ORG/NAME|PATH (a preset with a hub repo, a "
-                "hub id, or a bitk checkpoint or Hugging Face folder)")
+                "hub id, or a bitk checkpoint or Hugging Face folder)"
+            )
         if teacher in PRESETS and teacher not in PRESET_REPOS:
-            raise ValueError(f"objectives.teacher={teacher} is a preset without pretrained weights; presets with a "
-                             f"hub repo: {', '.join(PRESET_REPOS)}")
+            raise ValueError(
+                f"objectives.teacher={teacher} is a preset without pretrained weights; presets with a "
+                f"hub repo: {', '.join(PRESET_REPOS)}"
+            )
         if teacher not in PRESETS and not Path(teacher).expanduser().exists() and not is_hub_id(teacher):
-            raise ValueError(f"objectives.teacher={teacher!r} (needed by {wanted}): no such checkpoint or folder, "
-                             "and neither a preset nor a Hugging Face hub id (ORG/NAME)")
+            raise ValueError(
+                f"objectives.teacher={teacher!r} (needed by {wanted}): no such checkpoint or folder, "
+                "and neither a preset nor a Hugging Face hub id (ORG/NAME)"
+            )
 
 
 # --------------------------------------------------------------------------- training presets
@@ -479,10 +511,25 @@ TRAINING_PRESET_DOCS["base"] = "cross-entropy pre-training; the defaults: the ti
 RENAMED = {
     "ternary": "model.ternary",
     "training.objectives": "objectives.weights",
-    **{f"training.{name}": f"objectives.{name}" for name in (
-        "phase", "teacher", "teacher_dtype", "dlm_probability", "dlm_complementary", "dlm_mask_token",
-        "kd_temperature", "relation_layers", "relation_split_heads", "relation_gamma", "layerwise_weighting",
-        "lrc_rank_ratio", "lrc_init", "lrc_layers")},
+    **{
+        f"training.{name}": f"objectives.{name}"
+        for name in (
+            "phase",
+            "teacher",
+            "teacher_dtype",
+            "dlm_probability",
+            "dlm_complementary",
+            "dlm_mask_token",
+            "kd_temperature",
+            "relation_layers",
+            "relation_split_heads",
+            "relation_gamma",
+            "layerwise_weighting",
+            "lrc_rank_ratio",
+            "lrc_init",
+            "lrc_layers",
+        )
+    },
     "training.save_every": "checkpoint.save_every",
     "training.keep_last": "checkpoint.keep_last",
     "training.log_every": "logging.log_every",
@@ -511,8 +558,10 @@ def parse_args(argv: list[str]) -> Config:
         elif key == "model" and value and not value.startswith(("{", "[")):
             dotlist.append(f"model.name={value}")
         elif key in GROUPS:
-            hint = {"training": f" or pick a preset (training=NAME: {', '.join(TRAINING_PRESETS)})",
-                    "model": " or pick the model (model=NAME)"}.get(key, "")
+            hint = {
+                "training": f" or pick a preset (training=NAME: {', '.join(TRAINING_PRESETS)})",
+                "model": " or pick the model (model=NAME)",
+            }.get(key, "")
             raise ValueError(f"{key} is a group: set its fields ({key}.FIELD=VALUE){hint}")
         else:
             dotlist.append(f"{key}={value}")

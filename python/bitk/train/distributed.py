@@ -83,8 +83,10 @@ def _resolve_device(device: str, local_rank: int) -> torch.device:
     if ":" in device:
         return torch.device(device)
     if local_rank >= torch.cuda.device_count():
-        raise ValueError(f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} GPU(s): start "
-                         "at most one process per GPU (torchrun --nproc_per_node)")
+        raise ValueError(
+            f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} GPU(s): start "
+            "at most one process per GPU (torchrun --nproc_per_node)"
+        )
     return torch.device("cuda", local_rank)
 
 
@@ -105,8 +107,10 @@ def init_distributed(device: str = "auto") -> DistInfo:
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"RANK={rank} and WORLD_SIZE={world_size} are inconsistent")
     if world_size > 1 and isinstance(device, str) and device.startswith("cuda:"):
-        raise ValueError(f"device={device} names one GPU, but under torchrun each process takes the GPU of its "
-                         "local rank: use device=cuda (or auto)")
+        raise ValueError(
+            f"device={device} names one GPU, but under torchrun each process takes the GPU of its "
+            "local rank: use device=cuda (or auto)"
+        )
     dev = _resolve_device(device, local_rank)
     if world_size == 1:
         return DistInfo(rank=0, world_size=1, local_rank=0, device=dev, is_main=True, enabled=False)
@@ -120,8 +124,9 @@ def init_distributed(device: str = "auto") -> DistInfo:
         if dev.type == "cuda":
             kwargs["device_id"] = dev  # binds NCCL to this GPU at once (no guessing on the first collective)
         dist.init_process_group(**kwargs)
-    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev,
-                    is_main=rank == 0, enabled=True)
+    return DistInfo(
+        rank=rank, world_size=world_size, local_rank=local_rank, device=dev, is_main=rank == 0, enabled=True
+    )
 
 
 def _fsdp_module_type() -> type:
@@ -242,8 +247,9 @@ def state_dict_for_save(model: nn.Module, optimizer: Any, info: DistInfo) -> tup
     return model_sd, optim_sd
 
 
-def load_state_for_resume(model: nn.Module, optimizer: Any, model_sd: dict | None, optim_sd: dict | None,
-                          info: DistInfo) -> None:
+def load_state_for_resume(
+    model: nn.Module, optimizer: Any, model_sd: dict | None, optim_sd: dict | None, info: DistInfo
+) -> None:
     """Load the full state written by `state_dict_for_save` into the (wrapped) model and optimizer.
 
     Collective. Either every rank passes the state read from the checkpoint, or only rank 0 does
@@ -293,8 +299,9 @@ def cleanup(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
-def step_outcome(loss: torch.Tensor, grad_norm: torch.Tensor, stop_requested: bool,
-                 info: DistInfo) -> tuple[float, float, bool]:
+def step_outcome(
+    loss: torch.Tensor, grad_norm: torch.Tensor, stop_requested: bool, info: DistInfo
+) -> tuple[float, float, bool]:
     """(loss, gradient norm, stop now) of a step, the same on every process: one host sync.
 
     ``stop_requested``: this process saw SIGTERM / SIGINT.

@@ -19,8 +19,11 @@ def export_gguf(checkpoint: Path, path: Path, qtype: str, say: Any) -> tuple[Pat
     try:
         pack(checkpoint, path, qtype)
     except ValueError as e:
-        say(f"GGUF export skipped: {e}\n(retry with: bitk-pack pack {checkpoint} -o {path} --type {qtype} and the "
-            "options the message names)", flush=True)
+        say(
+            f"GGUF export skipped: {e}\n(retry with: bitk-pack pack {checkpoint} -o {path} --type {qtype} and the "
+            "options the message names)",
+            flush=True,
+        )
         return None, str(e)
     say(f"wrote {path}", flush=True)
     return path, None

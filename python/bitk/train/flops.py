@@ -27,9 +27,9 @@ __all__ = ["PEAK_BF16_FLOPS", "flops_per_token", "matmul_params", "mfu", "peak_f
 PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
     ("H100 PCIe", 756e12),
     ("H100 NVL", 835e12),
-    ("H200", 989e12),   # H200 SXM / NVL share the H100 SXM tensor cores
+    ("H200", 989e12),  # H200 SXM / NVL share the H100 SXM tensor cores
     ("GH200", 989e12),
-    ("H100", 989e12),   # H100 SXM5 (and H100 80GB HBM3)
+    ("H100", 989e12),  # H100 SXM5 (and H100 80GB HBM3)
     ("H800", 989e12),
     ("A100", 312e12),
     ("A800", 312e12),

@@ -20,9 +20,6 @@ from .config import Config, field_docs, resolve_type, type_name
 __all__ = ["field_docs", "fields_markdown", "format_help", "iter_fields"]
 
 
-
-
-
 def iter_fields(cls: type = Config, prefix: str = "", defaults: Any = None):
     """(key, type name, default, doc) of every leaf field, groups flattened (``training.lr``)."""
     defaults = cls() if defaults is None else defaults
@@ -70,13 +67,20 @@ def format_help(columns: int | None = None) -> str:
     ]
     names = max(len(name) for name in [*PRESETS, *_config.TRAINING_PRESETS])
     for name, mc in PRESETS.items():
-        source = (f"pretrained {PRESET_REPOS[name]}" if name in PRESET_REPOS
-                  else f"from scratch, {mc.num_hidden_layers} layers, hidden {mc.hidden_size}, bitk's tokenizer")
+        source = (
+            f"pretrained {PRESET_REPOS[name]}"
+            if name in PRESET_REPOS
+            else f"from scratch, {mc.num_hidden_layers} layers, hidden {mc.hidden_size}, bitk's tokenizer"
+        )
         lines.append(f"  {name:<{names}} {source}")
     lines += ["", "training presets (training=NAME, then training.FIELD=VALUE on top):"]
     for name in _config.TRAINING_PRESETS:
-        lines += textwrap.wrap(_config.TRAINING_PRESET_DOCS.get(name, ""), width=columns,
-                               initial_indent=f"  {name:<{names}} ", subsequent_indent=" " * (names + 3))
+        lines += textwrap.wrap(
+            _config.TRAINING_PRESET_DOCS.get(name, ""),
+            width=columns,
+            initial_indent=f"  {name:<{names}} ",
+            subsequent_indent=" " * (names + 3),
+        )
     lines += ["", "fields (key=value; lists as [a,b]; null for none):"]
     for key, tp, default, doc in iter_fields():
         lines.append(f"  {key} ({tp}, default {_format_default(default)})")
@@ -88,7 +92,7 @@ def fields_markdown() -> str:
     """The fields table of docs/train.md (key, type, default, doc), generated from the docstrings."""
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for key, tp, default, doc in iter_fields():
-        rows.append(f"| `{key}` | {tp.replace('|', 'or')} | `{_format_default(default)}` | "
-                    f"{doc.replace('|', chr(92) + '|')} |")
+        rows.append(
+            f"| `{key}` | {tp.replace('|', 'or')} | `{_format_default(default)}` | {doc.replace('|', chr(92) + '|')} |"
+        )
     return "\n".join(rows) + "\n"
-

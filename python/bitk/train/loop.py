@@ -78,7 +78,8 @@ def train(cfg: Config) -> dict[str, Any]:
                         f"stopped at step {run.step}: {run.bad_run} steps in a row had a non-finite loss or gradient "
                         f"norm (training.max_bad_steps={t.max_bad_steps}). The last good checkpoint is "
                         f"{run.last_good()}; resume from it with resume=PATH and, e.g., a lower training.lr, or "
-                        "check the data around this step.")
+                        "check the data around this step."
+                    )
                 run.log_step()
                 if stopping:
                     run.save()
@@ -91,8 +92,10 @@ def train(cfg: Config) -> dict[str, Any]:
     except TrainingError:
         raise
     except Exception as e:  # a fault mid-run (a failed save, a kernel error): say where to resume from
-        raise TrainingError(f"training failed at step {run.step} ({type(e).__name__}: {e}); the last good "
-                            f"checkpoint is {run.last_good()}") from e
+        raise TrainingError(
+            f"training failed at step {run.step} ({type(e).__name__}: {e}); the last good "
+            f"checkpoint is {run.last_good()}"
+        ) from e
     finally:
         run.close()
     summary = run.summary()
@@ -156,18 +159,24 @@ class Run:
         out = Path(cfg.output_dir).expanduser()
         resume_from = find_checkpoint(cfg.resume, out)
         if cfg.resume == "none" and list_checkpoints(out):
-            raise ValueError(f"output_dir {out} already holds checkpoints of another run; resume=auto continues it, "
-                             "or choose another output_dir (or delete that one) to start afresh")
+            raise ValueError(
+                f"output_dir {out} already holds checkpoints of another run; resume=auto continues it, "
+                "or choose another output_dir (or delete that one) to start afresh"
+            )
         if t.global_batch_size % info.world_size:
-            raise ValueError(f"training.global_batch_size ({t.global_batch_size}) must be a multiple of the number "
-                             f"of processes ({info.world_size})")
+            raise ValueError(
+                f"training.global_batch_size ({t.global_batch_size}) must be a multiple of the number "
+                f"of processes ({info.world_size})"
+            )
         say = print if info.is_main else _quiet
         say(f"bitk.train: resolved config\n{config_to_yaml(cfg).rstrip()}", flush=True)
 
         raw, tokenizer = build_model(cfg, resume_from, out, info, say)
         if cfg.data.block_size > raw.config.max_position_embeddings:
-            raise ValueError(f"data.block_size ({cfg.data.block_size}) exceeds the model's max_position_embeddings "
-                             f"({raw.config.max_position_embeddings})")
+            raise ValueError(
+                f"data.block_size ({cfg.data.block_size}) exceeds the model's max_position_embeddings "
+                f"({raw.config.max_position_embeddings})"
+            )
         if "lrc" in cfg.objectives.curriculum().objectives():
             prepare_lrc_student(raw, cfg, say)
         teacher = load_teacher(cfg, raw, info, say)
@@ -177,26 +186,46 @@ class Run:
         use_bf16 = t.precision == "bf16" or (t.precision == "auto" and info.device.type == "cuda")
 
         framing = document_tokens(tokenizer, raw.tokenizer_dir, raw.config.eos_token_id)
-        data = TrainData(cfg.data, tokenizer, seed=t.seed, rank=info.rank, world_size=info.world_size,
-                         framing=framing)
+        data = TrainData(cfg.data, tokenizer, seed=t.seed, rank=info.rank, world_size=info.world_size, framing=framing)
         mask = tokenizer.token_to_id(cfg.objectives.dlm_mask_token)
-        run = cls(cfg=cfg, info=info, out=out, raw=raw, model=model, teacher=teacher,
-                  curriculum=cfg.objectives.curriculum(), framing=framing,
-                  mask_token_id=MASK_ID if mask is None else mask, data=data, bf16=use_bf16, say=say,
-                  started=started, zclip=make_zclip(t))
+        run = cls(
+            cfg=cfg,
+            info=info,
+            out=out,
+            raw=raw,
+            model=model,
+            teacher=teacher,
+            curriculum=cfg.objectives.curriculum(),
+            framing=framing,
+            mask_token_id=MASK_ID if mask is None else mask,
+            data=data,
+            bf16=use_bf16,
+            say=say,
+            started=started,
+            zclip=make_zclip(t),
+        )
         run.grad_accum = run.batch_geometry()
         run.optimizer = build_optimizer(model, t)
         if resume_from is not None:
             run.resume(resume_from)
-        run.metrics = Metrics(out, enabled=info.is_main, resume_step=run.step if resume_from else None,
-                              tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
-                              wandb_project=cfg.logging.wandb_project, config=config_to_dict(cfg))
+        run.metrics = Metrics(
+            out,
+            enabled=info.is_main,
+            resume_step=run.step if resume_from else None,
+            tensorboard=cfg.logging.tensorboard,
+            wandb=cfg.logging.wandb,
+            wandb_project=cfg.logging.wandb_project,
+            config=config_to_dict(cfg),
+        )
         run.progress = ProgressBar(t.max_steps, run.step, enabled=cfg.logging.progress, quiet=not info.is_main)
         run.peak = peak_flops(info.device, torch.bfloat16 if use_bf16 else torch.float32)
         run.model_flops = flops_per_token(raw.config, data.tokens_per_block)
         if run.tracks_objectives:
-            say(f"objectives: {run.curriculum.describe(t.max_steps)}"
-                + (f"; teacher: {teacher.source}" if teacher is not None else ""), flush=True)
+            say(
+                f"objectives: {run.curriculum.describe(t.max_steps)}"
+                + (f"; teacher: {teacher.source}" if teacher is not None else ""),
+                flush=True,
+            )
         run.stop.install()
         model.train()
         return run
@@ -209,18 +238,31 @@ class Run:
             t.micro_batch_size = per_rank  # the default: no accumulation, whatever the process count
         if t.auto_batch_size:
             loss_fn = functools.partial(self.loss, weights=self.curriculum.all_weights())
-            t.micro_batch_size = auto_micro_batch(self.model, self.raw.config.vocab_size, info, t,
-                                                  data.tokens_per_block, self.autocast, self.say, loss_fn=loss_fn)
+            t.micro_batch_size = auto_micro_batch(
+                self.model,
+                self.raw.config.vocab_size,
+                info,
+                t,
+                data.tokens_per_block,
+                self.autocast,
+                self.say,
+                loss_fn=loss_fn,
+            )
         if per_rank % t.micro_batch_size:
-            raise ValueError(f"training.micro_batch_size ({t.micro_batch_size}) must divide the per-process batch "
-                             f"({t.global_batch_size} / {info.world_size} processes = {per_rank})")
+            raise ValueError(
+                f"training.micro_batch_size ({t.micro_batch_size}) must divide the per-process batch "
+                f"({t.global_batch_size} / {info.world_size} processes = {per_rank})"
+            )
         grad_accum = per_rank // t.micro_batch_size
-        self.say(f"model: {self.raw.source} ({self.raw.extra_repr()}) on {info.device}"
-                 f"{f' x {info.world_size} processes' if info.enabled else ''}; "
-                 f"{'bf16 autocast' if self.bf16 else 'float32'}\n"
-                 f"batch: {t.global_batch_size} sequences x {data.tokens_per_block} tokens = {self.tokens_per_step:,} "
-                 f"tokens per step (micro-batch {t.micro_batch_size} x {grad_accum} accumulation x "
-                 f"{info.world_size} processes)\ndata:\n{data.summary()}", flush=True)
+        self.say(
+            f"model: {self.raw.source} ({self.raw.extra_repr()}) on {info.device}"
+            f"{f' x {info.world_size} processes' if info.enabled else ''}; "
+            f"{'bf16 autocast' if self.bf16 else 'float32'}\n"
+            f"batch: {t.global_batch_size} sequences x {data.tokens_per_block} tokens = {self.tokens_per_step:,} "
+            f"tokens per step (micro-batch {t.micro_batch_size} x {grad_accum} accumulation x "
+            f"{info.world_size} processes)\ndata:\n{data.summary()}",
+            flush=True,
+        )
         return grad_accum
 
     def resume(self, path: Path) -> None:
@@ -237,11 +279,17 @@ class Run:
         self.bad_total, self.bad_run = state["bad_steps"]["total"], state["bad_steps"]["consecutive"]
         self.last_eval, self.saved_path, self.saved_step = meta.get("eval"), path, self.step
         changes = config_changes(meta.get("train_config") or {}, self.cfg)
-        self.say(f"resumed from {path} (step {self.step}, {self.tokens:,} tokens)"
-                 + (f"; changed since: {', '.join(changes)}" if changes else ""), flush=True)
+        self.say(
+            f"resumed from {path} (step {self.step}, {self.tokens:,} tokens)"
+            + (f"; changed since: {', '.join(changes)}" if changes else ""),
+            flush=True,
+        )
         if self.step >= self.cfg.training.max_steps:
-            self.say(f"already at training.max_steps={self.cfg.training.max_steps}: nothing to train (raise it to "
-                     "go on, or use another output_dir to start afresh)", flush=True)
+            self.say(
+                f"already at training.max_steps={self.cfg.training.max_steps}: nothing to train (raise it to "
+                "go on, or use another output_dir to start afresh)",
+                flush=True,
+            )
 
     # ------------------------------------------------------------------ the loop
 
@@ -258,11 +306,26 @@ class Run:
         """bf16 autocast on the run's device when training.precision asks for it, else a no-op context."""
         return torch.autocast(self.info.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
-    def loss(self, model: torch.nn.Module, input_ids: torch.Tensor, position_ids: torch.Tensor, *,
-             weights: dict[str, float], generator: torch.Generator | None = None):
+    def loss(
+        self,
+        model: torch.nn.Module,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        *,
+        weights: dict[str, float],
+        generator: torch.Generator | None = None,
+    ):
         """The weighted objectives of one micro-batch and each one's value (DLM masks from the global RNG)."""
-        return compute_loss(model, input_ids, position_ids, weights, self.cfg.objectives, teacher=self.teacher,
-                            mask_token_id=self.mask_token_id, generator=generator)
+        return compute_loss(
+            model,
+            input_ids,
+            position_ids,
+            weights,
+            self.cfg.objectives,
+            teacher=self.teacher,
+            mask_token_id=self.mask_token_id,
+            generator=generator,
+        )
 
     def train_step(self) -> bool:
         """One optimizer step (or a skipped one, when the loss or gradient is not finite); True: stop now."""
@@ -273,14 +336,17 @@ class Run:
             set_quant_lambda(self.raw, quant_lambda(self.step, t))
         weights = self.curriculum.weights_at(self.step, t.max_steps)
         if self.weights is not None and weights != self.weights:
-            self.progress.print(f"step {self.step:>6} | objectives now "
-                                + ", ".join(f"{name}={w:g}" for name, w in weights.items() if w > 0))
+            self.progress.print(
+                f"step {self.step:>6} | objectives now "
+                + ", ".join(f"{name}={w:g}" for name, w in weights.items() if w > 0)
+            )
         self.weights = weights
         loss_sum = torch.zeros((), device=info.device)
         parts_sum: dict[str, torch.Tensor] = {}
         for micro in range(self.grad_accum):
-            input_ids, position_ids = (x.to(info.device, non_blocking=True)
-                                       for x in self.data.next_batch(t.micro_batch_size))
+            input_ids, position_ids = (
+                x.to(info.device, non_blocking=True) for x in self.data.next_batch(t.micro_batch_size)
+            )
             with no_sync(self.model, info, last_micro_step=micro == self.grad_accum - 1):
                 with self.autocast():
                     loss, parts = self.loss(self.model, input_ids, position_ids, weights=weights)
@@ -290,8 +356,9 @@ class Run:
                 parts_sum[name] = parts_sum.get(name, 0.0) + value / self.grad_accum
         grad_norm = clip_gradients(self.model.parameters(), t, self.zclip)
         # the step's one host sync: its global loss and gradient norm, and whether any process must stop
-        loss_value, norm_value, stopping = step_outcome(loss_sum / self.grad_accum, grad_norm,
-                                                        self.stop.requested is not None, info)
+        loss_value, norm_value, stopping = step_outcome(
+            loss_sum / self.grad_accum, grad_norm, self.stop.requested is not None, info
+        )
         self.step += 1
         self.tokens += self.tokens_per_step
         if math.isfinite(loss_value) and math.isfinite(norm_value):
@@ -301,10 +368,19 @@ class Run:
         else:  # skipped: weights and optimizer state stay as they were
             self.bad_total += 1
             self.bad_run += 1
-            self.metrics.log({"kind": "bad_step", "step": self.step, "loss": loss_value, "grad_norm": norm_value,
-                              "consecutive": self.bad_run})
-            self.progress.print(f"step {self.step:>6} | non-finite loss {loss_value} / grad norm {norm_value}: step "
-                                f"skipped ({self.bad_run} in a row, {self.bad_total} in all)")
+            self.metrics.log(
+                {
+                    "kind": "bad_step",
+                    "step": self.step,
+                    "loss": loss_value,
+                    "grad_norm": norm_value,
+                    "consecutive": self.bad_run,
+                }
+            )
+            self.progress.print(
+                f"step {self.step:>6} | non-finite loss {loss_value} / grad norm {norm_value}: step "
+                f"skipped ({self.bad_run} in a row, {self.bad_total} in all)"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         self.window.seconds += time.perf_counter() - step_start
         self.window.tokens += self.tokens_per_step
@@ -313,8 +389,9 @@ class Run:
     def log_step(self) -> None:
         """A train record every logging.log_every steps (and at the last), the progress bar every step."""
         if self.step % self.cfg.logging.log_every == 0 or self.step == self.cfg.training.max_steps:
-            record = self.window.record(self.step, self.tokens, self.optimizer, self.bad_total, self.info, self.peak,
-                                        self.model_flops)
+            record = self.window.record(
+                self.step, self.tokens, self.optimizer, self.bad_total, self.info, self.peak, self.model_flops
+            )
             self.metrics.log(record)
             self.progress.print(format_record(record, self.cfg.training.max_steps, self.weights))
             self.progress.update(self.step, f"loss {record['loss']:.3f}, {record['tokens_per_s']:,.0f} tok/s")
@@ -331,30 +408,57 @@ class Run:
             return
         with self.autocast():
             result = evaluate(self.model, ids, pos, batch_size=self.cfg.training.micro_batch_size)
-        self.last_eval = {"kind": "eval", "step": self.step, "tokens": self.tokens, "loss": result.loss,
-                          "perplexity": result.perplexity, "eval_tokens": result.tokens}
+        self.last_eval = {
+            "kind": "eval",
+            "step": self.step,
+            "tokens": self.tokens,
+            "loss": result.loss,
+            "perplexity": result.perplexity,
+            "eval_tokens": result.tokens,
+        }
         self.metrics.log(self.last_eval)
-        self.progress.print(f"step {self.step:>6} | held-out {'CE ' if self.tracks_objectives else ''}loss "
-                            f"{result.loss:.4f} | perplexity {result.perplexity:.2f}")
+        self.progress.print(
+            f"step {self.step:>6} | held-out {'CE ' if self.tracks_objectives else ''}loss "
+            f"{result.loss:.4f} | perplexity {result.perplexity:.2f}"
+        )
 
     def save(self) -> Path:
         """A full-state checkpoint of this step (every process takes part; the main one writes)."""
         info = self.info
         if not params_finite(self.model, info):
-            raise TrainingError(f"step {self.step}: the weights hold NaN/Inf values, not saved; the last good "
-                                f"checkpoint is {self.last_good()}")
+            raise TrainingError(
+                f"step {self.step}: the weights hold NaN/Inf values, not saved; the last good "
+                f"checkpoint is {self.last_good()}"
+            )
         model_sd, optim_sd = state_dict_for_save(self.model, self.optimizer, info)
         path = self.out / "checkpoints" / f"step-{self.step:06d}"
         if info.is_main:
-            trainer_state = {"step": self.step, "tokens": self.tokens, "optimizer": optim_sd,
-                             "zclip": None if self.zclip is None else self.zclip.state_dict(),
-                             "data": self.data.state_dict(), "rng": rng_state(),
-                             "bad_steps": {"total": self.bad_total, "consecutive": self.bad_run},
-                             "world_size": info.world_size, "micro_batch_size": self.cfg.training.micro_batch_size}
-            meta = {"train_config": config_to_dict(self.cfg), "step": self.step, "tokens": self.tokens,
-                    "eval": self.last_eval}
-            path = save_state(self.out, self.step, self.raw, model_sd, trainer_state,
-                              keep_last=self.cfg.checkpoint.keep_last, meta=meta)
+            trainer_state = {
+                "step": self.step,
+                "tokens": self.tokens,
+                "optimizer": optim_sd,
+                "zclip": None if self.zclip is None else self.zclip.state_dict(),
+                "data": self.data.state_dict(),
+                "rng": rng_state(),
+                "bad_steps": {"total": self.bad_total, "consecutive": self.bad_run},
+                "world_size": info.world_size,
+                "micro_batch_size": self.cfg.training.micro_batch_size,
+            }
+            meta = {
+                "train_config": config_to_dict(self.cfg),
+                "step": self.step,
+                "tokens": self.tokens,
+                "eval": self.last_eval,
+            }
+            path = save_state(
+                self.out,
+                self.step,
+                self.raw,
+                model_sd,
+                trainer_state,
+                keep_last=self.cfg.checkpoint.keep_last,
+                meta=meta,
+            )
             self.progress.print(f"saved {path}")
         barrier(info)
         self.saved_path, self.saved_step = path, self.step
@@ -373,16 +477,20 @@ class Run:
         if self.stop.requested is None and self.eval_step != self.step:
             self.evaluate()
         if info.is_main:
-            self.curve = plot_loss_curve(self.metrics.path, self.out / LOSS_CURVE_FILE,
-                                         title=f"bitk.train {cfg.model.name}")
+            self.curve = plot_loss_curve(
+                self.metrics.path, self.out / LOSS_CURVE_FILE, title=f"bitk.train {cfg.model.name}"
+            )
         if info.is_main and cfg.export_gguf != "none" and self.stop.requested is None:
             if self.raw.config.lrc_rank_ratio:
-                self.gguf_error = ("GGUF export skipped: a model with low-rank correction factors has no GGUF form "
-                                   "(bitnet.cpp and llama.cpp have no LRC); the checkpoint keeps them")
+                self.gguf_error = (
+                    "GGUF export skipped: a model with low-rank correction factors has no GGUF form "
+                    "(bitnet.cpp and llama.cpp have no LRC); the checkpoint keeps them"
+                )
                 self.say(self.gguf_error, flush=True)
             else:
-                self.gguf, self.gguf_error = export_gguf(self.saved_path, self.out / f"model-{cfg.export_gguf}.gguf",
-                                                         cfg.export_gguf, self.say)
+                self.gguf, self.gguf_error = export_gguf(
+                    self.saved_path, self.out / f"model-{cfg.export_gguf}.gguf", cfg.export_gguf, self.say
+                )
         barrier(info)
 
     def close(self) -> None:

@@ -24,8 +24,18 @@ import torch
 from .distributed import DistInfo, all_reduce_mean
 from .flops import mfu
 
-__all__ = ["METRICS_FILE", "LOSS_CURVE_FILE", "Metrics", "ProgressBar", "Window", "format_record", "format_summary",
-           "objectives_text", "plot_loss_curve", "read_metrics"]
+__all__ = [
+    "METRICS_FILE",
+    "LOSS_CURVE_FILE",
+    "Metrics",
+    "ProgressBar",
+    "Window",
+    "format_record",
+    "format_summary",
+    "objectives_text",
+    "plot_loss_curve",
+    "read_metrics",
+]
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss.png"
@@ -48,9 +58,17 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 class Metrics:
     """Writes records to metrics.jsonl and, when asked, TensorBoard and W&B (main process only)."""
 
-    def __init__(self, output_dir: str | Path, *, enabled: bool = True, resume_step: int | None = None,
-                 tensorboard: bool = False, wandb: bool = False, wandb_project: str = "bitk",
-                 config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        output_dir: str | Path,
+        *,
+        enabled: bool = True,
+        resume_step: int | None = None,
+        tensorboard: bool = False,
+        wandb: bool = False,
+        wandb_project: str = "bitk",
+        config: dict[str, Any] | None = None,
+    ) -> None:
         self.enabled = enabled
         self.path = Path(output_dir) / METRICS_FILE
         self._file = None
@@ -68,15 +86,18 @@ class Metrics:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
-                raise ValueError("logging.tensorboard=true needs the tensorboard package: pip install tensorboard") from e
+                raise ValueError(
+                    "logging.tensorboard=true needs the tensorboard package: pip install tensorboard"
+                ) from e
             self._tb = SummaryWriter(str(Path(output_dir) / "tensorboard"), purge_step=resume_step)
         if wandb:
             try:
                 import wandb as wandb_module
             except ImportError as e:
                 raise ValueError("logging.wandb=true needs the wandb package: pip install wandb") from e
-            self._wandb = wandb_module.init(project=wandb_project, name=Path(output_dir).name, config=config,
-                                            dir=str(output_dir), resume="allow")
+            self._wandb = wandb_module.init(
+                project=wandb_project, name=Path(output_dir).name, config=config, dir=str(output_dir), resume="allow"
+            )
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one record ("kind" and "step" required); numbers also go to TensorBoard / W&B."""
@@ -88,9 +109,14 @@ class Metrics:
         flat = {}
         for k, v in record.items():  # one level of nesting ("objectives": {"ce": ...}) becomes objectives/ce
             flat.update({f"{k}/{sub}": x for sub, x in v.items()} if isinstance(v, dict) else {k: v})
-        scalars = {f"{kind}/{k}": v for k, v in flat.items()
-                   if k not in ("kind", "step") and isinstance(v, (int, float)) and not isinstance(v, bool)
-                   and math.isfinite(v)}
+        scalars = {
+            f"{kind}/{k}": v
+            for k, v in flat.items()
+            if k not in ("kind", "step")
+            and isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+        }
         if self._tb is not None:
             for key, value in scalars.items():
                 self._tb.add_scalar(key, value, step)
@@ -164,9 +190,16 @@ class ProgressBar:
                 TimeRemainingColumn,
             )
 
-            self._progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-                                      TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                      console=Console(stderr=True))
+            self._progress = Progress(
+                TextColumn("training"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("steps"),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
             self._task = self._progress.add_task("train", total=total, completed=start, info="")
 
     def __enter__(self) -> ProgressBar:
@@ -215,27 +248,42 @@ class Window:
             self.parts[name] = self.parts.get(name, 0.0) + value
             self.part_steps[name] = self.part_steps.get(name, 0) + 1
 
-    def record(self, step: int, tokens: int, optimizer: Any, skipped: int, info: DistInfo, peak: float | None,
-               model_flops: float) -> dict[str, Any]:
+    def record(
+        self,
+        step: int,
+        tokens: int,
+        optimizer: Any,
+        skipped: int,
+        info: DistInfo,
+        peak: float | None,
+        model_flops: float,
+    ) -> dict[str, Any]:
         tokens_per_s = self.tokens / self.seconds if self.seconds > 0 else 0.0
         loss = self.loss / self.good if self.good else math.nan
-        rec = {"kind": "train", "step": step, "tokens": tokens, "loss": loss,
-               "lr": optimizer.param_groups[-1]["lr"], "grad_norm": self.norm / self.good if self.good else math.nan,
-               "tokens_per_s": tokens_per_s, "skipped_steps": skipped}
+        rec = {
+            "kind": "train",
+            "step": step,
+            "tokens": tokens,
+            "loss": loss,
+            "lr": optimizer.param_groups[-1]["lr"],
+            "grad_norm": self.norm / self.good if self.good else math.nan,
+            "tokens_per_s": tokens_per_s,
+            "skipped_steps": skipped,
+        }
         value = mfu(tokens_per_s / info.world_size, model_flops, peak)
         if value is not None:
             rec["mfu"] = value
         if self.parts:  # each objective's mean since the last record (one sync per record, not per step)
             names = sorted(self.parts)
-            values = torch.stack([torch.as_tensor(self.parts[n], dtype=torch.float32) / self.part_steps[n]
-                                  for n in names])
+            values = torch.stack(
+                [torch.as_tensor(self.parts[n], dtype=torch.float32) / self.part_steps[n] for n in names]
+            )
             rec["objectives"] = dict(zip(names, all_reduce_mean(values, info).tolist()))
         if self.good:
             self.last_loss = loss
             self.last_parts = rec.get("objectives")
         self._reset()
         return rec
-
 
 
 def objectives_text(values: dict[str, float], weights: dict[str, float] | None) -> str:
@@ -247,28 +295,32 @@ def objectives_text(values: dict[str, float], weights: dict[str, float] | None) 
     return " + ".join(terms)
 
 
-
 def format_record(r: dict[str, Any], max_steps: int, weights: dict[str, float] | None = None) -> str:
     """One log line; with several objectives the loss is followed by its terms: 'loss 7.1 = ce 3.2 + ...'."""
     line = f"step {r['step']:>6}/{max_steps} | loss {r['loss']:.4f}"
     if "objectives" in r:
         line += f" = {objectives_text(r['objectives'], weights)}"
-    line += (f" | lr {r['lr']:.2e} | grad norm {r['grad_norm']:.3f} | {r['tokens_per_s']:,.0f} tok/s | "
-             f"{r['tokens']:,} tokens")
+    line += (
+        f" | lr {r['lr']:.2e} | grad norm {r['grad_norm']:.3f} | {r['tokens_per_s']:,.0f} tok/s | "
+        f"{r['tokens']:,} tokens"
+    )
     if "mfu" in r:
         line += f" | MFU {100 * r['mfu']:.1f}%"
     return line
 
 
-
 def format_summary(s: dict[str, Any]) -> str:
     minutes, seconds = divmod(s["seconds"], 60)
-    lines = [f"bitk.train: {'stopped by ' + s['stopped'] if s['stopped'] else 'done'} after {s['steps']} steps, "
-             f"{s['tokens']:,} tokens, {int(minutes)}m{seconds:04.1f}s"]
+    lines = [
+        f"bitk.train: {'stopped by ' + s['stopped'] if s['stopped'] else 'done'} after {s['steps']} steps, "
+        f"{s['tokens']:,} tokens, {int(minutes)}m{seconds:04.1f}s"
+    ]
     if s["train_loss"] is not None:
         terms = s.get("train_objectives") if s.get("objective_weights") else None
-        lines.append(f"  train loss        {s['train_loss']:.4f}"
-                     + (f" = {objectives_text(terms, s['objective_weights'])}" if terms else ""))
+        lines.append(
+            f"  train loss        {s['train_loss']:.4f}"
+            + (f" = {objectives_text(terms, s['objective_weights'])}" if terms else "")
+        )
     if s["eval_loss"] is not None:
         what = "held-out CE      " if s.get("objective_weights") else "held-out loss    "
         lines.append(f"  {what} {s['eval_loss']:.4f} (perplexity {s['eval_perplexity']:.2f})")

@@ -70,15 +70,21 @@ def param_groups(model: nn.Module, muon: bool = False) -> dict[str, list[tuple[s
 
 def _adamw_kwargs(cfg: Any, params: list[nn.Parameter]) -> dict[str, Any]:
     on_cuda = bool(params) and all(p.device.type == "cuda" for p in params)
-    return {"betas": tuple(float(b) for b in cfg.betas), "eps": float(cfg.eps),
-            **({"fused": True} if on_cuda else {"foreach": True})}
+    return {
+        "betas": tuple(float(b) for b in cfg.betas),
+        "eps": float(cfg.eps),
+        **({"fused": True} if on_cuda else {"foreach": True}),
+    }
 
 
 def _adamw(groups: dict[str, list[tuple[str, nn.Parameter]]], cfg: Any) -> torch.optim.AdamW | None:
     lr = float(cfg.lr)
     specs = [("decay", float(cfg.weight_decay)), ("no_decay", 0.0)]
-    adam_groups = [{"params": [p for _, p in groups[key]], "weight_decay": wd, "lr": lr, "initial_lr": lr,
-                    "group": key} for key, wd in specs if groups[key]]
+    adam_groups = [
+        {"params": [p for _, p in groups[key]], "weight_decay": wd, "lr": lr, "initial_lr": lr, "group": key}
+        for key, wd in specs
+        if groups[key]
+    ]
     if not adam_groups:
         return None
     params = [p for g in adam_groups for p in g["params"]]
@@ -88,8 +94,9 @@ def _adamw(groups: dict[str, list[tuple[str, nn.Parameter]]], cfg: Any) -> torch
 _NS_SIGNATURE = ("grad", "ns_coefficients", "ns_steps", "eps")
 
 
-def _newton_schulz_float32(grad: torch.Tensor, ns_coefficients: tuple[float, float, float], ns_steps: int,
-                           eps: float) -> torch.Tensor:
+def _newton_schulz_float32(
+    grad: torch.Tensor, ns_coefficients: tuple[float, float, float], ns_steps: int, eps: float
+) -> torch.Tensor:
     """torch.optim.Muon's quintic Newton-Schulz iteration, computed in float32 instead of bfloat16."""
     a, b, c = ns_coefficients
     x = grad.float()
@@ -116,8 +123,12 @@ def _float32_newton_schulz(enabled: bool) -> Iterator[None]:
     except ImportError:
         module = None
     original = getattr(module, "_zeropower_via_newtonschulz", None)
-    if (not enabled or getattr(module, "Muon", None) is not torch.optim.Muon or original is None
-            or tuple(inspect.signature(original).parameters) != _NS_SIGNATURE):
+    if (
+        not enabled
+        or getattr(module, "Muon", None) is not torch.optim.Muon
+        or original is None
+        or tuple(inspect.signature(original).parameters) != _NS_SIGNATURE
+    ):
         yield
         return
     module._zeropower_via_newtonschulz = _newton_schulz_float32
@@ -187,8 +198,11 @@ def build_optimizer(model: nn.Module, cfg: Any) -> torch.optim.Optimizer:
     if not hasattr(torch.optim, "Muon"):
         raise ValueError(f"optimizer 'muon' needs torch.optim.Muon (torch >= 2.9); this torch is {torch.__version__}")
     muon_lr = float(cfg.muon_lr)
-    muon = torch.optim.Muon([{"params": [p for _, p in groups["muon"]], "lr": muon_lr, "initial_lr": muon_lr,
-                              "group": "muon"}], lr=muon_lr, weight_decay=float(cfg.weight_decay))
+    muon = torch.optim.Muon(
+        [{"params": [p for _, p in groups["muon"]], "lr": muon_lr, "initial_lr": muon_lr, "group": "muon"}],
+        lr=muon_lr,
+        weight_decay=float(cfg.weight_decay),
+    )
     return MuonAdamW(muon, _adamw(groups, cfg))
 
 

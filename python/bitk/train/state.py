@@ -115,8 +115,10 @@ def find_checkpoint(resume: str, output_dir: str | Path) -> Path | None:
             return found
     if not is_complete(path):
         what = "a bitk model checkpoint" if is_checkpoint(path) else "not a training checkpoint"
-        raise ValueError(f"resume={resume}: {path} is {what} (it needs {META_FILE}, {WEIGHTS_FILE} and "
-                         f"{STATE_FILE}); to start from a model's weights use model={resume} resume=none")
+        raise ValueError(
+            f"resume={resume}: {path} is {what} (it needs {META_FILE}, {WEIGHTS_FILE} and "
+            f"{STATE_FILE}); to start from a model's weights use model={resume} resume=none"
+        )
     return path
 
 
@@ -128,8 +130,13 @@ def rng_state() -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -140,8 +147,9 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         states = state["cuda"]
@@ -152,9 +160,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- save / load
 
 
-def save_state(output_dir: str | Path, step: int, model: torch.nn.Module, model_sd: dict[str, torch.Tensor],
-               trainer_state: dict[str, Any], *, tokenizer: Any = None, meta: dict[str, Any] | None = None,
-               keep_last: int = 0) -> Path:
+def save_state(
+    output_dir: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    model_sd: dict[str, torch.Tensor],
+    trainer_state: dict[str, Any],
+    *,
+    tokenizer: Any = None,
+    meta: dict[str, Any] | None = None,
+    keep_last: int = 0,
+) -> Path:
     """Write checkpoint step-NNNNNN atomically, point `latest` at it, keep the newest ``keep_last``.
 
     ``model``: the bitk CausalLM being trained (its config; its tensors unless sharded);
@@ -195,8 +211,9 @@ def load_state(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor
         model_sd["lm_head.weight"] = model_sd["model.embed_tokens.weight"]
     state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
     if state.get("version") != STATE_VERSION:
-        raise ValueError(f"{path / STATE_FILE}: trainer state version {state.get('version')!r}, this bitk reads "
-                         f"{STATE_VERSION}")
+        raise ValueError(
+            f"{path / STATE_FILE}: trainer state version {state.get('version')!r}, this bitk reads {STATE_VERSION}"
+        )
     return meta, model_sd, state
 
 

@@ -35,8 +35,11 @@ class StopSignal:
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = signal.Signals(signum).name
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
-        print(f"\n{self.requested} received: saving a checkpoint after this step, then stopping "
-              "(send it again to stop at once)", flush=True)
+        print(
+            f"\n{self.requested} received: saving a checkpoint after this step, then stopping "
+            "(send it again to stop at once)",
+            flush=True,
+        )
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():

@@ -77,8 +77,14 @@ class ZClip:
     device. ``state_dict()``/``load_state_dict()`` carry the statistics for an exact resume.
     """
 
-    def __init__(self, alpha: float = 0.97, z_thresh: float = 2.5, warmup_steps: int = 25,
-                 clip_factor: float = 1.0, max_grad_norm: float | None = None) -> None:
+    def __init__(
+        self,
+        alpha: float = 0.97,
+        z_thresh: float = 2.5,
+        warmup_steps: int = 25,
+        clip_factor: float = 1.0,
+        max_grad_norm: float | None = None,
+    ) -> None:
         if not 0.0 < alpha < 1.0:
             raise ValueError(f"ZClip alpha must be in (0, 1), got {alpha!r}")
         if not z_thresh > 0:
@@ -116,7 +122,7 @@ class ZClip:
         std = var.sqrt()
         z = (g - mean) / (std + _EPS)
         spike = z > self.z_thresh
-        threshold = (mean + self.z_thresh ** 2 * std / z) * self.clip_factor
+        threshold = (mean + self.z_thresh**2 * std / z) * self.clip_factor
         clipped = torch.where(spike, torch.minimum(g, threshold), g)  # g*: what the statistics see
         limit = clipped if self.max_grad_norm is None else torch.clamp(clipped, max=self.max_grad_norm)
         _clip_to(params, g, limit)
@@ -150,6 +156,7 @@ class ZClip:
 
     def state_dict(self) -> dict[str, Any]:
         """The statistics (CPU tensors), or the norms recorded so far during the warm-up, and the call count."""
+
         def cpu(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.detach().to("cpu", copy=True)
 
@@ -208,5 +215,10 @@ def make_zclip(cfg: Any) -> ZClip | None:
     """The ZClip a TrainingConfig asks for (None unless cfg.clip == "zclip"); zclip_max_grad_norm caps it."""
     if cfg.clip != "zclip":
         return None
-    return ZClip(alpha=cfg.zclip_alpha, z_thresh=cfg.zclip_z_thresh, warmup_steps=cfg.zclip_warmup_steps,
-                 clip_factor=cfg.zclip_factor, max_grad_norm=cfg.zclip_max_grad_norm)
+    return ZClip(
+        alpha=cfg.zclip_alpha,
+        z_thresh=cfg.zclip_z_thresh,
+        warmup_steps=cfg.zclip_warmup_steps,
+        clip_factor=cfg.zclip_factor,
+        max_grad_norm=cfg.zclip_max_grad_norm,
+    )
