@@ -35,6 +35,14 @@ def test_constraints_pin_a_cpu_installable_torch():
     assert pins == ["torch==2.13.0"]
 
 
+def test_ci_runs_the_lint_contributing_documents():
+    ci = (ROOT / ".ci" / "run").read_text()
+    contributing = (ROOT / "CONTRIBUTING.md").read_text()
+    for command in ("ruff check .", "ruff format --check ."):
+        assert command in ci and command in contributing, command
+    assert ci.index("ruff check .") > ci.index("python -m pytest")
+
+
 def test_ci_runs_the_benchmark_gate_the_readme_documents():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
