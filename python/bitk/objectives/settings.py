@@ -55,9 +55,9 @@ class ObjectiveSettings:
     null = every phase at its start fraction."""
     teacher: str = "auto"
     """Full-precision teacher of logits_kd / attention_relation / layerwise / lrc: a preset with a hub
-    repo, a Hugging Face hub id (ORG/NAME) or a local bitk checkpoint or Hugging Face folder, loaded
-    only when an objective needs one; "auto" = the model's own pretrained source (the original
-    full-precision model, as BitDistill does)."""
+    repo, a Hugging Face hub id (ORG/NAME), a local bitk checkpoint or Hugging Face folder, or a
+    run's output_dir, loaded only when an objective needs one; "auto" = the model's own pretrained
+    source (the original full-precision model, as BitDistill does)."""
     teacher_dtype: str = "auto"
     """Teacher weights: "auto" (bf16 on CUDA, float32 on CPU), "fp32" or "bf16"."""
     dlm_probability: float = 0.15

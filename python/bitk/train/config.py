@@ -91,8 +91,8 @@ class _ModelSource:
 
     name: str = "tiny"
     """A model preset (see --help: presets with a hub repo start from its pretrained weights), a
-    Hugging Face hub id (ORG/NAME, through the Hugging Face cache), or a local bitk checkpoint or
-    Hugging Face folder."""
+    Hugging Face hub id (ORG/NAME, through the Hugging Face cache), a local bitk checkpoint or
+    Hugging Face folder, or a training run's output_dir (its latest checkpoint)."""
     pretrained: bool = True
     """Start from the pretrained weights (converted to ternary BitLinear + SubLN when ternary);
     false builds the architecture from scratch with random weights (a preset's, or the repo's
