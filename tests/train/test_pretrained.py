@@ -215,18 +215,20 @@ def test_bitdistill_takes_the_same_repo_as_its_teacher(hub_cache, tmp_path, caps
     assert "teacher: HuggingFaceTB/SmolLM2-360M@" in capsys.readouterr().out
 
 
+# a preset's architecture made small (built from scratch, the overrides apply)
+SMALL_SCRATCH = (
+    "model.pretrained=false",
+    "model.num_hidden_layers=1",
+    "model.hidden_size=64",
+    "model.intermediate_size=128",
+    "model.num_attention_heads=2",
+    "model.num_key_value_heads=1",
+    "model.head_dim=32",
+)
+
+
 def test_from_scratch_keeps_the_presets_cached_tokenizer(hub_cache, tmp_path):
-    small = (
-        "model.num_hidden_layers=1",
-        "model.hidden_size=64",
-        "model.intermediate_size=128",
-        "model.num_attention_heads=2",
-        "model.num_key_value_heads=1",
-        "model.head_dim=32",
-    )
-    model, tokenizer = build(
-        parse_args(args(tmp_path, "model=smollm2_135m", "model.pretrained=false", *small)), tmp_path
-    )
+    model, tokenizer = build(parse_args(args(tmp_path, "model=smollm2_135m", *SMALL_SCRATCH)), tmp_path)
     assert model.config.vocab_size == 49152 and tokenizer.get_vocab_size() == 400  # the preset's vocabulary
     assert model.tokenizer_dir == hub_cache[SMOLLM] and "from scratch" in model.source
 
@@ -235,20 +237,7 @@ def test_from_scratch_without_a_cached_tokenizer_uses_bitks(tmp_path, monkeypatc
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    cfg = parse_args(
-        args(
-            tmp_path / "run",
-            "model=qwen3_0_6b",
-            "model.pretrained=false",
-            "model.num_hidden_layers=1",
-            "model.hidden_size=64",
-            "model.intermediate_size=128",
-            "model.num_attention_heads=2",
-            "model.num_key_value_heads=1",
-            "model.head_dim=32",
-            "export_gguf=none",
-        )
-    )
+    cfg = parse_args(args(tmp_path / "run", "model=qwen3_0_6b", *SMALL_SCRATCH, "export_gguf=none"))
     summary = loop.train(cfg)
     assert load_checkpoint(summary["checkpoint"]).config.vocab_size == 4096
     notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
