@@ -17,6 +17,7 @@ FIELDS = {
     "checkpoint",
     "data",
     "numerics",
+    "numerics_detail",
     "tokens",
     "loss",
     "perplexity",
@@ -175,3 +176,56 @@ def test_bad_input_from_the_command_line(bitk_cache_dir, tmp_path):
     assert proc.returncode == 2
     assert "python -m bitk.eval: error: no such checkpoint" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def narrow(tmp_path_factory):
+    """A ternary model 192 wide (3 heads of 64, 1 KV head): I2_S needs it zero-padded (to 384)."""
+    import torch
+
+    from bitk.data import default_tokenizer
+    from bitk.gguf import export
+    from bitk.models import CausalLM, ModelConfig
+
+    torch.manual_seed(0)
+    tok = default_tokenizer()
+    config = ModelConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=192,
+        intermediate_size=512,
+        num_hidden_layers=1,
+        num_attention_heads=3,
+        num_key_value_heads=1,
+        hidden_act="silu",
+        max_position_embeddings=128,
+    )
+    model = CausalLM(config)
+    folder = tmp_path_factory.mktemp("narrow")
+    ckpt = model.save(folder / "ckpt", tokenizer=tok)
+    files = {}
+    for pad in ("auto", "none"):
+        files[pad] = folder / f"{pad}.gguf"
+        export(model, files[pad], "i2_s", tokenizer=tok, embedding_type="f32", pad=pad)
+    return ckpt, files
+
+
+def eval_record(tmp_path, *args) -> dict:
+    out = tmp_path / "r.json"
+    assert cli.main([*map(str, args), "--max-tokens", "300", "--seq-len", "64", "--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_a_gguf_file_is_scored_as_its_runtime_computes_it(narrow, tmp_path):
+    ckpt, files = narrow
+    padded = eval_record(tmp_path, files["auto"])
+    assert padded["numerics"] == "file" and padded["numerics_detail"] == "as the file runs (i2s)"
+    fallback = eval_record(tmp_path, files["none"])
+    assert fallback["numerics_detail"] == "as the file runs (f16+i2s)"
+    # the checkpoint in --numerics i2s predicts each file: exact for the padded one, F16 layers for the other
+    predicted = eval_record(tmp_path, ckpt, "--numerics", "i2s")
+    assert predicted["numerics_detail"] == "i2s (as its I2_S GGUF runs)"
+    assert predicted["loss"] == pytest.approx(padded["loss"], rel=1e-5)
+    unpadded = eval_record(tmp_path, ckpt, "--numerics", "i2s", "--pad", "none")
+    assert unpadded["numerics_detail"] == "i2s (as its I2_S GGUF runs; 6 F16 fallback projection(s))"
+    assert unpadded["loss"] == pytest.approx(fallback["loss"], rel=1e-6)
+    assert abs(fallback["loss"] - padded["loss"]) > 1e-4  # the fallback file computes another model

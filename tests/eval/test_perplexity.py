@@ -150,7 +150,7 @@ def test_packed_rows_score_like_separate_documents(small_model):
         ({"position_ids": torch.zeros(2, 3, dtype=torch.int64)}, r"position_ids \(2, 3\) must have the shape"),
         ({"labels": torch.zeros(1, 4, dtype=torch.int64)}, r"labels \(1, 4\) must have the shape"),
         ({"batch_size": 0}, "batch_size must be a positive integer"),
-        ({"numerics": "int4"}, "unknown numerics 'int4'; choose one of train, i2s, float"),
+        ({"numerics": "int4"}, "unknown numerics 'int4'; choose one of train, i2s, tq, f16, float"),
         ({"labels": torch.full((2, 4), -100)}, "no target is scored"),
     ],
 )

@@ -104,10 +104,19 @@ def test_untied_head_refused_then_accepted_with_flag(tmp_path):
     assert "changed: dropped lm_head (--allow-untied-head)" in proc.stdout
 
 
-def test_qk_norm_refused(tmp_path):
+def test_qwen3_with_sub_norms_is_refused_with_the_ways_out(tmp_path):
     cfg = tiny_config("silu", qk_norm=True)
     ckpt = make_checkpoint(tmp_path / "qwen", cfg, seed=5)
-    assert_error(run_cli("pack", ckpt, "-o", tmp_path / "m.gguf"), "q_norm/k_norm", "--allow-drop-qk-norm")
+    assert_error(
+        run_cli("pack", ckpt, "-o", tmp_path / "m.gguf", "--type", "tq2_0"),
+        "q/k norms",
+        "sub-norms",
+        "model.subln=false",
+        "bitk.load_model",
+    )
+    assert not (tmp_path / "m.gguf").exists()
+    proc = run_cli("pack", ckpt, "-o", tmp_path / "m.gguf", "--allow-drop-qk-norm")
+    assert proc.returncode == 2 and "unrecognized arguments: --allow-drop-qk-norm" in proc.stderr
 
 
 def test_smollm2_dims_fall_back_with_a_summary_line(tmp_path):
@@ -121,10 +130,10 @@ def test_smollm2_dims_fall_back_with_a_summary_line(tmp_path):
         head_dim=64,
     )
     ckpt = make_checkpoint(tmp_path / "smol", cfg, seed=6)
-    proc = run_cli("pack", ckpt, "-o", tmp_path / "m.gguf", "--type", "tq2_0", check=True)
+    proc = run_cli("pack", ckpt, "-o", tmp_path / "m.gguf", "--type", "tq2_0", "--pad", "none", check=True)
     assert (
         "note: 6 projection(s) (attn_k, attn_output, attn_q, attn_v, ffn_gate, ffn_up) written as F16: "
-        "TQ2_0 needs in_features % 256 == 0, got 576"
+        "TQ2_0 needs in_features % 256 == 0, got 576; the runtime computes them with float16 activations"
     ) in proc.stdout
     assert "TQ2_0 needs in_features % 256 == 0, got 576" in proc.stdout.split("note:")[0]  # the table's note column
 

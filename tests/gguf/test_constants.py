@@ -46,7 +46,8 @@ def test_names_round_trip_and_cover_the_model():
 
 
 def test_unknown_gguf_names():
-    for name in ("output.weight", "blk.0.attn_q.bias", "blk.x.attn_q.weight", "rope_freqs.weight"):
+    assert gguf_to_hf_name("output.weight") == "lm_head.weight"  # a qwen3 file's untied head
+    for name in ("blk.0.attn_q.bias", "blk.x.attn_q.weight", "rope_freqs.weight"):
         assert gguf_to_hf_name(name) is None
 
 
@@ -191,8 +192,9 @@ def test_token_types_and_tokenizer_models_come_from_gguf_py():
 def test_arch_names():
     assert c.ARCH_SILU == "bitnet" == MODEL_ARCH_NAMES[MODEL_ARCH.BITNET]
     assert c.ARCH_RELU2 == "bitnet-b1.58" and c.ARCH_ALIASES == {"bitnet-25": "bitnet-b1.58"}
-    assert c.ACTIVATION_BY_ARCH == {"bitnet-b1.58": "relu2", "bitnet-25": "relu2", "bitnet": "silu"}
-    assert c.ARCH_CHOICES == ("auto", "bitnet-b1.58", "bitnet")
+    assert c.ACTIVATION_BY_ARCH == {"bitnet-b1.58": "relu2", "bitnet-25": "relu2", "bitnet": "silu", "qwen3": "silu"}
+    assert c.ARCH_CHOICES == ("auto", "bitnet-b1.58", "bitnet", "qwen3")
+    assert c.ARCH_QWEN3 == "qwen3" == MODEL_ARCH_NAMES[MODEL_ARCH.QWEN3]
     # bitnet.cpp's fork names, which bitk defines because gguf-py has no such arch name (if this fails,
     # gguf-py gained one: take it from there)
     assert not {"bitnet-b1.58", "bitnet-25"} & set(MODEL_ARCH_NAMES.values())

@@ -3,7 +3,7 @@
 I2_S with an F32 embedding gives bit-identical logits to the source model in "i2s" numerics
 (bitnet.cpp's per-token int8 formula); an F16 embedding gives those of the source with its
 embedding rounded to float16; F32 projections those of "float" numerics; TQ those of the
-source whose scales are rounded to float16 (the type's block scale).
+source in llama.cpp's numerics ("tq": Q8_K activations, float16 block scales).
 """
 
 from __future__ import annotations
@@ -68,27 +68,26 @@ def test_f32_projections_give_float_numerics(tmp_path):
     assert torch.equal(logits(loaded), logits(model))
 
 
-def test_tq_loads_the_float16_scales_in_train_numerics(tmp_path):
+@pytest.mark.parametrize("qtype", ["tq1_0", "tq2_0"])
+def test_tq_loads_in_llama_cpp_numerics(tmp_path, qtype):
     model = make_model("relu2", seed=3)
-    export(model, tmp_path / "m.gguf", "tq2_0", tokenizer=tokenizer(), embedding_type="f32")
+    export(model, tmp_path / "m.gguf", qtype, tokenizer=tokenizer(), embedding_type="f32")
     loaded = load(tmp_path / "m.gguf")
-    assert {m.numerics for m in loaded.modules() if hasattr(m, "numerics")} == {"train"}
-    with torch.no_grad():  # the source as TQ stores it: codes x float16(scale)
-        for name, p in model.named_parameters():
-            if name.endswith("_proj.weight"):
-                codes, scale = fmt.ternarize(p.detach().numpy())
-                p.copy_(torch.from_numpy(fmt.latent_weights(codes, float(np.float16(scale)))))
+    assert {m.numerics for m in loaded.modules() if hasattr(m, "numerics")} == {"tq"}
+    model.set_numerics("tq")  # Q8_K activations, float16 block scales
     assert torch.equal(logits(loaded), logits(model))
+    model.set_numerics("i2s")
+    assert not torch.equal(logits(loaded), logits(model))
 
 
-def test_fallback_tensors_get_float_numerics(tmp_path):
+def test_fallback_tensors_get_f16_numerics(tmp_path):
     # hidden 192 fits no I2_S row; ffn_down (input 256) does
     model = make_model("silu", seed=4, hidden_size=192, num_attention_heads=3, num_key_value_heads=1)
-    res = export(model, tmp_path / "m.gguf", "i2_s", tokenizer=tokenizer())
+    res = export(model, tmp_path / "m.gguf", "i2_s", tokenizer=tokenizer(), pad="none")
     assert {r.type for r in res.rows if "ffn_down" in r.name} == {"I2_S"}
     loaded = load(tmp_path / "m.gguf")
     numerics = {n: m.numerics for n, m in loaded.named_modules() if hasattr(m, "numerics")}
-    assert numerics["model.layers.0.mlp.down_proj"] == "i2s" and numerics["model.layers.0.mlp.up_proj"] == "float"
+    assert numerics["model.layers.0.mlp.down_proj"] == "i2s" and numerics["model.layers.0.mlp.up_proj"] == "f16"
     w = model.model.layers[0].mlp.up_proj.weight.detach().numpy()
     codes, scale = fmt.ternarize(w)
     got_codes, got_scale = fmt.ternarize(loaded.model.layers[0].mlp.up_proj.weight.detach().numpy())
@@ -149,7 +148,7 @@ def test_non_bitnet_file_is_refused(tmp_path):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    with pytest.raises(ValueError, match="not a BitNet arch"):
+    with pytest.raises(ValueError, match="not an arch bitk writes"):
         load(tmp_path / "l.gguf")
 
 
@@ -183,3 +182,15 @@ def test_bitk_default_tokenizer_and_tiny_preset(tmp_path):
     ids = torch.tensor([tok.encode(text).ids])
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+def test_qwen3_tq_file_loads_with_its_q_k_norms(tmp_path):
+    model = make_model("silu", seed=8, qk_norm=True, subln=False, head_dim=128, tie_word_embeddings=False)
+    res = export(model, tmp_path / "m.gguf", "tq2_0", tokenizer=tokenizer(), embedding_type="f32")
+    assert res.arch == "qwen3"
+    loaded = load(tmp_path / "m.gguf")
+    c = loaded.config
+    assert c.qk_norm and not c.subln and not c.tie_word_embeddings and c.head_dim == 128
+    assert {m.numerics for m in loaded.modules() if hasattr(m, "numerics")} == {"tq"}
+    model.set_numerics("tq")
+    assert torch.equal(logits(loaded), logits(model))

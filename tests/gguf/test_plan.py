@@ -7,6 +7,7 @@ import pytest
 
 from bitk.gguf import pack, read_gguf
 from bitk.gguf.plan import PackOptions, plan_pack
+from bitk.gguf.verifier import verify
 from bitk.models.sources import open_source
 from bitk_gguf_testing import make_checkpoint, make_hf_folder, random_tensors, tiny_config
 
@@ -51,8 +52,31 @@ def smollm_like(tmp_path_factory):
 
 
 @pytest.mark.parametrize("qtype", ["i2_s", "tq2_0", "tq1_0"])
-def test_smollm2_dims_fall_back_to_f16_per_tensor(smollm_like, qtype):
+def test_smollm2_dims_are_zero_padded_to_fit_every_type(smollm_like, qtype):
     plan = plan_of(smollm_like, qtype=qtype)
+    q = qtype.upper()
+    assert {t.type for t in plan.tensors if t.role == "projection"} == {q}
+    p = plan.padding.padded
+    assert (p.hidden_size, p.num_attention_heads, p.num_key_value_heads, p.intermediate_size) == (768, 12, 4, 2048)
+    assert p.rms_norm_eps == pytest.approx(plan.padding.original.rms_norm_eps * 576 / 768, rel=1e-15)
+    shapes = {t.name: t.shape for t in plan.tensors}
+    assert shapes["blk.0.attn_q.weight"] == (768, 768) and shapes["blk.0.attn_k.weight"] == (256, 768)
+    assert shapes["blk.0.ffn_down.weight"] == (768, 2048) and shapes["token_embd.weight"] == (320, 768)
+    assert any(n.startswith("zero-padded (hidden 576 -> 768, query heads 9 -> 12") for n in plan.notes)
+
+
+def test_padding_that_cannot_help_leaves_the_fallback(tmp_path):
+    # q/k norms share the epsilon: Qwen3 widths are never padded (they fit in practice)
+    cfg = tiny_config("silu", qk_norm=True, subln=False, hidden_size=320, num_attention_heads=5, num_key_value_heads=1)
+    plan = plan_of(make_checkpoint(tmp_path / "q", cfg), qtype="tq2_0")
+    assert plan.padding is None and {t.type for t in plan.tensors if t.name.endswith("attn_q.weight")} == {"F16"}
+    assert any("no zero-padding makes every projection fit (its q/k norms" in n for n in plan.notes)
+
+
+@pytest.mark.parametrize("qtype", ["i2_s", "tq2_0", "tq1_0"])
+def test_smollm2_dims_fall_back_to_f16_per_tensor_without_padding(smollm_like, qtype):
+    plan = plan_of(smollm_like, qtype=qtype, pad="none")
+    assert plan.padding is None
     kinds = types_by_kind(plan)
     q = qtype.upper()
     # only ffn_down (input 1536 = 12 x 128 = 6 x 256) fits; everything reading the 576-wide stream does not
@@ -66,13 +90,16 @@ def test_smollm2_dims_fall_back_to_f16_per_tensor(smollm_like, qtype):
 
 
 def test_x86_1x4_needs_rows_in_fours(tmp_path):
-    cfg = tiny_config("relu2", num_attention_heads=2, num_key_value_heads=1, head_dim=6)  # k/v have 6 rows
+    cfg = tiny_config("relu2", num_attention_heads=128, num_key_value_heads=1, head_dim=2)  # k/v have 2 rows
     ckpt = make_checkpoint(tmp_path / "ckpt", cfg)
-    plan = plan_of(ckpt, qtype="i2_s", i2s_layout="x86-1x4")
+    plan = plan_of(ckpt, qtype="i2_s", i2s_layout="x86-1x4", pad="none")
     k = next(t for t in plan.tensors if t.name == "blk.0.attn_k.weight")
-    assert k.type == "F16" and k.fallback == "I2_S x86-1x4 needs out_features % 4 == 0, got 6"
+    assert k.type == "F16" and k.fallback == "I2_S x86-1x4 needs out_features % 4 == 0, got 2"
     assert next(t for t in plan.tensors if t.name == "blk.0.ffn_gate.weight").type == "I2_S"
     assert next(t for t in plan_of(ckpt, qtype="i2_s").tensors if t.name == "blk.0.attn_k.weight").type == "I2_S"
+    padded = plan_of(ckpt, qtype="i2_s", i2s_layout="x86-1x4")  # 2 KV heads of 2: 4 rows
+    assert padded.padding.padded.num_key_value_heads == 2 and padded.padding.padded.hidden_size == 512
+    assert {t.type for t in padded.tensors if t.role == "projection"} == {"I2_S"}
 
 
 def test_full_precision_model_with_subln_only_as_float(tmp_path):
@@ -99,17 +126,60 @@ def test_model_without_subln_is_refused(tmp_path):
         plan_of(hf, qtype="f16")
 
 
-def test_qk_norm_is_refused_unless_dropped_explicitly(tmp_path):
+def test_qwen3_with_sub_norms_is_refused(tmp_path):
     cfg = tiny_config("silu", qk_norm=True)
     ckpt = make_checkpoint(tmp_path / "ckpt", cfg)
-    with pytest.raises(ValueError, match="q_norm/k_norm.*--allow-drop-qk-norm"):
-        plan_of(ckpt)
+    for qtype in ("i2_s", "tq2_0", "f16"):
+        with pytest.raises(ValueError, match="both Qwen3's q/k norms and BitNet's sub-norms.*model.subln=false"):
+            plan_of(ckpt, qtype=qtype)
+
+
+def qwen3_config(**changes):
+    """A Qwen3-shaped ternary model without sub-norms: q/k norms, heads*head_dim (512) != hidden (256)."""
+    return tiny_config("silu", qk_norm=True, subln=False, head_dim=128, **changes)
+
+
+def test_qwen3_without_sub_norms_is_arch_qwen3_for_llama_cpp(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "ckpt", qwen3_config())
+    with pytest.raises(ValueError, match="I2_S is read only by bitnet.cpp, which has no qwen3 architecture"):
+        plan_of(ckpt, qtype="i2_s")
+    with pytest.raises(ValueError, match="--arch bitnet has no q/k norms"):
+        plan_of(ckpt, qtype="tq2_0", arch="bitnet")
     out = tmp_path / "m.gguf"
-    res = pack(ckpt, out, "i2_s", allow_drop_qk_norm=True)
-    assert any("q_norm/k_norm" in c for c in res.changes)
+    res = pack(ckpt, out, "tq2_0")
+    assert res.arch == "qwen3" and not res.changes
     with read_gguf(out) as f:
-        assert not any("norm" in n and ("q_norm" in n or "k_norm" in n) for n in f.tensors)
-        assert any("--allow-drop-qk-norm" in c for c in f.metadata["bitk.changes"])
+        assert f.metadata["general.architecture"] == "qwen3"
+        assert f.metadata["qwen3.attention.key_length"] == 128 and f.metadata["qwen3.embedding_length"] == 256
+        assert f.tensors["blk.1.attn_q_norm.weight"].shape == (128,)
+        assert f.tensors["blk.0.attn_q.weight"].type_name == "TQ2_0"
+        assert not any("sub_norm" in n for n in f.tensors) and "output.weight" not in f.tensors
+    assert verify(out, against=ckpt).ok
+
+
+def test_qwen3_untied_head_is_written_as_output(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "ckpt", qwen3_config(tie_word_embeddings=False))
+    out = tmp_path / "m.gguf"
+    res = pack(ckpt, out, "tq1_0")
+    assert not res.changes
+    with read_gguf(out) as f:
+        assert f.tensors["output.weight"].shape == (320, 256) and f.tensors["output.weight"].type_name == "F16"
+    report = verify(out, against=ckpt)
+    assert report.ok, report.failures
+
+
+def test_bitnet_arch_needs_the_attention_width_to_equal_hidden(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "ckpt", tiny_config("silu", head_dim=128))
+    with pytest.raises(ValueError, match="attention width num_attention_heads\\*head_dim = 512 differs"):
+        plan_of(ckpt)
+
+
+def test_relu2_tq_files_say_only_bitnet_cpp_runs_them(relu2_ckpt, silu_ckpt):
+    note = "only bitnet.cpp runs this file: upstream llama.cpp has no architecture for a ReLU^2 FFN"
+    for qtype in ("tq1_0", "tq2_0"):
+        assert any(note in n for n in plan_of(relu2_ckpt, qtype=qtype).notes)
+        assert not any(note in n for n in plan_of(silu_ckpt, qtype=qtype).notes)
+    assert not any(note in n for n in plan_of(relu2_ckpt, qtype="i2_s").notes)
 
 
 def test_attention_bias_is_refused_unless_dropped(tmp_path):

@@ -162,7 +162,7 @@ def test_metadata_problems_fail(tmp_path):
     bad = failed(verify(_minimal_gguf(tmp_path / "nokey.gguf", drop=("feed_forward_length",))))
     assert "missing required metadata bitnet-b1.58.feed_forward_length" in bad["metadata"]
     bad = failed(verify(_minimal_gguf(tmp_path / "llama.gguf", arch="llama")))
-    assert "not a BitNet arch" in bad["metadata"]
+    assert "not an arch bitk writes" in bad["metadata"]
     bad = failed(verify(_minimal_gguf(tmp_path / "extra.gguf", extra_tensor=True)))
     assert "unexpected output.weight" in bad["tensor set"]
 

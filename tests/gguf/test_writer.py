@@ -146,17 +146,17 @@ def test_metadata_keys(tmp_path, relu2_ckpt):
 
 
 def test_head_dim_other_than_hidden_over_heads_writes_key_length(tmp_path):
-    cfg = tiny_config("relu2", head_dim=128)  # q_size 512 != hidden 256
+    cfg = tiny_config("silu", head_dim=128, qk_norm=True, subln=False)  # Qwen3: q_size 512 != hidden 256
     ckpt = make_checkpoint(tmp_path / "ckpt", cfg, seed=3)
     out = tmp_path / "m.gguf"
-    pack(ckpt, out, "i2_s")
+    pack(ckpt, out, "tq2_0")
     with read_gguf(out) as f:
         m = f.metadata
-        assert m["bitnet-b1.58.attention.key_length"] == m["bitnet-b1.58.attention.value_length"] == 128
-        assert m["bitnet-b1.58.rope.dimension_count"] == 128
+        assert m["qwen3.attention.key_length"] == m["qwen3.attention.value_length"] == 128
+        assert m["qwen3.rope.dimension_count"] == 128
         assert f.tensors["blk.0.attn_q.weight"].ne == (256, 512)  # ggml {in, out}
         assert f.tensors["blk.0.attn_output.weight"].ne == (512, 256)
-        assert f.tensors["blk.0.attn_sub_norm.weight"].ne == (512,)
+        assert f.tensors["blk.0.attn_k_norm.weight"].ne == (128,)
 
 
 def test_bf16_source_is_ternarized_from_its_decoded_values(tmp_path):

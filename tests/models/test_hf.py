@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -148,6 +150,23 @@ def test_full_precision_to_ternary_inserts_subln(make_hf, tokenizer_dir):
     assert layer.mlp.ffn_sub_norm.weight.shape == (ours.config.intermediate_size,)
 
 
+def test_qwen3_to_ternary_without_subln(make_hf):
+    """subln=False: BitLinear projections on the same weights, q/k norms kept, no sub-norms."""
+    theirs, folder = make_hf("qwen3")
+    ours = load_model(folder, subln=False)
+    assert ours.config == load_model(folder, ternary=False).config.replace(ternary=True)
+    assert ours.config.qk_norm and not ours.config.subln
+    assert not any("sub_norm" in n for n in ours.state_dict())
+    hf_state = theirs.state_dict()
+    assert all(torch.equal(p, hf_state[n]) for n, p in ours.state_dict().items())
+    assert all(type(m) is BitLinear for n, m in ours.named_modules() if n.endswith("_proj"))
+    assert not load_model(folder, ternary=False, subln=False).config.subln  # agrees: nothing to convert
+    with pytest.raises(ValueError, match="subln=True applies when a full-precision model is converted"):
+        load_model(folder, ternary=False, subln=True)  # full precision stays as it is
+    with pytest.raises(ValueError, match="subln must be True, False or None"):
+        load_model(folder, subln="no")
+
+
 def test_ternary_false_on_a_ternary_source(make_hf, helpers):
     """A ternary source loaded with ternary=False: its stored weights in nn.Linear, SubLN kept."""
     theirs, folder = make_hf("bitnet", quantization=helpers.BITNET_ONLINE)
@@ -246,6 +265,44 @@ def test_packed_bitnet_folder(transformers, helpers, tmp_path):
     assert torch.equal(plain.model.layers[0].mlp.up_proj.weight, codes.float() * gamma)
 
 
+@pytest.mark.parametrize("form", ["packed", "values"])
+def test_autobitlinear_offline_folder(transformers, helpers, tmp_path, form):
+    """linear_class autobitlinear offline: transformers' AutoBitLinear computes
+    (quantized x) @ W.T * weight_scale, W stored uint8-packed (transformers' own pack_weights, which
+    its loader unpacks) or as the ternary values in float32. bitk reads both to exactly the codes
+    and gamma = weight_scale (multiplied, where bitlinear divides), and computes what transformers does."""
+    from transformers.integrations.bitnet import pack_weights
+
+    torch.manual_seed(0)
+    config = ModelConfig(**helpers.DIMS, tie_word_embeddings=False)
+    model = helpers.scramble(CausalLM(config), 3).eval()
+    tensors = state_dict_to_save(model)
+    quantized = {name: m.quantized_weight() for name, m in model.named_modules() if isinstance(m, BitLinear)}
+    for name, (codes, gamma) in quantized.items():
+        # pack_weights adds 1 in place: it gets its own float copy of the codes
+        tensors[f"{name}.weight"] = pack_weights(codes.float()) if form == "packed" else codes.float()
+        tensors[f"{name}.weight_scale"] = gamma.reshape(1)
+    down = tensors["model.layers.0.mlp.down_proj.weight"]
+    if form == "packed":
+        assert down.dtype == torch.uint8 and down.shape == (config.hidden_size // 4, config.intermediate_size)
+    folder = tmp_path / form
+    folder.mkdir()
+    write_safetensors(tensors, folder / "model.safetensors")
+    qc = {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "offline"}
+    (folder / "config.json").write_text(json.dumps({**hf_config(config), "quantization_config": qc}))
+
+    ours = load_model(folder)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    for name, (codes, gamma) in quantized.items():
+        got_codes, got_gamma = ours.get_submodule(name).quantized_weight()
+        assert torch.equal(got_codes, codes) and got_gamma == gamma, name
+        layer = theirs.get_submodule(name)
+        assert type(layer).__name__ == "AutoBitLinear" and not layer.online_quant, name
+        assert torch.equal(layer.weight, codes.float()), name  # transformers' own unpacking
+        assert torch.equal(layer.weight_scale, gamma.reshape(1)), name
+    assert_bitnet_agrees(ours, theirs, _inputs(helpers))
+
+
 def test_ternary_export_round_trip(transformers, helpers, tokenizer, tmp_path):
     """bitk ternary -> export_hf -> a BitNet folder transformers loads (online AutoBitLinear) and
     computes like bitk; loading the export back into bitk gives the model bit for bit."""
@@ -274,6 +331,47 @@ def test_ternary_export_round_trip(transformers, helpers, tokenizer, tmp_path):
     theirs16 = transformers.AutoModelForCausalLM.from_pretrained(half).eval()
     assert theirs16.model.embed_tokens.weight.dtype == torch.bfloat16
     assert torch.equal(load_model(half).model.norm.weight, model.model.norm.weight.bfloat16().float())
+
+
+def test_hf_extra_brings_what_loading_an_export_needs(transformers):
+    """`pip install "bitk[hf]"` brings transformers and an accelerate that transformers counts
+    (it loads BitNet folders only with accelerate, and reports one below its minimum as missing)."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    extras = pyproject["project"]["optional-dependencies"]
+    minimum = Version(getattr(transformers.utils.import_utils, "ACCELERATE_MIN_VERSION", "0"))
+    for extra in ("hf", "test"):
+        reqs = {r.name: r.specifier for r in map(Requirement, extras[extra])}
+        assert {"transformers", "accelerate"} <= set(reqs), extra
+        floor = max(Version(s.version) for s in reqs["accelerate"] if s.operator == ">=")
+        assert floor >= minimum, f"the {extra} extra admits accelerate {floor}; transformers needs >= {minimum}"
+
+
+def test_loading_an_export_without_accelerate_names_the_package(transformers, helpers, tmp_path, monkeypatch):
+    """Without accelerate, transformers refuses the BitNet export with an error naming the package
+    to add (the message docs/models.md promises), instead of failing somewhere later."""
+    import importlib.util
+
+    from transformers.utils import import_utils
+
+    out = export_hf(CausalLM(ModelConfig(**helpers.DIMS)), tmp_path / "bitnet")
+    find_spec = importlib.util.find_spec
+    clear = getattr(import_utils.is_accelerate_available, "cache_clear", lambda: None)
+    clear()
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(
+                importlib.util, "find_spec", lambda name, *a: None if name == "accelerate" else find_spec(name, *a)
+            )
+            m.setitem(sys.modules, "accelerate", None)
+            with pytest.raises(ImportError, match=r"requires accelerate \(`pip install accelerate`\)"):
+                transformers.AutoModelForCausalLM.from_pretrained(out)
+    finally:
+        clear()
+    assert type(transformers.AutoModelForCausalLM.from_pretrained(out)).__name__ == "BitNetForCausalLM"
 
 
 # --------------------------------------------------------------------------- refusals and errors

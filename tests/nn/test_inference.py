@@ -3,7 +3,9 @@
 import pytest
 import torch
 
+import bitk.formats as fmt
 from bitk import numerics
+from bitk.models import CausalLM, ModelConfig
 from bitk.nn import NUMERICS, BitLinear, SubLN, set_numerics, use_backend
 
 
@@ -44,21 +46,81 @@ def test_float_uses_dequantized_weights(layer):
     torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-5)
 
 
+def test_tq_is_ggml_tq_bit_for_bit(layer):
+    x = torch.randn(3, 5, 256) * 3
+    x[0, 0] = 0.0
+    set_numerics(layer, "tq")
+    y = layer(x)
+    codes, gamma = numerics.quantize_weights(layer.weight)
+    assert torch.equal(y, numerics.bitlinear_ggml_tq(x, codes, gamma) + layer.bias)
+    wide = BitLinear(768, 40, bias=False)
+    set_numerics(wide, "tq")
+    x = torch.randn(7, 768) * torch.exp(torch.randn(7, 1) * 2)
+    codes, gamma = numerics.quantize_weights(wide.weight)
+    assert torch.equal(wide(x), numerics.bitlinear_ggml_tq(x, codes, gamma))
+    assert wide(x[:0]).shape == (0, 40)
+
+
+def test_tq_with_norm_normalizes_first(layer):
+    norm = SubLN(256)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(4, 256)
+    set_numerics(layer, "tq")
+    codes, gamma = numerics.quantize_weights(layer.weight)
+    expected = numerics.bitlinear_ggml_tq(numerics.rms_norm(x, norm.weight, norm.eps), codes, gamma) + layer.bias
+    assert torch.equal(layer(x, norm=norm), expected)
+
+
+def test_tq_takes_other_widths_as_zero_padded_to_256():
+    """576 inputs run as the 768-wide zero-padded tensor of a padded file: the same values."""
+    torch.manual_seed(3)
+    layer, wide = BitLinear(576, 8, bias=False), BitLinear(768, 8, bias=False)
+    codes, gamma = numerics.quantize_weights(layer.weight.detach())
+    with torch.no_grad():
+        wide.weight.copy_(torch.from_numpy(fmt.latent_weights(torch.nn.functional.pad(codes, (0, 192)), gamma.item())))
+    set_numerics(layer, "tq")
+    set_numerics(wide, "tq")
+    x = torch.randn(5, 576) * 3
+    with torch.no_grad():
+        assert torch.equal(layer(x), wide(torch.nn.functional.pad(x, (0, 192))))
+        assert torch.equal(layer(x), numerics.bitlinear_ggml_tq(x, codes, gamma))
+
+
+def test_f16_rounds_weights_and_activations_to_float16(layer):
+    x = torch.randn(6, 256) * 10
+    set_numerics(layer, "f16")
+    y = layer(x)
+    codes, gamma = numerics.quantize_weights(layer.weight)
+    w16 = (codes.float() * gamma).half()  # the F16 tensor
+    assert torch.equal(w16.float(), codes.float() * gamma.half().float())
+    expected = x.half().double() @ w16.double().T + layer.bias.double()
+    torch.testing.assert_close(y.double(), expected, rtol=0, atol=1e-5)
+    assert y.dtype == torch.float32
+    assert not torch.equal(y, x @ (codes.float() * gamma).T + layer.bias)  # not the float forward
+    assert torch.equal(layer(x.double()), y.double())  # x taken as float32, then float16
+    assert torch.equal(layer(x.bfloat16()), layer(x.bfloat16().float()).bfloat16())
+
+
 def test_modes_differ_only_by_activation_rounding(layer):
     x = torch.randn(8, 256)
     outs = {}
     for mode in NUMERICS:
         set_numerics(layer, mode)
         outs[mode] = layer(x)
-    # i2s and train quantize the same way up to the last bit of s; float skips int8 rounding.
+    # i2s and train quantize the same way up to the last bit of s; float skips int8 rounding;
+    # tq rounds to int8 per block of 256 with a float16 scale; f16 rounds x and gamma to float16.
     scale = outs["float"].abs().max()
     assert (outs["i2s"] - outs["train"]).abs().max() <= 1e-5 * scale
     assert 0 < (outs["float"] - outs["train"]).abs().max() <= 0.05 * scale
+    assert 0 < (outs["float"] - outs["tq"]).abs().max() <= 0.05 * scale
+    assert 0 < (outs["float"] - outs["f16"]).abs().max() <= 2e-3 * scale
 
 
-def test_cache_follows_weight_updates(layer):
+@pytest.mark.parametrize("mode", ["i2s", "tq", "f16", "float"])
+def test_cache_follows_weight_updates(layer, mode):
     x = torch.randn(2, 256)
-    set_numerics(layer, "i2s")
+    set_numerics(layer, mode)
     before = layer(x)
     with torch.no_grad():
         layer.weight.mul_(-1)
@@ -77,6 +139,30 @@ def test_output_dtype_under_autocast(layer, mode):
 
 
 def test_set_numerics_rejects_unknown_mode(layer):
-    with pytest.raises(ValueError, match="numerics must be one of train, i2s, float"):
+    with pytest.raises(ValueError, match="numerics must be one of train, i2s, tq, f16, float"):
         set_numerics(layer, "int4")
     assert layer.numerics == "train"
+
+
+@pytest.mark.parametrize("mode,tol", [("tq", 0.05), ("f16", 5e-3)])
+def test_model_in_runtime_numerics_is_close_to_float(mode, tol):
+    # Every projection's in_features (hidden 256, heads * head_dim 256, intermediate 512) is a multiple of 256.
+    torch.manual_seed(0)
+    config = ModelConfig(
+        vocab_size=128,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    model = CausalLM(config).eval()
+    ids = torch.randint(0, 128, (2, 12))
+    with torch.no_grad():
+        reference = model.set_numerics("float")(ids).logits
+        logits = model.set_numerics(mode)(ids).logits
+    assert all(m.numerics == mode for m in model.modules() if isinstance(m, BitLinear))
+    assert torch.isfinite(logits).all()
+    err = (logits - reference).abs().max() / reference.abs().max()
+    assert 0 < err < tol

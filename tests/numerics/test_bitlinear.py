@@ -1,4 +1,4 @@
-"""Tests of bitk.numerics bitlinear, bitlinear_fake_quant and bitlinear_bitnet_cpp."""
+"""Tests of bitk.numerics bitlinear, bitlinear_fake_quant, bitlinear_bitnet_cpp and bitlinear_ggml_tq."""
 
 import numpy as np
 import pytest
@@ -9,9 +9,11 @@ from bitk.numerics import (
     bitlinear,
     bitlinear_bitnet_cpp,
     bitlinear_fake_quant,
+    bitlinear_ggml_tq,
     linear_output_dtype,
     quantize_activations,
     quantize_activations_bitnet_cpp,
+    quantize_activations_q8k,
     quantize_weights,
 )
 
@@ -219,6 +221,80 @@ def test_bitlinear_bitnet_cpp_matches_int64_formula():
     torch.testing.assert_close(bitlinear_bitnet_cpp(x, codes, gamma), bitlinear(x, w), rtol=4 * EPS32, atol=0)
 
 
+# --- llama.cpp TQ1_0 / TQ2_0 forward -------------------------------------------------------------
+
+
+def _tq_dot_loop(xq, d_x, codes, d_w, dtype):
+    """ggml_vec_dot_tq2_0_q8_K_generic for every (row, output), with the float math in ``dtype``:
+    per block the exact integer sum, then ``sumf += (float)sumi * (d_x * d_w)``."""
+    xq, codes = xq.numpy().astype(np.int64), codes.numpy().astype(np.int64)
+    d_x, d_w = d_x.numpy().astype(dtype), dtype(d_w)
+    out = np.zeros((xq.shape[0], codes.shape[0]), dtype=dtype)
+    for m in range(xq.shape[0]):
+        for n in range(codes.shape[0]):
+            sumf = dtype(0)
+            for i in range(xq.shape[1] // 256):
+                sumi = int(np.dot(xq[m, i * 256 : (i + 1) * 256], codes[n, i * 256 : (i + 1) * 256]))
+                sumf = dtype(sumf + dtype(dtype(sumi) * dtype(d_x[m, i] * d_w)))
+            out[m, n] = sumf
+    return out
+
+
+def test_bitlinear_ggml_tq_hand_example():
+    x = torch.zeros(1, 256)
+    x[0, :4] = torch.tensor([1.0, -2.0, 0.5, 4.0])
+    codes = torch.zeros(2, 256, dtype=torch.int8)
+    codes[0, :4] = torch.tensor([1, 0, -1, 1])
+    codes[1, :4] = torch.tensor([-1, -1, 1, 1])
+    # Q8_K: iscale = -31.75, q = -32, 64, -16, -127; d_x = 1 / -31.75.
+    # sumi = -32 + 16 - 127 = -143 and 32 - 64 - 16 - 127 = -175; d_w = f16(0.1).
+    d_x = np.float32(1) / np.float32(-31.75)
+    d_w = np.float32(np.float16(0.1))
+    expected = np.array([-143, -175], dtype=np.float32) * np.float32(d_x * d_w)
+    y = bitlinear_ggml_tq(x, codes, 0.1)
+    assert y.dtype == torch.float32 and y.shape == (1, 2)
+    np.testing.assert_array_equal(y.numpy()[0], expected)
+
+
+def test_bitlinear_ggml_tq_matches_the_c_loop():
+    g = _gen(7)
+    x = torch.randn(2, 3, 768, generator=g) * torch.exp(torch.randn(2, 3, 1, generator=g) * 3)
+    x[0, 0, 256:512] = 0.0  # an all-zero block
+    codes = torch.randint(-1, 2, (5, 768), generator=g, dtype=torch.int8)
+    scale = torch.tensor(0.0123)
+    y = bitlinear_ggml_tq(x, codes, scale)
+    assert y.shape == (2, 3, 5) and y.dtype == torch.float32
+    xq, d_x = quantize_activations_q8k(x.reshape(-1, 768))
+    d_w = np.float16(0.0123)  # the file's float16 scale
+    # float32 in the generic order: bit for bit; in float64: within float32 rounding.
+    np.testing.assert_array_equal(y.reshape(6, 5).numpy(), _tq_dot_loop(xq, d_x, codes, d_w, np.float32))
+    ref64 = _tq_dot_loop(xq, d_x, codes, d_w, np.float64)
+    np.testing.assert_allclose(y.reshape(6, 5).numpy(), ref64, rtol=1e-6, atol=1e-6 * np.abs(ref64).max())
+    assert torch.equal(bitlinear_ggml_tq(x, codes, 0.0123), y)  # python float scale
+    assert torch.equal(bitlinear_ggml_tq(x.double(), codes, scale), y)  # x taken as float32
+
+
+def test_bitlinear_ggml_tq_is_close_to_the_float_forward():
+    g = _gen(8)
+    x = torch.randn(16, 512, generator=g)
+    w = torch.randn(32, 512, generator=g) * 0.02
+    codes, gamma = quantize_weights(w)
+    y = bitlinear_ggml_tq(x, codes, gamma)
+    ref = x @ (codes.float() * gamma).T
+    err = (y - ref).abs().max() / ref.abs().max()
+    assert 0 < err < 0.02  # activation rounding (per block of 256) and the float16 scale
+
+
+def test_bitlinear_ggml_tq_rejects_bad_input():
+    codes = torch.zeros(3, 256, dtype=torch.int8)
+    with pytest.raises(ValueError, match="int8"):
+        bitlinear_ggml_tq(torch.randn(2, 256), codes.int(), 1.0)
+    with pytest.raises(ValueError, match="in_features=256"):
+        bitlinear_ggml_tq(torch.randn(2, 255), codes, 1.0)
+    with pytest.raises(ValueError, match="0-dim"):
+        bitlinear_ggml_tq(torch.randn(2, 256), codes, torch.ones(3))
+
+
 def test_bitlinears_do_not_sync_host(no_host_sync):
     g = _gen(6)
     x = torch.randn(2, 3, 16, generator=g, requires_grad=True)
@@ -230,6 +306,9 @@ def test_bitlinears_do_not_sync_host(no_host_sync):
         bitlinear_fake_quant(x, w, b, lam=torch.tensor(0.5)).sum().backward()
         bitlinear_bitnet_cpp(x.detach(), codes, torch.tensor(0.25))
         bitlinear_bitnet_cpp(x.detach(), codes, 0.25)
+        codes256 = torch.randint(-1, 2, (8, 256), generator=g, dtype=torch.int8)
+        bitlinear_ggml_tq(torch.randn(3, 256, generator=g), codes256, torch.tensor(0.25))
+        bitlinear_ggml_tq(torch.randn(3, 256, generator=g), codes256, 0.25)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64], ids=str)

@@ -12,6 +12,7 @@ from bitk.numerics import (
     fake_quantize_weights,
     quantize_activations,
     quantize_activations_bitnet_cpp,
+    quantize_activations_q8k,
     quantize_weights,
     ste,
 )
@@ -243,6 +244,106 @@ def test_bitnet_cpp_variant_low_precision_equals_float32_upcast(dtype):
     assert torch.equal(s, s32) and torch.equal(xq, xq32)
 
 
+# --- ggml Q8_K (TQ1_0 / TQ2_0 activations) -------------------------------------------------------
+
+
+def _nearest_int(fval):
+    """ggml's nearest_int: add 1.5 * 2^23 in float32 and read the low mantissa bits (half to even)."""
+    val = np.float32(np.float32(fval) + np.float32(12582912.0))
+    return int((val.view(np.int32) & 0x007FFFFF) - 0x00400000)
+
+
+def _q8k_loop(x):
+    """quantize_row_q8_K_ref transcribed line by line, one float32 scalar at a time: (qs, d) per row."""
+    x = np.asarray(x, dtype=np.float32)
+    qs = np.zeros(x.shape, dtype=np.int8)
+    ds = np.zeros((*x.shape[:-1], x.shape[-1] // 256), dtype=np.float32)
+    for row in np.ndindex(*x.shape[:-1]):
+        for i in range(x.shape[-1] // 256):
+            block = x[row][i * 256 : (i + 1) * 256]
+            amax, vmax = np.float32(0), np.float32(0)
+            for v in block:
+                if abs(v) > amax:
+                    amax, vmax = abs(v), v
+            if not amax:
+                continue  # codes 0, d = 0
+            iscale = np.float32(np.float32(-127.0) / vmax)
+            for j, v in enumerate(block):
+                qs[row][i * 256 + j] = min(127, _nearest_int(np.float32(iscale * v)))
+            ds[row][i] = np.float32(np.float32(1.0) / iscale)
+    return qs, ds
+
+
+def test_q8k_shapes_and_hand_example():
+    x = torch.zeros(2, 3, 512)
+    x[0, 0, :4] = torch.tensor([1.0, -2.0, 0.5, 4.0])
+    xq, d = quantize_activations_q8k(x)
+    assert xq.shape == (2, 3, 512) and xq.dtype == torch.int8
+    assert d.shape == (2, 3, 2) and d.dtype == torch.float32
+    # max = 4 -> iscale = -31.75: 1 -> -31.75 -> -32, -2 -> 63.5 -> 64 (tie to even), 0.5 -> -15.875 -> -16.
+    assert xq[0, 0, :4].tolist() == [-32, 64, -16, -127]
+    assert d[0, 0, 0].item() == np.float32(1) / np.float32(-31.75)
+    # Every other block is all zeros: codes 0 and d = 0.
+    assert xq.count_nonzero() == 4 and d.count_nonzero() == 1
+
+
+def test_q8k_first_of_tied_maxima_wins_and_negative_max():
+    x = torch.zeros(1, 768)
+    x[0, 5], x[0, 10] = -3.0, 3.0  # block 0: -3 comes first -> max = -3, iscale = +127/3
+    x[0, 256 + 5], x[0, 256 + 10] = 3.0, -3.0  # block 1: +3 comes first -> iscale = -127/3
+    x[0, 512 + 7] = -127.0  # block 2: max -127 -> iscale = 1 exactly, so x * iscale = x
+    x[0, 512 + 8 : 512 + 14] = torch.tensor([0.5, 1.5, 2.5, -0.5, -2.5, 126.5])
+    xq, d = quantize_activations_q8k(x)
+    assert xq[0, [5, 10, 261, 266]].tolist() == [-127, 127, -127, 127]
+    assert d[0, 0].item() == np.float32(1) / np.float32(np.float32(127) / np.float32(3)) > 0
+    assert d[0, 1].item() == -d[0, 0].item()
+    assert d[0, 2].item() == 1.0
+    assert xq[0, 519:526].tolist() == [-127, 0, 2, 2, 0, -2, 126]  # ties to even
+    ref_q, ref_d = _q8k_loop(x.numpy())
+    np.testing.assert_array_equal(xq.numpy(), ref_q)
+    np.testing.assert_array_equal(d.numpy(), ref_d)
+
+
+def test_q8k_matches_the_c_loop():
+    g = _gen(21)
+    x = torch.randn(3, 2, 1024, generator=g) * torch.exp(torch.randn(3, 2, 4, 1, generator=g) * 3).repeat_interleave(
+        256, dim=2
+    ).reshape(3, 2, 1024)
+    x[0, 0, :256] = 0.0  # an all-zero block
+    x[0, 1, 256:512] = -0.0  # negative zeros are zero too
+    x[1, 0, 300] = -x[1, 0, 256:512].abs().max() - 1  # a negative maximum
+    x[1, 1, 600] = x[1, 1, 512:768].abs().max() + 1  # tied maxima of both signs, + first
+    x[1, 1, 700] = -x[1, 1, 600]
+    x[2, 0, :256] = torch.randint(-8, 9, (256,), generator=g) * 0.5  # multiples of 0.5: ties after scaling
+    x[2, 0, 17] = 127.0
+    x[2, 1, :256] = torch.randint(-8, 9, (256,), generator=g) * 0.5
+    x[2, 1, 3] = -127.0
+    xq, d = quantize_activations_q8k(x)
+    ref_q, ref_d = _q8k_loop(x.numpy())
+    np.testing.assert_array_equal(xq.numpy(), ref_q)
+    np.testing.assert_array_equal(d.numpy(), ref_d)
+    assert (d[0, 0, 0], d[0, 1, 1]) == (0, 0) and d[1, 0, 1] > 0 and d[1, 1, 2] < 0
+    # xq * d approximates x within half a step per block.
+    err = (xq.float() * d.repeat_interleave(256, dim=-1) - x).abs()
+    assert (err <= 0.5001 * d.abs().repeat_interleave(256, dim=-1)).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_q8k_takes_x_as_float32(dtype):
+    x = torch.randn(4, 256, generator=_gen(22)).to(dtype)
+    xq, d = quantize_activations_q8k(x)
+    xq32, d32 = quantize_activations_q8k(x.float())
+    assert d.dtype == torch.float32
+    assert torch.equal(xq, xq32) and torch.equal(d, d32)
+
+
+def test_q8k_rejects_bad_input():
+    with pytest.raises(ValueError, match="multiple of 256, got 100"):
+        quantize_activations_q8k(torch.randn(2, 100))
+    with pytest.raises(ValueError, match="floating point"):
+        quantize_activations_q8k(torch.ones(2, 256, dtype=torch.int8))
+
+
 # --- straight-through estimators -----------------------------------------------------------------
 
 
@@ -322,6 +423,7 @@ def test_quantizers_do_not_sync_host(no_host_sync):
         quantize_weights(w)
         quantize_activations(x)
         quantize_activations_bitnet_cpp(x)
+        quantize_activations_q8k(torch.randn(2, 512, generator=_gen(19)))
         fw = fake_quantize_weights(w, torch.tensor(0.7))
         fx = fake_quantize_activations(x, 0.3)
         (fw.sum() + fx.sum()).backward()

@@ -272,6 +272,7 @@ def test_not_cached_exits_2_within_seconds_with_one_line(tmp_path, run_env):
         (["model=smollm2_135m", "model.num_hidden_layers=3"], "model.num_hidden_layers changes the architecture"),
         (["model=smollm2_135m", "training=bitdistill_full", "objectives.teacher=nope"], "objectives.teacher='nope'"),
         (["training=bitdistill_full"], "model=tiny is a preset without pretrained weights"),
+        (["model=qwen3_0_6b", "model.ternary=false", "model.subln=false"], "model.subln applies to the ternary"),
     ],
 )
 def test_bad_model_settings_exit_2_before_any_work(tmp_path, run_env, argv, message):
@@ -283,3 +284,56 @@ def test_bad_model_settings_exit_2_before_any_work(tmp_path, run_env, argv, mess
         timeout=60,
     )
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "model, export, arch, numerics",
+    [
+        ("smollm2_135m", "i2_s", "bitnet", "i2s"),  # 64-wide hub model: zero-padded to 128
+        ("qwen3_0_6b", "tq2_0", "qwen3", "f16"),  # q/k norms: not padded; 64/128 widths fall back to F16
+    ],
+)
+def test_the_run_reports_the_held_out_loss_as_the_gguf_runs(hub_cache, tmp_path, capsys, model, export, arch, numerics):
+    extra = ["model.subln=false"] if model.startswith("qwen3") else []
+    out = tmp_path / "run"
+    summary = loop.train(parse_args(args(out, f"model={model}", *extra, f"export_gguf={export}")))
+    stdout = capsys.readouterr().out
+    with read_gguf(summary["gguf"]) as f:
+        assert f.metadata["general.architecture"] == arch
+        if arch == "qwen3":
+            assert "blk.0.attn_q_norm.weight" in f.tensors and "blk.0.attn_sub_norm.weight" not in f.tensors
+        else:
+            assert f.metadata["bitk.unpadded.embedding_length"] == 64 and f.metadata["bitnet.embedding_length"] == 128
+    note = "note: zero-padded (hidden 64 -> 128" if arch == "bitnet" else "written as F16"
+    assert note in stdout
+    assert f"as model-{export}.gguf runs in" in stdout and f"(numerics {numerics}" in stdout
+    records = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "eval_as_exported"]
+    assert len(records) == 1 and records[0]["loss"] == summary["gguf_eval_loss"]
+    # the prediction is the file's own held-out loss: load the GGUF and score the same tokens
+    from bitk.data.stream import TrainData
+    from bitk.eval import evaluate
+    from bitk.gguf import load
+
+    cfg = parse_args(args(tmp_path / "probe", f"model={model}", *extra))
+    probe, tokenizer = build(cfg, tmp_path / "probe")
+    framing = document_tokens(tokenizer, probe.tokenizer_dir, probe.config.eos_token_id)
+    ids, pos = TrainData(cfg.data, tokenizer, seed=cfg.training.seed, framing=framing).heldout()
+    got = evaluate(load(summary["gguf"]), ids, pos, batch_size=2)
+    assert got.tokens == records[0]["eval_tokens"]
+    assert abs(got.loss - summary["gguf_eval_loss"]) < 1e-4 * max(1.0, got.loss)
+    assert summary["gguf_eval_loss"] != summary["eval_loss"]  # the runtime's numerics are not training's
+
+
+def test_qwen3_with_subln_skips_the_export_with_a_retry_command(hub_cache, tmp_path, capsys):
+    out = tmp_path / "run"
+    summary = loop.train(parse_args(args(out, "model=qwen3_0_6b", "export_gguf=tq2_0")))
+    stdout = capsys.readouterr().out
+    assert summary["gguf"] is None and "both Qwen3's q/k norms and BitNet's sub-norms" in summary["gguf_error"]
+    assert "model.subln=false" in stdout and summary["gguf_eval_loss"] is None
+    retry = stdout.split("(retry with: ", 1)[1].split(" and the options", 1)[0]
+    assert retry == f"bitk-pack pack {summary['checkpoint']} -o {out / 'model-tq2_0.gguf'} --type tq2_0"
+    # the command parses (no usage error): the packer itself refuses it for the same reason
+    proc = subprocess.run(
+        [sys.executable, "-m", "bitk.gguf", *retry.split()[1:]], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 1 and "sub-norms" in proc.stderr

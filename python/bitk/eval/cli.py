@@ -1,10 +1,12 @@
-"""`python -m bitk.eval CHECKPOINT`: perplexity and tokens/s of a checkpoint on a text set.
+"""`python -m bitk.eval CHECKPOINT`: perplexity and tokens/s of a checkpoint (or GGUF file) on a text set.
 
 Cheap checks first (the checkpoint's config, the sequence length, the data, the tokenizer), so
 a wrong argument costs seconds and prints one line (exit status 2, like argparse); then the data
-is tokenized and packed (`bitk.data`), the model loads (`bitk.models.load_model`) and
-`bitk.eval.evaluate` runs with a progress bar. Results: a rich table, and JSON (--json).
-Usage and the meaning of each figure: docs/eval.md.
+is tokenized and packed (`bitk.data`), the model loads (`bitk.models.load_model`, or
+`bitk.gguf.load` for a .gguf file, in the numerics its runtime computes) and `bitk.eval.evaluate`
+runs with a progress bar. --numerics i2s / tq on a checkpoint evaluate each projection as the GGUF
+file `bitk-pack` writes computes it (`bitk.gguf.runtime_numerics`: zero-padded widths exact,
+F16 fallbacks in f16). Results: a rich table, and JSON (--json). Usage: docs/eval.md.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,9 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--numerics",
         choices=NUMERICS,
-        default="train",
-        help="BitLinear numerics: train (as trained), i2s (as bitnet.cpp runs an I2_S GGUF), "
-        "float (dequantized ternary weights, float activations)",
+        default=None,
+        help="BitLinear numerics: train (as trained; the default for a checkpoint), i2s (as bitnet.cpp runs "
+        "the I2_S GGUF bitk-pack writes), tq (as llama.cpp runs its TQ1_0/TQ2_0 GGUF), f16 (as the runtimes "
+        "run F16 projections), float (dequantized ternary weights, float activations); a .gguf file is "
+        "evaluated as its runtime computes it unless this is given",
+    )
+    p.add_argument(
+        "--pad",
+        choices=("auto", "none"),
+        default="auto",
+        help="with --numerics i2s/tq: the GGUF's padding, as bitk-pack --pad (auto: zero-padded widths "
+        "are exact; none: projections whose width the type cannot hold run as F16, as in that file)",
     )
     p.add_argument(
         "--seq-len",
@@ -92,14 +104,47 @@ class _Plan:
     model: Any = None
 
 
-def _load_model(args: argparse.Namespace):
+def _is_gguf(path: str) -> bool:
+    return path.lower().endswith(".gguf")
+
+
+def _load_model(args: argparse.Namespace, tokenizer_dir: Path | None = None):
+    """The model to evaluate: a checkpoint (converted by load_model) or a GGUF file in its runtime's numerics."""
+    if _is_gguf(args.checkpoint):
+        from bitk.gguf import load
+
+        if args.full_precision:
+            raise ValueError("--full-precision applies to checkpoints; a GGUF file is evaluated as it is stored")
+        return load(args.checkpoint, tokenizer_dir=tokenizer_dir)
     from bitk.models import load_model
 
     return load_model(args.checkpoint, ternary=not args.full_precision)
 
 
-def _prepare(args: argparse.Namespace) -> _Plan:
-    """Every check that needs no model weights, then the packed data; ValueError on bad input."""
+def _set_numerics(model: Any, args: argparse.Namespace) -> tuple[str | None, str]:
+    """(numerics for evaluate, what the table says): i2s / tq per projection as the GGUF computes it."""
+    if args.numerics is None:
+        if _is_gguf(args.checkpoint):
+            modes = sorted({m.numerics for m in model.modules() if hasattr(m, "numerics")})
+            return None, "as the file runs (" + ("+".join(modes) or "float") + ")"
+        return "train", "train"
+    if args.numerics in ("i2s", "tq") and model.config.ternary:
+        from bitk.gguf import runtime_numerics, set_runtime_numerics
+
+        qtype = "i2_s" if args.numerics == "i2s" else "tq2_0"
+        numerics = runtime_numerics(model.config, qtype, pad=args.pad)
+        set_runtime_numerics(model, numerics)
+        fallbacks = sum(1 for m in numerics.values() if m == "f16")
+        what = f"{args.numerics} (as its {qtype.upper()} GGUF runs"
+        return None, what + (f"; {fallbacks} F16 fallback projection(s))" if fallbacks else ")")
+    return args.numerics, args.numerics
+
+
+def _prepare(args: argparse.Namespace, tokenizer_dir: Path | None = None) -> _Plan:
+    """Every check that needs no model weights, then the packed data; ValueError on bad input.
+
+    A GGUF file loads here (its metadata is its config); its vocabulary goes to `tokenizer_dir`.
+    """
     from bitk import data
     from bitk.data.loading import looks_like_path
     from bitk.models import open_source
@@ -108,7 +153,12 @@ def _prepare(args: argparse.Namespace) -> _Plan:
     if args.json not in (None, "-") and not Path(args.json).expanduser().parent.is_dir():
         raise ValueError(f"--json {args.json}: no such folder {Path(args.json).expanduser().parent}")
     local = Path(args.checkpoint).expanduser()
-    if local.exists():
+    if _is_gguf(args.checkpoint):
+        if not local.is_file():
+            raise ValueError(f"no such GGUF file: {args.checkpoint}")
+        model = _load_model(args, None if args.tokenizer is not None else tokenizer_dir)
+        config, tokenizer_dir = model.config, model.tokenizer_dir
+    elif local.exists():
         source = open_source(local)
         config, tokenizer_dir = source.config, source.tokenizer_dir
     else:
@@ -180,7 +230,7 @@ def _table(record: dict[str, Any]):
     table.add_column(justify="right")
     rows = [
         ("data", record["data"]),
-        ("numerics", record["numerics"]),
+        ("numerics", record["numerics_detail"]),
         ("tokens scored", f"{record['tokens']:,}"),
         ("loss (nats)", f"{record['loss']:.4f}"),
         ("perplexity", f"{record['perplexity']:.3f}" if math.isfinite(record["perplexity"]) else "inf"),
@@ -205,17 +255,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
-        plan = _prepare(args)
-        model = plan.model if plan.model is not None else _load_model(args)
-        result = evaluate(
-            model, plan.input_ids, plan.position_ids, args.batch_size, args.numerics, labels=plan.labels, progress=True
-        )
+        with tempfile.TemporaryDirectory(prefix="bitk-eval-") as tmp:
+            plan = _prepare(args, Path(tmp))
+            model = plan.model if plan.model is not None else _load_model(args)
+            numerics, described = _set_numerics(model, args)
+            result = evaluate(
+                model, plan.input_ids, plan.position_ids, args.batch_size, numerics, labels=plan.labels, progress=True
+            )
     except ValueError as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     record = {
         "checkpoint": plan.checkpoint,
         "data": plan.data_name,
-        "numerics": args.numerics,
+        "numerics": args.numerics or ("file" if _is_gguf(args.checkpoint) else "train"),
+        "numerics_detail": described,
         "tokens": result.tokens,
         "loss": result.loss,
         "perplexity": result.perplexity,

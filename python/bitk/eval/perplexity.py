@@ -6,7 +6,8 @@ scored (it has no context in its row), and targets whose label is -100 (padding)
 Rows carry per-document position ids (`bitk.data.pack_tokens`), which the model turns into
 attention that does not cross documents; the losses are the objectives' next-token cross-entropy
 (`bitk.objectives.ce`). `numerics` picks how BitLinear computes (docs/numerics.md "Inference
-numerics"): "i2s" gives the perplexity bitnet.cpp gets from the I2_S GGUF.
+numerics"): "i2s" gives the perplexity bitnet.cpp gets from the I2_S GGUF, "tq" the one llama.cpp
+gets from a TQ1_0 / TQ2_0 GGUF, "f16" the one the runtimes get with F16 projections.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def evaluate(
 
     ``model(ids, position_ids=...)`` must return an object with ``.logits`` [B, L, V].
     ``labels`` (default ``input_ids``) are the targets, -100 where nothing is scored.
-    ``numerics`` ("train", "i2s", "float"; None keeps the model's) is set on every BitLinear
+    ``numerics`` ("train", "i2s", "tq", "f16", "float"; None keeps the model's) is set on every BitLinear
     (`bitk.nn.set_numerics`) for the evaluation only, as is eval mode: the model is left as found.
     ``progress`` shows a rich bar over the batches (on stderr).
     """

@@ -30,6 +30,8 @@ _LAZY = {
     "export": "model",
     "load": "model",
     "load_tokenizer": "model",
+    "runtime_numerics": "model",
+    "set_runtime_numerics": "model",
 }
 
 __all__ = list(_LAZY)

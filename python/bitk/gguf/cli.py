@@ -17,6 +17,7 @@ from typing import Any
 
 from bitk.formats.constants import I2S_DEFAULT_LAYOUT, I2S_LAYOUTS
 from bitk.gguf.constants import ARCH_CHOICES, EMBEDDING_TYPE_CHOICES, QTYPE_CHOICES
+from bitk.gguf.plan import PAD_CHOICES
 
 PROG = "bitk-pack"
 # a progress bar only where a pack takes a while
@@ -47,7 +48,15 @@ def _parser() -> argparse.ArgumentParser:
         "--arch",
         default="auto",
         choices=list(ARCH_CHOICES) + ["bitnet-25"],
-        help="GGUF architecture; auto picks it by FFN activation (relu2 -> bitnet-b1.58, silu -> bitnet)",
+        help="GGUF architecture; auto picks it by the model (BitNet: relu2 -> bitnet-b1.58, silu -> bitnet; "
+        "Qwen3 without sub-norms -> qwen3)",
+    )
+    pk.add_argument(
+        "--pad",
+        default="auto",
+        choices=list(PAD_CHOICES),
+        help="auto (default): zero-pad widths the type's blocks do not divide (SmolLM2's 576) when that makes "
+        "every projection ternary, with the same logits; none: those projections are written as F16",
     )
     pk.add_argument(
         "--i2s-layout",
@@ -74,11 +83,6 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-untied-head",
         action="store_true",
         help="drop an lm_head that differs from the embedding (the GGUF uses the embedding as head)",
-    )
-    pk.add_argument(
-        "--allow-drop-qk-norm",
-        action="store_true",
-        help="drop Qwen3-style q/k norms, which no BitNet GGUF graph evaluates",
     )
     pk.add_argument("--allow-drop-bias", action="store_true", help="drop attention biases")
     pk.add_argument("--name", help="general.name (default: the source folder's name)")
@@ -151,7 +155,7 @@ def _pack(args: argparse.Namespace) -> int:
             tokenizer=args.tokenizer,
             tokenizer_pre=args.tokenizer_pre,
             allow_untied_head=args.allow_untied_head,
-            allow_drop_qk_norm=args.allow_drop_qk_norm,
+            pad=args.pad,
             allow_drop_bias=args.allow_drop_bias,
             name=args.name,
             on_plan=lambda plan: progress.start(len(plan.tensors), plan.n_params),

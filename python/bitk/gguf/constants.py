@@ -115,8 +115,11 @@ ARCH_SILU = MODEL_ARCH_NAMES[MODEL_ARCH.BITNET]  # "bitnet": bitnet.cpp and upst
 # The fork's other name for the ReLU^2 graph; gguf-py has no such arch name either.
 ARCH_ALIASES = {"bitnet-25": ARCH_RELU2}
 ARCH_BY_ACTIVATION = {"relu2": ARCH_RELU2, "silu": ARCH_SILU}
-ACTIVATION_BY_ARCH = {ARCH_RELU2: "relu2", "bitnet-25": "relu2", ARCH_SILU: "silu"}
-ARCH_CHOICES = ("auto", ARCH_RELU2, ARCH_SILU)
+# Upstream llama.cpp's Qwen3 graph (q/k norms, gated SiLU FFN, no sub-norms, NEOX RoPE): the arch of a
+# ternary Qwen3 converted without SubLN, written with TQ1_0/TQ2_0 (bitnet.cpp's fork has no qwen3).
+ARCH_QWEN3 = MODEL_ARCH_NAMES[MODEL_ARCH.QWEN3]
+ACTIVATION_BY_ARCH = {ARCH_RELU2: "relu2", "bitnet-25": "relu2", ARCH_SILU: "silu", ARCH_QWEN3: "silu"}
+ARCH_CHOICES = ("auto", ARCH_RELU2, ARCH_SILU, ARCH_QWEN3)
 
 # --------------------------------------------------------------------------- metadata keys
 
@@ -131,6 +134,13 @@ KEY_BITK_VERSION = "bitk.version"
 KEY_I2S_LAYOUT = "bitk.i2s_layout"  # which I2_S layout the file's I2_S tensors use (docs/formats.md)
 KEY_SOURCE_KIND = "bitk.source_kind"
 KEY_CHANGES = "bitk.changes"  # what an --allow-* flag changed, one string each
+# A zero-padded file (bitk.models.padding) records the model's own dimensions under these keys.
+KEY_UNPADDED = {
+    "hidden_size": "bitk.unpadded.embedding_length",
+    "intermediate_size": "bitk.unpadded.feed_forward_length",
+    "num_attention_heads": "bitk.unpadded.head_count",
+    "num_key_value_heads": "bitk.unpadded.head_count_kv",
+}
 
 # Per-architecture keys (gguf.Keys.LLM / Attention / Rope): the format string takes the arch.
 ARCH_KEYS = {
@@ -276,20 +286,38 @@ BLOCK_TENSORS = {
     "model.layers.{i}.mlp.ffn_sub_norm.weight": _weight(MODEL_TENSOR.FFN_SUB_NORM),
     "model.layers.{i}.mlp.down_proj.weight": _weight(MODEL_TENSOR.FFN_DOWN),
 }
+# Qwen3 (arch qwen3): the q/k norms instead of the two sub-norms, and the untied head when there is one.
+QWEN3_BLOCK_TENSORS = {
+    **{k: v for k, v in BLOCK_TENSORS.items() if "sub_norm" not in k},
+    "model.layers.{i}.self_attn.q_norm.weight": _weight(MODEL_TENSOR.ATTN_Q_NORM),
+    "model.layers.{i}.self_attn.k_norm.weight": _weight(MODEL_TENSOR.ATTN_K_NORM),
+}
+OUTPUT = _weight(MODEL_TENSOR.OUTPUT)
 EMBEDDING = "model.embed_tokens.weight"
 LM_HEAD = "lm_head.weight"
 # The seven BitLinear projections of a block (HF name patterns).
 PROJECTIONS = tuple(k for k in BLOCK_TENSORS if k.endswith("_proj.weight"))
-# Tensors a BitNet GGUF graph has no place for (docs/gguf.md "Fallbacks and refusals"): bitk refuses them unless told to drop them.
-QK_NORMS = ("model.layers.{i}.self_attn.q_norm.weight", "model.layers.{i}.self_attn.k_norm.weight")
+# Tensors no GGUF graph bitk writes has a place for (docs/gguf.md "Fallbacks and refusals"): refused
+# unless --allow-drop-bias drops them.
 ATTENTION_BIASES = tuple(f"model.layers.{{i}}.self_attn.{p}_proj.bias" for p in "qkvo")
 
 
-def hf_to_gguf_names(num_layers: int) -> dict[str, str]:
-    """Every HF tensor name of a `num_layers`-block BitNet model -> its GGUF name, in file order."""
+def block_tensors(arch: str) -> dict[str, str]:
+    """HF -> GGUF names of one block ({i} = its index) of architecture `arch`."""
+    return QWEN3_BLOCK_TENSORS if arch == ARCH_QWEN3 else BLOCK_TENSORS
+
+
+def hf_to_gguf_names(num_layers: int, arch: str = ARCH_RELU2, untied_head: bool = False) -> dict[str, str]:
+    """Every HF tensor name of a `num_layers`-block model of `arch` -> its GGUF name, in file order.
+
+    `untied_head`: the model's own lm_head is written as output.weight (the qwen3 graph reads it;
+    the BitNet graphs always use the token embedding as the head).
+    """
     names = dict(GLOBAL_TENSORS)
+    if untied_head:
+        names[LM_HEAD] = OUTPUT
     for i in range(num_layers):
-        names.update({hf.format(i=i): gg.format(i=i) for hf, gg in BLOCK_TENSORS.items()})
+        names.update({hf.format(i=i): gg.format(i=i) for hf, gg in block_tensors(arch).items()})
     return names
 
 
@@ -297,13 +325,15 @@ _GGUF_BLOCK = re.compile(r"^blk\.(\d+)\.(.+)$")
 
 
 def gguf_to_hf_name(name: str) -> str | None:
-    """A GGUF tensor name -> its HF name, or None if bitk's BitNet model has no such tensor."""
+    """A GGUF tensor name -> its HF name, or None if bitk's models have no such tensor."""
     for hf, gg in GLOBAL_TENSORS.items():
         if name == gg:
             return hf
+    if name == OUTPUT:
+        return LM_HEAD
     m = _GGUF_BLOCK.match(name)
     if m:
-        for hf, gg in BLOCK_TENSORS.items():
+        for hf, gg in {**BLOCK_TENSORS, **QWEN3_BLOCK_TENSORS}.items():
             if gg.format(i="{i}").split(".", 2)[2] == m.group(2):
                 return hf.format(i=int(m.group(1)))
     return None

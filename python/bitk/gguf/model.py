@@ -2,12 +2,13 @@
 
 `export` saves the model as a bitk checkpoint in a temporary folder and packs that, so a model in
 memory and one on disk go through the same code. `load` rebuilds the model a GGUF file describes:
-config from the metadata (arch -> FFN activation), ternary tensors decoded to codes and scale and
-turned into latent weights (`bitk.formats.latent_weights`) that the model's own ternarization maps
-back to exactly those codes and scale; each BitLinear then computes what the runtime computes for
-its tensor type: I2_S -> "i2s" (bitnet.cpp's per-token int8), F16/F32 -> "float". TQ tensors run
-with Q8_K activations (int8 per block of 256) in llama.cpp, which bitk does not emulate: they
-get "train" numerics (per-token int8), close to but not bit-exact with the runtime.
+config from the metadata (arch -> FFN activation, q/k norms and sub-norms), ternary tensors decoded
+to codes and scale and turned into latent weights (`bitk.formats.latent_weights`) that the model's
+own ternarization maps back to exactly those codes and scale; each BitLinear then computes what the
+runtime computes for its tensor type (`NUMERICS_BY_TYPE`, docs/numerics.md "Inference numerics"):
+I2_S -> "i2s" (bitnet.cpp's per-token int8), TQ1_0/TQ2_0 -> "tq" (llama.cpp's int8 per block of
+256), F16 -> "f16" (float16 activations, no int8), F32 -> "float". A zero-padded file loads with
+its padded dimensions, which compute the same logits as the model it was packed from.
 torch is imported inside these functions only; the rest of bitk.gguf stays torch-free.
 """
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from bitk.gguf.constants import (
     ACTIVATION_BY_ARCH,
+    ARCH_QWEN3,
     KEY_ADD_BOS,
     KEY_BOS_ID,
     KEY_EOS_ID,
@@ -31,16 +33,42 @@ from bitk.gguf.constants import (
     KEY_TOKENIZER_MODEL,
     KEY_TOKENIZER_PRE,
     KEY_TOKENS,
+    OUTPUT,
     TOKENIZER_GPT2,
     arch_key,
     gguf_to_hf_name,
 )
 from bitk.gguf.reader import GGUFFile, read_gguf
 
-__all__ = ["export", "load", "load_tokenizer", "NUMERICS_BY_TYPE"]
+__all__ = ["export", "load", "load_tokenizer", "NUMERICS_BY_TYPE", "runtime_numerics", "set_runtime_numerics"]
 
-# What a BitLinear computes for a tensor of each GGUF type (see the module doc for TQ).
-NUMERICS_BY_TYPE = {"I2_S": "i2s", "F16": "float", "F32": "float", "TQ1_0": "train", "TQ2_0": "train"}
+# What a BitLinear computes for a tensor of each GGUF type in the runtimes (docs/numerics.md).
+NUMERICS_BY_TYPE = {"I2_S": "i2s", "F16": "f16", "F32": "float", "TQ1_0": "tq", "TQ2_0": "tq"}
+
+
+def runtime_numerics(config: Any, qtype: str, pad: str = "auto", i2s_layout: str = "x86") -> dict[str, str]:
+    """Module name -> the numerics the runtime computes each projection with, in the file
+    `bitk-pack --type qtype --pad pad` writes for a model of `config` (`NUMERICS_BY_TYPE`).
+
+    Widths the type cannot hold even zero-padded fall back to F16 ("f16"); a zero-padded file
+    computes what the unpadded model computes in the type's numerics.
+    """
+    from bitk.gguf.plan import PackOptions, projection_types
+
+    decided = projection_types(config, qtype, PackOptions(qtype=qtype, pad=pad, i2s_layout=i2s_layout))
+    return {name.removesuffix(".weight"): NUMERICS_BY_TYPE[t] for name, t in decided.types.items()}
+
+
+def set_runtime_numerics(model: Any, numerics: dict[str, str]) -> dict[str, str]:
+    """Set each projection's numerics (`runtime_numerics`, or module name -> mode); returns the previous modes."""
+    from bitk.nn import set_numerics
+
+    before = {}
+    for name, mode in numerics.items():
+        module = model.get_submodule(name)
+        before[name] = module.numerics
+        set_numerics(module, mode)
+    return before
 
 
 def export(model_or_path: Any, path: str | Path, qtype: str = "i2_s", **options: Any) -> Any:
@@ -156,9 +184,9 @@ def load(path: str | Path, tokenizer_dir: str | Path | None = None) -> Any:
             max_position_embeddings=int(meta[arch_key(arch, "context_length")]),
             rope_theta=_round_f32(meta.get(arch_key(arch, "rope_freq_base"), 10000.0)),
             rms_norm_eps=_round_f32(meta[arch_key(arch, "rms_eps")]),
-            tie_word_embeddings=True,
-            qk_norm=False,
-            subln=True,
+            tie_word_embeddings=OUTPUT not in f.tensors,
+            qk_norm=arch == ARCH_QWEN3,
+            subln=arch != ARCH_QWEN3,
             ternary=is_ternary,
             attention_bias=False,
             bos_token_id=special(KEY_BOS_ID),

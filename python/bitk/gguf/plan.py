@@ -1,16 +1,20 @@
-"""What a pack writes, decided before any byte is written: arch, tensor types, fallbacks, refusals.
+"""What a pack writes, decided before any byte is written: arch, tensor types, padding, fallbacks, refusals.
 
-The rules (docs/gguf.md "What is written", "Fallbacks and refusals"): the arch follows the FFN activation; norms are F32, the
-embedding F16 or F32, the seven projections the chosen type unless a dimension does not fit it
-(then F16, said in the summary); whatever a BitNet GGUF graph cannot evaluate (no SubLN, q/k norms,
-attention biases, an untied head) is refused unless an --allow-* flag accepts the change, which
-the file then records. Planning reads configs and headers only (plus the head of an untied model).
+The rules (docs/gguf.md "What is written", "Fallbacks and refusals"): a BitNet model (SubLN) gets
+the BitNet arch of its FFN activation, a Qwen3 model without SubLN the `qwen3` arch (TQ1_0/TQ2_0 for
+upstream llama.cpp); norms are F32, the embedding F16 or F32, the seven projections the chosen
+type. A width the type's blocks do not divide is zero-padded (`bitk.models.padding`, --pad auto)
+when that makes every projection fit, else those projections fall back to F16 (said in the
+summary). Whatever no runtime graph evaluates (no SubLN, q/k norms together with SubLN, attention
+biases, an untied BitNet head) is refused unless an --allow-* flag accepts the change, which the
+file then records. Planning reads configs and headers only (plus the head of an untied model).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,19 +24,24 @@ from bitk.gguf.constants import (
     ARCH_ALIASES,
     ARCH_BY_ACTIVATION,
     ARCH_CHOICES,
+    ARCH_QWEN3,
+    ARCH_RELU2,
     ATTENTION_BIASES,
     EMBEDDING,
     EMBEDDING_TYPE_CHOICES,
     LM_HEAD,
     PROJECTIONS,
-    QK_NORMS,
     QTYPE_CHOICES,
     TERNARY_TYPES,
     hf_to_gguf_names,
 )
 from bitk.gguf.tokenizer import GGUFVocab, read_vocab
+from bitk.models.padding import PaddedSource, Padding, plan_padding, why_not_paddable
+from bitk.models.sources import tensor_shapes
 
-__all__ = ["PackOptions", "TensorPlan", "PackPlan", "plan_pack"]
+__all__ = ["PackOptions", "TensorPlan", "PackPlan", "plan_pack", "projection_types", "ProjectionTypes", "PAD_CHOICES"]
+
+PAD_CHOICES = ("auto", "none")
 
 
 @dataclass(frozen=True)
@@ -42,7 +51,10 @@ class PackOptions:
     qtype: str = "i2_s"
     """Type of the seven projections: i2_s, tq1_0, tq2_0, f16 or f32."""
     arch: str = "auto"
-    """auto (by FFN activation), bitnet-b1.58 (relu2) or bitnet (silu); an explicit arch must match."""
+    """auto (by the model), bitnet-b1.58 (relu2), bitnet (silu) or qwen3; an explicit arch must match."""
+    pad: str = "auto"
+    """auto: zero-pad widths the type's blocks do not divide when that makes every projection
+    ternary (the file computes the same function); none: such projections fall back to F16."""
     i2s_layout: str = "x86"
     """I2_S byte layout the target bitnet.cpp build reads: x86 (released builds), arm, x86-1x4."""
     embedding_type: str = "f16"
@@ -53,8 +65,6 @@ class PackOptions:
     """Folder with tokenizer.json to use instead of the source's own."""
     allow_untied_head: bool = False
     """Drop an lm_head that differs from the embedding (the BitNet graphs use the embedding as head)."""
-    allow_drop_qk_norm: bool = False
-    """Drop Qwen3-style q/k norms, which no BitNet graph evaluates."""
     allow_drop_bias: bool = False
     """Drop attention biases, which the BitNet graphs do not add."""
     name: str | None = None
@@ -70,6 +80,8 @@ class PackOptions:
             raise ValueError(f"unknown --embedding-type {self.embedding_type!r}; choose f16 or f32")
         if self.arch not in ARCH_CHOICES and self.arch not in ARCH_ALIASES:
             raise ValueError(f"unknown --arch {self.arch!r}; choose one of {', '.join(ARCH_CHOICES)}")
+        if self.pad not in PAD_CHOICES:
+            raise ValueError(f"unknown --pad {self.pad!r}; choose one of {', '.join(PAD_CHOICES)}")
         if self.i2s_layout not in I2S_LAYOUTS:
             raise ValueError(f"unknown --i2s-layout {self.i2s_layout!r}; choose one of {', '.join(I2S_LAYOUTS)}")
         return PackOptions(**{**self.__dict__, "qtype": qtype, "embedding_type": emb})
@@ -107,6 +119,10 @@ class PackPlan:
     """What an --allow-* flag changed in the model's function (recorded in the file)."""
     notes: list[str] = field(default_factory=list)
     """Fallbacks and other facts the summary reports."""
+    source: Any = None
+    """What the tensors are read from: the source, or its zero-padded view (`PaddedSource`)."""
+    padding: Padding | None = None
+    """The zero-padding applied, if any."""
 
     @property
     def n_params(self) -> int:
@@ -128,6 +144,94 @@ def _fits(qtype: str, layout: str, shape: tuple[int, ...]) -> str | None:
     return None
 
 
+def _arch(c: Any, qtype: str, opts: PackOptions, where: str) -> str:
+    """The GGUF architecture of a model, or ValueError saying why no runtime graph evaluates it."""
+    ways_out = (
+        "Ways out: convert Qwen3 without sub-norms (model.subln=false when training; "
+        "bitk.load_model(..., subln=False)), which upstream llama.cpp runs as arch qwen3 with "
+        "--type tq1_0 or tq2_0; or run this checkpoint with bitk's own inference (bitk.load_model, "
+        "python -m bitk.eval)"
+    )
+    if c.qk_norm and c.subln:
+        raise ValueError(
+            f"{where}: the model has both Qwen3's q/k norms and BitNet's sub-norms (attn_sub_norm, "
+            f"ffn_sub_norm); no runtime has a graph with both (bitnet.cpp's BitNet graphs have no q/k "
+            f"norms, llama.cpp's qwen3 graph no sub-norms), so a GGUF file of it would run nowhere. {ways_out}"
+        )
+    if c.qk_norm:
+        if opts.arch not in ("auto", ARCH_QWEN3):
+            raise ValueError(f"--arch {opts.arch} has no q/k norms; a Qwen3 model without sub-norms is arch qwen3")
+        if qtype == "I2_S":
+            raise ValueError(
+                f"{where}: I2_S is read only by bitnet.cpp, which has no qwen3 architecture; write this "
+                "model with --type tq1_0 or tq2_0 (upstream llama.cpp runs them as arch qwen3) or f16/f32"
+            )
+        if c.hidden_act != "silu":
+            raise ValueError(f"{where}: arch qwen3 has a SiLU FFN; the model uses {c.hidden_act}")
+        return ARCH_QWEN3
+    if not c.subln:
+        raise ValueError(
+            f"{where}: the model has no SubLN (attn_sub_norm / ffn_sub_norm), which every BitNet GGUF graph "
+            "applies; a plain Llama model is not a BitNet model. Convert it with bitk first "
+            "(bitk.load_model inserts SubLN with gain 1) and pack that checkpoint"
+        )
+    arch_for_act = ARCH_BY_ACTIVATION[c.hidden_act]
+    if opts.arch == "auto":
+        return arch_for_act
+    arch = ARCH_ALIASES.get(opts.arch, opts.arch)
+    if arch == ARCH_QWEN3:
+        raise ValueError(f"--arch qwen3 needs Qwen3's q/k norms and no sub-norms; {where} is a BitNet model")
+    if ACTIVATION_BY_ARCH[arch] != c.hidden_act:
+        raise ValueError(
+            f"--arch {opts.arch} evaluates a {ACTIVATION_BY_ARCH[arch]} FFN but the model uses {c.hidden_act}; "
+            f"the matching arch is {arch_for_act} (or --arch auto)"
+        )
+    return opts.arch
+
+
+def projection_types(config: Any, qtype: str, options: PackOptions | None = None) -> ProjectionTypes:
+    """The ggml type of every projection of a model of `config` packed as `qtype`, and the padding.
+
+    `qtype`: a --type choice (i2_s, tq1_0, ...) or ggml name. What `plan_pack` writes, decided from
+    the config alone (also what `bitk.gguf.runtime_numerics` reads to predict the runtime).
+    """
+    opts = (options or PackOptions()).normalized()
+    qtype = QTYPE_CHOICES.get(str(qtype).lower(), qtype)
+    names = [n for n in tensor_shapes(config) if n.endswith("_proj.weight")]
+
+    def why_not(c: Any) -> dict[str, str]:
+        if qtype not in TERNARY_TYPES:
+            return {}
+        shapes = tensor_shapes(c)
+        return {n: why for n in names if (why := _fits(qtype, opts.i2s_layout, shapes[n])) is not None}
+
+    misfits = why_not(config)
+    padding, note = None, None
+    if misfits and opts.pad == "auto":
+        padding = plan_padding(config, lambda shape: _fits(qtype, opts.i2s_layout, shape) is None)
+        if padding is not None:
+            misfits = why_not(padding.padded)
+        else:
+            why = why_not_paddable(config)
+            note = "no zero-padding makes every projection fit" + (
+                f" ({why})" if why else " (none within 4x the attention heads)"
+            )
+    types = {n: ("F16" if n in misfits else qtype) for n in names}
+    return ProjectionTypes(types, misfits, padding, note)
+
+
+@dataclass
+class ProjectionTypes:
+    types: dict[str, str]
+    """HF projection name -> ggml type written."""
+    fallbacks: dict[str, str]
+    """HF projection name -> why it is F16 instead of the requested type."""
+    padding: Padding | None
+    """The zero-padding that makes every projection fit, if one is applied."""
+    note: str | None = None
+    """Why no padding helps, when some projection falls back under --pad auto."""
+
+
 def plan_pack(src, options: PackOptions | None = None) -> PackPlan:
     """Decide everything about packing `src` (a bitk.models.sources.ModelSource); ValueError if refused."""
     opts = (options or PackOptions()).normalized()
@@ -137,46 +241,44 @@ def plan_pack(src, options: PackOptions | None = None) -> PackPlan:
     changes: list[str] = []
     notes: list[str] = []
 
-    # --- what the BitNet graphs can evaluate
+    # --- what the runtimes' graphs can evaluate
     if c.lrc_rank_ratio:
         raise ValueError(
             f"{where}: the model has low-rank correction factors (LRC, lrc_rank_ratio={c.lrc_rank_ratio}), which "
-            "no BitNet GGUF graph evaluates: the packed model would lose the correction. Keep the bitk checkpoint "
+            "no GGUF graph evaluates: the packed model would lose the correction. Keep the bitk checkpoint "
             "for LRC models (python -m bitk.eval runs it)"
-        )
-    if not c.subln:
-        raise ValueError(
-            f"{where}: the model has no SubLN (attn_sub_norm / ffn_sub_norm), which every BitNet GGUF graph "
-            "applies; a plain Llama/Qwen3 model is not a BitNet model. Convert it with bitk first "
-            "(bitk.models.load_model inserts SubLN with gain 1) and pack that checkpoint"
         )
     if not c.ternary and qtype in TERNARY_TYPES:
         raise ValueError(
             f"{where}: the model is full precision (ternary=false); writing it as {qtype} would ternarize weights "
             "it was not trained as ternary. Use --type f16 or --type f32, or train/convert it to ternary first"
         )
-    if c.qk_norm:
-        if not opts.allow_drop_qk_norm:
-            raise ValueError(
-                f"{where}: the model normalizes queries and keys per head (Qwen3 q_norm/k_norm); no BitNet GGUF "
-                "graph evaluates them, so the packed model would compute something else. Pass "
-                "--allow-drop-qk-norm to drop them anyway"
-            )
-        changes.append(
-            f"dropped q_norm/k_norm of {c.num_hidden_layers} layers (--allow-drop-qk-norm): "
-            "queries and keys are no longer normalized"
+    arch = _arch(c, qtype, opts, where)
+    qwen3 = arch == ARCH_QWEN3
+    if arch in (ARCH_RELU2, "bitnet-25") and qtype != "I2_S":
+        notes.append(
+            f"only bitnet.cpp runs this file: upstream llama.cpp has no architecture for a ReLU^2 FFN "
+            f"(it refuses arch {arch}); its {qtype} loads in bitnet.cpp's llama.cpp"
+        )
+    if not qwen3 and c.q_size != c.hidden_size:
+        raise ValueError(
+            f"{where}: the attention width num_attention_heads*head_dim = {c.q_size} differs from hidden_size "
+            f"{c.hidden_size}; the BitNet graphs size attn_sub_norm by hidden_size, so no runtime loads the file"
         )
     if c.attention_bias:
         if not opts.allow_drop_bias:
             raise ValueError(
-                f"{where}: the model has attention biases (q/k/v/o_proj.bias), which the BitNet GGUF graphs "
-                "do not add; pass --allow-drop-bias to drop them anyway"
+                f"{where}: the model has attention biases (q/k/v/o_proj.bias), which the {arch} graph "
+                "does not add; pass --allow-drop-bias to drop them anyway"
             )
         changes.append(f"dropped the q/k/v/o biases of {c.num_hidden_layers} layers (--allow-drop-bias)")
+    untied = False
     if not c.tie_word_embeddings:
         same = np.array_equal(src.tensor(LM_HEAD), src.tensor(EMBEDDING))
         if same:
             notes.append("lm_head equals the embedding: written tied")
+        elif qwen3:
+            untied = True
         elif not opts.allow_untied_head:
             raise ValueError(
                 f"{where}: the model has its own output head (lm_head differs from the embedding); the BitNet "
@@ -186,25 +288,26 @@ def plan_pack(src, options: PackOptions | None = None) -> PackPlan:
         else:
             changes.append("dropped lm_head (--allow-untied-head): the token embedding is the output head")
 
-    # --- arch by activation
-    arch_for_act = ARCH_BY_ACTIVATION[c.hidden_act]
-    if opts.arch == "auto":
-        arch = arch_for_act
-    else:
-        arch = opts.arch
-        if ACTIVATION_BY_ARCH[arch] != c.hidden_act:
-            raise ValueError(
-                f"--arch {arch} evaluates a {ACTIVATION_BY_ARCH[arch]} FFN but the model uses {c.hidden_act}; "
-                f"the matching arch is {arch_for_act} (or --arch auto)"
-            )
+    # --- widths: zero-padding where it makes every projection fit the type's blocks
+    decided = projection_types(c, qtype, opts)
+    padding = decided.padding
+    if padding is not None:
+        src = PaddedSource(src, padding)
+        c = src.config
+        notes.append(
+            f"zero-padded ({padding.describe()}) so every projection is {qtype}: the file computes "
+            "the same logits as the model (its own dimensions are recorded as bitk.unpadded.*)"
+        )
+    elif decided.note is not None:
+        notes.append(decided.note)
 
     # --- tensors and their types
-    names = hf_to_gguf_names(c.num_hidden_layers)
+    names = hf_to_gguf_names(c.num_hidden_layers, arch, untied_head=untied)
     present = set(src.names())
-    dropped = set(_layer_names(QK_NORMS + ATTENTION_BIASES, c.num_hidden_layers)) | {LM_HEAD}
+    dropped = set(_layer_names(ATTENTION_BIASES, c.num_hidden_layers)) | {LM_HEAD}
     unknown = sorted(present - set(names) - dropped)
     if unknown:
-        raise ValueError(f"{where}: tensor(s) {', '.join(unknown[:6])} have no place in a BitNet GGUF model")
+        raise ValueError(f"{where}: tensor(s) {', '.join(unknown[:6])} have no place in a GGUF model of arch {arch}")
     projections = set(_layer_names(PROJECTIONS, c.num_hidden_layers))
     emb_type = opts.embedding_type.upper()
     tensors: list[TensorPlan] = []
@@ -213,27 +316,27 @@ def plan_pack(src, options: PackOptions | None = None) -> PackPlan:
         if hf not in present:
             raise ValueError(f"{where}: tensor {hf} is missing")
         shape = tuple(src.shape(hf))
-        if hf == EMBEDDING:
+        if hf in (EMBEDDING, LM_HEAD):
             tensors.append(TensorPlan(gg, hf, "embedding", shape, emb_type))
         elif hf in projections:
-            ttype, why = qtype, None
-            if qtype in TERNARY_TYPES:
-                why = _fits(qtype, opts.i2s_layout, shape)
-                if why is not None:
-                    ttype = "F16"
-                    fallbacks.setdefault(why, []).append(gg)
-            tensors.append(TensorPlan(gg, hf, "projection", shape, ttype, why))
+            why = decided.fallbacks.get(hf)
+            if why is not None:
+                fallbacks.setdefault(why, []).append(gg)
+            tensors.append(TensorPlan(gg, hf, "projection", shape, decided.types[hf], why))
         else:
             tensors.append(TensorPlan(gg, hf, "norm", shape, "F32"))
     for why, which in fallbacks.items():
         kinds = sorted({w.split(".", 2)[2].removesuffix(".weight") for w in which})
-        notes.append(f"{len(which)} projection(s) ({', '.join(kinds)}) written as F16: {why}")
+        notes.append(
+            f"{len(which)} projection(s) ({', '.join(kinds)}) written as F16: {why}; the runtime computes them "
+            "with float16 activations and no int8 quantization (bitk predicts it with numerics f16)"
+        )
 
     # --- vocabulary
     tok_dir = Path(opts.tokenizer) if opts.tokenizer is not None else src.tokenizer_dir
     if tok_dir is None:
         raise ValueError(
-            f"{where}: no tokenizer files (tokenizer.json); bitnet.cpp needs the vocabulary inside the GGUF. "
+            f"{where}: no tokenizer files (tokenizer.json); the runtimes need the vocabulary inside the GGUF. "
             "Put the tokenizer next to the weights or pass --tokenizer DIR (tokenizer= in Python)"
         )
     vocab = read_vocab(
@@ -252,4 +355,6 @@ def plan_pack(src, options: PackOptions | None = None) -> PackPlan:
         vocab=vocab,
         changes=changes,
         notes=notes,
+        source=src,
+        padding=padding,
     )

@@ -23,10 +23,14 @@ import bitk.formats as fmt
 from bitk.formats.constants import I2S_DEFAULT_LAYOUT
 from bitk.gguf.constants import (
     ACTIVATION_BY_ARCH,
+    ARCH_QWEN3,
+    ARCH_RELU2,
     KEY_I2S_LAYOUT,
     KEY_TOKENIZER_MODEL,
     KEY_TOKENIZER_PRE,
     KEY_TOKENS,
+    KEY_UNPADDED,
+    OUTPUT,
     REQUIRED_ARCH_KEYS,
     TERNARY_TYPES,
     TOKENIZER_GPT2,
@@ -73,7 +77,7 @@ def model_dims(meta: dict[str, Any]) -> dict[str, int]:
     """The model's dimensions from a BitNet GGUF's metadata; ValueError naming a missing key."""
     arch = meta.get("general.architecture")
     if arch not in ACTIVATION_BY_ARCH:
-        raise ValueError(f"general.architecture is {arch!r}, not a BitNet arch ({', '.join(ACTIVATION_BY_ARCH)})")
+        raise ValueError(f"general.architecture is {arch!r}, not an arch bitk writes ({', '.join(ACTIVATION_BY_ARCH)})")
     missing = [arch_key(arch, k) for k in REQUIRED_ARCH_KEYS if arch_key(arch, k) not in meta]
     if missing:
         raise ValueError(f"missing required metadata {', '.join(missing)}")
@@ -97,8 +101,8 @@ def model_dims(meta: dict[str, Any]) -> dict[str, int]:
     }
 
 
-def expected_shapes(dims: dict[str, int]) -> dict[str, tuple[int, ...]]:
-    """GGUF tensor name -> numpy shape [out, in] of a BitNet model of `dims`."""
+def expected_shapes(dims: dict[str, int], arch: str = ARCH_RELU2, untied: bool = False) -> dict[str, tuple[int, ...]]:
+    """GGUF tensor name -> numpy shape [out, in] of a model of `dims` and `arch` (`untied`: with output.weight)."""
     h, f, q, kv = dims["hidden"], dims["ffn"], dims["heads"] * dims["head_dim"], dims["kv_heads"] * dims["head_dim"]
     per_block = {
         "attn_norm": (h,),
@@ -113,14 +117,19 @@ def expected_shapes(dims: dict[str, int]) -> dict[str, tuple[int, ...]]:
         "ffn_sub_norm": (f,),
         "ffn_down": (h, f),
     }
+    if arch == ARCH_QWEN3:
+        del per_block["attn_sub_norm"], per_block["ffn_sub_norm"]
+        per_block.update(attn_q_norm=(dims["head_dim"],), attn_k_norm=(dims["head_dim"],))
     shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (dims["vocab"], h), "output_norm.weight": (h,)}
+    if untied:
+        shapes[OUTPUT] = (dims["vocab"], h)
     for i in range(dims["layers"]):
         shapes.update({f"blk.{i}.{k}.weight": v for k, v in per_block.items()})
     return shapes
 
 
 def _role(name: str) -> str:
-    if name == "token_embd.weight":
+    if name in ("token_embd.weight", OUTPUT):
         return "embedding"
     return "norm" if name.endswith("norm.weight") else "projection"
 
@@ -156,7 +165,7 @@ def decode(f: GGUFFile, name: str) -> tuple[np.ndarray, np.ndarray | None, float
 
 def _expected(src: Any, hf: str, gguf_type: str) -> tuple[np.ndarray | None, np.ndarray, float | None]:
     """(codes or None, expected float32 values as stored, scale or None) of a source tensor."""
-    from bitk.gguf.writer import ternary_codes
+    from bitk.models.sources import ternary_codes
 
     if src.is_projection(hf) and src.config.ternary:
         codes, scale = ternary_codes(src, hf)
@@ -228,7 +237,8 @@ def _metadata_checks(f: GGUFFile, report: VerifyReport, src: Any) -> dict[str, t
             or f"{dims['layers']} blocks, hidden {dims['hidden']}, ffn {dims['ffn']}, vocab {dims['vocab']}",
         )
     )
-    shapes = expected_shapes(dims)
+    arch = meta["general.architecture"]
+    shapes = expected_shapes(dims, arch, untied=arch == ARCH_QWEN3 and OUTPUT in f.tensors)
     missing = [n for n in shapes if n not in f.tensors]
     extra = [n for n in f.tensors if n not in shapes]
     if missing or extra:
@@ -271,9 +281,15 @@ def verify(
         src = against if isinstance(against, ModelSource) else open_source(against)
     with read_gguf(path) as f:
         report = VerifyReport(Path(path), None if src is None else Path(src.path))
+        if src is not None and KEY_UNPADDED["hidden_size"] in f.metadata:
+            src = _padded(f, src, report)
         shapes = _metadata_checks(f, report, src)
         _layout_check(f, report)
-        to_hf = {} if src is None else {v: k for k, v in hf_to_gguf_names(src.config.num_hidden_layers).items()}
+        to_hf = {}
+        if src is not None:
+            arch = f.metadata.get("general.architecture", ARCH_RELU2)
+            names = hf_to_gguf_names(src.config.num_hidden_layers, arch, untied_head=OUTPUT in f.tensors)
+            to_hf = {v: k for k, v in names.items()}
         names = list(f.tensors)
         for i, name in enumerate(names):
             check = _check_tensor(f, name, shapes, src, to_hf)
@@ -281,6 +297,27 @@ def verify(
             if on_tensor is not None:
                 on_tensor(i, len(names), check)
         return report
+
+
+def _padded(f: GGUFFile, src: Any, report: VerifyReport) -> Any:
+    """The source seen as the zero-padded model the file records (bitk.unpadded.*), to compare with."""
+    from bitk.models.padding import PaddedSource, padding_to
+
+    meta = f.metadata
+    c = src.config
+    unpadded = {k: int(meta[key]) for k, key in KEY_UNPADDED.items() if key in meta}
+    differ = [f"{k} {v} but the source has {getattr(c, k)}" for k, v in unpadded.items() if getattr(c, k) != v]
+    if differ:
+        report.checks.append(Check("padding", "", (), False, "; ".join(differ)))
+        return src
+    try:
+        dims = model_dims(meta)
+        padding = padding_to(c, dims["hidden"], dims["heads"])
+    except ValueError as exc:
+        report.checks.append(Check("padding", "", (), False, str(exc)))
+        return src
+    report.checks.append(Check("padding", "", (), True, f"zero-padded: {padding.describe()}"))
+    return PaddedSource(src, padding)
 
 
 def _check_tensor(f: GGUFFile, name: str, shapes: dict | None, src: Any, to_hf: dict[str, str]) -> Check:

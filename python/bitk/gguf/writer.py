@@ -41,6 +41,7 @@ from bitk.gguf.constants import (
     KEY_TOKENIZER_MODEL,
     KEY_TOKENIZER_PRE,
     KEY_TOKENS,
+    KEY_UNPADDED,
     QUANTIZATION_VERSION,
     SPECIAL_ID_KEYS,
     TERNARY_TYPES,
@@ -48,6 +49,7 @@ from bitk.gguf.constants import (
     arch_key,
 )
 from bitk.gguf.plan import PackOptions, PackPlan, TensorPlan, plan_pack
+from bitk.models.sources import ternary_codes
 
 __all__ = ["pack", "PackResult", "SummaryRow", "encode_tensor", "F16_MAX"]
 
@@ -106,18 +108,6 @@ def _to_f16(arr: np.ndarray, where: str, advice: str) -> np.ndarray:
         peak = float(np.abs(arr).max())
         raise ValueError(f"{where}: |value| up to {peak:.4g} overflows float16 (max {F16_MAX}); {advice}")
     return half
-
-
-def ternary_codes(src: Any, name: str) -> tuple[np.ndarray, float]:
-    """(int8 codes, float32 scale) of a projection: as stored if already ternary, else absmean-ternarized."""
-    stored = src.ternary(name)
-    if stored is not None:
-        return stored
-    try:
-        bits = src.bf16_bits(name)  # bf16 master weights are ternarized without a float32 copy
-        return fmt.ternarize_bf16(bits) if bits is not None else fmt.ternarize(src.tensor(name))
-    except ValueError as exc:
-        raise ValueError(f"{src.path}: tensor {name}: {exc}") from None
 
 
 def encode_tensor(src: Any, tp: TensorPlan, ternary: bool, layout: str) -> np.ndarray:
@@ -227,6 +217,9 @@ def _write_metadata(w: Any, plan: PackPlan, src: Any) -> None:
         w.add_string(KEY_I2S_LAYOUT, plan.options.i2s_layout)
     if plan.changes:
         w.add_array(KEY_CHANGES, list(plan.changes))
+    if plan.padding is not None:
+        for field_name, key in KEY_UNPADDED.items():
+            w.add_uint32(key, int(getattr(plan.padding.original, field_name)))
 
     u32 = {
         "context_length": c.max_position_embeddings,
@@ -288,8 +281,13 @@ def _file_mode() -> int:
 def write_plan(
     plan: PackPlan, src: Any, out: Path, on_tensor: Callable[[int, int, SummaryRow], None] | None = None
 ) -> PackResult:
-    """Write `plan` for `src` to `out` atomically; `on_tensor(i, total, row)` after each tensor."""
+    """Write `plan` for `src` to `out` atomically; `on_tensor(i, total, row)` after each tensor.
+
+    The tensors are read from `plan.source` when the plan has one (the zero-padded view of `src`).
+    """
     out = _check_output(out)
+    if plan.source is not None:
+        src = plan.source
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -347,8 +345,8 @@ def pack(
     """Pack `src` (a model folder or an open `ModelSource`) into the GGUF file `out`.
 
     `qtype`: i2_s, tq1_0, tq2_0, f16 or f32; `options`: the fields of `PackOptions` (arch,
-    i2s_layout, embedding_type, tokenizer_pre, tokenizer, allow_untied_head, allow_drop_qk_norm,
-    allow_drop_bias, name). ValueError names anything refused; nothing is written then.
+    i2s_layout, pad, embedding_type, tokenizer_pre, tokenizer, allow_untied_head, allow_drop_bias,
+    name). ValueError names anything refused; nothing is written then.
     """
     from bitk.models.sources import ModelSource, open_source
 

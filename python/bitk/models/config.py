@@ -51,7 +51,8 @@ class ModelConfig:
     qk_norm: bool = False
     """Per-head RMSNorm of queries and keys before RoPE (Qwen3)."""
     subln: bool = True
-    """The two SubLNs: RMSNorm of the attention output and of act(gate)*up (BitNet b1.58 2B4T)."""
+    """The two SubLNs: RMSNorm of the attention output and of act(gate)*up (BitNet b1.58 2B4T). For a
+    pretrained full-precision model, false converts it to ternary without them (Qwen3 for llama.cpp)."""
     ternary: bool = True
     """Projections are BitLinear (ternary weights, int8 activations); False = full precision."""
     attention_bias: bool = False

@@ -63,36 +63,50 @@ def _dtype(dtype: str | torch.dtype) -> torch.dtype:
 # --------------------------------------------------------------------------- loading
 
 
-def convert_config(source: ModelConfig, ternary: bool) -> ModelConfig:
+def convert_config(source: ModelConfig, ternary: bool, subln: bool | None = None) -> ModelConfig:
     """The config bitk builds for a source model: the conversion rule.
 
-    Full-precision source, ternary=True: BitLinear projections plus the two SubLNs (gain 1).
-    Full-precision source, ternary=False: unchanged (the model computes exactly the source).
-    Ternary source, ternary=True: unchanged. Ternary source, ternary=False: the stored weights
-    (latent, or codes*scale for pre-quantized ones) in nn.Linear, SubLN kept: the ternary model
-    with quantization switched off (useful for inspection, not a faithful copy of the ternary model).
+    Full-precision source, ternary=True: BitLinear projections plus the two SubLNs (gain 1), or
+    without them when ``subln=False`` (a ternary Qwen3 that llama.cpp's qwen3 graph runs, see
+    docs/gguf.md). Full-precision source, ternary=False: unchanged (the model computes exactly
+    the source). Ternary source, ternary=True: unchanged. Ternary source, ternary=False: the
+    stored weights (latent, or codes*scale for pre-quantized ones) in nn.Linear, SubLN kept: the
+    ternary model with quantization switched off (useful for inspection, not a faithful copy of
+    the ternary model). In the other cases ``subln``, when given, must agree with the result.
     """
     if not isinstance(ternary, bool):
         raise ValueError(f"ternary must be True or False, got {ternary!r}")
+    if subln is not None and not isinstance(subln, bool):
+        raise ValueError(f"subln must be True, False or None, got {subln!r}")
     if ternary and not source.ternary:
-        return source.replace(ternary=True, subln=True)
-    if not ternary and source.ternary:
-        return source.replace(ternary=False)
-    return source
+        return source.replace(ternary=True, subln=True if subln is None else subln)
+    result = source.replace(ternary=False) if not ternary and source.ternary else source
+    if subln is not None and subln != result.subln:
+        raise ValueError(
+            f"subln={subln} applies when a full-precision model is converted to ternary (ternary=True); "
+            f"this model keeps {'its' if result.subln else 'no'} sub-norms"
+        )
+    return result
 
 
 def load_model(
-    source: str | Path, ternary: bool = True, dtype: str | torch.dtype = torch.float32, *, revision: str | None = None
+    source: str | Path,
+    ternary: bool = True,
+    dtype: str | torch.dtype = torch.float32,
+    *,
+    revision: str | None = None,
+    subln: bool | None = None,
 ) -> CausalLM:
     """A CausalLM from a bitk checkpoint, a Hugging Face folder, a hub id or a preset's hub repo.
 
     ``source``: a local folder, an ``ORG/NAME`` hub id, or a preset name with pretrained weights
     (``smollm2_135m`` -> HuggingFaceTB/SmolLM2-135M); hub repos come through the Hugging Face cache
     (`bitk.models.hub.resolve_model`; ``revision`` pins a branch, tag or commit). The model is
-    converted by `convert_config`. Weights stored already ternary (the packed BitNet form) become
-    latent weights that ternarize back to exactly the stored codes and scale
-    (`bitk.formats.latent_weights`), in float32; in bfloat16 they are rounded like any other
-    weight. ``model.tokenizer_dir`` is the folder holding the source's tokenizer files, if any.
+    converted by `convert_config` (``subln=False``: ternary without the two SubLNs). Weights
+    stored already ternary (the packed BitNet form) become latent weights that ternarize back to
+    exactly the stored codes and scale (`bitk.formats.latent_weights`), in float32; in bfloat16
+    they are rounded like any other weight. ``model.tokenizer_dir`` is the folder holding the
+    source's tokenizer files, if any.
     """
     from bitk.formats import latent_weights
 
@@ -105,7 +119,7 @@ def load_model(
     path = location.path
     if is_checkpoint(path):
         base = load_checkpoint(path)
-        config = convert_config(base.config, ternary)
+        config = convert_config(base.config, ternary, subln)
         if config == base.config:
             return base.to(dtype)
         stored = base.state_dict()
@@ -123,7 +137,7 @@ def load_model(
             return torch.from_numpy(np.array(array, dtype=np.float32))  # a writable copy of the memory map
 
         source_config, names, tokenizer_dir = src.config, set(src.names()), src.tokenizer_dir
-        config = convert_config(source_config, ternary)
+        config = convert_config(source_config, ternary, subln)
 
     with torch.device("meta"):
         model = CausalLM(config)
@@ -163,7 +177,8 @@ def hf_config(config: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
         if not c.subln:
             raise ValueError(
                 "cannot export a ternary model without SubLN: transformers' BitNet block always has "
-                "attn_sub_norm and ffn_sub_norm (set subln=True, or export the full-precision parent)"
+                "attn_sub_norm and ffn_sub_norm (set subln=True, or export the full-precision parent; "
+                "a ternary Qwen3 without SubLN runs in llama.cpp: bitk-pack pack CKPT -o OUT --type tq2_0)"
             )
         if c.qk_norm:
             raise ValueError("cannot export a ternary model with q/k norm: transformers' BitNet has no q_norm/k_norm")
@@ -223,12 +238,14 @@ def hf_config(config: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
 def export_hf(model: CausalLM, path: str | Path, *, dtype: str = "float32", tokenizer: Any = None) -> Path:
     """Write ``model`` as a Hugging Face folder (config.json, model.safetensors, tokenizer files).
 
-    ``AutoModelForCausalLM.from_pretrained(path)`` loads it (a BitNet folder needs accelerate, as
-    transformers' BitNet quantizer does). Ternary models are written as BitNet with their latent
-    weights and online quantization: transformers ternarizes them as bitk does (its roundings of
-    the scales differ by ulps, see docs/models.md). ``tokenizer`` as in `save_checkpoint` (None:
-    the tokenizer the model was loaded with). Written atomically; refused (ValueError) for
-    models transformers cannot express, see `hf_config`.
+    ``AutoModelForCausalLM.from_pretrained(path)`` loads it. Writing needs no transformers;
+    loading a BitNet folder needs transformers and accelerate (without accelerate, transformers'
+    BitNet quantizer refuses it, naming ``pip install accelerate``); ``pip install "bitk[hf]"``
+    brings both. Ternary models are written as BitNet with their latent weights and online
+    quantization: transformers ternarizes them as bitk does (its roundings of the scales differ
+    by ulps, see docs/models.md). ``tokenizer`` as in `save_checkpoint` (None: the tokenizer the
+    model was loaded with). Written atomically; refused (ValueError) for models transformers
+    cannot express, see `hf_config`.
     """
     if not isinstance(model, CausalLM):
         raise ValueError(f"export_hf takes a bitk CausalLM, got {type(model).__name__}")

@@ -29,6 +29,7 @@ __all__ = [
     "ModelSource",
     "open_source",
     "tensor_shapes",
+    "ternary_codes",
     "unpack_bitnet_weight",
     "read_safetensors",
 ]
@@ -61,6 +62,7 @@ _SAFETENSORS_DTYPES = {
     "I8": np.int8,
 }
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+_FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 
 
 def tensor_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -292,17 +294,22 @@ class ModelSource:
     def ternary(self, name: str) -> tuple[np.ndarray, float] | None:
         """(int8 codes, float scale) for a weight stored already ternary (BitNet offline form), else None.
 
-        The scale follows transformers: linear_class "bitlinear" divides the output by
-        weight_scale (scale = 1 / weight_scale), "autobitlinear" multiplies (scale = weight_scale).
+        The forms are those transformers loads (`_stored_form`): uint8-packed, and for
+        "autobitlinear" also the ternary values as floats. The scale follows transformers:
+        linear_class "bitlinear" divides the output by weight_scale (scale = 1 / weight_scale),
+        "autobitlinear" multiplies (scale = weight_scale).
         """
         if not (self._packed and self.is_projection(name)):
             return None
         entry = self._entry(name)
-        raw = _load_entry(entry)
-        if self.linear_class == "bitlinear":
-            codes = unpack_bitnet_weight(np.asarray(raw))
+        raw = np.asarray(_load_entry(entry))
+        if self._stored_form(name) == "packed":
+            try:
+                codes = unpack_bitnet_weight(raw)
+            except ValueError as exc:
+                raise ValueError(f"{self.path}: {name}: {exc}") from None
         else:
-            values = np.asarray(raw, dtype=np.float32)
+            values = raw.astype(np.float32, copy=False)
             if not np.isin(values, (-1.0, 0.0, 1.0)).all():
                 raise ValueError(
                     f"{self.path}: {name} should hold ternary values (-1, 0, 1) for linear_class "
@@ -313,16 +320,58 @@ class ModelSource:
             raise ValueError(
                 f"{self.path}: {name} unpacks to {list(codes.shape)}, the config needs {list(self.shape(name))}"
             )
-        ws_name = name[: -len("weight")] + "weight_scale"
-        if ws_name not in self._entries:
-            raise ValueError(
-                f"{self.path}: {ws_name} is missing (pre-quantized BitNet weights need their weight_scale)"
-            )
-        ws = np.asarray(_load_entry(self._entries[ws_name]), dtype=np.float64).reshape(-1)
+        ws_name = self._weight_scale_name(name)
+        ws = np.asarray(_load_entry(self._entry(ws_name)), dtype=np.float64).reshape(-1)
         if ws.size != 1 or not np.isfinite(ws[0]) or ws[0] <= 0:
             raise ValueError(f"{self.path}: {ws_name} must be one positive finite number; got {ws.tolist()[:4]}")
         scale = 1.0 / ws[0] if self.linear_class == "bitlinear" else ws[0]
         return codes, float(np.float32(scale))
+
+    @staticmethod
+    def _weight_scale_name(name: str) -> str:
+        return name[: -len("weight")] + "weight_scale"
+
+    def _stored_form(self, name: str) -> str:
+        """How pre-quantized projection `name` is stored, from its header: "packed" or "values".
+
+        As transformers loads them (integrations/bitnet.py): "packed" is uint8 [out/4, in], four
+        output rows per byte (`unpack_bitnet_weight`), what BitLinear holds and what AutoBitLinear
+        offline unpacks on load (BitNetDeserialize); "values" is the ternary values -1/0/1 in a float
+        tensor [out, in], which AutoBitLinear offline also takes as they are. ValueError naming the
+        tensor for anything else.
+        """
+        entry = self._entry(name)
+        out, cols = self.shape(name)
+        if entry.dtype == "U8" and out % 4 == 0 and entry.shape == (out // 4, cols):
+            return "packed"
+        if self.linear_class == "autobitlinear" and entry.dtype in _FLOAT_DTYPES and entry.shape == (out, cols):
+            return "values"
+        packed = f"uint8 [{out // 4}, {cols}] (four output rows per byte)" if out % 4 == 0 else None
+        forms = [packed] if packed else []
+        if self.linear_class == "autobitlinear":
+            forms.append(f"ternary values -1/0/1 as floats [{out}, {cols}]")
+        why = " or ".join(forms) if forms else f"uint8-packed, which needs out_features {out} divisible by 4"
+        raise ValueError(
+            f"{self.path}: {name} is {entry.dtype} {list(entry.shape)}; linear_class {self.linear_class!r} "
+            f"offline stores it as {why}"
+        )
+
+    def _check_weight_scale(self, name: str) -> None:
+        """weight_scale of pre-quantized projection `name`: present, float, one number (header only)."""
+        ws_name = self._weight_scale_name(name)
+        if ws_name not in self._entries:
+            raise ValueError(
+                f"{self.path}: {ws_name} is missing (pre-quantized BitNet weights need their weight_scale)"
+            )
+        ws = self._entries[ws_name]
+        if ws.dtype not in _FLOAT_DTYPES:
+            raise ValueError(f"{self.path}: {ws_name} has dtype {ws.dtype}; expected a float tensor")
+        if math.prod(ws.shape) != 1:
+            raise ValueError(
+                f"{self.path}: {ws_name} has shape {list(ws.shape)}, a scale per output row or group; bitk's ternary "
+                f"weights carry one scale per tensor, as transformers' BitLinear and AutoBitLinear do (their "
+                f"weight_scale is one number), so this model cannot be read"
+            )
 
     def bf16_bits(self, name: str) -> np.ndarray | None:
         """The uint16 bits of a tensor stored as bfloat16 (no copy), else None (`formats.ternarize_bf16`)."""
@@ -357,14 +406,16 @@ class ModelSource:
                 + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
             )
         for name, shape in expected.items():
+            if self._packed and self.is_projection(name):
+                self._stored_form(name)  # a form transformers loads, of this shape
+                self._check_weight_scale(name)
+                continue
             got = self._entries[name].shape
-            if self._packed and self.is_projection(name) and self.linear_class == "bitlinear":
-                got = (got[0] * 4, *got[1:])
             if tuple(got) != shape:
                 raise ValueError(f"{self.path}: tensor {name} has shape {list(got)}, the config needs {list(shape)}")
         allowed = set(expected)
         if self._packed:
-            allowed |= {n[: -len("weight")] + "weight_scale" for n in expected if self.is_projection(n)}
+            allowed |= {self._weight_scale_name(n) for n in expected if self.is_projection(n)}
         if self.config.tie_word_embeddings:
             allowed.add("lm_head.weight")  # some exporters write the tied head too; it is ignored
         unexpected = [n for n in self._entries if n not in allowed and not n.endswith(_IGNORED_SUFFIXES)]
@@ -417,7 +468,6 @@ def open_source(path: str | Path) -> ModelSource:
         config = config_from_hf(hf, folder)
         qc = hf.get("quantization_config") or {}
         entries = _safetensors_index(folder)
-        probe = entries.get("model.layers.0.self_attn.q_proj.weight")
         packed = False
         linear_class = None
         if config.ternary and qc:
@@ -431,11 +481,7 @@ def open_source(path: str | Path) -> ModelSource:
                     f"{folder}: quantization_config.linear_class {linear_class!r} is not bitlinear or autobitlinear"
                 )
             online = linear_class == "autobitlinear" and qc.get("quantization_mode", "offline") == "online"
-            packed = not online
-            if packed and linear_class == "bitlinear" and probe is not None and probe.dtype != "U8":
-                raise ValueError(
-                    f"{folder}: linear_class bitlinear expects uint8-packed weights; q_proj is {probe.dtype}"
-                )
+            packed = not online  # pre-quantized: check() validates each projection's stored form
         src = ModelSource(
             folder,
             hf["model_type"],
@@ -462,3 +508,21 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object")
     return data
+
+
+def ternary_codes(src: Any, name: str) -> tuple[np.ndarray, float]:
+    """(int8 codes, float32 scale) of projection `name`: as stored if already ternary, else absmean-ternarized.
+
+    `bitk.formats.ternarize` (bf16 master weights through `ternarize_bf16`, without a float32
+    copy): the quantizer training uses, so the codes are the ones the model computed with.
+    """
+    import bitk.formats as fmt
+
+    stored = src.ternary(name)
+    if stored is not None:
+        return stored
+    try:
+        bits = src.bf16_bits(name)
+        return fmt.ternarize_bf16(bits) if bits is not None else fmt.ternarize(src.tensor(name))
+    except ValueError as exc:
+        raise ValueError(f"{src.path}: tensor {name}: {exc}") from None

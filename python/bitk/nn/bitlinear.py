@@ -25,8 +25,9 @@ class BitLinear(nn.Linear):
     ``forward(x, norm=None)``: with ``norm`` (an RMSNorm/SubLN) computes ``self(norm(x))``, fused
     into one kernel on the Triton path. ``quant_lambda`` (default 1.0, plain BitNet) blends latent
     and quantized values during warm-up: ``W + lam * (Q(W) - W)``, likewise for activations.
-    ``numerics`` ("train" default, "i2s", "float"; `bitk.nn.set_numerics`) selects the evaluation
-    forward of `bitk.nn.inference`: as trained, as bitnet.cpp runs an I2_S file, or in float.
+    ``numerics`` ("train" default, "i2s", "tq", "f16", "float"; `bitk.nn.set_numerics`) selects the
+    evaluation forward of `bitk.nn.inference`: as trained, as bitnet.cpp runs an I2_S file, as
+    llama.cpp runs a TQ1_0 / TQ2_0 file, as the runtimes run an F16 projection, or in float.
     """
 
     numerics = "train"
@@ -57,6 +58,10 @@ class BitLinear(nn.Linear):
                 x = F.rms_norm(x, norm.weight, norm.eps)
             if self.numerics == "i2s":
                 return inference.bitlinear_i2s(x, self)
+            if self.numerics == "tq":
+                return inference.bitlinear_tq(x, self)
+            if self.numerics == "f16":
+                return inference.bitlinear_f16(x, self)
             return inference.bitlinear_float(x, self)
         if norm is None:
             return F.bitlinear(x, self.weight, self.bias, lam=self.quant_lambda)
@@ -86,7 +91,8 @@ def set_quant_lambda(module: nn.Module, lam: float) -> None:
 
 
 def set_numerics(module: nn.Module, mode: str) -> None:
-    """Set the evaluation numerics ("train", "i2s" or "float", `bitk.nn.inference`) of every BitLinear in ``module``."""
+    """Set the evaluation numerics of every BitLinear in ``module``: "train", "i2s", "tq", "f16" or "float"
+    (`bitk.nn.inference`)."""
     inference.check_numerics(mode)
     for m in _bitlinears(module):
         m.numerics = mode

@@ -1,11 +1,17 @@
-"""Evaluation numerics of BitLinear: as trained, as bitnet.cpp runs an I2_S file, or in float.
+"""Evaluation numerics of BitLinear: as trained, as a runtime runs its GGUF tensor type, or in float.
 
 - "train": the training forward (docs/numerics.md "BitLinear": per-token int8 with s in float32, ``* gamma / s``).
 - "i2s": exactly what bitnet.cpp computes for an I2_S tensor (docs/numerics.md "Inference numerics"): s = (float)(127 /
   max|x|) in double, ``acc = sum(c * q)`` in int32, ``y = (float(acc) / s) * scale``. A model in
   this mode predicts the logits of its exported I2_S GGUF.
+- "tq": what llama.cpp (ggml CPU) computes for a TQ1_0 / TQ2_0 tensor: Q8_K activations (int8 per
+  block of 256 values, ``d = 1 / (-127 / max)``), ``y = sum over blocks of float(sumi) * (d * f16(gamma))``
+  in float32; an in_features that is not a multiple of 256 counts as zero-padded to one (as the
+  zero-padded file bitk-pack writes holds it).
+- "f16": what the runtimes compute for an F16 tensor of the ternary model: weights ``f16(codes *
+  gamma)``, activations rounded to float16, products summed in float32.
 - "float": dequantized ternary weights ``codes * gamma`` times unquantized activations, what an
-  F32/F16 GGUF of the ternary model computes.
+  F32 GGUF of the ternary model computes.
 The modes other than "train" are for evaluation: weights count as fully ternary (warm-up lambda
 is ignored), their codes are cached until the weight changes, and no gradient reaches them.
 """
@@ -16,12 +22,22 @@ import torch
 from torch import nn
 
 from bitk import numerics
+from bitk.numerics.bitlinear import ggml_block_sum
+from bitk.numerics.quant import QK_K
 
 from . import cpu
 
-__all__ = ["NUMERICS", "check_numerics", "bitlinear_i2s", "bitlinear_float", "frozen_weights"]
+__all__ = [
+    "NUMERICS",
+    "check_numerics",
+    "bitlinear_i2s",
+    "bitlinear_tq",
+    "bitlinear_f16",
+    "bitlinear_float",
+    "frozen_weights",
+]
 
-NUMERICS = ("train", "i2s", "float")
+NUMERICS = ("train", "i2s", "tq", "f16", "float")
 
 
 def check_numerics(mode: str) -> str:
@@ -32,7 +48,7 @@ def check_numerics(mode: str) -> str:
 
 
 def frozen_weights(layer: nn.Linear) -> dict:
-    """The layer's (codes, gamma[, packed codes, dequantized weight]) cached until its weight changes."""
+    """The layer's (codes, gamma[, what each mode derives from them]) cached until its weight changes."""
     w = layer.weight
     key = (w.data_ptr(), w._version, w.device, w.dtype, tuple(w.shape))
     cache = getattr(layer, "_bitk_frozen", None)
@@ -67,6 +83,50 @@ def bitlinear_i2s(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
         y = (acc / s) * gamma.to(torch.float32)
     else:
         y = numerics.bitlinear_bitnet_cpp(x2, codes, gamma.to(torch.float32))
+    return _out(y, x, layer.bias, layer.out_features)
+
+
+def bitlinear_tq(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """``layer``'s forward as llama.cpp computes its TQ1_0 / TQ2_0 tensor (float32 math, x's dtype out).
+
+    The values of `bitk.numerics.bitlinear_ggml_tq` bit for bit, faster: the codes are cached as
+    float32 blocks and the per-block products run as one batched float32 matmul, which is exact
+    (every partial sum is an integer of magnitude <= 127 * 256, far below 2^24; the int8 and
+    ternary factors are exact even in TF32 or bfloat16 matmul precision).
+    """
+    k = layer.in_features
+    pad = -k % QK_K  # zeros at the end, as in the zero-padded file
+    frozen = frozen_weights(layer)
+    if "tq" not in frozen:
+        codes, gamma = frozen["codes"], frozen["gamma"]
+        nb = (k + pad) // QK_K
+        codes = torch.nn.functional.pad(codes.to(torch.float32), (0, pad))
+        blocks = codes.reshape(codes.shape[0], nb, QK_K).permute(1, 2, 0)
+        frozen["tq"] = (blocks.contiguous(), gamma.to(torch.float32).to(torch.float16).to(torch.float32))
+    blocks, d_w = frozen["tq"]
+    x2 = torch.nn.functional.pad(x.detach().reshape(-1, k).to(torch.float32), (0, pad))
+    xq, d_x = numerics.quantize_activations_q8k(x2)
+    with torch.autocast(x.device.type, enabled=False):
+        sumi = torch.bmm(xq.to(torch.float32).reshape(-1, blocks.shape[0], blocks.shape[1]).transpose(0, 1), blocks)
+    y = ggml_block_sum(sumi, d_x, d_w)
+    return _out(y, x, layer.bias, layer.out_features)
+
+
+def bitlinear_f16(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """``layer``'s forward as the runtimes compute an F16 tensor of it (float32 math, x's dtype out).
+
+    Weights ``f16(codes * gamma)`` (= ``codes * f16(gamma)``), activations taken as float32 and
+    rounded to float16, products summed in float32.
+    """
+    frozen = frozen_weights(layer)
+    if "f16" not in frozen:
+        codes, gamma = frozen["codes"], frozen["gamma"]
+        g16 = gamma.to(torch.float32).to(torch.float16).to(torch.float32)
+        # Held in float32: the values of the F16 weights, exactly (codes are 0 or +-1).
+        frozen["f16"] = cpu.dequantize_weights(codes, g16) if codes.device.type == "cpu" else codes.float() * g16
+    with torch.autocast(x.device.type, enabled=False):
+        x16 = x.detach().reshape(-1, x.shape[-1]).to(torch.float32).to(torch.float16).to(torch.float32)
+        y = x16 @ frozen["f16"].T
     return _out(y, x, layer.bias, layer.out_features)
 
 

@@ -3,7 +3,8 @@
 ``y = (xq @ Wt^T) * (gamma / s) + bias`` with per-tensor absmean ternary weights (Wt, gamma) and
 per-token absmax int8 activations (xq, s); straight-through backward ``dx = dy @ (Wt * gamma)``,
 ``dW = dy^T @ (xq / s)``. Three forms: the autograd.Function that saves only int8 codes and float
-scales (the contract of the fused kernels), the fake-quant + F.linear form, and the I2_S forward.
+scales (the contract of the fused kernels), the fake-quant + F.linear form, the I2_S forward of
+bitnet.cpp and the TQ1_0/TQ2_0 forward of llama.cpp (ggml's Q8_K activations, per-block scales).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from .quant import (
+    QK_K,
     fake_quantize_activations,
     fake_quantize_weights,
     quantize_activations,
     quantize_activations_bitnet_cpp,
+    quantize_activations_q8k,
     quantize_weights,
 )
 
@@ -25,7 +28,9 @@ __all__ = [
     "bitlinear",
     "bitlinear_fake_quant",
     "bitlinear_bitnet_cpp",
+    "bitlinear_ggml_tq",
     "check_linear",
+    "ggml_block_sum",
     "linear_output_dtype",
     "save_for_ste_backward",
     "ste_backward",
@@ -158,13 +163,8 @@ def bitlinear_fake_quant(
     return y.to(x.dtype)
 
 
-def bitlinear_bitnet_cpp(x: torch.Tensor, codes: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
-    """Forward of an I2_S matmul as bitnet.cpp computes it; float32 output [..., out].
-
-    ``codes`` int8 [out, in] in {-1, 0, 1} (not checked: that would sync the host), ``scale`` the
-    tensor's float32 scale. ``acc = sum((codes + 1) * q) - sum(q)`` exactly, then
-    ``y = (float32(acc) / s) * scale`` in float32, in that order.
-    """
+def _check_ternary_matmul(x: torch.Tensor, codes: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """ValueError for a bad (x, codes, scale) of a runtime's ternary matmul; the scale as a 0-dim float32 tensor."""
     if not x.is_floating_point():
         raise ValueError(f"x must be a floating point tensor, got dtype {x.dtype}")
     if codes.dtype != torch.int8 or codes.dim() != 2:
@@ -177,8 +177,62 @@ def bitlinear_bitnet_cpp(x: torch.Tensor, codes: torch.Tensor, scale: float | to
     scale = torch.as_tensor(scale, dtype=torch.float32)
     if scale.dim() != 0:
         raise ValueError(f"scale must be a float or a 0-dim tensor, got shape {tuple(scale.shape)}")
+    return scale
+
+
+def bitlinear_bitnet_cpp(x: torch.Tensor, codes: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """Forward of an I2_S matmul as bitnet.cpp computes it; float32 output [..., out].
+
+    ``codes`` int8 [out, in] in {-1, 0, 1} (not checked: that would sync the host), ``scale`` the
+    tensor's float32 scale. ``acc = sum((codes + 1) * q) - sum(q)`` exactly, then
+    ``y = (float32(acc) / s) * scale`` in float32, in that order.
+    """
+    scale = _check_ternary_matmul(x, codes, scale)
     xq, s = quantize_activations_bitnet_cpp(x.reshape(-1, x.shape[-1]))
     # The runtime's unsigned-code form; c = codes + 1 in {0, 1, 2}, so acc == sum(codes * q).
     acc = _exact_int_matmul(xq, codes.to(torch.int16) + 1) - xq.to(torch.float64).sum(dim=-1, keepdim=True)
     y = (acc.to(torch.float32) / s) * scale
     return y.reshape(*x.shape[:-1], codes.shape[0])
+
+
+def ggml_block_sum(sumi: torch.Tensor, d_x: torch.Tensor, d_w: torch.Tensor) -> torch.Tensor:
+    """The float32 epilogue of ggml's TQ x Q8_K dot product, from exact per-block integer sums.
+
+    ``sumi`` [nb, M, N] holds the exact integer block sums (any float dtype), ``d_x`` [M, nb] the
+    float32 Q8_K scales, ``d_w`` the 0-dim float32 weight scale (the value of the file's float16).
+    ``y = 0; for each block b in order: y += float32(sumi[b]) * (d_x[:, b] * d_w)``, each product
+    and sum rounded to float32 (the runtime's generic order). Returns float32 [M, N].
+    """
+    d = d_x.to(torch.float32) * d_w.to(torch.float32)  # [M, nb], float32 products
+    s32 = sumi.to(torch.float32)
+    y = torch.zeros(s32.shape[1:], dtype=torch.float32, device=s32.device)
+    for b in range(s32.shape[0]):
+        y = y + s32[b] * d[:, b : b + 1]
+    return y
+
+
+def bitlinear_ggml_tq(x: torch.Tensor, codes: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """Forward of a TQ1_0 / TQ2_0 matmul as llama.cpp (ggml CPU) computes it; float32 output [..., out].
+
+    ``codes`` int8 [out, in] in {-1, 0, 1} (not checked); an ``in`` that is not a multiple of 256
+    is taken as zero-padded at the end to the next multiple, as a zero-padded file stores it
+    (`bitk.models.padding`: zeros change no block's result). ``scale`` the tensor's scale, rounded
+    here to float16 as the file stores it in every block (``d_w``). The activations are quantized
+    per block of 256 by `quantize_activations_q8k` (``xq``, ``d_x``); per block
+    ``sumi = sum(codes * xq)`` exactly, then ``y += float32(sumi) * (d_x * d_w)`` in float32,
+    block after block (`ggml_block_sum`).
+    """
+    scale = _check_ternary_matmul(x, codes, scale)
+    n_out, k = codes.shape
+    d_w = scale.to(torch.float16).to(torch.float32)
+    pad = -k % QK_K
+    x2 = torch.nn.functional.pad(x.reshape(-1, k).to(torch.float32), (0, pad))
+    codes = torch.nn.functional.pad(codes, (0, pad))
+    xq, d_x = quantize_activations_q8k(x2)
+    k += pad
+    nb = k // QK_K
+    # Per-block exact integer products (|sum| <= 127 * 256), batched over blocks: [nb, M, N].
+    xb = xq.to(torch.float64).reshape(-1, nb, QK_K).transpose(0, 1)
+    wb = codes.to(torch.float64).reshape(n_out, nb, QK_K).permute(1, 2, 0)
+    y = ggml_block_sum(xb @ wb, d_x, d_w)
+    return y.reshape(*x.shape[:-1], n_out)

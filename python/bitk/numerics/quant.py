@@ -2,8 +2,9 @@
 
 Weights: per-tensor absmean ternary codes (int8 in {-1, 0, 1}) and one scale gamma. Activations:
 per-token absmax int8 with a per-row scale s, plus the bitnet.cpp-faithful variant used at I2_S
-inference. The fake quantizers are the straight-through estimators with optional warm-up lambda.
-Everything stays on the tensors' device (no host syncs); the formulas are those of docs/numerics.md.
+inference and ggml's Q8_K (int8 per block of 256, used with TQ1_0/TQ2_0 weights). The fake
+quantizers are the straight-through estimators with optional warm-up lambda. Everything stays on
+the tensors' device (no host syncs); the formulas are those of docs/numerics.md.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ __all__ = [
     "quantize_weights",
     "quantize_activations",
     "quantize_activations_bitnet_cpp",
+    "quantize_activations_q8k",
     "fake_quantize_weights",
     "fake_quantize_activations",
     "ste",
@@ -25,6 +27,7 @@ __all__ = [
 
 _EPS = 1e-5
 _QMAX = 127.0
+QK_K = 256  # values per block of ggml's K-quants (Q8_K, TQ1_0, TQ2_0)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -120,6 +123,38 @@ def quantize_activations_bitnet_cpp(x: torch.Tensor) -> tuple[torch.Tensor, torc
     s = torch.div(_QMAX, amax).to(torch.float32)
     xq = torch.round(xf * s).clamp_(-128, 127).to(torch.int8)
     return xq, s
+
+
+def quantize_activations_q8k(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Int8 quantization per block of 256 values, exactly as ggml's Q8_K (``quantize_row_q8_K_ref``).
+
+    x is taken as float32 (the runtime's activation type); its last dimension, cut into blocks of
+    256, must be a multiple of 256. Per block: ``max`` is the signed value of the first element of
+    largest magnitude; ``iscale = -127 / max`` (float32), ``xq = min(127, round_half_even(iscale * x))``
+    with the product in float32, ``d = 1 / iscale`` (float32); an all-zero block gets codes 0 and
+    ``d = 0``. The block's largest value maps to -127 (so ``d`` has the opposite sign of ``max``)
+    and ``xq * d`` approximates x. Returns ``(xq, d)``: int8 of x's shape and float32 ``[..., n // 256]``.
+    """
+    _check_rows("x", x)
+    n = x.shape[-1]
+    if n % QK_K:
+        raise ValueError(
+            f"Q8_K quantizes blocks of {QK_K} values: x's last dimension must be a multiple of {QK_K}, "
+            f"got {n} (shape {tuple(x.shape)})"
+        )
+    xb = x.to(torch.float32).reshape(*x.shape[:-1], n // QK_K, QK_K)
+    ax = xb.abs()
+    amax = ax.amax(dim=-1, keepdim=True)
+    # The first index holding the block's largest |x| (the runtime scans with a strict `>`).
+    pos = torch.arange(QK_K, device=x.device)
+    first = torch.where(ax == amax, pos, QK_K).amin(dim=-1, keepdim=True).clamp_max_(QK_K - 1)
+    top = xb.gather(-1, first)
+    nonzero = amax != 0
+    iscale = torch.div(-_QMAX, torch.where(nonzero, top, 1.0))
+    xq = torch.round(xb * iscale).clamp_(max=_QMAX)
+    xq = torch.where(nonzero, xq, 0.0).to(torch.int8).reshape(x.shape)
+    d = torch.where(nonzero, torch.div(1.0, iscale), 0.0).squeeze(-1)
+    return xq, d
 
 
 def ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

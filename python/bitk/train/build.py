@@ -54,15 +54,16 @@ def build_model(cfg: Config, resume_from: Path | None, out: Path, info: DistInfo
         model, tokenizer = build_from_scratch(cfg, info, say)
     else:
         location = resolve_on_main_first(m.source(), m.revision, info)
-        model = load_model(location.path, ternary=m.ternary)
+        overrides = m.overrides()
+        model = load_model(location.path, ternary=m.ternary, subln=overrides.pop("subln", None))
         model.source = location.describe()
         if model.tokenizer_dir is None:
             raise ValueError(
                 f"model={m.name} has no tokenizer.json next to its weights: the trainer tokenizes "
                 "the data with the model's own tokenizer"
             )
-        if m.overrides():
-            model.config = model.config.replace(**m.overrides())
+        if overrides:
+            model.config = model.config.replace(**overrides)
         tokenizer = load_tokenizer(model.tokenizer_dir)
     if model.tokenizer_dir is None:  # bitk's own tokenizer: written out once, so checkpoints carry its roles
         folder = out / TOKENIZER_DIR

@@ -78,8 +78,10 @@ PRETRAINED_DEFAULTS: dict[str, dict[str, Any]] = {
     "qwen3_4b": {"training.lr": 5e-4},
     "bitnet_2b": {"training.lr": 5e-4},
 }
-# ModelConfig fields a pretrained model may change: those that do not alter its weights' shapes or meaning.
-PRETRAINED_OVERRIDABLE = ("max_position_embeddings",)
+# ModelConfig fields a pretrained model may change: those that do not alter its weights' shapes or
+# meaning, and subln (whether the ternary conversion inserts the two SubLNs: model.subln=false for a
+# ternary Qwen3 that llama.cpp's qwen3 graph runs, docs/gguf.md).
+PRETRAINED_OVERRIDABLE = ("max_position_embeddings", "subln")
 
 
 # --------------------------------------------------------------------------- the groups
@@ -154,6 +156,11 @@ class _ModelSource:
             if self.is_preset():
                 self.config()
             return
+        if changed.get("subln") is not None and not self.ternary:
+            raise ValueError(
+                "model.subln applies to the ternary conversion (model.ternary=true); a full-precision "
+                "model is trained as it is"
+            )
         fixed = sorted(set(changed) - set(PRETRAINED_OVERRIDABLE))
         if fixed:
             raise ValueError(

@@ -1,7 +1,8 @@
 """The trainer's last output: the final checkpoint packed as a GGUF file (`bitk.gguf.pack`).
 
 Training is done when this runs, so a refusal (a model no GGUF type expresses) is reported with
-the command that retries it, never raised.
+the command that retries it, never raised. The pack's notes (padding, fallbacks, the runtime
+that reads the file) are printed as `bitk-pack` prints them.
 """
 
 from __future__ import annotations
@@ -9,15 +10,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["export_gguf"]
+__all__ = ["export_gguf", "runtime_of", "TERNARY_EXPORTS"]
+
+TERNARY_EXPORTS = ("i2_s", "tq1_0", "tq2_0")  # export_gguf values whose projections are ternary
 
 
-def export_gguf(checkpoint: Path, path: Path, qtype: str, say: Any) -> tuple[Path | None, str | None]:
-    """Pack the final checkpoint with bitk.gguf.pack; a refusal is reported, not raised (training is done)."""
+def runtime_of(arch: str, qtype: str) -> str:
+    """The runtime that runs a file of `arch` with projections of ggml type `qtype`."""
+    if qtype == "I2_S":
+        return "bitnet.cpp"
+    if arch in ("bitnet-b1.58", "bitnet-25"):
+        return "bitnet.cpp's llama.cpp"
+    return "llama.cpp"
+
+
+def export_gguf(checkpoint: Path, path: Path, qtype: str, say: Any) -> tuple[Any, str | None]:
+    """Pack the final checkpoint: (PackResult, None), or (None, why) when refused (reported, not raised)."""
     from bitk.gguf import pack
 
     try:
-        pack(checkpoint, path, qtype)
+        result = pack(checkpoint, path, qtype)
     except ValueError as e:
         say(
             f"GGUF export skipped: {e}\n(retry with: bitk-pack pack {checkpoint} -o {path} --type {qtype} and the "
@@ -25,5 +37,7 @@ def export_gguf(checkpoint: Path, path: Path, qtype: str, say: Any) -> tuple[Pat
             flush=True,
         )
         return None, str(e)
-    say(f"wrote {path}", flush=True)
-    return path, None
+    say(f"wrote {path} (arch {result.arch}, {result.qtype}, {result.file_bytes / 2**20:,.1f} MiB)", flush=True)
+    for line in [*(f"note: {n}" for n in result.notes), *(f"changed: {c}" for c in result.changes)]:
+        say(line, flush=True)
+    return result, None

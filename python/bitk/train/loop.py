@@ -42,7 +42,7 @@ from .distributed import (
     step_outcome,
     wrap_model,
 )
-from .export import export_gguf
+from .export import TERNARY_EXPORTS, export_gguf, runtime_of
 from .flops import flops_per_token, peak_flops
 from .metrics import LOSS_CURVE_FILE, Metrics, ProgressBar, Window, format_record, format_summary, plot_loss_curve
 from .optim import build_optimizer, sync_hyperparameters
@@ -145,6 +145,7 @@ class Run:
     stop: StopSignal = field(default_factory=StopSignal)
     gguf: Path | None = None
     gguf_error: str | None = None
+    gguf_eval: dict[str, Any] | None = None
     curve: Path | None = None
 
     # ------------------------------------------------------------------ start
@@ -469,6 +470,55 @@ class Run:
 
     # ------------------------------------------------------------------ the end
 
+    def evaluate_as_exported(self) -> dict[str, Any] | None:
+        """Held-out loss in the numerics the runtime computes the export with (`bitk.gguf.runtime_numerics`).
+
+        Every projection as the GGUF file computes it: I2_S in bitnet.cpp's per-token int8, TQ in
+        llama.cpp's int8 per block of 256, F16 fallbacks with float16 activations, the token
+        embedding rounded to float16; a zero-padded file computes what the unpadded model does.
+        Decided from the config alone, so every process takes part (FSDP) while only the main one
+        writes the file.
+        """
+        from bitk.eval import evaluate
+        from bitk.gguf import runtime_numerics, set_runtime_numerics
+
+        ids, pos = self.data.heldout()
+        if ids.shape[0] == 0 or not self.raw.config.ternary or self.raw.config.lrc_rank_ratio:
+            return None
+        try:
+            numerics = runtime_numerics(self.raw.config, self.cfg.export_gguf)
+        except ValueError:
+            return None
+        heads = [self.raw.model.embed_tokens.weight]  # the file's F16 token embedding (and untied head)
+        if not self.raw.config.tie_word_embeddings:
+            heads.append(self.raw.lm_head.weight)
+        kept = [w.detach().clone() for w in heads]
+        before = set_runtime_numerics(self.raw, numerics)
+        try:
+            with torch.no_grad():
+                for w in heads:
+                    w.copy_(w.to(torch.float16).to(w.dtype))
+            with self.autocast():
+                result = evaluate(self.model, ids, pos, batch_size=self.cfg.training.micro_batch_size)
+        finally:
+            set_runtime_numerics(self.raw, before)
+            with torch.no_grad():
+                for w, k in zip(heads, kept, strict=True):
+                    w.copy_(k)
+        modes = sorted(set(numerics.values()))
+        return {
+            "kind": "eval_as_exported",
+            "step": self.step,
+            "tokens": self.tokens,
+            "loss": result.loss,
+            "perplexity": result.perplexity,
+            "eval_tokens": result.tokens,
+            "numerics": "+".join(modes),
+            "fallback_projections": (
+                sum(1 for m in numerics.values() if m == "f16") if self.cfg.export_gguf in TERNARY_EXPORTS else 0
+            ),
+        }
+
     def finish(self) -> None:
         """The final checkpoint and evaluation, the loss curve and the GGUF export."""
         cfg, info = self.cfg, self.info
@@ -476,11 +526,13 @@ class Run:
             self.save()
         if self.stop.requested is None and self.eval_step != self.step:
             self.evaluate()
+        exporting = cfg.export_gguf != "none" and self.stop.requested is None
+        predicted = self.evaluate_as_exported() if exporting and not self.raw.config.lrc_rank_ratio else None
         if info.is_main:
             self.curve = plot_loss_curve(
                 self.metrics.path, self.out / LOSS_CURVE_FILE, title=f"bitk.train {cfg.model.name}"
             )
-        if info.is_main and cfg.export_gguf != "none" and self.stop.requested is None:
+        if info.is_main and exporting:
             if self.raw.config.lrc_rank_ratio:
                 self.gguf_error = (
                     "GGUF export skipped: a model with low-rank correction factors has no GGUF form "
@@ -488,9 +540,23 @@ class Run:
                 )
                 self.say(self.gguf_error, flush=True)
             else:
-                self.gguf, self.gguf_error = export_gguf(
+                result, self.gguf_error = export_gguf(
                     self.saved_path, self.out / f"model-{cfg.export_gguf}.gguf", cfg.export_gguf, self.say
                 )
+                self.gguf = None if result is None else result.path
+                if result is not None and predicted is not None:
+                    predicted["runtime"] = runtime_of(result.arch, result.qtype)
+                    self.gguf_eval = predicted
+                    self.metrics.log(predicted)
+                    fallbacks = predicted["fallback_projections"]
+                    self.say(
+                        f"step {self.step:>6} | held-out {'CE ' if self.tracks_objectives else ''}loss "
+                        f"{predicted['loss']:.4f} | perplexity {predicted['perplexity']:.2f} as {result.path.name} "
+                        f"runs in {predicted['runtime']} (numerics {predicted['numerics']}"
+                        + (f"; {fallbacks} F16 fallback projection(s)" if fallbacks else "")
+                        + ")",
+                        flush=True,
+                    )
         barrier(info)
 
     def close(self) -> None:
@@ -515,6 +581,9 @@ class Run:
             "loss_curve": None if self.curve is None else str(self.curve),
             "gguf": None if self.gguf is None else str(self.gguf),
             "gguf_error": self.gguf_error,
+            "gguf_eval_loss": None if self.gguf_eval is None else self.gguf_eval["loss"],
+            "gguf_eval_perplexity": None if self.gguf_eval is None else self.gguf_eval["perplexity"],
+            "gguf_runtime": None if self.gguf_eval is None else self.gguf_eval["runtime"],
             "seconds": time.perf_counter() - self.started,
             "stopped": self.stop.requested,
         }

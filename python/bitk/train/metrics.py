@@ -5,6 +5,7 @@ metrics.jsonl holds one JSON object per line, each with "kind" and "step":
    "tokens_per_s": 5123.4, "elapsed_s": 8.0, "skipped_steps": 0[, "mfu": 0.41]
    [, "objectives": {"ce": 6.1, "logits_kd": 0.03}]}     (each objective's value, when not plain CE)
   {"kind": "eval", "step": 100, "tokens": ..., "loss": 4.2, "perplexity": 66.7, "eval_tokens": 16320}
+  {"kind": "eval_as_exported", "step": 100, ..., "numerics": "i2s", "runtime": "bitnet.cpp"}  (the GGUF's numerics)
   {"kind": "bad_step", "step": 41, "loss": "nan", "grad_norm": "nan", "consecutive": 1}
 "loss" of a train record is the mean over the good steps since the previous record. Only the
 main process writes. On resume, records past the resumed step (written after that checkpoint by
@@ -332,4 +333,9 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(f"  loss curve        {s['loss_curve']}")
     if s["gguf"]:
         lines.append(f"  GGUF              {s['gguf']}")
+    if s.get("gguf_eval_loss") is not None:
+        lines.append(
+            f"  as the GGUF runs  {s['gguf_eval_loss']:.4f} (perplexity {s['gguf_eval_perplexity']:.2f}, "
+            f"{s['gguf_runtime']})"
+        )
     return "\n".join(lines)
