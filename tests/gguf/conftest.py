@@ -116,6 +116,19 @@ def tiny_config(act: str = "relu2", **changes) -> ModelConfig:
     return ModelConfig(**{**base, **changes})
 
 
+def smol_config(**changes):
+    """SmolLM2-135M's widths (hidden 576, FFN 1536, 9 query / 3 KV heads of 64), small vocab."""
+    return tiny_config(
+        "silu",
+        hidden_size=576,
+        intermediate_size=1536,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        **changes,
+    )
+
+
 def random_tensors(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
     """Latent weights N(0, 0.02), norm gains around 1, embedding N(0, 1)."""
     rng = np.random.default_rng(seed)

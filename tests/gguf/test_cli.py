@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from bitk_gguf_testing import make_checkpoint, make_hf_folder, random_tensors, run_cli, tiny_config
+from bitk_gguf_testing import make_checkpoint, make_hf_folder, random_tensors, run_cli, smol_config, tiny_config
 
 
 def assert_error(proc, *fragments: str) -> None:
@@ -120,16 +120,7 @@ def test_qwen3_with_sub_norms_is_refused_with_the_ways_out(tmp_path):
 
 
 def test_smollm2_dims_fall_back_with_a_summary_line(tmp_path):
-    cfg = tiny_config(
-        "silu",
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=1,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        head_dim=64,
-    )
-    ckpt = make_checkpoint(tmp_path / "smol", cfg, seed=6)
+    ckpt = make_checkpoint(tmp_path / "smol", smol_config(num_hidden_layers=1), seed=6)
     proc = run_cli("pack", ckpt, "-o", tmp_path / "m.gguf", "--type", "tq2_0", "--pad", "none", check=True)
     assert (
         "note: 6 projection(s) (attn_k, attn_output, attn_q, attn_v, ffn_gate, ffn_up) written as F16: "

@@ -17,20 +17,7 @@ from bitk.gguf.verifier import verify
 from bitk.models import CausalLM
 from bitk.models.padding import PaddedSource, plan_padding
 from bitk.models.sources import open_source, tensor_shapes
-from bitk_gguf_testing import make_checkpoint, run_cli, text_ids, tiny_config, tokenizer
-
-
-def smol_config(**changes):
-    """SmolLM2-135M's widths (hidden 576, FFN 1536, 9 query / 3 KV heads of 64), small vocab."""
-    return tiny_config(
-        "silu",
-        hidden_size=576,
-        intermediate_size=1536,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        head_dim=64,
-        **changes,
-    )
+from bitk_gguf_testing import make_checkpoint, run_cli, smol_config, text_ids, tokenizer
 
 
 def fits(multiple: int):

@@ -9,7 +9,7 @@ from bitk.gguf import pack, read_gguf
 from bitk.gguf.plan import PackOptions, plan_pack
 from bitk.gguf.verifier import verify
 from bitk.models.sources import open_source
-from bitk_gguf_testing import make_checkpoint, make_hf_folder, random_tensors, tiny_config
+from bitk_gguf_testing import make_checkpoint, make_hf_folder, random_tensors, smol_config, tiny_config
 
 
 def plan_of(folder, **options):
@@ -39,16 +39,7 @@ def test_arch_follows_the_activation(relu2_ckpt, silu_ckpt):
 @pytest.fixture(scope="module")
 def smollm_like(tmp_path_factory):
     """SmolLM2-135M's widths (hidden 576, ffn 1536, 9/3 heads of 64), one block."""
-    cfg = tiny_config(
-        "silu",
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=1,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        head_dim=64,
-    )
-    return make_checkpoint(tmp_path_factory.mktemp("smol") / "ckpt", cfg, seed=6)
+    return make_checkpoint(tmp_path_factory.mktemp("smol") / "ckpt", smol_config(num_hidden_layers=1), seed=6)
 
 
 @pytest.mark.parametrize("qtype", ["i2_s", "tq2_0", "tq1_0"])

@@ -25,7 +25,6 @@ from bitk.gguf.constants import (
     ARCH_BY_ACTIVATION,
     ARCH_CHOICES,
     ARCH_QWEN3,
-    ARCH_RELU2,
     ATTENTION_BIASES,
     EMBEDDING,
     EMBEDDING_TYPE_CHOICES,
@@ -255,7 +254,7 @@ def plan_pack(src, options: PackOptions | None = None) -> PackPlan:
         )
     arch = _arch(c, qtype, opts, where)
     qwen3 = arch == ARCH_QWEN3
-    if arch in (ARCH_RELU2, "bitnet-25") and qtype != "I2_S":
+    if ACTIVATION_BY_ARCH[arch] == "relu2" and qtype != "I2_S":
         notes.append(
             f"only bitnet.cpp runs this file: upstream llama.cpp has no architecture for a ReLU^2 FFN "
             f"(it refuses arch {arch}); its {qtype} loads in bitnet.cpp's llama.cpp"

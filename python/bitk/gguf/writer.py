@@ -279,15 +279,14 @@ def _file_mode() -> int:
 
 
 def write_plan(
-    plan: PackPlan, src: Any, out: Path, on_tensor: Callable[[int, int, SummaryRow], None] | None = None
+    plan: PackPlan, out: Path, on_tensor: Callable[[int, int, SummaryRow], None] | None = None
 ) -> PackResult:
-    """Write `plan` for `src` to `out` atomically; `on_tensor(i, total, row)` after each tensor.
+    """Write `plan` to `out` atomically; `on_tensor(i, total, row)` after each tensor.
 
-    The tensors are read from `plan.source` when the plan has one (the zero-padded view of `src`).
+    The tensors are read from `plan.source`: the source planned, or its zero-padded view.
     """
     out = _check_output(out)
-    if plan.source is not None:
-        src = plan.source
+    src = plan.source
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -360,4 +359,4 @@ def pack(
     plan = plan_pack(source, PackOptions(qtype=qtype, **options))
     if on_plan is not None:
         on_plan(plan)
-    return write_plan(plan, source, out, on_tensor)
+    return write_plan(plan, out, on_tensor)

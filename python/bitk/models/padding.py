@@ -21,6 +21,7 @@ padded view of a `ModelSource` to the packer.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +44,11 @@ class Padding:
 
     original: ModelConfig
     padded: ModelConfig
+
+    @functools.cached_property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor of the padded model by Hugging Face name, with its shape (`tensor_shapes`)."""
+        return tensor_shapes(self.padded)
 
     @property
     def ratio(self) -> float:
@@ -83,14 +89,8 @@ def padding_to(config: ModelConfig, hidden: int, heads: int | None = None) -> Pa
         raise ValueError(f"the model cannot be zero-padded: {why}")
     heads = hidden // c.head_dim if heads is None else heads
     group = c.num_attention_heads // c.num_key_value_heads
-    ffn = c.intermediate_size * hidden / c.hidden_size
-    if (
-        heads * c.head_dim != hidden
-        or heads < c.num_attention_heads
-        or heads % group
-        or ffn != int(ffn)
-        or hidden < c.hidden_size
-    ):
+    ffn, rest = divmod(c.intermediate_size * hidden, c.hidden_size)
+    if heads * c.head_dim != hidden or heads < c.num_attention_heads or heads % group or rest:
         raise ValueError(
             f"hidden {hidden} with {heads} heads is not a zero-padding of hidden {c.hidden_size} with "
             f"{c.num_attention_heads} heads of {c.head_dim} (group {group}, FFN {c.intermediate_size})"
@@ -99,7 +99,7 @@ def padding_to(config: ModelConfig, hidden: int, heads: int | None = None) -> Pa
         hidden_size=hidden,
         num_attention_heads=heads,
         num_key_value_heads=heads // group,
-        intermediate_size=int(ffn),
+        intermediate_size=ffn,
         rms_norm_eps=float(c.rms_norm_eps * c.hidden_size / hidden),
     )
     return Padding(c, padded)
@@ -119,8 +119,7 @@ def plan_padding(config: ModelConfig, fits: Callable[[tuple[int, int]], bool]) -
         if heads % group or (c.intermediate_size * hidden) % c.hidden_size:
             continue
         padding = padding_to(c, hidden, heads)
-        shapes = [tensor_shapes(padding.padded)[f"model.layers.0.{p}.weight"] for p in PROJECTIONS]
-        if all(fits(s) for s in shapes):
+        if all(fits(padding.shapes[f"model.layers.0.{p}.weight"]) for p in PROJECTIONS):
             return None if heads == c.num_attention_heads else padding
     return None
 
@@ -152,7 +151,7 @@ def _grow(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 def pad_array(name: str, arr: np.ndarray, padding: Padding) -> np.ndarray:
     """Tensor `name` of the original model -> the padded model's (zeros added; norm gains scaled)."""
-    shape = tensor_shapes(padding.padded)
+    shape = padding.shapes
     role = _role(name)
     if role.endswith(".bias"):
         return _grow(arr, shape[name[: -len("bias")] + "weight"][:1])
@@ -164,7 +163,7 @@ def pad_array(name: str, arr: np.ndarray, padding: Padding) -> np.ndarray:
 
 def pad_codes(name: str, codes: np.ndarray, padding: Padding) -> np.ndarray:
     """Ternary codes of projection `name` -> the padded projection's codes (zeros added)."""
-    return _grow(codes, tensor_shapes(padding.padded)[name])
+    return _grow(codes, padding.shapes[name])
 
 
 class PaddedSource:
@@ -183,10 +182,10 @@ class PaddedSource:
         self.tokenizer_dir = src.tokenizer_dir
 
     def names(self) -> list[str]:
-        return list(tensor_shapes(self.config))
+        return list(self.padding.shapes)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tensor_shapes(self.config)[name]
+        return self.padding.shapes[name]
 
     def is_projection(self, name: str) -> bool:
         return self.src.is_projection(name)

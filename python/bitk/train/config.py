@@ -65,7 +65,7 @@ QUANT_WARMUP_SHAPES = ("linear", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
 DISTRIBUTED = ("auto", "ddp", "fsdp")
 EXPORT_TYPES = ("i2_s", "tq1_0", "tq2_0", "f16", "f32", "none")
-_TERNARY_EXPORTS = ("i2_s", "tq1_0", "tq2_0")
+TERNARY_EXPORTS = ("i2_s", "tq1_0", "tq2_0")  # export_gguf values whose projections are ternary
 # Settings a model preset brings when it starts from its pretrained weights, applied before the
 # training preset's own settings and the command line. A converted model starts from working
 # weights, so it takes a smaller step than training from scratch (the base preset's 3e-3), yet
@@ -428,7 +428,7 @@ class Config:
         if self.resume not in ("auto", "none") and not Path(self.resume).expanduser().is_dir():
             raise ValueError(f"resume={self.resume!r}: no such checkpoint folder (or use resume=auto / resume=none)")
         check_choice("export_gguf", self.export_gguf, EXPORT_TYPES)
-        if not self.model.ternary and self.export_gguf in _TERNARY_EXPORTS:
+        if not self.model.ternary and self.export_gguf in TERNARY_EXPORTS:
             raise ValueError(
                 f"export_gguf={self.export_gguf} stores ternary weights, but model.ternary=false trains "
                 "a full-precision model: use export_gguf=f16, f32 or none"

@@ -10,16 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["export_gguf", "runtime_of", "TERNARY_EXPORTS"]
-
-TERNARY_EXPORTS = ("i2_s", "tq1_0", "tq2_0")  # export_gguf values whose projections are ternary
+__all__ = ["export_gguf", "runtime_of"]
 
 
 def runtime_of(arch: str, qtype: str) -> str:
     """The runtime that runs a file of `arch` with projections of ggml type `qtype`."""
+    from bitk.gguf.constants import ACTIVATION_BY_ARCH
+
     if qtype == "I2_S":
         return "bitnet.cpp"
-    if arch in ("bitnet-b1.58", "bitnet-25"):
+    if ACTIVATION_BY_ARCH.get(arch) == "relu2":  # upstream llama.cpp has no ReLU^2 graph
         return "bitnet.cpp's llama.cpp"
     return "llama.cpp"
 

@@ -29,7 +29,7 @@ from bitk.objectives import Curriculum, compute_loss
 
 from .auto_batch import auto_micro_batch
 from .build import build_model, load_teacher, prepare_lrc_student
-from .config import Config, config_changes, config_to_dict, config_to_yaml
+from .config import TERNARY_EXPORTS, Config, config_changes, config_to_dict, config_to_yaml
 from .distributed import (
     DistInfo,
     barrier,
@@ -42,7 +42,7 @@ from .distributed import (
     step_outcome,
     wrap_model,
 )
-from .export import TERNARY_EXPORTS, export_gguf, runtime_of
+from .export import export_gguf, runtime_of
 from .flops import flops_per_token, peak_flops
 from .metrics import LOSS_CURVE_FILE, Metrics, ProgressBar, Window, format_record, format_summary, plot_loss_curve
 from .optim import build_optimizer, sync_hyperparameters
@@ -527,7 +527,7 @@ class Run:
         if self.stop.requested is None and self.eval_step != self.step:
             self.evaluate()
         exporting = cfg.export_gguf != "none" and self.stop.requested is None
-        predicted = self.evaluate_as_exported() if exporting and not self.raw.config.lrc_rank_ratio else None
+        predicted = self.evaluate_as_exported() if exporting else None
         if info.is_main:
             self.curve = plot_loss_curve(
                 self.metrics.path, self.out / LOSS_CURVE_FILE, title=f"bitk.train {cfg.model.name}"
