@@ -18,7 +18,8 @@ __all__ = ["FakeQuantizeActivationsFunction", "fake_quantize_activations", "quan
 
 # Short rows are batched so a program holds about this many elements; the interpreter pays per
 # program (about 10 ms), so it gets larger tiles.
-_TILE = 16384 if is_interpreting() else 4096
+_GPU_TILE = 4096
+_TILE = 16384 if is_interpreting() else _GPU_TILE
 
 
 @triton.jit
@@ -54,6 +55,14 @@ def _quantize_activations_kernel(
         tl.store(dq_ptr + rows[:, None] * K + cols[None, :], cast_rne(dq, dq_ptr.dtype.element_ty), mask=mask)
 
 
+def _launch_blocks(m: int, k: int, tile: int = _TILE) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_K, num_warps) of the launch over x viewed as [m, k]: whole rows, batched up to ``tile``."""
+    block_k, _ = row_block(k)
+    block_m = min(max(tile // block_k, 1), triton.next_power_of_2(m))
+    _, num_warps = row_block(block_m * block_k)
+    return block_m, block_k, num_warps
+
+
 def _check_device(name: str, t: torch.Tensor) -> None:
     if not t.is_cuda and not is_interpreting():
         raise ValueError(f"{name} must be a CUDA tensor (CPU tensors need TRITON_INTERPRET=1), got {t.device}")
@@ -68,7 +77,7 @@ def _quantize_activations(
         raise ValueError(f"x must have a non-empty last (feature) dimension, got shape {tuple(x.shape)}")
     _check_device("x", x)
     K = x.shape[-1]
-    block_k, _ = row_block(K)
+    row_block(K)  # rejects rows too long for one program
     x2 = x.reshape(-1, K)
     if x2.stride(1) != 1:
         x2 = x2.contiguous()
@@ -77,8 +86,7 @@ def _quantize_activations(
     s = torch.empty(M, dtype=torch.float32, device=x.device)
     dq = torch.empty((M, K), dtype=x.dtype, device=x.device) if store_dequant else None
     if M > 0:
-        block_m = min(max(_TILE // block_k, 1), triton.next_power_of_2(M))
-        _, num_warps = row_block(block_m * block_k)
+        block_m, block_k, num_warps = _launch_blocks(M, K)
         _quantize_activations_kernel[(triton.cdiv(M, block_m),)](
             x2,
             xq,

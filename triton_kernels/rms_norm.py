@@ -17,7 +17,7 @@ import triton.language as tl
 
 from .utils import cast_rne, check_float_input, row_block
 
-__all__ = ["RMSNormFunction", "rms_norm", "rms_norm_bwd", "rms_norm_fwd"]
+__all__ = ["rms_norm", "rms_norm_bwd", "rms_norm_fwd"]
 
 
 @triton.jit
@@ -216,29 +216,58 @@ def _as_rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
+# torch.library ops, so that torch.compile sees the norm as one op (not Triton launches inside an
+# autograd.Function): the forward also returns the rstd its backward needs; the backward is an op.
+
+
+@torch.library.custom_op("bitk::triton_rms_norm_backward", mutates_args=())
+def _rms_norm_backward_op(
+    dy2d: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dx [M, K] in x's dtype, dweight [K] in weight's dtype): `rms_norm_bwd`."""
+    return rms_norm_bwd(dy2d, x2d, weight, rstd)
+
+
+@_rms_norm_backward_op.register_fake
+def _(dy2d, x2d, weight, rstd):
+    return torch.empty_like(x2d, memory_format=torch.contiguous_format), weight.new_empty(weight.shape)
+
+
 def _saved_rows_backward(ctx, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
-    """(dx, dweight, None for eps) of an RMSNorm autograd Function over ``x`` [..., K] that saved
-    (x2d, weight, rstd): `rms_norm_bwd` of ``dy``. Shared with rms_norm_quant's straight-through Function."""
+    """(dx, dweight, None for eps) of an RMSNorm over ``x`` [..., K] whose ctx saved (x2d, weight,
+    rstd): `rms_norm_bwd` of ``dy``. Shared with rms_norm_quant's straight-through Function."""
     x2d, weight, rstd = ctx.saved_tensors
-    dx, dweight = rms_norm_bwd(dy.reshape(x2d.shape), x2d, weight, rstd)
+    dx, dweight = _rms_norm_backward_op(dy.reshape(x2d.shape), x2d, weight, rstd)
     return dx.view(dy.shape), dweight, None
 
 
-class RMSNormFunction(torch.autograd.Function):
-    """RMSNorm over the last dimension of ``x`` [..., K] with gain ``weight`` [K]."""
+@torch.library.custom_op("bitk::triton_rms_norm", mutates_args=())
+def _rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y of x's shape and dtype, float32 rstd [M]): `rms_norm_fwd` over the rows of ``x`` [..., K]."""
+    y, rstd = rms_norm_fwd(_as_rows(x), weight, eps)
+    return y.view(x.shape), rstd
 
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-        x2d = _as_rows(x)
-        y, rstd = rms_norm_fwd(x2d, weight, eps)
-        ctx.save_for_backward(x2d, weight, rstd)
-        return y.view(x.shape)
 
-    @staticmethod
-    def backward(ctx, dy: torch.Tensor):
-        return _saved_rows_backward(ctx, dy)
+@_rms_norm_op.register_fake
+def _(x, weight, eps):
+    rstd = x.new_empty((x.numel() // x.shape[-1],), dtype=torch.float32)
+    return torch.empty_like(x, memory_format=torch.contiguous_format), rstd
+
+
+def _rms_norm_setup_context(ctx, inputs, output) -> None:
+    x, weight, _ = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(_as_rows(x), weight, output[1])
+
+
+def _rms_norm_backward(ctx, dy, _drstd):
+    return _saved_rows_backward(ctx, dy)  # rstd is not differentiable
+
+
+_rms_norm_op.register_autograd(_rms_norm_backward, setup_context=_rms_norm_setup_context)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Triton RMSNorm with autograd; same signature and result as ``bitk.numerics.rms_norm``."""
-    return RMSNormFunction.apply(x, weight, eps)
+    _as_rows(x)  # x's checks, before the op sees it
+    return _rms_norm_op(x, weight, float(eps))[0]

@@ -9,13 +9,36 @@ dW = dy^T @ (xq / s), float32 accumulation; each output in the dtype the caller 
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import triton
 import triton.language as tl
 
-from .utils import FLOAT_DTYPES, cast_rne, check_float_input, is_interpreting, matmul_configs
+from .utils import (
+    FLOAT_DTYPES,
+    SHARED_MEMORY_PER_BLOCK,
+    cast_rne,
+    check_float_input,
+    cuda_target,
+    gpu_matmul_configs,
+    is_interpreting,
+    matmul_configs,
+)
 
-__all__ = ["ternary_matmul_dw", "ternary_matmul_dx", "ternary_matmul_fwd"]
+__all__ = [
+    "ternary_matmul_dw",
+    "ternary_matmul_dx",
+    "ternary_matmul_fwd",
+    "KERNELS",
+    "DOTS",
+    "backward_dot",
+    "gpu_configs",
+    "shared_memory_bytes",
+    "prune_reason",
+]
+
+_log = logging.getLogger(__name__)
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps) tried on a GPU. int8 tiles: BLOCK_K = 128 is
 # one 128-byte row per tile row (full smem swizzle, 4 wgmma k-steps of 32); 64 is kept for small K.
@@ -30,8 +53,8 @@ _INT8_GPU_CONFIGS = [
     (64, 64, 128, 4, 4),
     (32, 64, 256, 4, 4),
 ]
-# Tensor-core dots of the backward (fp16/bf16, or tf32): the usual Hopper 16-bit tiles. tf32 tiles of
-# the largest configs can exceed shared memory; the autotuner drops configs that fail that way.
+# Tensor-core dots of the backward (fp16/bf16, or tf32): the usual Hopper 16-bit tiles. Those that do not
+# fit the GPU's shared memory (256x128 tf32 on sm_90, more on 99 KiB parts) are pruned before tuning.
 _FLOAT_GPU_CONFIGS = [
     (128, 256, 64, 3, 8),
     (256, 128, 64, 3, 8),
@@ -56,19 +79,133 @@ _FMA_MAX_BLOCK_K = 16
 _INTERPRET_BLOCKS = (64, 64, 128)
 _INTERPRET_FLOAT_BLOCKS = (128, 128, 128)
 
+KERNELS = ("fwd", "dx", "dw")
+# The dots a kernel runs: "int8" (forward); the backward by dy's dtype: "fp16" / "bf16" (tensor cores
+# in that dtype), float32 "tf32" when torch.backends.cuda.matmul.allow_tf32, else "ieee" (CUDA cores).
+DOTS = {"fwd": ("int8",), "dx": ("ieee", "tf32", "fp16", "bf16"), "dw": ("ieee", "tf32", "fp16", "bf16")}
+# The backward kernels' (LOWP_DOT, INPUT_PRECISION) per dot; "tf32" is Triton's default, 16-bit dots ignore it.
+_DOT_ARGS = {"ieee": (False, "ieee"), "tf32": (False, "tf32"), "fp16": (True, "tf32"), "bf16": (True, "tf32")}
+# Bytes per element of the first operand (xq, or dy) as loaded.
+_LOAD_BYTES = {"int8": 1, "ieee": 4, "tf32": 4, "fp16": 2, "bf16": 2}
 
-def _prune_by_dot_kind(configs, named_args, **kwargs):
-    """Keep the CUDA-core (FMA) configs for "ieee" float32 dots, the tensor-core ones otherwise."""
-    fma = kwargs["INPUT_PRECISION"] == "ieee" and not kwargs["LOWP_DOT"]
-    return [c for c in configs if (c.kwargs["BLOCK_K"] <= _FMA_MAX_BLOCK_K) == fma]
+
+def backward_dot(dy_dtype: torch.dtype, allow_tf32: bool) -> str:
+    """The dot ("ieee", "tf32", "fp16" or "bf16") the backward kernels run on a GPU for dy of ``dy_dtype``."""
+    if dy_dtype == torch.float16:
+        return "fp16"
+    if dy_dtype == torch.bfloat16:
+        return "bf16"
+    return "tf32" if allow_tf32 else "ieee"
 
 
-# INPUT_PRECISION is part of the key: toggling allow_tf32 must not reuse a config tuned for the other kind.
-_BACKWARD_AUTOTUNE = {
-    "configs": matmul_configs(_FLOAT_GPU_CONFIGS + _FMA_GPU_CONFIGS, _INTERPRET_FLOAT_BLOCKS),
-    "key": ["M", "N", "K", "INPUT_PRECISION"],
-    "prune_configs_by": {"early_config_prune": _prune_by_dot_kind},
-}
+def gpu_configs(kernel: str, dot: str) -> list[triton.Config]:
+    """The configs ``kernel`` ("fwd", "dx" or "dw") tunes over on a GPU for ``dot`` dots (see DOTS), before
+    the shared-memory prune: CUDA-core tiles for "ieee", tensor-core tiles otherwise. The same under
+    TRITON_INTERPRET=1, where the autotuners themselves hold one interpreter config."""
+    if dot not in DOTS[kernel]:
+        raise ValueError(f"{kernel} runs {DOTS[kernel]} dots, not {dot!r}")
+    if kernel == "fwd":
+        return gpu_matmul_configs(_INT8_GPU_CONFIGS)
+    return gpu_matmul_configs(_FMA_GPU_CONFIGS if dot == "ieee" else _FLOAT_GPU_CONFIGS)
+
+
+def shared_memory_bytes(
+    kernel: str, config: triton.Config, dot: str, capability: int, out_dtype: torch.dtype = torch.float32
+) -> int:
+    """Shared memory (bytes) Triton 3.9 allocates for one program of ``kernel`` with ``config`` running
+    ``dot`` dots on compute capability ``capability`` (major * 10 + minor) and writing ``out_dtype``.
+
+    A is the [BLOCK_M, BLOCK_K] tile of the first operand as loaded (xq int8, or dy), B the int8
+    [BLOCK_K, BLOCK_N] tile (codes, or xq), S = num_stages. mma.sync (sm_8x, sm_12x, and tiles of
+    fewer than 64 rows anywhere) keeps S - 1 stages in flight: (S - 1) * (A + B). wgmma (sm_90) and
+    tcgen05 (sm_100) read operands from shared memory: S buffers of an operand they read as loaded,
+    and for the B the backward converts in registers S - 1 int8 buffers plus one tile in the MMA's
+    type. After the loop sm_90 passes the output through shared memory to store it, 16 rows per
+    warp at a time (min(BLOCK_M, 16 * num_warps) x BLOCK_N of ``out_dtype``; the larger of loop and
+    epilogue counts); sm_100 adds 16 bytes of barriers (seen in a few probe compiles, not tested).
+    dW pipelines its 1/s vector too: (S - 1) * BLOCK_K * 4. CUDA-core ("ieee") dots get an upper
+    bound, S * (A + B as float32) (the compiler uses 55-67% of it). tests/triton_kernels/test_aot.py
+    compares these with the compiler's figures for every config on sm_80 and sm_90.
+    """
+    bm, bn, bk = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"]
+    stages = config.num_stages
+    a, b = bm * bk * _LOAD_BYTES[dot], bk * bn
+    scales = (stages - 1) * bk * 4 if kernel == "dw" else 0
+    if dot == "ieee":
+        return stages * (a + 4 * b) + scales
+    if capability // 10 not in (9, 10) or bm < 64:
+        return (stages - 1) * (a + b) + scales
+    if kernel == "fwd":
+        loop = stages * (a + b)
+    else:
+        loop = stages * a + (stages - 1) * b + bk * bn * (4 if dot == "tf32" else 2) + scales
+    if capability // 10 == 9:
+        return max(loop, min(bm, 16 * config.num_warps) * bn * out_dtype.itemsize)
+    return loop + 16
+
+
+def prune_reason(
+    kernel: str,
+    config: triton.Config,
+    dot: str,
+    capability: int,
+    shared_limit: int | None = None,
+    out_dtype: torch.dtype = torch.float32,
+) -> str | None:
+    """Why ``config`` cannot serve ``kernel``'s ``dot`` dots on a GPU of compute ``capability``, or None
+    if it can. ``shared_limit``: the shared memory one block may use (bytes); by default the one of
+    ``capability`` in utils.SHARED_MEMORY_PER_BLOCK (no limit checked for a capability not listed).
+    The autotuners drop such configs before tuning, with this reason in a debug log message."""
+    if kernel != "fwd" and (config.kwargs["BLOCK_K"] <= _FMA_MAX_BLOCK_K) != (dot == "ieee"):
+        if dot == "ieee":
+            return "a tensor-core tile: BLOCK_K > 16 spills registers in CUDA-core (ieee) dots"
+        return f"a CUDA-core tile (BLOCK_K <= {_FMA_MAX_BLOCK_K}): too small for {dot} tensor-core dots"
+    limit = shared_limit if shared_limit is not None else SHARED_MEMORY_PER_BLOCK.get(capability)
+    need = shared_memory_bytes(kernel, config, dot, capability, out_dtype)
+    if limit is not None and need > limit:
+        return f"needs {need} bytes of shared memory per block, sm_{capability} allows {limit}"
+    return None
+
+
+def _early_prune(kernel: str):
+    """The autotuner's early_config_prune for ``kernel``: prune_reason on the launch's device and dot."""
+
+    def prune(configs, named_args, **kwargs):
+        if is_interpreting():
+            return configs  # the one interpreter config
+        operand = named_args["x_ptr" if kernel == "fwd" else "dy_ptr"]
+        out_dtype = named_args[{"fwd": "y_ptr", "dx": "dx_ptr", "dw": "dw_ptr"}[kernel]].dtype
+        target = cuda_target(operand.device)
+        if kernel == "fwd":
+            dot = "int8"
+        elif kwargs["LOWP_DOT"]:
+            dot = "fp16" if operand.dtype == torch.float16 else "bf16"
+        else:
+            dot = kwargs["INPUT_PRECISION"]
+        kept, reasons = [], []
+        for config in configs:
+            # On ROCm (no target) only the tile kind is checked: capability 0 with no limit.
+            reason = prune_reason(kernel, config, dot, *(target or (0, None)), out_dtype=out_dtype)
+            if reason is None:
+                kept.append(config)
+            else:
+                reasons.append(f"{config}: {reason}")
+                _log.debug("ternary_matmul_%s, %s dots: config %s pruned: %s", kernel, dot, config, reason)
+        if not kept:
+            raise RuntimeError(f"ternary_matmul_{kernel}: no config can run {dot} dots here: " + "; ".join(reasons))
+        return kept
+
+    return prune
+
+
+def _autotune(kernel: str, gpu: list[tuple[int, int, int, int, int]], interpret: tuple[int, int, int]) -> dict:
+    # INPUT_PRECISION is part of the backward's key: toggling allow_tf32 must not reuse a config tuned for
+    # the other kind (dtypes are part of every key).
+    return {
+        "configs": matmul_configs(gpu, interpret),
+        "key": ["M", "N", "K"] + ([] if kernel == "fwd" else ["INPUT_PRECISION"]),
+        "prune_configs_by": {"early_config_prune": _early_prune(kernel)},
+    }
 
 
 @triton.jit
@@ -86,7 +223,7 @@ def _grouped_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: t
     return pid_m, pid_n
 
 
-@triton.autotune(configs=matmul_configs(_INT8_GPU_CONFIGS, _INTERPRET_BLOCKS), key=["M", "N", "K"])
+@triton.autotune(**_autotune("fwd", _INT8_GPU_CONFIGS, _INTERPRET_BLOCKS))
 @triton.jit
 def _ternary_matmul_fwd_kernel(
     x_ptr,
@@ -139,7 +276,7 @@ def _ternary_matmul_fwd_kernel(
     tl.store(y_ptrs, cast_rne(y, y_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
-@triton.autotune(**_BACKWARD_AUTOTUNE)
+@triton.autotune(**_autotune("dx", _FLOAT_GPU_CONFIGS + _FMA_GPU_CONFIGS, _INTERPRET_FLOAT_BLOCKS))
 @triton.jit
 def _ternary_matmul_dx_kernel(
     dy_ptr,
@@ -188,7 +325,7 @@ def _ternary_matmul_dx_kernel(
     tl.store(dx_ptrs, cast_rne(dx, dx_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
-@triton.autotune(**_BACKWARD_AUTOTUNE)
+@triton.autotune(**_autotune("dw", _FLOAT_GPU_CONFIGS + _FMA_GPU_CONFIGS, _INTERPRET_FLOAT_BLOCKS))
 @triton.jit
 def _ternary_matmul_dw_kernel(
     dy_ptr,
@@ -291,9 +428,7 @@ def _dot_mode(dy: torch.Tensor) -> tuple[bool, str]:
     """
     if is_interpreting():
         return False, "ieee"
-    if dy.dtype != torch.float32:
-        return True, "tf32"  # Triton's default; 16-bit dots ignore it
-    return False, "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    return _DOT_ARGS[backward_dot(dy.dtype, torch.backends.cuda.matmul.allow_tf32)]
 
 
 def ternary_matmul_fwd(

@@ -3,11 +3,13 @@
 The Triton interpreter (TRITON_INTERPRET=1, how CI runs every kernel on CPU) lacks libdevice and
 computes bf16 arithmetic wrongly (docs/kernels.md), so kernels load bf16/fp16 and
 convert to float32 at once, and round with `round_half_even` below instead of `rint`. With a
-single autotune config the interpreter can also run the autotuned matmuls.
+single autotune config the interpreter can also run the autotuned matmuls; `gpu_matmul_configs`
+gives the GPU configs whatever the interpreter flag says (the compile tests, docs/kernels.md).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -20,11 +22,19 @@ __all__ = [
     "round_half_even",
     "cast_rne",
     "row_block",
+    "gpu_matmul_configs",
     "matmul_configs",
+    "SHARED_MEMORY_PER_BLOCK",
+    "cuda_target",
     "check_float_input",
 ]
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# Shared memory one block may use (the opt-in maximum, bytes) by compute capability, major * 10 + minor
+# (CUDA C++ Programming Guide, "Technical Specifications per Compute Capability"): A100 163 KiB,
+# H100/H200/B200 227 KiB, consumer and workstation parts 99 KiB.
+SHARED_MEMORY_PER_BLOCK = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
 
 
 def is_interpreting() -> bool:
@@ -72,6 +82,14 @@ def row_block(n_cols: int, max_block: int = 65536) -> tuple[int, int]:
     return block, num_warps
 
 
+def gpu_matmul_configs(gpu: list[tuple[int, int, int, int, int]]) -> list[triton.Config]:
+    """Autotune configs of ``gpu`` = (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps) tuples."""
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=s, num_warps=w)
+        for bm, bn, bk, s, w in gpu
+    ]
+
+
 def matmul_configs(gpu: list[tuple[int, int, int, int, int]], interpret: tuple[int, int, int]) -> list[triton.Config]:
     """Autotune configs: ``gpu`` as (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps) on a GPU;
     in the interpreter one config of ``interpret`` = (BLOCK_M, BLOCK_N, BLOCK_K) (its autotuner
@@ -79,10 +97,23 @@ def matmul_configs(gpu: list[tuple[int, int, int, int, int]], interpret: tuple[i
     if is_interpreting():
         bm, bn, bk = interpret
         return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8})]
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=s, num_warps=w)
-        for bm, bn, bk, s, w in gpu
-    ]
+    return gpu_matmul_configs(gpu)
+
+
+@functools.lru_cache
+def _cuda_target(index: int) -> tuple[int, int | None] | None:
+    if torch.version.hip is not None:
+        return None
+    props = torch.cuda.get_device_properties(index)
+    capability = props.major * 10 + props.minor
+    limit = getattr(props, "shared_memory_per_block_optin", None) or SHARED_MEMORY_PER_BLOCK.get(capability)
+    return capability, limit
+
+
+def cuda_target(device: torch.device) -> tuple[int, int | None] | None:
+    """(compute capability as major * 10 + minor, shared memory one block may use in bytes) of the
+    NVIDIA GPU ``device``; None for a ROCm GPU, where bitk models no shared-memory limit."""
+    return _cuda_target(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def check_float_input(name: str, t: torch.Tensor) -> None:

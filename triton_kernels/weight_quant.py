@@ -16,7 +16,8 @@ from .utils import check_float_input, is_interpreting, round_half_even
 __all__ = ["FakeQuantizeWeightsFunction", "fake_quantize_weights", "quantize_weights"]
 
 # Elements per program; the interpreter pays per program (about 10 ms), so it gets larger blocks.
-_BLOCK = 65536 if is_interpreting() else 4096
+_GPU_BLOCK = 4096
+_BLOCK = 65536 if is_interpreting() else _GPU_BLOCK
 _GAMMA_BLOCK = 1024
 
 

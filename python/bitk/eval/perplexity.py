@@ -20,8 +20,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from bitk.models import CausalLM
 from bitk.nn import NUMERICS, BitLinear, set_numerics
 from bitk.objectives.ce import IGNORE_INDEX, next_token_losses
+from bitk.objectives.chunked import chunked_next_token_losses
 
 __all__ = ["IGNORE_INDEX", "NUMERICS", "EvalResult", "evaluate"]
 
@@ -37,9 +39,9 @@ class EvalResult:
     perplexity: float
     """exp(loss)."""
     seconds: float
-    """Wall time of the forward passes alone (no tokenizing, no loss)."""
+    """Wall time of the forward passes and their per-token losses (no tokenizing, no data moves)."""
     tokens_per_s: float
-    """Positions run through the model (padding included) per second of forward passes."""
+    """Positions run through the model (padding included) per second of ``seconds``."""
     positions: int
     """Positions run through the model: rows x sequence length."""
 
@@ -121,7 +123,8 @@ def evaluate(
 ) -> EvalResult:
     """Perplexity of ``model`` on the rows of ``input_ids`` [N, L], ``batch_size`` rows per forward.
 
-    ``model(ids, position_ids=...)`` must return an object with ``.logits`` [B, L, V].
+    ``model(ids, position_ids=...)`` must return an object with ``.logits`` [B, L, V]; a bitk
+    CausalLM is asked for its head's input instead and scored a chunk of tokens at a time.
     ``labels`` (default ``input_ids``) are the targets, -100 where nothing is scored.
     ``numerics`` ("train", "i2s", "tq", "f16", "float"; None keeps the model's) is set on every BitLinear
     (`bitk.nn.set_numerics`) for the evaluation only, as is eval mode: the model is left as found.
@@ -136,6 +139,7 @@ def evaluate(
     scored = 0
     seconds = 0.0
     was_training = model.training
+    chunked = isinstance(model, CausalLM)
     bar = _progress_bar() if progress else contextlib.nullcontext()
     model.eval()
     try:
@@ -147,11 +151,15 @@ def evaluate(
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 t0 = time.perf_counter()
-                logits = model(ids, position_ids=pos).logits
+                targets = labels[start : start + batch_size].to(device)
+                if chunked:  # the logits of a chunk of tokens at a time (bitk.objectives.chunked)
+                    out = model(ids, position_ids=pos, logits=False)
+                    losses, counted = chunked_next_token_losses(out.last_hidden, out.head, targets)
+                else:
+                    losses, counted = next_token_losses(model(ids, position_ids=pos).logits, targets)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 seconds += time.perf_counter() - t0
-                losses, counted = next_token_losses(logits, labels[start : start + batch_size].to(device))
                 total_loss += losses.double().sum().item()
                 scored += int(counted.sum().item())
                 if progress:

@@ -17,9 +17,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from bitk.nn import BitLinear, BitLinearLRC, RMSNorm, SubLN, set_numerics
 
+from .attention import PackedDocuments, attend, packed_causal_mask
 from .checkpoint import (
     SAVE_DTYPES,
     WEIGHTS_FILE,
@@ -41,14 +43,18 @@ _SDPA_GQA = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 5)
 class CausalLMOutput:
     """What `CausalLM.forward` returns; the optional fields are None unless asked for."""
 
-    logits: torch.Tensor
-    """[B, L, vocab_size] next-token logits."""
+    logits: torch.Tensor | None
+    """[B, L, vocab_size] next-token logits (None when the forward ran with logits=False)."""
     hidden_states: tuple[torch.Tensor, ...] | None = None
     """num_hidden_layers + 1 tensors [B, L, hidden]: the embedding output, then each layer's output;
     as in transformers, the last one is taken after the final norm."""
     attention_states: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...] | None = None
     """Per layer (q, k, v), [B, L, heads * head_dim] each (k and v have the KV heads), after the
     projections (and q/k norm), before RoPE: the inputs of MiniLM-style relation distillation."""
+    last_hidden: torch.Tensor | None = None
+    """With logits=False: [B, L, hidden], the final norm's output, which the head maps to logits."""
+    head: nn.Module | None = None
+    """With logits=False: the head (``lm_head``), hidden -> logits."""
 
 
 def rotary_cos_sin(
@@ -77,18 +83,6 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     # so bf16 activations under autocast keep their dtype for SDPA and the angles their accuracy.
     xf = x.to(cos.dtype)
     return (xf * cos + _rotate_half(xf) * sin).to(x.dtype)
-
-
-def packed_causal_mask(position_ids: torch.Tensor) -> torch.Tensor:
-    """Boolean SDPA mask [B, 1, L, L] (True = attend) for packed documents.
-
-    A document starts wherever position_ids == 0; a token attends to earlier tokens of its own
-    document only (block-diagonal causal). Computed on the device, no host sync.
-    """
-    doc = (position_ids == 0).cumsum(dim=-1)
-    L = position_ids.shape[-1]
-    causal = torch.ones(L, L, dtype=torch.bool, device=position_ids.device).tril()
-    return ((doc[:, :, None] == doc[:, None, :]) & causal)[:, None]
 
 
 def _linear(config: ModelConfig, in_features: int, out_features: int, bias: bool) -> nn.Linear:
@@ -130,7 +124,7 @@ class Attention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        mask: torch.Tensor | None,
+        documents: PackedDocuments | None,
         states: list | None = None,
     ) -> torch.Tensor:
         B, L, _ = x.shape
@@ -146,12 +140,15 @@ class Attention(nn.Module):
         if self.num_kv_heads != self.num_heads and not _SDPA_GQA:
             rep = self.num_heads // self.num_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        gqa = {"enable_gqa": True} if self.num_kv_heads != self.num_heads and _SDPA_GQA else {}
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.head_dim**-0.5, **gqa
-        )
+        gqa = self.num_kv_heads != self.num_heads and _SDPA_GQA
+        out = attend(q, k, v, documents, scale=self.head_dim**-0.5, enable_gqa=gqa)
         out = out.transpose(1, 2).reshape(B, L, self.num_heads * self.head_dim)
         return _project(self.o_proj, out, self.attn_sub_norm)
+
+
+def _gated(gate: torch.Tensor, up: torch.Tensor, relu2: bool) -> torch.Tensor:
+    """``act(gate) * up`` with act relu^2 or SiLU."""
+    return (torch.square(F.relu(gate)) if relu2 else F.silu(gate)) * up
 
 
 class MLP(nn.Module):
@@ -167,9 +164,15 @@ class MLP(nn.Module):
         self.hidden_act = c.hidden_act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = self.gate_proj(x)
-        gate = torch.square(F.relu(gate)) if self.hidden_act == "relu2" else F.silu(gate)
-        return _project(self.down_proj, gate * self.up_proj(x), self.ffn_sub_norm)
+        gate, up = self.gate_proj(x), self.up_proj(x)
+        relu2 = self.hidden_act == "relu2"
+        if torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad):
+            # Keeps gate and up for the backward and recomputes act(gate) * up from them, instead of
+            # keeping act's intermediates too (the same ops, so the same gradients bit for bit).
+            inner = checkpoint(_gated, gate, up, relu2, use_reentrant=False)
+        else:
+            inner = _gated(gate, up, relu2)
+        return _project(self.down_proj, inner, self.ffn_sub_norm)
 
 
 class DecoderLayer(nn.Module):
@@ -182,8 +185,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, mask, states=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, states)
+    def forward(self, x, cos, sin, documents, states=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, documents, states)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -212,6 +215,10 @@ class CausalLM(nn.Module):
         config.validate()
         self.config = config
         self.tokenizer_dir: Path | None = None
+        self.activation_checkpointing = False
+        """Recompute each block in the backward instead of keeping its activations (training only)."""
+        self.attention_path: str | None = None
+        """Force one path of `bitk.models.attention.attend` for packed documents (None: it picks)."""
         self.model = DecoderModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
@@ -244,19 +251,23 @@ class CausalLM(nn.Module):
         *,
         output_hidden_states: bool = False,
         output_attention_states: bool = False,
+        logits: bool = True,
     ) -> CausalLMOutput:
         """Logits [B, L, vocab] of input_ids [B, L] (see CausalLMOutput for the optional outputs).
 
         position_ids None: positions 0..L-1 and plain causal attention (SDPA's is_causal path).
-        position_ids [B, L] or [L]: RoPE at those positions, and a block-diagonal causal mask
-        so that no token attends across a document boundary (where position_ids == 0).
+        position_ids [B, L] or [L]: RoPE at those positions, and attention kept inside each
+        document (a document starts where position_ids == 0; `bitk.models.attention`).
+        ``logits`` False: no logits; the output holds the head's input (``last_hidden``) and the
+        head, so that a loss can compute the logits a chunk of tokens at a time
+        (`bitk.objectives.chunked`) instead of all [B, L, vocab] at once.
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
         B, L = input_ids.shape
         if position_ids is None:
             pos = torch.arange(L, device=input_ids.device)[None]
-            mask = None
+            documents = None
         else:
             pos = position_ids if position_ids.dim() == 2 else position_ids[None]
             if pos.dim() != 2 or pos.shape[-1] != L or pos.shape[0] not in (1, B):
@@ -265,23 +276,29 @@ class CausalLM(nn.Module):
                     f"got shape {tuple(position_ids.shape)}"
                 )
             pos = pos.to(input_ids.device)
-            mask = packed_causal_mask(pos)
+            documents = PackedDocuments(pos, B, self.attention_path)
         h = self.model.embed_tokens(input_ids)
         rope_dtype = torch.float64 if h.dtype == torch.float64 else torch.float32
         cos, sin = rotary_cos_sin(pos, self.config.head_dim, self.config.rope_theta, rope_dtype)
         hidden = [h] if output_hidden_states else None
         states: list | None = [] if output_attention_states else None
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.model.layers:
-            h = layer(h, cos, sin, mask, states)
+            if recompute:
+                h = checkpoint(layer, h, cos, sin, documents, states, use_reentrant=False)
+            else:
+                h = layer(h, cos, sin, documents, states)
             if hidden is not None:
                 hidden.append(h)
         h = self.model.norm(h)
         if hidden is not None:
             hidden[-1] = h  # as transformers: the last hidden state is the normed one
         return CausalLMOutput(
-            logits=self.lm_head(h),
+            logits=self.lm_head(h) if logits else None,
             hidden_states=None if hidden is None else tuple(hidden),
             attention_states=None if states is None else tuple(states),
+            last_hidden=None if logits else h,
+            head=None if logits else self.lm_head,
         )
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:

@@ -6,6 +6,8 @@ GEMM (`torch._int_mm`, fast where the CPU has VNNI/AMX int8 dot products, very s
 float32 GEMM of the integer-valued codes (exact for K <= 2^17, see `_float_engine`).
 Weights are ternarized by the C++ codecs (bit-identical to `bitk.numerics.quantize_weights`).
 The backward is the reference's: two float32 GEMMs from the saved int8 tensors and scales.
+The layer is a torch.library custom op (`bitk::cpu_bitlinear`; its backward dequantizes with
+`bitk::cpu_dequantize_weights`), so torch.compile takes it as one op.
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ import os
 import torch
 
 from bitk import formats, numerics
-from bitk.numerics.bitlinear import check_linear, linear_output_dtype, save_for_ste_backward, ste_backward
+from bitk.numerics.bitlinear import (
+    check_linear,
+    empty_linear_outputs,
+    linear_output_dtype,
+    save_for_ste_backward,
+    ste_backward,
+)
 
 __all__ = [
     "ENGINES",
@@ -125,23 +133,55 @@ def scaled_int_matmul(
     return int_matmul(xq, codes, engine) * (gamma / s)
 
 
-class CPUBitLinearFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        # Autocast would run the exact float GEMM in bf16: the layer does its own precision.
-        with torch.autocast("cpu", enabled=False):
-            codes, gamma = quantize_weights(weight)
-            xq, s = numerics.quantize_activations(x.detach().reshape(-1, x.shape[-1]).float())
-            y = scaled_int_matmul(xq.contiguous(), s, codes, gamma)
-            if bias is not None:
-                y = y + bias.float()
-        save_for_ste_backward(ctx, x, weight, bias, xq, s, codes, gamma)
-        return y.to(linear_output_dtype(x)).reshape(*x.shape[:-1], weight.shape[0])
+# The layer as torch.library ops, so that torch.compile sees one opaque op (it cannot trace the C++
+# codecs through numpy): the forward also returns what the STE backward saves, and the backward is
+# the reference's `ste_backward` with the dequantization an op too.
 
-    @staticmethod
-    def backward(ctx, dy):
-        # The reference's formulas, so the CPU path's gradients are the reference's.
-        return ste_backward(ctx, dy, dequantize=dequantize_weights)
+
+@torch.library.custom_op("bitk::cpu_dequantize_weights", mutates_args=(), device_types="cpu")
+def _dequantize_weights_op(codes: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    return dequantize_weights(codes, gamma)
+
+
+@_dequantize_weights_op.register_fake
+def _(codes, gamma):
+    return codes.new_empty(codes.shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("bitk::cpu_bitlinear", mutates_args=(), device_types="cpu")
+def _bitlinear_op(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y [..., N] out_dtype, xq int8 [M, K], s float32 [M, 1], codes int8 [N, K], gamma float32 [])."""
+    # Autocast would run the exact float GEMM in bf16: the layer does its own precision.
+    with torch.autocast("cpu", enabled=False):
+        codes, gamma = quantize_weights(weight)
+        xq, s = numerics.quantize_activations(x.reshape(-1, x.shape[-1]).float())
+        xq = xq.contiguous()
+        y = scaled_int_matmul(xq, s, codes, gamma)
+        if bias is not None:
+            y = y + bias.float()
+    return y.to(out_dtype).reshape(*x.shape[:-1], weight.shape[0]), xq, s, codes, gamma
+
+
+@_bitlinear_op.register_fake
+def _(x, weight, bias, out_dtype):
+    return empty_linear_outputs(x, weight, out_dtype)
+
+
+def _bitlinear_setup_context(ctx, inputs, output) -> None:
+    x, weight, bias, _ = inputs
+    _, xq, s, codes, gamma = output
+    ctx.mark_non_differentiable(xq, s, codes, gamma)
+    save_for_ste_backward(ctx, x, weight, bias, xq, s, codes, gamma)
+
+
+def _bitlinear_backward(ctx, dy, *_):
+    # The reference's formulas, so the CPU path's gradients are the reference's (None for out_dtype).
+    return *ste_backward(ctx, dy, dequantize=_dequantize_weights_op), None
+
+
+_bitlinear_op.register_autograd(_bitlinear_backward, setup_context=_bitlinear_setup_context)
 
 
 def bitlinear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -151,4 +191,4 @@ def bitlinear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
         raise ValueError(f"the CPU BitLinear path takes CPU tensors, got {x.device} and {weight.device}")
     if x.dtype == torch.float64 or weight.dtype == torch.float64:
         return numerics.bitlinear(x, weight, bias)  # the reference computes float64 input in float64
-    return CPUBitLinearFunction.apply(x, weight, bias)
+    return _bitlinear_op(x, weight, bias, linear_output_dtype(x))[0]

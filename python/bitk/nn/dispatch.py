@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 
@@ -61,9 +61,12 @@ def use_backend(name: str) -> Iterator[None]:
         set_backend(previous)
 
 
-@functools.cache
 def kernel_module(name: str):
-    """The module `bitk.triton_kernels.<name>`, or a RuntimeError saying why it cannot be used."""
+    """The module `bitk.triton_kernels.<name>`, or a RuntimeError saying why it cannot be used.
+
+    Import statements and a sys.modules lookup, not importlib behind a cache: torch.compile runs
+    import statements while it traces, so a compiled layer calls this without a graph break.
+    """
     try:
         import triton  # noqa: F401
     except ImportError as e:
@@ -71,7 +74,9 @@ def kernel_module(name: str):
             "bitk's Triton kernels need the `triton` package (it ships with CUDA builds of torch on "
             f"Linux; `pip install triton`): {e}"
         ) from e
-    return importlib.import_module(f"bitk.triton_kernels.{name}")
+    from bitk import triton_kernels  # noqa: F401  (imports every kernel module)
+
+    return sys.modules[f"bitk.triton_kernels.{name}"]
 
 
 def _interpreting() -> bool:

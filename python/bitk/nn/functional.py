@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from bitk import numerics
 
@@ -27,6 +28,10 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
     """RMSNorm of the last dimension (statistics in float32): the Triton kernel on CUDA, else the reference."""
     if resolve(x.device) == "triton" and x.dtype != torch.float64:
         return kernel_module("rms_norm").rms_norm(x, weight, eps)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        # The reference keeps three full-size intermediates for its backward; recomputing them from
+        # the input (the same ops, so the same gradients bit for bit) keeps only the input.
+        return checkpoint(numerics.rms_norm, x, weight, eps, use_reentrant=False)
     return numerics.rms_norm(x, weight, eps)
 
 
@@ -57,6 +62,10 @@ def bitlinear(
         return kernel_module("bitlinear").bitlinear(x, weight, bias)
     if impl == "cpu" and not warmup:
         return cpu.bitlinear(x, weight, bias)
+    if warmup and not isinstance(lam, torch.Tensor) and torch.compiler.is_compiling():
+        # torch.compile specializes a float that reaches torch.lerp as a scalar: one graph per warm-up
+        # step until the recompile limit. As an exact float64 tensor it stays an input of one graph.
+        lam = torch.ones((), dtype=torch.float64, device=x.device) * lam
     y = numerics.bitlinear_fake_quant(x, weight, bias, lam) if warmup else numerics.bitlinear(x, weight, bias)
     # The reference returns x's dtype; under autocast give the autocast dtype, as nn.Linear and the other paths do.
     return y.to(numerics.linear_output_dtype(x))

@@ -30,6 +30,7 @@ __all__ = [
     "bitlinear_bitnet_cpp",
     "bitlinear_ggml_tq",
     "check_linear",
+    "empty_linear_outputs",
     "ggml_block_sum",
     "linear_output_dtype",
     "save_for_ste_backward",
@@ -59,6 +60,20 @@ def check_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
             raise ValueError(
                 f"bias shape {tuple(bias.shape)} does not match out_features: expected ({weight.shape[0]},)"
             )
+
+
+def empty_linear_outputs(x: torch.Tensor, weight: torch.Tensor, out_dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """Empty (y [..., N], xq [M, K] int8, s [M, 1], codes [N, K] int8, gamma []) of a BitLinear
+    forward that saves its int8 tensors: the outputs of the fast paths' custom ops, for their fake
+    (shape-only) implementations."""
+    (n, k), m = weight.shape, x.numel() // x.shape[-1]
+    return (
+        x.new_empty((*x.shape[:-1], n), dtype=out_dtype),
+        x.new_empty((m, k), dtype=torch.int8),
+        x.new_empty((m, 1), dtype=torch.float32),
+        x.new_empty((n, k), dtype=torch.int8),
+        x.new_empty((), dtype=torch.float32),
+    )
 
 
 def linear_output_dtype(x: torch.Tensor) -> torch.dtype:

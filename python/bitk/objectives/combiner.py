@@ -18,11 +18,11 @@ import torch
 from bitk.data.tokenizer import MASK_ID
 
 from .attention_relation import attention_relation_loss
-from .ce import IGNORE_INDEX, next_token_ce
+from .ce import IGNORE_INDEX
+from .chunked import chunked_logits_kd, chunked_next_token_ce
 from .curriculum import TEACHER_OBJECTIVES, _check_weights
-from .dlm import dlm_loss, dlm_mask
+from .dlm import dlm_mask
 from .layerwise import layerwise_loss
-from .logits_kd import logits_kd_loss
 from .lrc import lrc_loss
 from .settings import ObjectiveSettings
 
@@ -96,15 +96,16 @@ def compute_loss(
             )
         else:
             ids, pos = masked.input_ids, masked.position_ids
-    out = student(ids, pos, output_hidden_states=need_hidden, output_attention_states=need_attention)
+    out = student(ids, pos, output_hidden_states=need_hidden, output_attention_states=need_attention, logits=False)
+    final, head = out.last_hidden, out.head
 
-    if "dlm" in active:
-        losses["dlm"] = dlm_loss(out.logits[B:] if clean else out.logits, masked.labels)
+    if "dlm" in active:  # token-shifted CE over the masked positions (bitk.objectives.dlm)
+        losses["dlm"] = chunked_next_token_ce(final[B:] if clean else final, head, masked.labels)
     if clean:
-        logits = out.logits[:B]
+        final = final[:B]
         if "ce" in active:
             labels = input_ids if valid is None else input_ids.masked_fill(~valid, IGNORE_INDEX)
-            losses["ce"] = next_token_ce(logits, labels)
+            losses["ce"] = chunked_next_token_ce(final, head, labels)
         if teacher_names:
             hidden = None if out.hidden_states is None else tuple(h[:B] for h in out.hidden_states)
             states = (
@@ -114,11 +115,15 @@ def compute_loss(
             )
             with torch.no_grad():
                 ref = teacher(
-                    input_ids, position_ids, output_hidden_states=need_hidden, output_attention_states=need_attention
+                    input_ids,
+                    position_ids,
+                    output_hidden_states=need_hidden,
+                    output_attention_states=need_attention,
+                    logits=False,
                 )
             if "logits_kd" in active:
-                losses["logits_kd"] = logits_kd_loss(
-                    logits, ref.logits, temperature=settings.kd_temperature, valid_mask=valid
+                losses["logits_kd"] = chunked_logits_kd(
+                    final, head, ref.last_hidden, ref.head, temperature=settings.kd_temperature, valid_mask=valid
                 )
             if "attention_relation" in active:
                 losses["attention_relation"] = attention_relation_loss(
@@ -133,7 +138,7 @@ def compute_loss(
                 losses["layerwise"] = layerwise_loss(hidden, ref.hidden_states, weighting=settings.layerwise_weighting)
             if "lrc" in active:
                 losses["lrc"] = lrc_loss(hidden, ref.hidden_states, layers=settings.lrc_layers)
-    del out
+    del out, final, head
 
     total = sum(active[n] * loss for n, loss in losses.items())
     return total, {n: loss.detach().float() for n, loss in losses.items()}

@@ -6,7 +6,8 @@
 `config` (the typed groups, presets, parsing; torch-free), `help` (--help and the docs' field
 table), `recipes` (the unified / bitdistill_full / lrc_calibration presets over
 `bitk.objectives`), `loop` (the one `train` function), `build` (the model, tokenizer and teacher a
-run trains), `state` (atomic full-state checkpoints, resume), `metrics` (JSONL, loss curve,
+run trains), `state` (atomic full-state checkpoints, resume), `remote` (the run's copy in object
+storage: background uploads, resume from there), `metrics` (JSONL, loss curve,
 TensorBoard / W&B, the console lines), and the pieces the loop calls: `optim`, `schedule`,
 `zclip`, `auto_batch`, `flops`, `distributed`, `stop` (SIGTERM / SIGINT), `export` (the final
 GGUF). The data stream is `bitk.data.TrainData`, the loss `bitk.objectives.compute_loss`. Guide:

@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import importlib.util
 import inspect
+import re
 import textwrap
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -56,6 +57,8 @@ __all__ = [
     "PRECISIONS",
     "DISTRIBUTED",
     "EXPORT_TYPES",
+    "is_url",
+    "check_url",
 ]
 
 OPTIMIZERS = ("adamw", "muon")
@@ -281,7 +284,11 @@ class TrainingConfig:
     """"auto" (bf16 autocast on CUDA, float32 on CPU), "fp32" or "bf16" (autocast; weights and
     optimizer state stay float32)."""
     compile: bool = False
-    """torch.compile the model."""
+    """torch.compile the model and, in one process, its loss (under torchrun the model only); bitk's
+    kernels are custom ops, so the graph has no breaks. The first step compiles (tens of seconds)."""
+    activation_checkpointing: bool = False
+    """Recompute each decoder block in the backward instead of keeping its activations: memory for
+    long sequences and large models (qwen3_4b, bitnet_2b on one GPU) at about a third more compute."""
     max_bad_steps: int = 5
     """The run stops once this many steps in a row had a NaN/Inf loss or gradient norm (each such
     step is skipped: no update, counted in the metrics)."""
@@ -328,6 +335,7 @@ class TrainingConfig:
         check_int(p + "eval_every", self.eval_every, low=0)
         check_choice(p + "precision", self.precision, PRECISIONS)
         check_bool(p + "compile", self.compile)
+        check_bool(p + "activation_checkpointing", self.activation_checkpointing)
         check_int(p + "max_bad_steps", self.max_bad_steps, low=1)
         check_int(p + "seed", self.seed, low=0)
 
@@ -391,14 +399,23 @@ class Config:
     """The logging group."""
     output_dir: str = "runs/tiny"
     """Where checkpoints, metrics.jsonl, loss.png and the GGUF go."""
+    remote: str | None = None
+    """A copy of output_dir in object storage: an fsspec URL (gs://BUCKET/PATH through gcsfs,
+    s3://BUCKET/PATH through s3fs, file://PATH, memory://PATH) that every checkpoint,
+    metrics.jsonl, loss.png and the GGUF are uploaded to in the background, and that resume=auto
+    falls back to when output_dir holds no checkpoint (docs/distributed.md "Preemptible runs").
+    null = none. gcs.enabled=true gcs.bucket=NAME means remote=gs://NAME/RUN, RUN being
+    output_dir's folder name."""
     device: str = "auto"
     """"auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N"."""
     distributed: str = "auto"
     """Under torchrun: "auto" (= ddp), "ddp" or "fsdp" (FSDP2 fully_shard per decoder layer)."""
     resume: str = "auto"
-    """"auto" (the latest checkpoint in output_dir, if any), "none" (start afresh; refused when
-    output_dir holds checkpoints), or a path: a checkpoint folder (.../checkpoints/step-NNNNNN) or
-    an output_dir (its latest checkpoint)."""
+    """"auto" (the latest checkpoint in output_dir, else, with remote set, the remote's newest
+    complete one, if any), "none" (start afresh; refused when output_dir or the remote holds
+    checkpoints), a path: a checkpoint folder (.../checkpoints/step-NNNNNN) or an output_dir (its
+    latest checkpoint), or a URL: a remote checkpoint (URL/checkpoints/step-NNNNNN) or a run's
+    remote (its newest complete checkpoint), downloaded into output_dir."""
     export_gguf: str = "i2_s"
     """GGUF type written from the final checkpoint to output_dir/model-TYPE.gguf
     (i2_s, tq1_0, tq2_0, f16, f32), or "none"."""
@@ -424,9 +441,20 @@ class Config:
             raise ValueError(f"device must be one of auto, cpu, cuda, cuda:N; got {self.device!r}")
         check_choice("distributed", self.distributed, DISTRIBUTED)
         if not isinstance(self.resume, str) or not self.resume:
-            raise ValueError("resume must be auto, none or a checkpoint path")
-        if self.resume not in ("auto", "none") and not Path(self.resume).expanduser().is_dir():
+            raise ValueError("resume must be auto, none, a checkpoint path or a checkpoint URL")
+        if is_url(self.resume):
+            check_url("resume", self.resume)
+        elif self.resume not in ("auto", "none") and not Path(self.resume).expanduser().is_dir():
             raise ValueError(f"resume={self.resume!r}: no such checkpoint folder (or use resume=auto / resume=none)")
+        if self.remote is not None:
+            check_url("remote", self.remote)
+            if self.remote.startswith("file://"):
+                target = Path(self.remote.removeprefix("file://")).expanduser().resolve()
+                out = Path(self.output_dir).expanduser().resolve()
+                if target == out or out in target.parents:
+                    raise ValueError(
+                        f"remote={self.remote} lies inside output_dir ({out}): the copy must outlive the machine"
+                    )
         check_choice("export_gguf", self.export_gguf, EXPORT_TYPES)
         if not self.model.ternary and self.export_gguf in TERNARY_EXPORTS:
             raise ValueError(
@@ -474,6 +502,72 @@ class Config:
                 f"objectives.teacher={teacher!r} (needed by {wanted}): no such checkpoint or folder, "
                 "and neither a preset nor a Hugging Face hub id (ORG/NAME)"
             )
+
+
+# --------------------------------------------------------------------------- remote URLs
+
+# the optional extra of pyproject.toml that brings a protocol's fsspec implementation
+REMOTE_EXTRAS = {"gs": "gcs", "gcs": "gcs", "s3": "s3", "s3a": "s3"}
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(value: Any) -> bool:
+    """A URL (PROTOCOL://...), as opposed to a local path."""
+    return isinstance(value, str) and _URL.match(value) is not None
+
+
+def check_url(key: str, value: Any) -> None:
+    """ValueError unless ``value`` is an fsspec URL whose implementation is installed (nothing is contacted)."""
+    if not is_url(value):
+        raise ValueError(
+            f"{key} must be a URL (gs://BUCKET/PATH, s3://BUCKET/PATH, file://PATH, memory://PATH or another "
+            f"fsspec URL), got {value!r}"
+        )
+    protocol, _, rest = value.partition("://")
+    if not rest.strip("/"):
+        raise ValueError(f"{key}={value} names no bucket or folder")
+    from fsspec.registry import known_implementations, registry
+
+    if protocol not in registry and protocol not in known_implementations:
+        raise ValueError(f"{key}={value}: fsspec knows no protocol {protocol!r} (gs, s3, file, memory, ...)")
+    module = known_implementations.get(protocol, {}).get("class", "").split(".")[0]
+    if protocol not in registry and module and importlib.util.find_spec(module) is None:
+        extra = REMOTE_EXTRAS.get(protocol)
+        raise ValueError(
+            f"{key}={value} needs the {module} package: pip install {module}"
+            + (f" (bitk's [{extra}] extra)" if extra else "")
+        )
+
+
+def run_name(output_dir: str) -> str:
+    """The run's name: output_dir's folder name (runs/smollm2 -> smollm2)."""
+    return Path(output_dir).expanduser().resolve().name
+
+
+# gcs.enabled=true gcs.bucket=NAME: the spelling of earlier SkyPilot set-ups, short for remote=gs://NAME/RUN
+GCS_KEYS = ("gcs.enabled", "gcs.bucket")
+
+
+def _gcs_remote(cfg: Config, settings: dict[str, str]) -> None:
+    """Set ``cfg.remote`` from the gcs.* keys (ValueError for an unknown key, a missing bucket or a second remote)."""
+    unknown = sorted(set(settings) - set(GCS_KEYS))
+    if unknown:
+        raise ValueError(
+            f"unknown key {unknown[0]!r}; valid keys of gcs: {', '.join(GCS_KEYS)} (short for remote=gs://BUCKET/RUN)"
+        )
+    enabled = settings.get("gcs.enabled", "false").strip().lower()
+    if enabled not in ("true", "false"):
+        raise ValueError(f"gcs.enabled must be true or false, got {settings['gcs.enabled']!r}")
+    if enabled == "false":
+        return
+    bucket = settings.get("gcs.bucket", "").strip().removeprefix("gs://").strip("/")
+    if not bucket:
+        raise ValueError("gcs.enabled=true needs gcs.bucket=NAME (short for remote=gs://NAME/RUN)")
+    if cfg.remote is not None:
+        raise ValueError(
+            f"gcs.enabled=true gcs.bucket={bucket} and remote={cfg.remote} both name the run's remote copy: keep one"
+        )
+    cfg.remote = f"gs://{bucket}/{run_name(cfg.output_dir)}"
 
 
 # --------------------------------------------------------------------------- training presets
@@ -548,19 +642,23 @@ RENAMED_GROUPS = {"model_overrides": "model"}
 def parse_args(argv: list[str]) -> Config:
     """A validated Config from ``key=value`` arguments (module doc for the order of the layers).
 
-    ``model=NAME`` is short for ``model.name=NAME``; ``training=NAME`` picks a training preset.
+    ``model=NAME`` is short for ``model.name=NAME``; ``training=NAME`` picks a training preset;
+    ``gcs.enabled=true gcs.bucket=NAME`` is short for ``remote=gs://NAME/RUN`` (RUN: output_dir's name).
     ValueError names an unknown key (with the valid keys), a bad type or an out-of-range value.
     """
     from omegaconf import OmegaConf
 
     training_name = "base"
     dotlist = []
+    gcs: dict[str, str] = {}
     for arg in argv:
         key, eq, value = arg.partition("=")
         if not eq or not key:
             raise ValueError(f"argument {arg!r} is not of the form key=value (see --help)")
         key = renamed(key)
-        if key == "training" and value and not value.startswith(("{", "[")):
+        if key.startswith("gcs."):
+            gcs[key] = value
+        elif key == "training" and value and not value.startswith(("{", "[")):
             training_name = value
         elif key == "model" and value and not value.startswith(("{", "[")):
             dotlist.append(f"model.name={value}")
@@ -580,6 +678,8 @@ def parse_args(argv: list[str]) -> Config:
     if pretrained is True and isinstance(name, str):
         layers.append(_nested(PRETRAINED_DEFAULTS.get(name, {})))
     cfg = _merge([*layers, _nested(preset), overrides])
+    if gcs:
+        _gcs_remote(cfg, gcs)
     cfg.validate()
     return cfg
 

@@ -6,7 +6,7 @@
 
 `Run` holds what the loop works on and names each part; the pieces it calls live in the modules
 that own their data (config, build, optim, schedule, zclip, auto_batch, flops, distributed, state,
-metrics, stop, export; the data stream is `bitk.data.TrainData`, the loss
+remote, metrics, stop, export; the data stream is `bitk.data.TrainData`, the loss
 `bitk.objectives.compute_loss`). Options and outputs: docs/train.md.
 """
 
@@ -46,8 +46,9 @@ from .export import export_gguf, runtime_of
 from .flops import flops_per_token, peak_flops
 from .metrics import LOSS_CURVE_FILE, Metrics, ProgressBar, Window, format_record, format_summary, plot_loss_curve
 from .optim import build_optimizer, sync_hyperparameters
+from .remote import Mirror, find_resume, open_remote
 from .schedule import apply_lr, quant_lambda
-from .state import find_checkpoint, list_checkpoints, load_state, rng_state, save_state, seed_everything, set_rng_state
+from .state import CHECKPOINTS_DIR, list_checkpoints, load_state, rng_state, save_state, seed_everything, set_rng_state
 from .stop import StopSignal
 from .zclip import clip_gradients, make_zclip
 
@@ -147,6 +148,10 @@ class Run:
     gguf_error: str | None = None
     gguf_eval: dict[str, Any] | None = None
     curve: Path | None = None
+    mirror: Mirror | None = None
+    """The uploads to the remote copy (remote=URL; main process only)."""
+    remote_missing: list[str] = field(default_factory=list)
+    """What did not reach the remote by the end."""
 
     # ------------------------------------------------------------------ start
 
@@ -158,7 +163,6 @@ class Run:
         info = init_distributed(cfg.device)
         seed_everything(t.seed)
         out = Path(cfg.output_dir).expanduser()
-        resume_from = find_checkpoint(cfg.resume, out)
         if cfg.resume == "none" and list_checkpoints(out):
             raise ValueError(
                 f"output_dir {out} already holds checkpoints of another run; resume=auto continues it, "
@@ -171,6 +175,8 @@ class Run:
             )
         say = print if info.is_main else _quiet
         say(f"bitk.train: resolved config\n{config_to_yaml(cfg).rstrip()}", flush=True)
+        remote = open_remote(cfg, info)  # probed: missing credentials or a wrong bucket stop the run here
+        resume_from = find_resume(cfg, out, info, say)  # a remote checkpoint is downloaded into output_dir
 
         raw, tokenizer = build_model(cfg, resume_from, out, info, say)
         if cfg.data.block_size > raw.config.max_position_embeddings:
@@ -181,6 +187,7 @@ class Run:
         if "lrc" in cfg.objectives.curriculum().objectives():
             prepare_lrc_student(raw, cfg, say)
         teacher = load_teacher(cfg, raw, info, say)
+        raw.activation_checkpointing = t.activation_checkpointing
         model = wrap_model(raw, info, cfg.distributed)
         if t.compile:
             model = torch.compile(model)
@@ -219,6 +226,10 @@ class Run:
             config=config_to_dict(cfg),
         )
         run.progress = ProgressBar(t.max_steps, run.step, enabled=cfg.logging.progress, quiet=not info.is_main)
+        if remote is not None:
+            run.mirror = Mirror(remote, out, keep_last=cfg.checkpoint.keep_last, say=run.progress.print)
+            if resume_from is not None and resume_from.parent == out / CHECKPOINTS_DIR:
+                run.mirror.checkpoint(resume_from, if_missing=True)  # a crash may have kept it from the remote
         run.peak = peak_flops(info.device, torch.bfloat16 if use_bf16 else torch.float32)
         run.model_flops = flops_per_token(raw.config, data.tokens_per_block)
         if run.tracks_objectives:
@@ -316,8 +327,15 @@ class Run:
         weights: dict[str, float],
         generator: torch.Generator | None = None,
     ):
-        """The weighted objectives of one micro-batch and each one's value (DLM masks from the global RNG)."""
-        return compute_loss(
+        """The weighted objectives of one micro-batch and each one's value (DLM masks from the global RNG).
+
+        With training.compile (one process; DDP and FSDP compile the model only) the loss is compiled
+        too: the compiled model is inlined, so its forward and the objectives are one graph.
+        """
+        loss_fn = compute_loss
+        if self.cfg.training.compile and generator is None and not self.info.enabled:
+            loss_fn = _compiled_loss()
+        return loss_fn(
             model,
             input_ids,
             position_ids,
@@ -461,6 +479,9 @@ class Run:
                 meta=meta,
             )
             self.progress.print(f"saved {path}")
+            if self.mirror is not None:  # uploaded in the background
+                self.mirror.checkpoint(path)
+                self.mirror.file(self.metrics.path, copy=True)
         barrier(info)
         self.saved_path, self.saved_step = path, self.step
         return path
@@ -557,13 +578,23 @@ class Run:
                         + ")",
                         flush=True,
                     )
+        if self.mirror is not None:
+            for path in (self.curve, self.gguf):
+                if path is not None:
+                    self.mirror.file(path)
+            self.mirror.file(self.metrics.path, copy=True)
         barrier(info)
 
     def close(self) -> None:
+        """Signal handlers back, files closed, queued uploads finished (or reported), processes left."""
         self.stop.restore()
         if self.metrics is not None:
             self.metrics.close()
-        cleanup(self.info)
+        try:
+            if self.mirror is not None:
+                self.remote_missing = self.mirror.close()
+        finally:
+            cleanup(self.info)
 
     def summary(self) -> dict[str, Any]:
         last_eval, tracks = self.last_eval, self.tracks_objectives
@@ -586,8 +617,18 @@ class Run:
             "gguf_runtime": None if self.gguf_eval is None else self.gguf_eval["runtime"],
             "seconds": time.perf_counter() - self.started,
             "stopped": self.stop.requested,
+            "remote": self.cfg.remote,
+            "remote_checkpoint": None if self.mirror is None else self.mirror.newest,
+            "remote_missing": self.remote_missing,
         }
 
 
 def _quiet(*args: Any, **kwargs: Any) -> None:
     pass
+
+
+@functools.cache
+def _compiled_loss() -> Any:
+    """`compute_loss` under torch.compile. Random ops run as in eager (inductor's fallback_random),
+    so the DLM masks are the ones the uncompiled loss draws."""
+    return torch.compile(compute_loss, options={"fallback_random": True})

@@ -338,4 +338,12 @@ def format_summary(s: dict[str, Any]) -> str:
             f"  as the GGUF runs  {s['gguf_eval_loss']:.4f} (perplexity {s['gguf_eval_perplexity']:.2f}, "
             f"{s['gguf_runtime']})"
         )
+    if s.get("remote"):
+        newest = s.get("remote_checkpoint")
+        missing = s.get("remote_missing")
+        lines.append(
+            f"  remote            {s['remote']}"
+            + (f" (newest checkpoint uploaded: {newest})" if newest else "")
+            + (f"; not uploaded: {', '.join(missing)}" if missing else "")
+        )
     return "\n".join(lines)

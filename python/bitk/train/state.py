@@ -47,6 +47,7 @@ __all__ = [
     "is_complete",
     "list_checkpoints",
     "latest_checkpoint",
+    "set_latest",
     "find_checkpoint",
     "save_state",
     "load_state",
@@ -96,6 +97,11 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
             return root / name
     found = list_checkpoints(output_dir)
     return found[-1] if found else None
+
+
+def set_latest(output_dir: str | Path, name: str) -> None:
+    """Point output_dir's `latest` at checkpoint ``name`` (atomically)."""
+    _write_latest(Path(output_dir) / CHECKPOINTS_DIR, name)
 
 
 def find_checkpoint(resume: str, output_dir: str | Path) -> Path | None:
