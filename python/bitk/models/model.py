@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from bitk.nn import BitLinear, BitLinearLRC, RMSNorm, SubLN, set_numerics
+from bitk.nn import BitLinear, BitLinearLRC, RMSNorm, SubLN, resolve, set_numerics
 
 from .attention import PackedDocuments, attend, packed_causal_mask
 from .checkpoint import (
@@ -151,6 +151,11 @@ def _gated(gate: torch.Tensor, up: torch.Tensor, relu2: bool) -> torch.Tensor:
     return (torch.square(F.relu(gate)) if relu2 else F.silu(gate)) * up
 
 
+def _gated_norm(gate: torch.Tensor, up: torch.Tensor, relu2: bool, norm: RMSNorm) -> torch.Tensor:
+    """``norm(act(gate) * up)``: the SubLN'd input of down_proj."""
+    return norm(_gated(gate, up, relu2))
+
+
 class MLP(nn.Module):
     """Gated FFN ``down(subln(act(gate(x)) * up(x)))`` with act relu^2 (BitNet) or SiLU."""
 
@@ -165,14 +170,17 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_proj(x), self.up_proj(x)
-        relu2 = self.hidden_act == "relu2"
-        if torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad):
-            # Keeps gate and up for the backward and recomputes act(gate) * up from them, instead of
-            # keeping act's intermediates too (the same ops, so the same gradients bit for bit).
-            inner = checkpoint(_gated, gate, up, relu2, use_reentrant=False)
-        else:
-            inner = _gated(gate, up, relu2)
-        return _project(self.down_proj, inner, self.ffn_sub_norm)
+        relu2, norm, down = self.hidden_act == "relu2", self.ffn_sub_norm, self.down_proj
+        if not (torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad)):
+            return _project(down, _gated(gate, up, relu2), norm)
+        # Training keeps gate and up for the backward and recomputes act(gate) * up (and the SubLN)
+        # from them, instead of keeping act's and the norm's intermediates too: the same ops, so
+        # the same gradients bit for bit. The fused SubLN + BitLinear kernel keeps only int8
+        # activations of the norm, so there the SubLN stays in the layer.
+        fused = type(down) is BitLinear and down.numerics == "train" and resolve(gate.device) == "triton"
+        if norm is None or fused:
+            return _project(down, checkpoint(_gated, gate, up, relu2, use_reentrant=False), norm)
+        return down(checkpoint(_gated_norm, gate, up, relu2, norm, use_reentrant=False))
 
 
 class DecoderLayer(nn.Module):

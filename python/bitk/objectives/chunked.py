@@ -24,8 +24,8 @@ from .logits_kd import logits_kd_loss
 
 __all__ = ["CHUNK_ELEMENTS", "chunk_rows", "chunked_logits_kd", "chunked_next_token_ce", "chunked_next_token_losses"]
 
-CHUNK_ELEMENTS = 1 << 25
-"""Logit elements per chunk: 32 M, 128 MB in float32 (220 tokens of a 151,936-token vocabulary)."""
+CHUNK_ELEMENTS = 1 << 24
+"""Logit elements per chunk: 16 M, 64 MB in float32 (110 tokens of a 151,936-token vocabulary)."""
 
 Head = Callable[[torch.Tensor], torch.Tensor]
 
