@@ -211,6 +211,18 @@ def _train_step() -> dict[str, Callable[[], object]]:
     return {name: make_train_step(**CPU_STEP, ternary=name == "ternary")[0] for name in ("ternary", "float")}
 
 
+def _generate() -> dict[str, Callable[[], object]]:
+    """Greedy generation (bench_generate.py) in i2s numerics: with the KV cache against recomputing the prefix.
+
+    32 new tokens, not the suite's 64: recomputing costs the gate a minute less, and the ratio
+    still grows with every token (each recomputed step runs the whole prefix)."""
+    from bench_generate import generate_step
+
+    return {n: generate_step("i2s", n == "cache", new_tokens=GATE_NEW_TOKENS) for n in ("cache", "recompute")}
+
+
+GATE_NEW_TOKENS = 32
+
 GGUF_LAYERS = 2  # two 2B4T blocks + a 4096-token embedding: 149.45 M parameters, 299 MB of bf16
 GGUF_PARAMS = 149_453_824
 
@@ -274,6 +286,13 @@ GROUPS = {
             unchecked=("float",),
             suite="train",
         ),
+        Group(
+            "Generate tiny (128-token prompt + 32 greedy tokens, i2s)",
+            GATE_NEW_TOKENS,
+            _generate,
+            reference="cache",
+            suite="generate",
+        ),
     ]
 }
 
@@ -303,6 +322,12 @@ GATE_CASES = [
     GateCase("gguf_export_vs_io", "GGUF export (2B4T widths, bf16 -> I2_S)", "bitk", "io"),
     GateCase("eval_i2s_vs_float", "Eval forward smollm2_135m (1 x 256)", "i2s", "float"),
     GateCase("train_step_ternary_vs_float", "Train step tiny (8 x 256, AdamW)", "ternary", "float"),
+    GateCase(
+        "generate_kv_cache_vs_recompute",
+        "Generate tiny (128-token prompt + 32 greedy tokens, i2s)",
+        "cache",
+        "recompute",
+    ),
 ]
 
 

@@ -1,15 +1,21 @@
 // pybind11 bindings of the ternary codecs as `bitk._codecs`: the same functions, names and
 // argument order as python/bitk/formats/reference.py, over numpy buffers (no libtorch). Inputs are
 // validated for dtype/shape by bitk.formats; these wrappers only check what would be unsafe to
-// trust. The GIL is released while the codecs run; std::invalid_argument becomes ValueError.
+// trust: shapes whose element or byte counts overflow 64 bits, and input arrays that are not
+// aligned for their dtype (numpy views at odd offsets, e.g. of a safetensors file), which are
+// copied to aligned memory because the codecs load floats as floats. The GIL is released while
+// the codecs run; std::invalid_argument becomes ValueError.
 // The ternary GEMM entries (ternary_gemm.h) check their own inputs; see their section.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstring>
 #include <initializer_list>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "ternary_codecs.h"
 #include "ternary_gemm.h"
@@ -32,10 +38,33 @@ void require_bytes(const ByteArray& data, int64_t expected, const char* qtype) {
                                 " bytes; the shape needs " + std::to_string(expected));
 }
 
-int64_t i2s_bytes(int64_t rows, int64_t cols) { return rows * cols / 4 + 32; }
+// rows * cols, or std::invalid_argument for a negative shape or one whose count overflows int64.
+int64_t element_count(int64_t rows, int64_t cols, const char* what) {
+  if (rows < 0 || cols < 0)
+    throw std::invalid_argument(std::string(what) + ": the shape [" + std::to_string(rows) + ", " +
+                                std::to_string(cols) + "] has a negative dimension");
+  if (cols != 0 && rows > std::numeric_limits<int64_t>::max() / cols)
+    throw std::invalid_argument(std::string(what) + ": the shape [" + std::to_string(rows) + ", " +
+                                std::to_string(cols) + "] has more elements than a 64-bit count holds");
+  return rows * cols;
+}
 
-py::tuple ternarize(const FloatArray& w) {
-  require_2d(w, "w");
+int64_t i2s_bytes(int64_t rows, int64_t cols) { return element_count(rows, cols, "I2_S") / 4 + 32; }
+
+// `a` itself when its data is aligned for T, else an aligned copy: numpy views at odd byte offsets
+// (np.frombuffer(buf, offset=1), a memory map of a safetensors file) are legal numpy arrays, but the
+// codecs load T through T*, which needs alignof(T).
+template <class T>
+py::array_t<T, py::array::c_style> aligned(const py::array_t<T, py::array::c_style>& a) {
+  if (a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_) return a;
+  py::array_t<T, py::array::c_style> copy(std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()));
+  std::memcpy(copy.mutable_data(), static_cast<const void*>(a.data()), size_t(a.nbytes()));
+  return copy;
+}
+
+py::tuple ternarize(const FloatArray& w_in) {
+  require_2d(w_in, "w");
+  const FloatArray w = aligned(w_in);
   Int8Array codes({w.shape(0), w.shape(1)});
   float gamma;
   {
@@ -45,8 +74,9 @@ py::tuple ternarize(const FloatArray& w) {
   return py::make_tuple(codes, double(gamma));
 }
 
-py::tuple ternarize_bf16(const py::array_t<uint16_t, py::array::c_style>& bits) {
-  require_2d(bits, "w");
+py::tuple ternarize_bf16(const py::array_t<uint16_t, py::array::c_style>& bits_in) {
+  require_2d(bits_in, "w");
+  const auto bits = aligned(bits_in);
   Int8Array codes({bits.shape(0), bits.shape(1)});
   float gamma;
   {
@@ -56,7 +86,8 @@ py::tuple ternarize_bf16(const py::array_t<uint16_t, py::array::c_style>& bits) 
   return py::make_tuple(codes, double(gamma));
 }
 
-double abs_sum(const FloatArray& w) {
+double abs_sum(const FloatArray& w_in) {
+  const FloatArray w = aligned(w_in);
   py::gil_scoped_release release;
   return bitk::abs_sum(w.data(), w.size());
 }
@@ -82,8 +113,9 @@ py::tuple unpack_i2s(const ByteArray& data, int64_t rows, int64_t cols, const st
   return py::make_tuple(codes, double(scale));
 }
 
-ByteArray quantize_i2s(const FloatArray& w, const std::string& layout) {
-  require_2d(w, "w");
+ByteArray quantize_i2s(const FloatArray& w_in, const std::string& layout) {
+  require_2d(w_in, "w");
+  const FloatArray w = aligned(w_in);
   const auto lay = bitk::parse_i2s_layout(layout);
   ByteArray out(i2s_bytes(w.shape(0), w.shape(1)));
   py::gil_scoped_release release;
@@ -101,8 +133,9 @@ FloatArray dequantize_i2s(const ByteArray& data, int64_t rows, int64_t cols, con
 }
 
 template <void (*Quantize)(const float*, int64_t, int64_t, uint8_t*), int64_t BlockBytes>
-ByteArray quantize_tq(const FloatArray& w) {
-  require_2d(w, "w");
+ByteArray quantize_tq(const FloatArray& w_in) {
+  require_2d(w_in, "w");
+  const FloatArray w = aligned(w_in);
   ByteArray out(w.size() / 256 * BlockBytes);
   py::gil_scoped_release release;
   Quantize(w.data(), w.shape(0), w.shape(1), out.mutable_data());
@@ -111,7 +144,8 @@ ByteArray quantize_tq(const FloatArray& w) {
 
 template <void (*Dequantize)(const uint8_t*, int64_t, int64_t, float*), int64_t BlockBytes>
 FloatArray dequantize_tq(const ByteArray& data, int64_t rows, int64_t cols) {
-  require_bytes(data, rows * cols / 256 * BlockBytes, BlockBytes == 66 ? "TQ2_0" : "TQ1_0");
+  const char* qtype = BlockBytes == 66 ? "TQ2_0" : "TQ1_0";
+  require_bytes(data, element_count(rows, cols, qtype) / 256 * BlockBytes, qtype);
   FloatArray out({rows, cols});
   py::gil_scoped_release release;
   Dequantize(data.data(), rows, cols, out.mutable_data());
@@ -120,8 +154,8 @@ FloatArray dequantize_tq(const ByteArray& data, int64_t rows, int64_t cols) {
 
 // ---------------------------------------------------------------------------- ternary GEMM
 // The Python side hands these torch tensors' .numpy() views, so they check everything themselves:
-// a numpy array of the exact dtype (else TypeError), then ndim, shape and C-contiguity (else
-// ValueError). Nothing is converted or copied.
+// a numpy array of the exact dtype (else TypeError), then ndim, shape, C-contiguity and alignment
+// (else ValueError). Nothing is converted or copied.
 
 std::string shape_str(const py::array& a) {
   std::string out = "(";
@@ -140,6 +174,8 @@ py::array_t<T> gemm_array(const py::object& obj, const char* name, const char* d
   if (a.ndim() != ndim)
     throw py::value_error(std::string(name) + " must be " + std::to_string(ndim) + "-D, got shape " + shape_str(a));
   if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(name) + " must be C-contiguous");
+  if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+    throw py::value_error(std::string(name) + " must be aligned for its dtype (a view at an odd byte offset)");
   return py::reinterpret_borrow<py::array_t<T>>(a);
 }
 

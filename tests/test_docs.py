@@ -45,6 +45,13 @@ NOT_RUN = {
     "torchrun --standalone --nproc_per_node 8": "needs 8 GPUs",
     "torchrun --nnodes": "needs several machines",
     "sky ": "launches cloud machines (SkyPilot)",
+    "cmake ": "builds a runtime (bitnet.cpp, llama.cpp) from its own sources (docs/serving.md)",
+    "llama-server ": "a runtime's server, built from the runtime's sources (docs/serving.md)",
+    "curl -s http://127.0.0.1:8081": "asks the runtime's server started above",
+    "llama-cli ": "bitnet.cpp's command line, built from its sources",
+    "llama-completion ": "upstream llama.cpp's command line, built from its sources",
+    "python -m bitk.eval ckpt/ --tasks sst2": "the harness downloads hub tasks' data sets; the tests have no network "
+    "(tests/eval runs local task files)",
 }
 
 
@@ -137,6 +144,7 @@ def test_the_readme_runs_top_to_bottom(hub_cache, tmp_path, env):
         "hf download",
         ". .venv/bin/activate && python -m pytest bench",
         ". .venv/bin/activate && python bench/gate.py",
+        "python -m bitk.eval ckpt/ --tasks sst2",
     }
     # what the README promises its commands leave behind
     for made in (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 
 def run_python(code: str) -> str:
@@ -34,12 +35,24 @@ def test_submodules_load_lazily():
         raise AssertionError("unknown attribute did not raise")
 
 
-def test_triton_kernels_folder_installs_as_bitk_triton_kernels():
-    import importlib.util
-
+def test_triton_kernels_folder_installs_as_bitk_triton_kernels(tmp_path):
     import bitk.triton_kernels
 
     assert bitk.triton_kernels.__file__.endswith("triton_kernels/__init__.py")
-    # The top-level name belongs to the package published from the Triton repository.
-    spec = importlib.util.find_spec("triton_kernels")
-    assert spec is None or "bitk" not in (spec.origin or "")
+    # The top-level name belongs to the package published from the Triton repository: the install
+    # must not make bitk's folder importable as `triton_kernels`. Asked from another folder, as the
+    # checkout itself (the current folder of a test run) would put the folder on sys.path; compared
+    # by file, not by whether a path contains "bitk" (a checkout may be anywhere, named anything).
+    origin = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import importlib.util; s = importlib.util.find_spec('triton_kernels'); print(s.origin if s else '')",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    ).stdout.strip()
+    ours = Path(bitk.triton_kernels.__file__).resolve()
+    assert not origin or Path(origin).resolve() != ours, origin

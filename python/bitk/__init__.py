@@ -11,7 +11,9 @@ compiled extension:
 - `bitk.data`: the embedded corpus and tokenizer, text loading and packing.
 - `bitk.objectives`: the losses (CE, DLM, distillation, LRC) and their curricula.
 - `bitk.train`: the trainer (`python -m bitk.train`): config, loop, checkpoints, DDP / FSDP2.
-- `bitk.eval`: perplexity and tokens/s (`python -m bitk.eval`).
+- `bitk.generate`: text generation with a KV cache (`python -m bitk.generate`); the module is
+  callable: `bitk.generate(model, tokenizer, "prompt")`.
+- `bitk.eval`: perplexity, tokens/s and lm-evaluation-harness tasks (`python -m bitk.eval`).
 """
 
 from __future__ import annotations
@@ -20,5 +22,5 @@ from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("formats", "numerics", "nn", "models", "gguf", "data", "objectives", "train", "eval")
+_SUBMODULES = ("formats", "numerics", "nn", "models", "gguf", "data", "objectives", "train", "eval", "generate")
 __getattr__, __dir__ = lazy_exports(__name__, {**dict.fromkeys(_SUBMODULES, ""), "load_model": "models"})

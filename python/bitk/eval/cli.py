@@ -1,12 +1,14 @@
-"""`python -m bitk.eval CHECKPOINT`: perplexity and tokens/s of a checkpoint (or GGUF file) on a text set.
+"""`python -m bitk.eval CHECKPOINT`: perplexity and tokens/s of a checkpoint (or GGUF file) on a text set,
+or, with --tasks, lm-evaluation-harness tasks.
 
-Cheap checks first (the checkpoint's config, the sequence length, the data, the tokenizer), so
-a wrong argument costs seconds and prints one line (exit status 2, like argparse); then the data
-is tokenized and packed (`bitk.data`), the model loads (`bitk.models.load_model`, or
-`bitk.gguf.load` for a .gguf file, in the numerics its runtime computes) and `bitk.eval.evaluate`
-runs with a progress bar. --numerics i2s / tq on a checkpoint evaluate each projection as the GGUF
-file `bitk-pack` writes computes it (`bitk.gguf.runtime_numerics`: zero-padded widths exact,
-F16 fallbacks in f16). Results: a rich table, and JSON (--json). Usage: docs/eval.md.
+Cheap checks first (the checkpoint's config, the sequence length, the data, the tokenizer; with
+--tasks, lm_eval's presence and the task names), so a wrong argument costs seconds and prints one
+line (exit status 2, like argparse); then the data is tokenized and packed (`bitk.data`), the
+model loads (`bitk.models.load_model`, or `bitk.gguf.load` for a .gguf file, in the numerics its
+runtime computes) and `bitk.eval.evaluate` runs with a progress bar. --numerics i2s / tq on a
+checkpoint evaluate each projection as the GGUF file `bitk-pack` writes computes it
+(`bitk.generate.loading.set_model_numerics`: zero-padded widths exact, F16 fallbacks in f16).
+Results: a rich table (lm-eval's for tasks), and JSON (--json). Usage: docs/eval.md.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from bitk.generate.loading import is_gguf, set_model_numerics
 from bitk.nn import NUMERICS
 
 __all__ = ["build_parser", "main"]
@@ -38,12 +41,34 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bitk.eval",
-        description="Perplexity and forward tokens/s of a bitk checkpoint or Hugging Face model folder.",
+        description="Perplexity and forward tokens/s of a bitk checkpoint, Hugging Face model folder or GGUF "
+        "file, or its scores on lm-evaluation-harness tasks (--tasks).",
     )
-    p.add_argument("checkpoint", help="bitk checkpoint folder, Hugging Face model folder or hub id")
+    p.add_argument("checkpoint", help="bitk checkpoint folder, Hugging Face model folder, hub id or .gguf file")
+    p.add_argument(
+        "--tasks",
+        default=None,
+        help="comma-separated lm-evaluation-harness tasks (sst2,mnli,qnli,arc_easy, ...) instead of perplexity; "
+        'needs pip install "bitk[eval]"',
+    )
+    p.add_argument("--include-path", default=None, help="with --tasks: a folder of task YAML files to add")
+    p.add_argument("--limit", type=_positive, default=None, help="with --tasks: at most this many documents per task")
+    p.add_argument(
+        "--num-fewshot", type=_non_negative, default=None, help="with --tasks: few-shot examples (default the task's)"
+    )
     p.add_argument(
         "--data",
         default=None,
@@ -74,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"tokens per row (default: min({DEFAULT_SEQ_LEN}, max_position_embeddings))",
     )
-    p.add_argument("--batch-size", type=_positive, default=1, help="rows per forward pass (default 1)")
+    p.add_argument(
+        "--batch-size", type=_positive, default=1, help="rows (or task requests) per forward pass (default 1)"
+    )
     p.add_argument("--max-tokens", type=_positive, default=None, help="read at most this many tokens of the data")
     p.add_argument(
         "--tokenizer",
@@ -104,13 +131,9 @@ class _Plan:
     model: Any = None
 
 
-def _is_gguf(path: str) -> bool:
-    return path.lower().endswith(".gguf")
-
-
 def _load_model(args: argparse.Namespace, tokenizer_dir: Path | None = None):
     """The model to evaluate: a checkpoint (converted by load_model) or a GGUF file in its runtime's numerics."""
-    if _is_gguf(args.checkpoint):
+    if is_gguf(args.checkpoint):
         from bitk.gguf import load
 
         if args.full_precision:
@@ -119,25 +142,6 @@ def _load_model(args: argparse.Namespace, tokenizer_dir: Path | None = None):
     from bitk.models import load_model
 
     return load_model(args.checkpoint, ternary=not args.full_precision)
-
-
-def _set_numerics(model: Any, args: argparse.Namespace) -> tuple[str | None, str]:
-    """(numerics for evaluate, what the table says): i2s / tq per projection as the GGUF computes it."""
-    if args.numerics is None:
-        if _is_gguf(args.checkpoint):
-            modes = sorted({m.numerics for m in model.modules() if hasattr(m, "numerics")})
-            return None, "as the file runs (" + ("+".join(modes) or "float") + ")"
-        return "train", "train"
-    if args.numerics in ("i2s", "tq") and model.config.ternary:
-        from bitk.gguf import runtime_numerics, set_runtime_numerics
-
-        qtype = "i2_s" if args.numerics == "i2s" else "tq2_0"
-        numerics = runtime_numerics(model.config, qtype, pad=args.pad)
-        set_runtime_numerics(model, numerics)
-        fallbacks = sum(1 for m in numerics.values() if m == "f16")
-        what = f"{args.numerics} (as its {qtype.upper()} GGUF runs"
-        return None, what + (f"; {fallbacks} F16 fallback projection(s))" if fallbacks else ")")
-    return args.numerics, args.numerics
 
 
 def _prepare(args: argparse.Namespace, tokenizer_dir: Path | None = None) -> _Plan:
@@ -150,10 +154,8 @@ def _prepare(args: argparse.Namespace, tokenizer_dir: Path | None = None) -> _Pl
     from bitk.models import open_source
 
     model = None
-    if args.json not in (None, "-") and not Path(args.json).expanduser().parent.is_dir():
-        raise ValueError(f"--json {args.json}: no such folder {Path(args.json).expanduser().parent}")
     local = Path(args.checkpoint).expanduser()
-    if _is_gguf(args.checkpoint):
+    if is_gguf(args.checkpoint):
         if not local.is_file():
             raise ValueError(f"no such GGUF file: {args.checkpoint}")
         model = _load_model(args, None if args.tokenizer is not None else tokenizer_dir)
@@ -222,6 +224,71 @@ def _prepare(args: argparse.Namespace, tokenizer_dir: Path | None = None) -> _Pl
     return _Plan(args.checkpoint, data_name, seq_len, input_ids, position_ids, labels, model)
 
 
+def _check_checkpoint(args: argparse.Namespace) -> None:
+    """ValueError for a checkpoint argument that names no file or folder (a hub id passes)."""
+    from bitk.data.loading import looks_like_path
+
+    local = Path(args.checkpoint).expanduser()
+    if is_gguf(args.checkpoint) and not local.is_file():
+        raise ValueError(f"no such GGUF file: {args.checkpoint}")
+    if not local.exists() and looks_like_path(args.checkpoint):
+        raise ValueError(f"no such checkpoint: {args.checkpoint}")
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """ValueError for options of one mode given in the other (perplexity vs --tasks)."""
+    if args.json not in (None, "-") and not Path(args.json).expanduser().parent.is_dir():
+        raise ValueError(f"--json {args.json}: no such folder {Path(args.json).expanduser().parent}")
+    if args.tasks is None:
+        for name in ("include_path", "limit", "num_fewshot"):
+            if getattr(args, name) is not None:
+                raise ValueError(f"--{name.replace('_', '-')} applies to --tasks")
+        return
+    for name in ("data", "split", "seq_len", "max_tokens"):
+        if getattr(args, name) is not None:
+            raise ValueError(f"--{name.replace('_', '-')} applies to perplexity; the tasks bring their own data")
+    if args.include_path is not None and not Path(args.include_path).expanduser().is_dir():
+        raise ValueError(f"--include-path {args.include_path}: no such folder")
+
+
+def _run_tasks(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """lm-evaluation-harness on the checkpoint: (the JSON record, lm-eval's table)."""
+    from bitk.eval import load_harness
+
+    harness = load_harness("--tasks")
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not tasks:
+        raise ValueError("--tasks names no task")
+    _check_checkpoint(args)
+    harness.check_tasks(tasks, args.include_path)  # before the weights load: a typo costs seconds
+    lm = harness.BitkLM(
+        pretrained=args.checkpoint,
+        numerics=args.numerics,
+        pad=args.pad,
+        full_precision=args.full_precision,
+        tokenizer=args.tokenizer,
+        batch_size=args.batch_size,
+    )
+    results = harness.run_tasks(
+        lm, tasks, include_path=args.include_path, limit=args.limit, num_fewshot=args.num_fewshot
+    )
+    from lm_eval.utils import make_table
+
+    table = make_table(results)
+    if results.get("groups"):
+        table += "\n" + make_table(results, "groups")
+    record = harness.results_record(
+        results,
+        model=args.checkpoint,
+        numerics=args.numerics or ("file" if is_gguf(args.checkpoint) else "train"),
+        numerics_detail=lm.numerics,
+        limit=args.limit,
+        num_fewshot=args.num_fewshot,
+        date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    return record, table
+
+
 def _table(record: dict[str, Any]):
     from rich.table import Table
 
@@ -255,19 +322,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
-        with tempfile.TemporaryDirectory(prefix="bitk-eval-") as tmp:
-            plan = _prepare(args, Path(tmp))
-            model = plan.model if plan.model is not None else _load_model(args)
-            numerics, described = _set_numerics(model, args)
-            result = evaluate(
-                model, plan.input_ids, plan.position_ids, args.batch_size, numerics, labels=plan.labels, progress=True
-            )
+        _check_options(args)
+        if args.tasks is not None:
+            record, table = _run_tasks(args)
+        else:
+            with tempfile.TemporaryDirectory(prefix="bitk-eval-") as tmp:
+                plan = _prepare(args, Path(tmp))
+                model = plan.model if plan.model is not None else _load_model(args)
+                described = set_model_numerics(model, args.numerics, gguf=is_gguf(args.checkpoint), pad=args.pad)
+                result = evaluate(
+                    model, plan.input_ids, plan.position_ids, args.batch_size, labels=plan.labels, progress=True
+                )
     except ValueError as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    if args.tasks is not None:
+        text = json.dumps(record, indent=2)
+        # With JSON on stdout, the table goes to stderr so stdout stays parseable.
+        print(table, file=sys.stderr if args.json == "-" else sys.stdout)
+        if args.json == "-":
+            print(text)
+        elif args.json is not None:
+            Path(args.json).expanduser().write_text(text + "\n")
+        return 0
     record = {
         "checkpoint": plan.checkpoint,
         "data": plan.data_name,
-        "numerics": args.numerics or ("file" if _is_gguf(args.checkpoint) else "train"),
+        "numerics": args.numerics or ("file" if is_gguf(args.checkpoint) else "train"),
         "numerics_detail": described,
         "tokens": result.tokens,
         "loss": result.loss,

@@ -131,7 +131,9 @@ class _Progress:
 
     def step(self, name: str) -> None:
         if self.bar is not None:
-            self.bar.update(self.task, advance=1, description=name)
+            from rich.markup import escape
+
+            self.bar.update(self.task, advance=1, description=escape(name))  # TextColumn parses markup
 
     def stop(self) -> None:
         if self.bar is not None:

@@ -137,7 +137,7 @@ def load(path: str | Path, tokenizer_dir: str | Path | None = None) -> Any:
     import torch
 
     from bitk.formats import latent_weights
-    from bitk.gguf.verifier import decode, model_dims
+    from bitk.gguf.verifier import decode, model_dims, model_problems
     from bitk.models.checkpoint import assign_tensors, write_tokenizer
     from bitk.models.config import ModelConfig
     from bitk.models.model import CausalLM
@@ -150,6 +150,11 @@ def load(path: str | Path, tokenizer_dir: str | Path | None = None) -> Any:
         except ValueError as exc:
             raise ValueError(f"{f.path}: {exc}") from None
         arch = meta["general.architecture"]
+        # Every count and width of the metadata against the tensors the file holds, before any
+        # tensor is decoded or the model built: the metadata alone may claim 2**31 blocks.
+        problems = model_problems(f, dims, arch)
+        if problems:
+            raise ValueError(f"{f.path}: the tensors do not match the metadata: {'; '.join(problems)}")
         floats: dict[str, np.ndarray] = {}
         ternary: dict[str, tuple[np.ndarray, float]] = {}
         types: dict[str, str] = {}
@@ -168,31 +173,43 @@ def load(path: str | Path, tokenizer_dir: str | Path | None = None) -> Any:
 
         def special(key: str) -> int | None:
             v = meta.get(key)
-            return int(v) if v is not None and 0 <= int(v) < dims["vocab"] else None
+            ok = isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v < dims["vocab"]
+            return int(v) if ok else None
+
+        def number(what: str, default: Any = None) -> float:
+            value = meta.get(arch_key(arch, what), default)
+            if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool):
+                raise ValueError(f"{arch_key(arch, what)} must be a number, got {value!r}")
+            if not np.isfinite(value):
+                raise ValueError(f"{arch_key(arch, what)} must be finite, got {value!r}")
+            return value
 
         projections = [n for n in floats if n.endswith("_proj.weight")]
         is_ternary = all(n in ternary for n in projections)
-        config = ModelConfig(
-            vocab_size=dims["vocab"],
-            hidden_size=dims["hidden"],
-            intermediate_size=dims["ffn"],
-            num_hidden_layers=dims["layers"],
-            num_attention_heads=dims["heads"],
-            num_key_value_heads=dims["kv_heads"],
-            head_dim=dims["head_dim"],
-            hidden_act=ACTIVATION_BY_ARCH[arch],
-            max_position_embeddings=int(meta[arch_key(arch, "context_length")]),
-            rope_theta=_round_f32(meta.get(arch_key(arch, "rope_freq_base"), 10000.0)),
-            rms_norm_eps=_round_f32(meta[arch_key(arch, "rms_eps")]),
-            tie_word_embeddings=OUTPUT not in f.tensors,
-            qk_norm=arch == ARCH_QWEN3,
-            subln=arch != ARCH_QWEN3,
-            ternary=is_ternary,
-            attention_bias=False,
-            bos_token_id=special(KEY_BOS_ID),
-            eos_token_id=special(KEY_EOS_ID),
-            pad_token_id=special(KEY_PAD_ID),
-        )
+        try:
+            config = ModelConfig(
+                vocab_size=dims["vocab"],
+                hidden_size=dims["hidden"],
+                intermediate_size=dims["ffn"],
+                num_hidden_layers=dims["layers"],
+                num_attention_heads=dims["heads"],
+                num_key_value_heads=dims["kv_heads"],
+                head_dim=dims["head_dim"],
+                hidden_act=ACTIVATION_BY_ARCH[arch],
+                max_position_embeddings=int(number("context_length")),
+                rope_theta=_round_f32(number("rope_freq_base", 10000.0)),
+                rms_norm_eps=_round_f32(number("rms_eps")),
+                tie_word_embeddings=OUTPUT not in f.tensors,
+                qk_norm=arch == ARCH_QWEN3,
+                subln=arch != ARCH_QWEN3,
+                ternary=is_ternary,
+                attention_bias=False,
+                bos_token_id=special(KEY_BOS_ID),
+                eos_token_id=special(KEY_EOS_ID),
+                pad_token_id=special(KEY_PAD_ID),
+            )
+        except ValueError as exc:
+            raise ValueError(f"{f.path}: {exc}") from None
         tensors = {}
         for hf, values in floats.items():
             if is_ternary and hf in ternary:

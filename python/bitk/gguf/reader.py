@@ -36,7 +36,11 @@ from bitk.gguf.constants import (
     VT_STRING,
 )
 
-__all__ = ["GGUFFile", "TensorInfo", "read_gguf", "ggml_type_name", "tensor_nbytes"]
+__all__ = ["GGUFFile", "TensorInfo", "read_gguf", "ggml_type_name", "tensor_nbytes", "MAX_ARRAY_DEPTH"]
+
+# Arrays of arrays deeper than this are refused (gguf-py and llama.cpp write at most 2 levels);
+# the parser recurses once per level, so an unbounded depth would be a RecursionError.
+MAX_ARRAY_DEPTH = 16
 
 
 def ggml_type_name(type_id: int) -> str:
@@ -120,10 +124,15 @@ class _Cursor:
         n = self.unpack("<Q", what)
         return bytes(self.take(n, what)).decode("utf-8", errors="surrogateescape")
 
-    def value(self, vtype: int, what: str) -> Any:
+    def value(self, vtype: int, what: str, depth: int = 0) -> Any:
         if vtype == VT_STRING:
             return self.string(what)
         if vtype == VT_ARRAY:
+            if depth >= MAX_ARRAY_DEPTH:
+                raise ValueError(
+                    f"{self.path}: {what} nests arrays more than {MAX_ARRAY_DEPTH} deep (at byte {self.pos}); "
+                    "no GGUF writer does that: the header is corrupt or hostile"
+                )
             item_type = self.unpack("<I", what)
             count = self.unpack("<Q", what)
             if item_type in VALUE_NUMPY:
@@ -132,7 +141,7 @@ class _Cursor:
                 arr = np.frombuffer(raw, dtype=dtype).copy()
                 return arr.astype(bool) if item_type == VT_BOOL else arr
             if item_type in (VT_STRING, VT_ARRAY):
-                return [self.value(item_type, what) for _ in range(count)]
+                return [self.value(item_type, what, depth + 1) for _ in range(count)]
             raise ValueError(f"{self.path}: {what} is an array of unknown GGUF value type {item_type}")
         if vtype in VALUE_STRUCT:
             return self.unpack(VALUE_STRUCT[vtype], what)

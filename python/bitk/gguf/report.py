@@ -2,6 +2,8 @@
 
 The summary groups the tensors of all blocks that share a role, type and shape into one row
 (`blk.*.attn_q.weight x30`): a 30-block model otherwise prints 330 near-identical lines.
+The console parses no rich markup: names, metadata values and paths come from files, and a
+tensor named `[/]` must print as it is (not raise MarkupError); nothing here uses markup.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ _BLOCK = re.compile(r"^blk\.\d+\.")
 
 
 def console(stderr: bool = False) -> Any:
-    """A rich Console; 160 columns when not writing to a terminal, so piped tables do not wrap."""
+    """A rich Console without markup; 160 columns when not writing to a terminal, so piped tables do not wrap."""
     from rich.console import Console
 
-    c = Console(stderr=stderr, highlight=False)
+    c = Console(stderr=stderr, highlight=False, markup=False)
     if not c.is_terminal:
-        c = Console(stderr=stderr, highlight=False, width=160)
+        c = Console(stderr=stderr, highlight=False, markup=False, width=160)
     return c
 
 

@@ -12,6 +12,7 @@ the source value after the same float16 rounding the packer applies, bit for bit
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ from bitk.gguf.constants import (
 )
 from bitk.gguf.reader import GGUFFile, read_gguf
 
-__all__ = ["verify", "VerifyReport", "Check", "model_dims", "expected_shapes"]
+__all__ = ["verify", "VerifyReport", "Check", "model_dims", "block_problem", "model_problems", "expected_shapes"]
 
 
 @dataclass
@@ -74,20 +75,31 @@ class VerifyReport:
 
 
 def model_dims(meta: dict[str, Any]) -> dict[str, int]:
-    """The model's dimensions from a BitNet GGUF's metadata; ValueError naming a missing key."""
+    """The model's dimensions from a BitNet GGUF's metadata; ValueError naming a missing or non-integer key.
+
+    The values are only read here; `block_problem` and `expected_shapes` hold them against the
+    tensors the file has.
+    """
     arch = meta.get("general.architecture")
-    if arch not in ACTIVATION_BY_ARCH:
+    if not isinstance(arch, str) or arch not in ACTIVATION_BY_ARCH:
         raise ValueError(f"general.architecture is {arch!r}, not an arch bitk writes ({', '.join(ACTIVATION_BY_ARCH)})")
     missing = [arch_key(arch, k) for k in REQUIRED_ARCH_KEYS if arch_key(arch, k) not in meta]
     if missing:
         raise ValueError(f"missing required metadata {', '.join(missing)}")
 
     def get(what: str, default: int | None = None) -> int:
-        value = meta.get(arch_key(arch, what), default)
-        return int(value) if value is not None else 0
+        key = arch_key(arch, what)
+        value = meta.get(key, default)
+        if value is None:
+            return 0
+        if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or value < 0:
+            raise ValueError(f"{key} must be a non-negative integer, got {value!r}")
+        return int(value)
 
     hidden, heads = get("embedding_length"), get("head_count")
     tokens = meta.get(KEY_TOKENS)
+    if tokens is not None and not isinstance(tokens, (list, np.ndarray)):
+        raise ValueError(f"{KEY_TOKENS} must be an array, got {type(tokens).__name__}")
     vocab = get("vocab_size", len(tokens) if tokens is not None else None)
     head_dim = get("key_length", get("rope_dimension_count", hidden // max(heads, 1)))
     return {
@@ -99,6 +111,47 @@ def model_dims(meta: dict[str, Any]) -> dict[str, int]:
         "kv_heads": get("head_count_kv", heads),
         "head_dim": head_dim,
     }
+
+
+_BLOCK = re.compile(r"^blk\.(\d+)\.")
+
+
+def block_problem(dims: dict[str, int], names: Any) -> str | None:
+    """Why block_count does not match the blk.N tensor groups of `names` (0 .. block_count - 1), or None.
+
+    Checked before `expected_shapes` iterates over the blocks: a file claiming 2**31 blocks is
+    refused from the tensors it holds, not by enumerating them.
+    """
+    found = {int(m.group(1)) for name in names if (m := _BLOCK.match(name))}
+    n = dims["layers"]
+    if len(found) == n and (not found or max(found) == n - 1):
+        return None
+    held = f"{len(found)} (blk.{min(found)} .. blk.{max(found)})" if found else "none"
+    return f"block_count is {n}, but the blocks the file holds are {held}"
+
+
+def model_problems(f: GGUFFile, dims: dict[str, int], arch: str) -> list[str]:
+    """Each way the file's tensors differ from the model its metadata describes (empty: they agree)."""
+    problem = block_problem(dims, f.tensors)
+    if problem is not None:
+        return [problem]
+    shapes = expected_shapes(dims, arch, untied=OUTPUT in f.tensors)
+    problems = []
+    missing = [n for n in shapes if n not in f.tensors]
+    extra = [n for n in f.tensors if n not in shapes]
+    if missing:
+        problems.append(
+            f"missing {', '.join(missing[:6])}" + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+        )
+    if extra:
+        problems.append(
+            f"unexpected {', '.join(extra[:6])}" + (f" and {len(extra) - 6} more" if len(extra) > 6 else "")
+        )
+    shaped = [n for n in shapes if n in f.tensors and tuple(f.tensors[n].shape) != shapes[n]]
+    problems += [
+        f"{n} has shape {list(f.tensors[n].shape)}, the metadata implies {list(shapes[n])}" for n in shaped[:6]
+    ]
+    return problems
 
 
 def expected_shapes(dims: dict[str, int], arch: str = ARCH_RELU2, untied: bool = False) -> dict[str, tuple[int, ...]]:
@@ -204,6 +257,10 @@ def _metadata_checks(f: GGUFFile, report: VerifyReport, src: Any) -> dict[str, t
     except ValueError as exc:
         report.checks.append(Check("metadata", "", (), False, str(exc)))
         return None
+    blocks = block_problem(dims, f.tensors)
+    if blocks is not None:
+        report.checks.append(Check("metadata", meta["general.architecture"], (), False, blocks))
+        return None
     problems = []
     tokens = meta.get(KEY_TOKENS)
     if KEY_TOKENIZER_MODEL not in meta or tokens is None:
@@ -305,7 +362,11 @@ def _padded(f: GGUFFile, src: Any, report: VerifyReport) -> Any:
 
     meta = f.metadata
     c = src.config
-    unpadded = {k: int(meta[key]) for k, key in KEY_UNPADDED.items() if key in meta}
+    unpadded = {k: meta[key] for k, key in KEY_UNPADDED.items() if key in meta}
+    bad = [KEY_UNPADDED[k] for k, v in unpadded.items() if not isinstance(v, (int, np.integer)) or isinstance(v, bool)]
+    if bad:
+        report.checks.append(Check("padding", "", (), False, f"{', '.join(bad)} must be integers"))
+        return src
     differ = [f"{k} {v} but the source has {getattr(c, k)}" for k, v in unpadded.items() if getattr(c, k) != v]
     if differ:
         report.checks.append(Check("padding", "", (), False, "; ".join(differ)))

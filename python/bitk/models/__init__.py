@@ -15,6 +15,7 @@ from .hub import ModelLocation, resolve_model
 _LAZY = {
     "CausalLM": "model",
     "CausalLMOutput": "model",
+    "KVCache": "cache",
     "load_model": "hf",
     "export_hf": "hf",
     "save_checkpoint": "checkpoint",

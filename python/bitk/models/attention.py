@@ -15,6 +15,9 @@ position_ids == 0, and each token attends to the earlier tokens of its own docum
   the per-document loop would break the graph.
 
 Every path gives the masked reference's outputs and gradients up to float rounding (tests/models).
+
+`attend_cached` is the decoding case: L new queries after ``offset`` cached tokens, each attending
+to every cached token and causally to the new ones.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DENSE_MAX_ELEMENTS", "PackedDocuments", "attend", "packed_causal_mask"]
+__all__ = ["DENSE_MAX_ELEMENTS", "PackedDocuments", "attend", "attend_cached", "packed_causal_mask"]
 
 DENSE_MAX_ELEMENTS = 1 << 22
 """Up to this many mask elements (B x L x L; 4 M = 4 MB of bool, e.g. 8 x 724^2) the dense path
@@ -154,3 +157,23 @@ def attend(
         ]
         rows.append(torch.cat(parts, dim=2))
     return torch.cat(rows, dim=0)
+
+
+def attend_cached(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: int, *, scale: float, enable_gqa: bool
+) -> torch.Tensor:
+    """Attention of L new queries q [B, H, L, D] over k, v [B, KV, offset + L, D] (cached tokens first).
+
+    New token i sits at position offset + i and attends to keys 0 .. offset + i. SDPA's is_causal
+    aligns its triangle top-left (query i sees keys 0 .. i), right only when nothing is cached; one
+    query sees every key (no mask); otherwise the mask is explicit.
+    """
+    gqa = {"enable_gqa": True} if enable_gqa else {}
+    L = q.shape[2]
+    if offset == 0:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, **gqa)
+    if L == 1:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale, **gqa)
+    rows = torch.arange(L, device=q.device)[:, None] + offset
+    mask = torch.arange(offset + L, device=q.device)[None, :] <= rows
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, **gqa)

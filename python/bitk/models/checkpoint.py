@@ -208,7 +208,7 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not a bitk checkpoint: it has no {META_FILE}")
     try:
         meta = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{file} is not valid JSON: {e}") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(
@@ -223,7 +223,25 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
         )
     if "model" not in meta:
         raise ValueError(f"{file} has no 'model' (the ModelConfig fields)")
+    _check_against_weights(meta["model"], path, file)
     return meta
+
+
+def _check_against_weights(model: Any, path: Path, file: Path) -> None:
+    """The config of bitk.json is valid and its layer count is what model.safetensors holds.
+
+    Read from the safetensors header (no tensor data) before anything builds the model, so a
+    bitk.json claiming 10**9 layers is refused here instead of building them.
+    """
+    from .sources import check_layer_count, read_safetensors
+
+    try:
+        config = ModelConfig.from_dict(model)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{file}: 'model': {e}") from None
+    weights = path / WEIGHTS_FILE
+    if weights.is_file():
+        check_layer_count(config, read_safetensors(weights), f"checkpoint {path}")
 
 
 def check_tensors(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], where: str) -> None:

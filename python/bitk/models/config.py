@@ -70,8 +70,14 @@ class ModelConfig:
     """Padding token id, if any."""
 
     def __post_init__(self) -> None:
-        if self.head_dim == 0 and self.num_attention_heads > 0:
-            self.head_dim = self.hidden_size // self.num_attention_heads
+        heads, hidden = self.num_attention_heads, self.hidden_size
+        if self.head_dim == 0 and _positive_int(heads) and _positive_int(hidden):
+            if hidden % heads:
+                raise ValueError(
+                    f"ModelConfig.num_attention_heads ({heads}) must divide hidden_size ({hidden}) "
+                    "when head_dim is not given"
+                )
+            self.head_dim = hidden // heads
         self.validate()
 
     def validate(self) -> None:
@@ -87,7 +93,7 @@ class ModelConfig:
             "max_position_embeddings",
         ):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            if not _positive_int(value):
                 raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
@@ -167,6 +173,10 @@ class ModelConfig:
     @classmethod
     def load(cls, path: str | Path) -> ModelConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 # Dimensions as in the upstream config.json of each model (Hugging Face hub, 2025). Presets are the

@@ -21,7 +21,8 @@ from torch.utils.checkpoint import checkpoint
 
 from bitk.nn import BitLinear, BitLinearLRC, RMSNorm, SubLN, resolve, set_numerics
 
-from .attention import PackedDocuments, attend, packed_causal_mask
+from .attention import PackedDocuments, attend, attend_cached, packed_causal_mask
+from .cache import KVCache
 from .checkpoint import (
     SAVE_DTYPES,
     WEIGHTS_FILE,
@@ -33,7 +34,7 @@ from .checkpoint import (
 )
 from .config import ModelConfig
 
-__all__ = ["CausalLM", "CausalLMOutput", "load_checkpoint", "packed_causal_mask", "rotary_cos_sin"]
+__all__ = ["CausalLM", "CausalLMOutput", "KVCache", "load_checkpoint", "packed_causal_mask", "rotary_cos_sin"]
 
 # SDPA's enable_gqa (torch >= 2.5) lets grouped K/V heads attend without materialising copies.
 _SDPA_GQA = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 5)
@@ -126,7 +127,10 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         documents: PackedDocuments | None,
         states: list | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
     ) -> torch.Tensor:
+        """``cache``: keys and values of earlier tokens; this call's are appended as ``layer``'s."""
         B, L, _ = x.shape
         q = self.q_proj(x).view(B, L, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(B, L, self.num_kv_heads, self.head_dim)
@@ -137,11 +141,18 @@ class Attention(nn.Module):
             states.append((q.flatten(2), k.flatten(2), v.flatten(2)))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
+        offset = 0
+        if cache is not None:
+            offset = cache.length
+            k, v = cache.update(layer, k, v)
         if self.num_kv_heads != self.num_heads and not _SDPA_GQA:
             rep = self.num_heads // self.num_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         gqa = self.num_kv_heads != self.num_heads and _SDPA_GQA
-        out = attend(q, k, v, documents, scale=self.head_dim**-0.5, enable_gqa=gqa)
+        if cache is None:
+            out = attend(q, k, v, documents, scale=self.head_dim**-0.5, enable_gqa=gqa)
+        else:
+            out = attend_cached(q, k, v, offset, scale=self.head_dim**-0.5, enable_gqa=gqa)
         out = out.transpose(1, 2).reshape(B, L, self.num_heads * self.head_dim)
         return _project(self.o_proj, out, self.attn_sub_norm)
 
@@ -193,8 +204,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, documents, states=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, documents, states)
+    def forward(self, x, cos, sin, documents, states=None, cache=None, layer=0):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, documents, states, cache, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -257,6 +268,7 @@ class CausalLM(nn.Module):
         input_ids: torch.Tensor,
         position_ids: torch.Tensor | None = None,
         *,
+        cache: KVCache | None = None,
         output_hidden_states: bool = False,
         output_attention_states: bool = False,
         logits: bool = True,
@@ -266,6 +278,10 @@ class CausalLM(nn.Module):
         position_ids None: positions 0..L-1 and plain causal attention (SDPA's is_causal path).
         position_ids [B, L] or [L]: RoPE at those positions, and attention kept inside each
         document (a document starts where position_ids == 0; `bitk.models.attention`).
+        ``cache`` (`bitk.models.KVCache`): the tokens continue those cached, at positions
+        cache.length .. cache.length + L - 1; they attend to every cached token and causally to
+        each other, and are appended to the cache. ValueError with position_ids, for a cache of
+        another batch size, or past ``config.max_position_embeddings``.
         ``logits`` False: no logits; the output holds the head's input (``last_hidden``) and the
         head, so that a loss can compute the logits a chunk of tokens at a time
         (`bitk.objectives.chunked`) instead of all [B, L, vocab] at once.
@@ -273,7 +289,19 @@ class CausalLM(nn.Module):
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
         B, L = input_ids.shape
-        if position_ids is None:
+        if cache is not None:
+            if position_ids is not None:
+                raise ValueError("a KVCache continues one sequence: it cannot be combined with position_ids")
+            cache.check_append(B, L)
+            end = cache.length + L
+            if end > self.config.max_position_embeddings:
+                raise ValueError(
+                    f"{cache.length} cached + {L} new tokens exceed the model's max_position_embeddings "
+                    f"({self.config.max_position_embeddings})"
+                )
+            pos = torch.arange(cache.length, end, device=input_ids.device)[None]
+            documents = None
+        elif position_ids is None:
             pos = torch.arange(L, device=input_ids.device)[None]
             documents = None
         else:
@@ -290,14 +318,18 @@ class CausalLM(nn.Module):
         cos, sin = rotary_cos_sin(pos, self.config.head_dim, self.config.rope_theta, rope_dtype)
         hidden = [h] if output_hidden_states else None
         states: list | None = [] if output_attention_states else None
-        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
-        for layer in self.model.layers:
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and cache is None
+        for i, layer in enumerate(self.model.layers):
             if recompute:
                 h = checkpoint(layer, h, cos, sin, documents, states, use_reentrant=False)
-            else:
+            elif cache is None:
                 h = layer(h, cos, sin, documents, states)
+            else:
+                h = layer(h, cos, sin, documents, states, cache, i)
             if hidden is not None:
                 hidden.append(h)
+        if cache is not None:
+            cache.advance(L)
         h = self.model.norm(h)
         if hidden is not None:
             hidden[-1] = h  # as transformers: the last hidden state is the normed one

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ __all__ = [
     "HF_MODEL_TYPES",
     "PROJECTIONS",
     "ModelSource",
+    "check_layer_count",
+    "config_from_hf",
     "open_source",
     "tensor_shapes",
     "ternary_codes",
@@ -115,7 +118,15 @@ class _Entry:
 
 
 def read_safetensors(path: Path) -> dict[str, _Entry]:
-    """The tensor table of one .safetensors file; ValueError if the file is short or malformed."""
+    """The tensor table of one .safetensors file; ValueError naming the file if it is short or malformed.
+
+    Each entry is checked here (types, dtype, byte count, end inside the file) for messages that
+    name the tensor; then the `safetensors` library validates the whole header (offsets that tile
+    the data section without gaps or overlaps). bitk reads the entries itself because numpy has no
+    bfloat16 and it memory-maps them.
+    """
+    from safetensors import SafetensorError, safe_open
+
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
@@ -128,19 +139,32 @@ def read_safetensors(path: Path) -> dict[str, _Entry]:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path}: unreadable safetensors header ({exc})") from exc
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: the safetensors header is not a JSON object")
     entries = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        dtype, shape, (a, b) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+        try:
+            dtype, shape, (a, b) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
+            a, b = int(a), int(b)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"{path}: tensor {name}: malformed header entry {info!r} ({exc})") from None
         if dtype not in _SAFETENSORS_DTYPES:
             raise ValueError(f"{path}: tensor {name} has dtype {dtype}; bitk reads {', '.join(_SAFETENSORS_DTYPES)}")
+        if any(d < 0 for d in shape) or not 0 <= a <= b:
+            raise ValueError(f"{path}: tensor {name}: negative shape {list(shape)} or offsets {[a, b]}")
         expected = math.prod(shape) * np.dtype(_SAFETENSORS_DTYPES[dtype]).itemsize
         if b - a != expected:
             raise ValueError(f"{path}: tensor {name} holds {b - a} bytes, its shape {list(shape)} needs {expected}")
         if 8 + n + b > size:
             raise ValueError(f"{path}: truncated: tensor {name} ends at byte {8 + n + b}, the file has {size}")
         entries[name] = _Entry(path, dtype, shape, 8 + n + a, 8 + n + b)
+    try:  # the rest: offsets that tile the data section, no overlaps or gaps, a well-formed __metadata__
+        with safe_open(str(path), framework="numpy"):
+            pass
+    except SafetensorError as exc:
+        raise ValueError(f"{path}: malformed safetensors file ({exc})") from None
     return entries
 
 
@@ -167,8 +191,14 @@ def _load_entry(e: _Entry) -> np.ndarray:
 def _safetensors_index(folder: Path) -> dict[str, _Entry]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        weight_map = _read_json(index).get("weight_map", {})
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ValueError(f"{index}: weight_map must map tensor names to file names")
         files = sorted(set(weight_map.values()))
+        for name in files:
+            # Shards are files of this folder: an absolute path or a `..` would read any file on the machine.
+            if Path(name).is_absolute() or ".." in Path(name).parts or "\\" in name or not name:
+                raise ValueError(f"{index}: the shard {name!r} is not a file name inside {folder}")
     else:
         files = sorted(p.name for p in folder.glob("*.safetensors"))
     if not files:
@@ -203,26 +233,55 @@ def unpack_bitnet_weight(packed: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- configs
 
 
-def _hf_rope_theta(hf: dict[str, Any], model_type: str, folder: Path) -> float:
+def _hf_rope_theta(hf: dict[str, Any], model_type: str, where: str) -> float:
     params = hf.get("rope_parameters") or {}
     scaling = hf.get("rope_scaling") or {}
-    for spec in (params, scaling):
+    for key, spec in (("rope_parameters", params), ("rope_scaling", scaling)):
+        if not isinstance(spec, dict):
+            raise ValueError(f"{where}: {key} must be an object, got {spec!r}")
         rope_type = spec.get("rope_type", spec.get("type", "default"))
         if rope_type not in (None, "default"):
-            raise ValueError(f"{folder}: RoPE scaling {rope_type!r} is not supported by bitk (only plain RoPE)")
+            raise ValueError(f"{where}: RoPE scaling {rope_type!r} is not supported by bitk (only plain RoPE)")
     theta = params.get("rope_theta", hf.get("rope_theta"))
-    return float(theta) if theta is not None else _DEFAULT_ROPE_THETA[model_type]
+    return _number(theta, "rope_theta", where) if theta is not None else _DEFAULT_ROPE_THETA[model_type]
 
 
-def _first_id(value: Any) -> int | None:
+def _integer(value: Any, field: str, where: str) -> int:
+    """A config.json count: an integer (2048, or 2048.0 as some exporters write it), else ValueError naming it."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{where}: {field} must be an integer, got {value!r}")
+    return value
+
+
+def _number(value: Any, field: str, where: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(f"{where}: {field} must be a number, got {value!r}")
+    return float(value)
+
+
+def _flag(value: Any, field: str, where: str) -> bool:
+    if value is None:  # written as null: transformers' default, false
+        return False
+    if not isinstance(value, bool):
+        raise ValueError(f"{where}: {field} must be true or false, got {value!r}")
+    return value
+
+
+def _first_id(value: Any, field: str, where: str) -> int | None:
     if isinstance(value, list):
-        return int(value[0]) if value else None
-    return None if value is None else int(value)
+        return _integer(value[0], field, where) if value else None
+    return None if value is None else _integer(value, field, where)
 
 
 def config_from_hf(hf: dict[str, Any], folder: Path | str = "<config>") -> ModelConfig:
-    """ModelConfig of a Hugging Face config.json (llama, qwen3, bitnet); ValueError if not expressible."""
+    """ModelConfig of a Hugging Face config.json (llama, qwen3, bitnet); ValueError naming the field
+    that is missing, of the wrong type, out of range or inconsistent, or that bitk cannot express."""
     folder = Path(folder)
+    where = f"{folder}/config.json"
+    if not isinstance(hf, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(hf).__name__}")
     model_type = hf.get("model_type")
     if model_type not in HF_MODEL_TYPES:
         raise ValueError(
@@ -230,38 +289,73 @@ def config_from_hf(hf: dict[str, Any], folder: Path | str = "<config>") -> Model
             f"Hugging Face folders and bitk checkpoints ({CHECKPOINT_FILE})"
         )
     act = hf.get("hidden_act", "relu2" if model_type == "bitnet" else "silu")
-    if act not in _HF_ACT:
+    if not isinstance(act, str) or act not in _HF_ACT:
         raise ValueError(f"{folder}: hidden_act {act!r} is not supported; bitk has {', '.join(sorted(_HF_ACT))}")
     if hf.get("mlp_bias"):
         raise ValueError(f"{folder}: mlp_bias=true is not supported (bitk's FFN has no biases)")
     if model_type == "qwen3" and hf.get("use_sliding_window"):
         raise ValueError(f"{folder}: use_sliding_window=true is not supported (bitk attends over the whole context)")
-    heads = int(hf["num_attention_heads"])
+    missing = [k for k in _HF_REQUIRED if k not in hf]
+    if missing:
+        raise ValueError(f"{where} lacks the field {missing[0]!r}")
+
+    def count(field: str, default: Any = None) -> int:
+        value = hf.get(field)
+        return _integer(default if value is None else value, field, where)
+
+    hidden, heads = count("hidden_size"), count("num_attention_heads")
+    if heads <= 0:
+        raise ValueError(f"{where}: num_attention_heads must be a positive integer, got {heads}")
+    head_dim = count("head_dim", 0)
+    if not head_dim:
+        if hidden % heads:
+            raise ValueError(
+                f"{where}: num_attention_heads ({heads}) does not divide hidden_size ({hidden}), and no head_dim is given"
+            )
+        head_dim = hidden // heads
+    fields = dict(
+        vocab_size=count("vocab_size"),
+        hidden_size=hidden,
+        intermediate_size=count("intermediate_size"),
+        num_hidden_layers=count("num_hidden_layers"),
+        num_attention_heads=heads,
+        num_key_value_heads=count("num_key_value_heads", heads),
+        head_dim=head_dim,
+        hidden_act=_HF_ACT[act],
+        max_position_embeddings=count("max_position_embeddings", 2048),
+        rope_theta=_hf_rope_theta(hf, model_type, where),
+        rms_norm_eps=_number(hf.get("rms_norm_eps", 1e-6 if model_type == "qwen3" else 1e-5), "rms_norm_eps", where),
+        tie_word_embeddings=_flag(hf.get("tie_word_embeddings", False), "tie_word_embeddings", where),
+        qk_norm=model_type == "qwen3",
+        subln=model_type == "bitnet",
+        ternary=model_type == "bitnet",
+        attention_bias=_flag(hf.get("attention_bias", False), "attention_bias", where),
+        initializer_range=_number(hf.get("initializer_range", 0.02), "initializer_range", where),
+        bos_token_id=_first_id(hf.get("bos_token_id"), "bos_token_id", where),
+        eos_token_id=_first_id(hf.get("eos_token_id"), "eos_token_id", where),
+        pad_token_id=_first_id(hf.get("pad_token_id"), "pad_token_id", where),
+    )
     try:
-        return ModelConfig(
-            vocab_size=int(hf["vocab_size"]),
-            hidden_size=int(hf["hidden_size"]),
-            intermediate_size=int(hf["intermediate_size"]),
-            num_hidden_layers=int(hf["num_hidden_layers"]),
-            num_attention_heads=heads,
-            num_key_value_heads=int(hf.get("num_key_value_heads") or heads),
-            head_dim=int(hf.get("head_dim") or hf["hidden_size"] // heads),
-            hidden_act=_HF_ACT[act],
-            max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
-            rope_theta=_hf_rope_theta(hf, model_type, folder),
-            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6 if model_type == "qwen3" else 1e-5)),
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            qk_norm=model_type == "qwen3",
-            subln=model_type == "bitnet",
-            ternary=model_type == "bitnet",
-            attention_bias=bool(hf.get("attention_bias", False)),
-            initializer_range=float(hf.get("initializer_range", 0.02)),
-            bos_token_id=_first_id(hf.get("bos_token_id")),
-            eos_token_id=_first_id(hf.get("eos_token_id")),
-            pad_token_id=_first_id(hf.get("pad_token_id")),
-        )
-    except KeyError as exc:
-        raise ValueError(f"{folder}/config.json lacks the field {exc.args[0]!r}") from exc
+        return ModelConfig(**fields)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+_HF_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
+
+
+def check_layer_count(config: ModelConfig, names: Any, where: str) -> None:
+    """ValueError unless the tensor names hold exactly the layers model.layers.0 .. num_hidden_layers - 1.
+
+    Checked before anything iterates over the layers: a config claiming 10**9 layers must be
+    refused from what the weights hold, not discovered by building the model.
+    """
+    found = {int(m.group(1)) for name in names if (m := _LAYER.match(name))}
+    n = config.num_hidden_layers
+    if len(found) != n or (found and max(found) != n - 1):
+        held = f"{len(found)} (model.layers.{min(found)} .. {max(found)})" if found else "none"
+        raise ValueError(f"{where}: num_hidden_layers is {n}, but the layers the weights hold are {held}")
 
 
 # --------------------------------------------------------------------------- sources
@@ -398,6 +492,7 @@ class ModelSource:
 
     def check(self) -> None:
         """Every expected tensor present with its shape, nothing unexpected; ValueError naming them."""
+        check_layer_count(self.config, self._entries, str(self.path))
         expected = tensor_shapes(self.config)
         missing = [n for n in expected if n not in self._entries]
         if missing:

@@ -68,6 +68,7 @@ QUANT_WARMUP_SHAPES = ("linear", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
 DISTRIBUTED = ("auto", "ddp", "fsdp")
 EXPORT_TYPES = ("i2_s", "tq1_0", "tq2_0", "f16", "f32", "none")
+TASK_NUMERICS = ("train", "i2s", "tq", "f16", "float")  # bitk.nn.NUMERICS, named here to stay torch-free
 TERNARY_EXPORTS = ("i2_s", "tq1_0", "tq2_0")  # export_gguf values whose projections are ternary
 # Settings a model preset brings when it starts from its pretrained weights, applied before the
 # training preset's own settings and the command line. A converted model starts from working
@@ -280,6 +281,17 @@ class TrainingConfig:
     """Shape of the lambda warm-up: "linear" or "cosine"."""
     eval_every: int = 100
     """Evaluate held-out perplexity every N steps (0 = only at the end)."""
+    eval_tasks: list[str] = field(default_factory=list)
+    """lm-evaluation-harness tasks scored on the live model at each evaluation (eval_every, and at
+    the end), e.g. [sst2,arc_easy]; [] = none. Needs pip install "bitk[eval]"; the names are
+    checked before training starts (docs/eval.md "Task evaluation")."""
+    eval_tasks_limit: int | None = 100
+    """Documents per task at each task evaluation (null = all of them)."""
+    eval_tasks_include_path: str | None = None
+    """A folder of task YAML files (local tasks) that eval_tasks may name, besides lm-eval's own."""
+    eval_tasks_numerics: str = "train"
+    """BitLinear numerics of the task evaluation: "train", "i2s" / "tq" (as the exported I2_S /
+    TQ GGUF computes), "f16" or "float"; the model computes as trained again afterwards."""
     precision: str = "auto"
     """"auto" (bf16 autocast on CUDA, float32 on CPU), "fp32" or "bf16" (autocast; weights and
     optimizer state stay float32)."""
@@ -333,6 +345,15 @@ class TrainingConfig:
         check_int(p + "quant_warmup_steps", self.quant_warmup_steps, low=0)
         check_choice(p + "quant_warmup_shape", self.quant_warmup_shape, QUANT_WARMUP_SHAPES)
         check_int(p + "eval_every", self.eval_every, low=0)
+        if not isinstance(self.eval_tasks, list) or not all(isinstance(x, str) and x.strip() for x in self.eval_tasks):
+            raise ValueError(f"training.eval_tasks must be a list of task names, got {self.eval_tasks!r}")
+        if self.eval_tasks_limit is not None:
+            check_int(p + "eval_tasks_limit", self.eval_tasks_limit, low=1)
+        if self.eval_tasks_include_path is not None and (
+            not isinstance(self.eval_tasks_include_path, str) or not self.eval_tasks_include_path
+        ):
+            raise ValueError("training.eval_tasks_include_path must be a folder path or null")
+        check_choice(p + "eval_tasks_numerics", self.eval_tasks_numerics, TASK_NUMERICS)
         check_choice(p + "precision", self.precision, PRECISIONS)
         check_bool(p + "compile", self.compile)
         check_bool(p + "activation_checkpointing", self.activation_checkpointing)
@@ -456,6 +477,11 @@ class Config:
                         f"remote={self.remote} lies inside output_dir ({out}): the copy must outlive the machine"
                     )
         check_choice("export_gguf", self.export_gguf, EXPORT_TYPES)
+        if not self.model.ternary and self.training.eval_tasks_numerics != "train":
+            raise ValueError(
+                f"training.eval_tasks_numerics={self.training.eval_tasks_numerics} needs a ternary model; "
+                "model.ternary=false trains a full-precision one: leave it at train"
+            )
         if not self.model.ternary and self.export_gguf in TERNARY_EXPORTS:
             raise ValueError(
                 f"export_gguf={self.export_gguf} stores ternary weights, but model.ternary=false trains "

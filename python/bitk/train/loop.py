@@ -50,6 +50,7 @@ from .remote import Mirror, find_resume, open_remote
 from .schedule import apply_lr, quant_lambda
 from .state import CHECKPOINTS_DIR, list_checkpoints, load_state, rng_state, save_state, seed_everything, set_rng_state
 from .stop import StopSignal
+from .tasks import check_eval_tasks, evaluate_tasks
 from .zclip import clip_gradients, make_zclip
 
 __all__ = ["Run", "TrainingError", "train"]
@@ -67,6 +68,7 @@ def train(cfg: Config) -> dict[str, Any]:
     with a checkpoint; the summary's "stopped" then names the signal.
     """
     cfg.validate()
+    check_eval_tasks(cfg.training)  # lm_eval and the task names, before anything loads
     cfg = copy.deepcopy(cfg)  # the auto batch size writes micro_batch_size into the saved config
     t = cfg.training
     run = Run.start(cfg)
@@ -113,6 +115,8 @@ class Run:
     out: Path
     raw: CausalLM
     """The bare model (its config, its tokenizer folder); ``model`` is what trains (wrapped, compiled)."""
+    tokenizer: Any
+    """The model's tokenizers.Tokenizer."""
     model: torch.nn.Module
     teacher: torch.nn.Module | None
     curriculum: Curriculum
@@ -168,6 +172,11 @@ class Run:
                 f"output_dir {out} already holds checkpoints of another run; resume=auto continues it, "
                 "or choose another output_dir (or delete that one) to start afresh"
             )
+        if t.eval_tasks and info.enabled and cfg.distributed == "fsdp":
+            raise ValueError(
+                "training.eval_tasks runs the whole model in the main process, which FSDP shards across "
+                "processes: use distributed=ddp, or score the saved checkpoints with python -m bitk.eval --tasks"
+            )
         if t.global_batch_size % info.world_size:
             raise ValueError(
                 f"training.global_batch_size ({t.global_batch_size}) must be a multiple of the number "
@@ -201,6 +210,7 @@ class Run:
             info=info,
             out=out,
             raw=raw,
+            tokenizer=tokenizer,
             model=model,
             teacher=teacher,
             curriculum=cfg.objectives.curriculum(),
@@ -418,28 +428,42 @@ class Run:
             self.progress.update(self.step)
 
     def evaluate(self) -> None:
-        """Held-out loss and perplexity (`bitk.eval.evaluate`), logged and kept for the checkpoint."""
+        """Held-out loss and perplexity (`bitk.eval.evaluate`), logged and kept for the checkpoint;
+        then training.eval_tasks, if any."""
         from bitk.eval import evaluate
 
         ids, pos = self.data.heldout()
         self.eval_step = self.step
-        if ids.shape[0] == 0:
-            return
-        with self.autocast():
-            result = evaluate(self.model, ids, pos, batch_size=self.cfg.training.micro_batch_size)
-        self.last_eval = {
-            "kind": "eval",
-            "step": self.step,
-            "tokens": self.tokens,
-            "loss": result.loss,
-            "perplexity": result.perplexity,
-            "eval_tokens": result.tokens,
-        }
-        self.metrics.log(self.last_eval)
-        self.progress.print(
-            f"step {self.step:>6} | held-out {'CE ' if self.tracks_objectives else ''}loss "
-            f"{result.loss:.4f} | perplexity {result.perplexity:.2f}"
-        )
+        if ids.shape[0] > 0:
+            with self.autocast():
+                result = evaluate(self.model, ids, pos, batch_size=self.cfg.training.micro_batch_size)
+            self.last_eval = {
+                "kind": "eval",
+                "step": self.step,
+                "tokens": self.tokens,
+                "loss": result.loss,
+                "perplexity": result.perplexity,
+                "eval_tokens": result.tokens,
+            }
+            self.metrics.log(self.last_eval)
+            self.progress.print(
+                f"step {self.step:>6} | held-out {'CE ' if self.tracks_objectives else ''}loss "
+                f"{result.loss:.4f} | perplexity {result.perplexity:.2f}"
+            )
+        if self.cfg.training.eval_tasks:
+            self.evaluate_tasks()
+
+    def evaluate_tasks(self) -> None:
+        """training.eval_tasks on the bare model in the main process (`bitk.train.tasks`), logged;
+        the other processes wait."""
+        if self.info.is_main:
+            record = evaluate_tasks(
+                self.raw, self.tokenizer, self.cfg.training, step=self.step, tokens=self.tokens, autocast=self.autocast
+            )
+            self.metrics.log(record)
+            scores = [f"{k.removeprefix('tasks/')} {v:.4g}" for k, v in record.items() if k.startswith("tasks/")]
+            self.progress.print(f"step {self.step:>6} | tasks: " + (", ".join(scores) or "no scores"))
+        barrier(self.info)
 
     def save(self) -> Path:
         """A full-state checkpoint of this step (every process takes part; the main one writes)."""

@@ -6,6 +6,7 @@ metrics.jsonl holds one JSON object per line, each with "kind" and "step":
    [, "objectives": {"ce": 6.1, "logits_kd": 0.03}]}     (each objective's value, when not plain CE)
   {"kind": "eval", "step": 100, "tokens": ..., "loss": 4.2, "perplexity": 66.7, "eval_tokens": 16320}
   {"kind": "eval_as_exported", "step": 100, ..., "numerics": "i2s", "runtime": "bitnet.cpp"}  (the GGUF's numerics)
+  {"kind": "eval_tasks", "step": 100, "tokens": ..., "tasks/sst2/acc": 0.61, ...}  (training.eval_tasks)
   {"kind": "bad_step", "step": 41, "loss": "nan", "grad_norm": "nan", "consecutive": 1}
 "loss" of a train record is the mean over the good steps since the previous record. Only the
 main process writes. On resume, records past the resumed step (written after that checkpoint by
