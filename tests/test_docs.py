@@ -30,6 +30,7 @@ SMALL_RUN = [
     "data.block_size=32",
     "data.max_eval_tokens=128",
     "training.eval_every=0",
+    "training.warmup_steps=1",  # a recipe's own warm-up (20 steps) is refused for a 3-step run
     "logging.progress=false",
     "device=cpu",
 ]

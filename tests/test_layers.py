@@ -26,7 +26,7 @@ LEVELS = {
     "train": 7,
 }
 # What every layer may use: the package's own helpers (below every layer) and its version.
-SHARED = {"_checks", "_lazy", "_codecs", "__version__"}
+SHARED = {"_checks", "_cli", "_lazy", "_codecs", "__version__"}
 # Documented exceptions: nn loads the Triton kernels lazily, on first use (nn.dispatch).
 ALLOWED = {("nn", "triton_kernels")}
 

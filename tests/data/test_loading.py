@@ -60,6 +60,41 @@ def test_text_field_and_missing_column(tmp_path):
         list(load_texts(file, text_field="content", streaming=True))
 
 
+@pytest.mark.parametrize("streaming", [False, True], ids=["list", "streaming"])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ('{"text": 5}', r"d.jsonl line 3: 'text' holds a number \(5\), not a string"),
+        ('{"text": ["a", "b"]}', r"d.jsonl line 3: 'text' holds a list \(\['a', 'b'\]\), not a string"),
+        ('{"text": {"en": "x"}}', r"d.jsonl line 3: 'text' holds a object"),
+        ('{"body": "x"}', r"d.jsonl line 3 has no column 'text'; its columns: body"),
+        ('{"text": "unterminated', r"d.jsonl line 3: not valid JSON \(Unterminated string"),
+        ("[1, 2]", r"d.jsonl line 3: a JSON list, not an object with a 'text' field"),
+    ],
+    ids=["number", "list", "object", "missing", "invalid", "not-an-object"],
+)
+def test_bad_jsonl_rows_name_the_file_and_line(tmp_path, row, message, streaming):
+    file = tmp_path / "d.jsonl"
+    file.write_text('{"text": "fine"}\n\n' + row + '\n{"text": "also fine"}\n')  # line 2 is blank
+    with pytest.raises(ValueError, match=message):
+        list(load_texts(file, streaming=streaming))
+
+
+def test_a_source_without_usable_text_is_refused(tmp_path):
+    file = tmp_path / "blank.jsonl"
+    file.write_text('{"text": ""}\n{"text": "   "}\n{"text": null}\n')
+    with pytest.raises(
+        ValueError, match=r"blank.jsonl has no usable text: its 3 document\(s\) in 'text' are all empty"
+    ):
+        load_texts(file)
+    (tmp_path / "blank.txt").write_text("\n \n")
+    with pytest.raises(ValueError, match="blank.txt has no usable text"):
+        load_texts(tmp_path / "blank.txt")
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=r"latin1.jsonl line 2: not UTF-8 text"):
+        load_texts(tmp_path / "latin1.jsonl")
+
+
 def test_folder_reads_its_files_in_sorted_order(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "b.txt").write_text("bee")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -216,17 +217,32 @@ def test_streaming_resume_mid_document(tok, tmp_path):
     assert ref.epochs()[0] >= 1.0  # the stream went round
 
 
-def test_streaming_heldout_is_the_first_documents(tok, tmp_path):
+def doc_numbers(tok, ids):
+    return [int(n) for n in re.findall(r"Document (\d+) ", tok.decode(ids.flatten().tolist()))]
+
+
+def test_streaming_heldout_honours_the_fraction(tok, tmp_path):
+    """A stream holds out heldout_fraction of its documents, spread evenly; training never sees them."""
     docs = numbered_docs(40)
     path = write_jsonl(tmp_path / "s.jsonl", docs)
-    data = TrainData(cfg(sources=[path], streaming=True, max_eval_tokens=300), tok, seed=0)
-    held, _ = data.heldout()
-    assert held.shape == (300 // 64, 64)
-    assert tok.decode(held.flatten().tolist()).startswith("Document 0 ")
-    # the held-out documents are those whose packed stream reaches max_eval_tokens; training skips them
-    n_held = len(encode_documents(docs, tok, max_tokens=300))
-    assert 2 <= n_held < 40
-    assert tok.decode(data.next_batch(1)[0][0].tolist()).startswith(f"Document {n_held} ")
+    data = TrainData(cfg(sources=[path], streaming=True, heldout_fraction=0.25, max_eval_tokens=100_000), tok, seed=0)
+    held = doc_numbers(tok, data.heldout()[0])
+    assert held == list(range(3, 40, 4))  # every 4th document, all of them (they fit max_eval_tokens)
+    blocks = []
+    while data.epochs()[0] < 1.0:  # one pass over the training stream, decoded as one text
+        blocks.append(data.next_batch(1)[0])
+    train = doc_numbers(tok, torch.cat(blocks[:-1]))  # the last one starts the next pass
+    assert set(train) == set(range(40)) - set(held)  # disjoint, and nothing else is left out
+    # max_eval_tokens caps what is evaluated, not what is held out
+    capped = TrainData(cfg(sources=[path], streaming=True, heldout_fraction=0.25, max_eval_tokens=300), tok, seed=0)
+    ids, _ = capped.heldout()
+    assert ids.shape == (300 // 64, 64) and doc_numbers(tok, ids)[0] == 3
+    assert doc_numbers(tok, capped.next_batch(1)[0])[0] == 0  # training starts at the first document
+    # a state saved with another split is refused, not silently misread
+    state = json.loads(json.dumps(capped.state_dict()))
+    other = TrainData(cfg(sources=[path], streaming=True, heldout_fraction=0.1, max_eval_tokens=300), tok, seed=0)
+    with pytest.raises(ValueError, match="same data.heldout_fraction"):
+        other.load_state_dict(state)
 
 
 def test_bad_settings(tok, small, tmp_path):

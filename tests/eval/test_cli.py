@@ -141,7 +141,7 @@ def test_bad_data(capsys, monkeypatch, checkpoint, tmp_path):
     (tmp_path / "empty.txt").write_text("")
     expect_error(capsys, monkeypatch, [checkpoint, "--data", tmp_path / "empty.txt"], "is empty")
     (tmp_path / "blank.jsonl").write_text('{"text": ""}\n')
-    expect_error(capsys, monkeypatch, [checkpoint, "--data", tmp_path / "blank.jsonl"], "no text in")
+    expect_error(capsys, monkeypatch, [checkpoint, "--data", tmp_path / "blank.jsonl"], "has no usable text")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     expect_error(capsys, monkeypatch, [checkpoint, "--data", "someone/data"], "not a local path; no hub access")
     expect_error(capsys, monkeypatch, [checkpoint, "--split", "test"], "unknown split 'test'")

@@ -31,10 +31,29 @@ from bitk.train.help import format_help, iter_fields
 
 
 def test_no_arguments_is_the_documented_default():
+    # the values docs/train.md and README promise, written out (comparing parse_args([]) with
+    # Config() alone could not fail: both are the dataclass defaults)
     cfg = parse_args([])
-    assert cfg == Config() and cfg.model.name == "tiny" and TRAINING_PRESETS["base"] == {}
-    assert cfg.model.pretrained and cfg.model.ternary and cfg.model.overrides() == {}
-    assert cfg.data.sources == ["default"] and cfg.export_gguf == "i2_s" and cfg.resume == "auto"
+    assert cfg == Config() and TRAINING_PRESETS["base"] == {}
+    assert (cfg.model.name, cfg.model.pretrained, cfg.model.ternary, cfg.model.overrides()) == ("tiny", True, True, {})
+    assert (cfg.data.sources, cfg.data.block_size, cfg.data.heldout_fraction) == (["default"], 256, 0.05)
+    t = cfg.training
+    assert (t.max_steps, t.global_batch_size, t.micro_batch_size, t.lr, t.warmup_steps) == (400, 4, None, 3e-3, None)
+    assert (t.optimizer, t.schedule, t.clip, t.seed) == ("adamw", "cosine", "zclip", 0)
+    assert (cfg.checkpoint.save_every, cfg.checkpoint.keep_last) == (200, 3)
+    assert (cfg.output_dir, cfg.export_gguf, cfg.resume, cfg.device) == ("runs/tiny", "i2_s", "auto", "auto")
+
+
+def test_the_default_warmup_fits_the_run():
+    """warmup_steps=null is 40 steps, shortened to max_steps - 1 for a shorter run; a warm-up the user
+    sets must end before the run does."""
+    from bitk.train.schedule import lr_factor, warmup_steps
+
+    assert warmup_steps(parse_args([]).training) == 40
+    short = parse_args(["training.max_steps=10"]).training
+    assert warmup_steps(short) == 9 and lr_factor(8, short) == 1.0 and lr_factor(0, short) == pytest.approx(1 / 9)
+    assert warmup_steps(parse_args(["training.max_steps=1"]).training) == 0
+    assert warmup_steps(parse_args(["training.max_steps=10", "training.warmup_steps=3"]).training) == 3
 
 
 def test_overrides_and_groups():
@@ -122,6 +141,19 @@ def test_training_presets_are_a_registry(monkeypatch):
         (["model.ternary=false"], r"export_gguf=i2_s stores ternary weights.*export_gguf=f16, f32 or none"),
         (["device=tpu"], r"device must be one of auto, cpu, cuda, cuda:N"),
         (["training.lr=0"], r"training.lr must be in \(0.0, inf\]"),
+        (["training.lr=-0.001"], r"training.lr must be in \(0.0, inf\], got -0.001"),
+        (["training.lr=nan"], r"training.lr must be a finite number, got nan"),
+        (["training.lr=inf"], r"training.lr must be a finite number, got inf"),
+        (
+            ["training.warmup_steps=400"],
+            r"training.warmup_steps \(400\) must be less than training.max_steps \(400\).*allowed: 0 to 399",
+        ),
+        (["training.max_steps=10", "training.warmup_steps=20"], r"allowed: 0 to 9"),
+        (["training.warmup_steps=-1"], r"training.warmup_steps must be >= 0"),
+        (["training.global_batch_size=0"], r"training.global_batch_size must be >= 1"),
+        (["training.micro_batch_size=0"], r"training.micro_batch_size must be >= 1"),
+        (["training.max_bad_steps=0"], r"training.max_bad_steps must be >= 1"),
+        (["data.heldout_fraction=0.9"], r"data.heldout_fraction must be in \[0.0, 0.5\]"),
         (["training.max_steps=0"], r"training.max_steps must be >= 1"),
         (["training.global_batch_size=12", "training.micro_batch_size=8"], r"must be a multiple of"),
         (["data.block_size=1024"], r"exceeds the model's max_position_embeddings \(512\)"),

@@ -77,7 +77,7 @@ def test_failed_save_keeps_the_previous_checkpoint(micro_config, tmp_path, monke
         return real(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(state.torch, "save", fail_at_step_4)
-    with pytest.raises(loop.TrainingError, match="No space left on device.*step-000002"):
+    with pytest.raises(loop.TrainingError, match="step-000004: no space left on device.*step-000002"):
         loop.train(micro_config("training.max_steps=6", "checkpoint.save_every=2", "training.eval_every=0"))
     root = out / "checkpoints"
     assert (root / "latest").read_text() == "step-000002\n"

@@ -15,9 +15,11 @@ prediction of each EOS (a document's end) still sees its document.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -105,6 +107,9 @@ def load_texts(
         builder, files = _local_files(path)
         if all(os.path.getsize(f) == 0 for f in files):
             raise ValueError(f"{path} is empty")
+        if all(Path(f).suffix.lower() == ".jsonl" for f in files):  # read here: errors name the file and line
+            texts = _jsonl_texts(files, text_field)
+            return texts if streaming else _usable(list(texts), path, text_field)
         # A .txt file is one document: splitting by lines would swap every newline for an EOS.
         extra = {"sample_by": "document"} if builder == "text" else {}
         try:
@@ -125,14 +130,73 @@ def load_texts(
         raise ValueError(f"{source} has no column {text_field!r}; its columns: {', '.join(columns)}")
     if streaming:
         return _texts(data, text_field, source)
-    return [text or "" for text in data[text_field]]
+    texts = [_text_of(text, text_field, f"{source} row {i + 1}") for i, text in enumerate(data[text_field])]
+    return _usable(texts, source, text_field)
 
 
 def _texts(rows: Iterable[dict], text_field: str, source) -> Iterator[str]:
-    for row in rows:
+    for i, row in enumerate(rows):
         if text_field not in row:
             raise ValueError(f"{source} has no column {text_field!r}; its columns: {', '.join(row)}")
-        yield row[text_field] or ""
+        yield _text_of(row[text_field], text_field, f"{source} row {i + 1}")
+
+
+def _jsonl_texts(files: list[str], text_field: str) -> Iterator[str]:
+    """The ``text_field`` of each row of JSON-lines files (blank lines skipped; null is an empty
+    document); ValueError naming the file and line of a row that is not JSON, not an object,
+    lacks the field or holds something other than a string there."""
+    for file in files:
+        with open(file, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                where = f"{file} line {n}"
+                try:
+                    line = raw.decode("utf-8").rstrip("\r\n")
+                except UnicodeDecodeError as e:
+                    raise ValueError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{where}: not valid JSON ({e.msg}, column {e.colno})") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{where}: a JSON {_json_type(row)}, not an object with a {text_field!r} field")
+                if text_field not in row:
+                    raise ValueError(
+                        f"{where} has no column {text_field!r}; its columns: {', '.join(row) or '(none)'} "
+                        "(data.text_field names the column)"
+                    )
+                yield _text_of(row[text_field], text_field, where)
+
+
+def _text_of(value: Any, text_field: str, where: str) -> str:
+    """A row's text: the string, "" for null; ValueError naming the row for anything else."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    shown = repr(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    raise ValueError(f"{where}: {text_field!r} holds a {_json_type(value)} ({shown}), not a string")
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _usable(texts: list[str], source, text_field: str) -> list[str]:
+    """``texts``, or ValueError when not one of them holds any text."""
+    if not any(t.strip() for t in texts):
+        raise ValueError(f"{source} has no usable text: its {len(texts)} document(s) in {text_field!r} are all empty")
+    return texts
 
 
 def document_piece(ids: Sequence[int], eos_id: int, bos_id: int | None = None) -> np.ndarray:

@@ -13,8 +13,10 @@ taken round-robin from the sources):
 - other in-memory sources: the last ``heldout_fraction`` of their documents; a source with too few
   documents for that (one .txt file is one document) holds out the last ``heldout_fraction`` of its
   packed blocks instead;
-- streaming sources: their first documents, up to ``max_eval_tokens`` tokens (a stream's length is
-  unknown), which the training stream then skips.
+- streaming sources (their length is unknown): ``heldout_fraction`` of their documents, spread
+  evenly through the stream (document i is held out when floor((i+1) f) > floor(i f), e.g. every
+  20th for f = 0.05); the training stream skips them all and evaluation uses the first ones, up
+  to ``max_eval_tokens`` tokens.
 ``heldout_fraction = 0`` holds nothing out (the embedded corpus keeps its split).
 
 Order of the training blocks. Global block k (k = 0, 1, 2, ... over the whole run) comes from source
@@ -83,6 +85,11 @@ def _encode_default(split: str, tokenizer: Any) -> list[list[int]]:
     return _DEFAULT_CACHE[key]
 
 
+def heldout_document(i: int, fraction: float) -> bool:
+    """Whether a stream's document ``i`` is held out: ``fraction`` of them, spread evenly."""
+    return fraction > 0 and math.floor((i + 1) * fraction) > math.floor(i * fraction)
+
+
 class _PackedSource:
     """A source held in memory as packed blocks, handed out by a per-epoch seeded permutation."""
 
@@ -142,8 +149,9 @@ class _StreamSource:
         block_size: int,
         framing: DocumentTokens,
         first_doc: int,
+        split: float | None = None,
     ) -> None:
-        self.name, self.index = name, index
+        self.name, self.index, self.split = name, index, split
         self._open_texts, self._tokenizer = open_texts, tokenizer
         self.block_size, self.framing, self.first_doc = block_size, framing, first_doc
         self.taken = 0
@@ -237,9 +245,15 @@ class _StreamSource:
             doc, offset = self._pieces[0][0], self._pieces[0][2]
         else:
             doc, offset = self._next_doc, 0
-        return {"taken": self.taken, "epoch": self.epoch_count, "doc": doc, "offset": offset}
+        return {"taken": self.taken, "epoch": self.epoch_count, "doc": doc, "offset": offset, "split": self.split}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("split") != self.split:  # document indices count the training documents only
+            raise ValueError(
+                f"cannot resume the stream {self.name!r}: its state was saved with a held-out split of "
+                f"{state.get('split', 'its first documents (an earlier bitk)')}, this run holds out "
+                f"{self.split}; an exact resume needs the same data.heldout_fraction"
+            )
         self._seek(int(state["epoch"]), int(state["doc"]), int(state["offset"]))
         self.taken = int(state["taken"])
 
@@ -327,14 +341,25 @@ class TrainData:
             else:
 
                 def open_texts() -> Iterator[str]:
-                    return load_texts(name, text_field=cfg.text_field, streaming=True)
+                    texts = load_texts(name, text_field=cfg.text_field, streaming=True)
+                    return (t for i, t in enumerate(texts) if not heldout_document(i, fraction))
 
                 held_docs, first_doc = [], 0
                 if fraction > 0:
-                    held_docs = self._encode(open_texts(), tokenizer, max_tokens=eval_cap)
-                    first_doc = len(held_docs)
+                    texts = load_texts(name, text_field=cfg.text_field, streaming=True)
+                    held_texts = (t for i, t in enumerate(texts) if heldout_document(i, fraction))
+                    held_docs = self._encode(held_texts, tokenizer, max_tokens=eval_cap)
             held = self._pack(held_docs) if held_docs else (empty, empty)
-            source = _StreamSource(name, index, open_texts, tokenizer, B, self.framing, first_doc)
+            source = _StreamSource(
+                name,
+                index,
+                open_texts,
+                tokenizer,
+                B,
+                self.framing,
+                first_doc,
+                split=None if name == "default" else fraction,
+            )
             return source, held
         if name == "default":
             train_ids = self._pack(_encode_default("train", tokenizer))

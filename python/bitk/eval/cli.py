@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from bitk._cli import add_debug_argument, check_output_file, run_cli
 from bitk.generate.loading import is_gguf, set_model_numerics
 from bitk.nn import NUMERICS
 
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=_positive, default=None, help="torch CPU threads")
     p.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON to PATH ('-': stdout)")
+    add_debug_argument(p)
     return p
 
 
@@ -237,8 +239,8 @@ def _check_checkpoint(args: argparse.Namespace) -> None:
 
 def _check_options(args: argparse.Namespace) -> None:
     """ValueError for options of one mode given in the other (perplexity vs --tasks)."""
-    if args.json not in (None, "-") and not Path(args.json).expanduser().parent.is_dir():
-        raise ValueError(f"--json {args.json}: no such folder {Path(args.json).expanduser().parent}")
+    if args.json not in (None, "-"):
+        check_output_file("--json", args.json)
     if args.tasks is None:
         for name in ("include_path", "limit", "num_fewshot"):
             if getattr(args, name) is not None:
@@ -312,6 +314,16 @@ def _table(record: dict[str, Any]):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns 0 when done, else exits like argparse (SystemExit): 2 for bad input or a
+    file error (one line on stderr), 130 Ctrl-C, 143 SIGTERM. --debug (or BITK_DEBUG=1) shows the
+    traceback instead."""
+    status = run_cli(_main, build_parser().prog, argv, status=2)
+    if status:
+        raise SystemExit(status)  # as argparse exits on bad usage
+    return 0
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     import torch
@@ -321,20 +333,17 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    try:
-        _check_options(args)
-        if args.tasks is not None:
-            record, table = _run_tasks(args)
-        else:
-            with tempfile.TemporaryDirectory(prefix="bitk-eval-") as tmp:
-                plan = _prepare(args, Path(tmp))
-                model = plan.model if plan.model is not None else _load_model(args)
-                described = set_model_numerics(model, args.numerics, gguf=is_gguf(args.checkpoint), pad=args.pad)
-                result = evaluate(
-                    model, plan.input_ids, plan.position_ids, args.batch_size, labels=plan.labels, progress=True
-                )
-    except ValueError as exc:
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    _check_options(args)
+    if args.tasks is not None:
+        record, table = _run_tasks(args)
+    else:
+        with tempfile.TemporaryDirectory(prefix="bitk-eval-") as tmp:
+            plan = _prepare(args, Path(tmp))
+            model = plan.model if plan.model is not None else _load_model(args)
+            described = set_model_numerics(model, args.numerics, gguf=is_gguf(args.checkpoint), pad=args.pad)
+            result = evaluate(
+                model, plan.input_ids, plan.position_ids, args.batch_size, labels=plan.labels, progress=True
+            )
     if args.tasks is not None:
         text = json.dumps(record, indent=2)
         # With JSON on stdout, the table goes to stderr so stdout stays parseable.

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from bitk._cli import add_debug_argument, check_output_file, run_cli
 from bitk.nn import NUMERICS
 
 __all__ = ["build_parser", "main"]
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole prefix at every step (slow)")
     p.add_argument("--json", metavar="PATH", default=None, help="write the record as JSON to PATH ('-': stdout)")
+    add_debug_argument(p)
     return p
 
 
@@ -85,8 +87,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--threads must be positive, got {args.threads}")
     if any(not s for s in args.stop):
         raise ValueError("--stop strings must not be empty")
-    if args.json not in (None, "-") and not Path(args.json).expanduser().parent.is_dir():
-        raise ValueError(f"--json {args.json}: no such folder {Path(args.json).expanduser().parent}")
+    if args.json not in (None, "-"):
+        check_output_file("--json", args.json)
     local = Path(args.source).expanduser()
     if is_gguf(args.source) and not local.is_file():
         raise ValueError(f"no such GGUF file: {args.source}")
@@ -132,57 +134,68 @@ def _record(args: argparse.Namespace, loaded: Any, out: Any, threads: int) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns 0 when done, else exits like argparse (SystemExit): 2 for bad input or a
+    file error (one line on stderr), 130 Ctrl-C, 143 SIGTERM. --debug (or BITK_DEBUG=1) shows the
+    traceback instead."""
+    streamed: list[Any] = []  # the stream a line of text is open on
+
+    def end_line() -> None:  # the error goes on its own line after streamed text
+        for out in streamed:
+            out.write("\n")
+
+    status = run_cli(lambda args: _main(args, streamed), build_parser().prog, argv, status=2, on_error=end_line)
+    if status:
+        raise SystemExit(status)  # as argparse exits on bad usage
+    return 0
+
+
+def _main(argv: list[str], streamed_to: list[Any]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # With JSON on stdout, the streamed text goes to stderr so stdout stays parseable.
     text_out = sys.stderr if args.json == "-" else sys.stdout
-    streamed = False
 
     def stream(piece: str) -> None:
-        nonlocal streamed
-        streamed = True
+        if not streamed_to:
+            streamed_to.append(text_out)
         text_out.write(piece)
         text_out.flush()
 
-    try:
-        check_args(args)
-        import torch
+    check_args(args)
+    import torch
 
-        from bitk.generate.api import generate
-        from bitk.generate.loading import load_for_inference
+    from bitk.generate.api import generate
+    from bitk.generate.loading import load_for_inference
 
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
-        loaded = load_for_inference(
-            args.source,
-            numerics=args.numerics,
-            pad=args.pad,
-            full_precision=args.full_precision,
-            tokenizer=args.tokenizer,
-        )
-        context = loaded.model.config.max_position_embeddings
-        out = generate(
-            loaded.model,
-            loaded.tokenizer,
-            args.prompt,
-            max_new_tokens=args.max_new_tokens,
-            greedy=args.greedy,
-            temperature=args.temperature,
-            top_k=args.top_k or None,
-            top_p=args.top_p,
-            seed=args.seed,
-            stop=args.stop,
-            chat=args.chat,
-            tokenizer_dir=loaded.tokenizer_dir,
-            stream=stream,
-            use_cache=not args.no_cache,
-        )
-    except ValueError as exc:
-        if streamed:
-            text_out.write("\n")
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    loaded = load_for_inference(
+        args.source,
+        numerics=args.numerics,
+        pad=args.pad,
+        full_precision=args.full_precision,
+        tokenizer=args.tokenizer,
+    )
+    context = loaded.model.config.max_position_embeddings
+    out = generate(
+        loaded.model,
+        loaded.tokenizer,
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        greedy=args.greedy,
+        temperature=args.temperature,
+        top_k=args.top_k or None,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop=args.stop,
+        chat=args.chat,
+        tokenizer_dir=loaded.tokenizer_dir,
+        stream=stream,
+        use_cache=not args.no_cache,
+    )
     text_out.write("\n")
     text_out.flush()
+    streamed_to.clear()
     record = _record(args, loaded, out, torch.get_num_threads())
     capped = len(out.prompt_ids) + args.max_new_tokens > context
     rate = record["tokens_per_s"]

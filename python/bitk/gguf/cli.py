@@ -15,6 +15,7 @@ import argparse
 import sys
 from typing import Any
 
+from bitk._cli import add_debug_argument, run_cli
 from bitk.formats.constants import I2S_DEFAULT_LAYOUT, I2S_LAYOUTS
 from bitk.gguf.constants import ARCH_CHOICES, EMBEDDING_TYPE_CHOICES, QTYPE_CHOICES
 from bitk.gguf.plan import PAD_CHOICES
@@ -31,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Pack ternary (BitNet b1.58) models into GGUF files for "
         "bitnet.cpp and llama.cpp, and inspect or verify GGUF files.",
     )
+    add_debug_argument(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="{pack,inspect,verify}")
 
     pk = sub.add_parser("pack", help="pack a bitk checkpoint or Hugging Face BitNet folder into a GGUF file")
@@ -87,14 +89,17 @@ def _parser() -> argparse.ArgumentParser:
     pk.add_argument("--allow-drop-bias", action="store_true", help="drop attention biases")
     pk.add_argument("--name", help="general.name (default: the source folder's name)")
     pk.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary table")
+    add_debug_argument(pk, suppress_default=True)
 
     ins = sub.add_parser("inspect", help="print the metadata and tensor table of any GGUF file")
     ins.add_argument("file", metavar="FILE")
+    add_debug_argument(ins, suppress_default=True)
 
     ver = sub.add_parser("verify", help="decode and check every tensor (and compare with the source)")
     ver.add_argument("file", metavar="FILE")
     ver.add_argument("--against", metavar="SRC", help="the model folder the file was packed from")
     ver.add_argument("-q", "--quiet", action="store_true", help="list failures only")
+    add_debug_argument(ver, suppress_default=True)
     return p
 
 
@@ -206,18 +211,22 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 1 error or failed verification, 2 usage, 130 Ctrl-C)."""
-    args = _parser().parse_args(argv)
-    run = {"pack": _pack, "inspect": _inspect, "verify": _verify}[args.command]
-    try:
-        return run(args)
-    except (ValueError, OSError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        done = "; no output was written" if args.command == "pack" else ""
-        print(f"{PROG}: interrupted{done}", file=sys.stderr)
-        return 130
+    """Run the CLI; returns the exit status (0 ok, 1 error or failed verification, 2 usage, 130 Ctrl-C,
+    143 SIGTERM). Errors are one line on stderr; --debug (or BITK_DEBUG=1) shows the traceback."""
+    command: list[str] = []
+
+    def run(args_list: list[str]) -> int:
+        args = _parser().parse_args(args_list)
+        command.append(args.command)
+        return {"pack": _pack, "inspect": _inspect, "verify": _verify}[args.command](args)
+
+    return run_cli(
+        run,
+        PROG,
+        argv,
+        status=1,
+        stopped_note=lambda: "; no output was written" if command == ["pack"] else "",
+    )
 
 
 if __name__ == "__main__":

@@ -138,7 +138,7 @@ def load(path: str | Path, tokenizer_dir: str | Path | None = None) -> Any:
 
     from bitk.formats import latent_weights
     from bitk.gguf.verifier import decode, model_dims, model_problems
-    from bitk.models.checkpoint import assign_tensors, write_tokenizer
+    from bitk.models.checkpoint import assign_tensors, check_tensors, expected_shapes, write_tokenizer
     from bitk.models.config import ModelConfig
     from bitk.models.model import CausalLM
     from bitk.nn import set_numerics
@@ -219,9 +219,11 @@ def load(path: str | Path, tokenizer_dir: str | Path | None = None) -> Any:
 
     with torch.device("meta"):
         model = CausalLM(config)
+    # the verifier's checks again, in the model's own terms: torch would raise RuntimeError
+    check_tensors(expected_shapes(model), {n: tuple(t.shape) for n, t in tensors.items()}, str(path))
     try:
         assign_tensors(model, tensors)
-    except AssertionError as exc:
+    except (AssertionError, RuntimeError) as exc:
         raise ValueError(f"{path}: the tensors do not form a complete bitk model ({exc})") from None
     if is_ternary:
         for hf in projections:

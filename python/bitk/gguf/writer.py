@@ -6,11 +6,14 @@ per tensor) or taken as stored when already ternary (`src.ternary`), then packed
 ternary model hold the dequantized ternary weights `codes * gamma`, what the model computes.
 gguf-py's GGUFWriter lays out the file (metadata, tensor infos, 32-byte alignment); tensors are
 encoded and streamed one at a time, into a temporary file in the output's folder that replaces
-the output only when complete (an error or Ctrl-C leaves no partial file and the old one intact).
+the output only when complete (an error or Ctrl-C leaves no partial file and the old one intact;
+bitk-pack handles SIGTERM the same way). The temporary file is `.NAME.PID.XXXXXXXX.partial`: one
+left by a writer that was killed (SIGKILL, power cut) is removed by the next pack to NAME.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from collections.abc import Callable
@@ -170,6 +173,17 @@ def _writer_class() -> type:
     from gguf import GGUFEndian, GGUFValueType, GGUFWriter
 
     class BulkArrayWriter(GGUFWriter):
+        def add_key_value(self, key: str, val: Any, vtype: Any, sub_type: Any = None) -> None:
+            # packed once here so a value its type cannot hold is a ValueError naming the key
+            # (gguf raises struct.error / OverflowError later, from write_kv_data_to_file)
+            try:
+                self._pack_val(val, vtype, add_vtype=True, sub_type=sub_type)
+            except (struct.error, OverflowError) as exc:
+                kind = vtype.name if sub_type is None and vtype != GGUFValueType.ARRAY else "array"
+                shown = f"{val!r}" if not isinstance(val, (list, tuple)) else f"an array of {len(val)}"
+                raise ValueError(f"metadata {key}: {shown} does not fit its GGUF type {kind} ({exc})") from None
+            super().add_key_value(key, val, vtype, sub_type)
+
         def _pack_val(self, val: Any, vtype: Any, add_vtype: bool, sub_type: Any = None) -> bytes:
             if (
                 vtype != GGUFValueType.ARRAY
@@ -272,6 +286,26 @@ def _check_output(out: Path) -> Path:
     return out
 
 
+def _partial_prefix(out: Path) -> str:
+    """The start of `out`'s temporary file names, `.NAME.PID.XXXXXXXX.partial` (the pid: its writer's)."""
+    return f".{out.name}."
+
+
+def _remove_stale_partials(out: Path) -> None:
+    """Remove temporary files of `out` left by writers no longer running (a SIGKILL, a power cut)."""
+    prefix = _partial_prefix(out)
+    for path in out.parent.glob(f"{glob.escape(prefix)}*.partial"):
+        pid = path.name[len(prefix) :].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or int(pid) == 0:
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+        except OSError:  # alive, another user's
+            continue
+
+
 def _file_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
@@ -287,14 +321,18 @@ def write_plan(
     """
     out = _check_output(out)
     src = plan.source
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
+    _remove_stale_partials(out)
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{_partial_prefix(out)}{os.getpid()}.", suffix=".partial", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     rows: list[SummaryRow] = []
     writer = None
     try:
         writer = _writer_class()(tmp, plan.arch)
-        _write_metadata(writer, plan, src)
+        try:
+            _write_metadata(writer, plan, src)
+        except ValueError as exc:
+            raise ValueError(f"{src.path}: {exc}") from None
         for tp in plan.tensors:
             dtype = {"F32": np.float32, "F16": np.float16}.get(tp.type, np.int8)
             raw = None if tp.type in ("F32", "F16") else TYPE_IDS[tp.type]

@@ -16,7 +16,7 @@ import torch
 
 from bitk.data import document_tokens, load_tokenizer, save_tokenizer
 from bitk.models import CausalLM, ModelLocation, load_checkpoint, load_model, resolve_model
-from bitk.models.checkpoint import read_checkpoint_meta, write_tokenizer
+from bitk.models.checkpoint import WEIGHTS_FILE, read_checkpoint_meta, write_tokenizer
 from bitk.objectives import init_mask_embedding, prepare_lrc
 from bitk.objectives import load_teacher as load_frozen_teacher
 
@@ -40,7 +40,14 @@ def build_model(cfg: Config, resume_from: Path | None, out: Path, info: DistInfo
     """
     if resume_from is not None:
         check_same_model(read_checkpoint_meta(resume_from), cfg, resume_from)
-        model = load_checkpoint(resume_from)
+        try:
+            model = load_checkpoint(resume_from)
+        except (ValueError, OSError):
+            raise
+        except Exception as e:  # safetensors' SafetensorError on a truncated or overwritten file
+            from .state import corrupt_checkpoint
+
+            raise corrupt_checkpoint(resume_from / WEIGHTS_FILE, e) from e
         model.source = f"{cfg.model.name} (resumed)"
         folder = out / TOKENIZER_DIR  # a copy that outlives the checkpoint (keep_last deletes old ones)
         if info.is_main:

@@ -257,8 +257,9 @@ class TrainingConfig:
     """Muon's own learning rate for the hidden matrices (optimizer=muon)."""
     schedule: str = "cosine"
     """Learning-rate schedule after warm-up: "cosine", "wsd" (warm-up, stable, decay) or "constant"."""
-    warmup_steps: int = 40
-    """Linear learning-rate warm-up from 0, in optimizer steps."""
+    warmup_steps: int | None = None
+    """Linear learning-rate warm-up from 0, in optimizer steps; less than max_steps. null = 40,
+    or max_steps - 1 for a run of 40 steps or fewer."""
     decay_fraction: float = 0.2
     """WSD: share of max_steps spent decaying at the end."""
     clip: str = "zclip"
@@ -332,7 +333,14 @@ class TrainingConfig:
         check_number(p + "eps", self.eps, low=0.0, low_open=True)
         check_number(p + "muon_lr", self.muon_lr, low=0.0, low_open=True)
         check_choice(p + "schedule", self.schedule, SCHEDULES)
-        check_int(p + "warmup_steps", self.warmup_steps, low=0)
+        if self.warmup_steps is not None:
+            check_int(p + "warmup_steps", self.warmup_steps, low=0)
+            if self.warmup_steps >= self.max_steps:
+                raise ValueError(
+                    f"training.warmup_steps ({self.warmup_steps}) must be less than training.max_steps "
+                    f"({self.max_steps}): the learning rate would never reach training.lr; allowed: 0 to "
+                    f"{self.max_steps - 1} (null: 40, or max_steps - 1 for a shorter run)"
+                )
         check_number(p + "decay_fraction", self.decay_fraction, low=0.0, high=1.0, low_open=True)
         check_choice(p + "clip", self.clip, CLIPS)
         check_number(p + "max_grad_norm", self.max_grad_norm, low=0.0, low_open=True)

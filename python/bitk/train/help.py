@@ -51,11 +51,16 @@ def format_help(columns: int | None = None) -> str:
     """
     columns = min(shutil.get_terminal_size((100, 24)).columns, 100) if columns is None else columns
     lines = [
-        "usage: python -m bitk.train [key=value ...]",
+        "usage: python -m bitk.train [--debug] [key=value ...]",
         "",
         "Train a bitk model: a thin PyTorch loop (docs/train.md). With no arguments it trains the tiny",
         "preset on bitk's embedded corpus on CPU, then writes a checkpoint, metrics.jsonl, loss.png and",
         "an I2_S GGUF into output_dir. Under torchrun the same command runs DDP or FSDP2.",
+        "",
+        "exit status: 0 done (a failed GGUF export is a warning: the checkpoint is there), or stopped by",
+        "SIGTERM after a checkpoint; 130 stopped by SIGINT; 1 stopped on a fault (the message names the",
+        "last good checkpoint); 2 refused before training (bad settings or data, output_dir unusable or",
+        "in use by another run). Errors are one line; --debug (or BITK_DEBUG=1) shows the traceback.",
         "",
         "examples:",
         "  python -m bitk.train",

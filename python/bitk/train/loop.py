@@ -44,6 +44,7 @@ from .distributed import (
 )
 from .export import export_gguf, runtime_of
 from .flops import flops_per_token, peak_flops
+from .lock import OutputDirLock
 from .metrics import LOSS_CURVE_FILE, Metrics, ProgressBar, Window, format_record, format_summary, plot_loss_curve
 from .optim import build_optimizer, sync_hyperparameters
 from .remote import Mirror, find_resume, open_remote
@@ -53,7 +54,7 @@ from .stop import StopSignal
 from .tasks import check_eval_tasks, evaluate_tasks
 from .zclip import clip_gradients, make_zclip
 
-__all__ = ["Run", "TrainingError", "train"]
+__all__ = ["Run", "TrainingError", "describe_os_error", "train"]
 
 
 class TrainingError(RuntimeError):
@@ -94,7 +95,11 @@ def train(cfg: Config) -> dict[str, Any]:
         run.finish()
     except TrainingError:
         raise
-    except Exception as e:  # a fault mid-run (a failed save, a kernel error): say where to resume from
+    except OSError as e:  # a full disk, a folder turned read-only: one line naming the file
+        raise TrainingError(
+            f"training failed at step {run.step}: {describe_os_error(e)}; the last good checkpoint is {run.last_good()}"
+        ) from e
+    except Exception as e:  # a fault mid-run (a kernel error, bad data): say where to resume from
         raise TrainingError(
             f"training failed at step {run.step} ({type(e).__name__}: {e}); the last good "
             f"checkpoint is {run.last_good()}"
@@ -156,17 +161,33 @@ class Run:
     """The uploads to the remote copy (remote=URL; main process only)."""
     remote_missing: list[str] = field(default_factory=list)
     """What did not reach the remote by the end."""
+    lock: OutputDirLock | None = None
+    """output_dir's lock (main process only), released by close()."""
 
     # ------------------------------------------------------------------ start
 
     @classmethod
     def start(cls, cfg: Config) -> Run:
         """Processes, seed, output folder -> model, teacher -> data -> batch geometry -> optimizer -> resume."""
-        t = cfg.training
         started = time.perf_counter()
         info = init_distributed(cfg.device)
-        seed_everything(t.seed)
         out = Path(cfg.output_dir).expanduser()
+        # one writer per output_dir: a second run would delete this one's checkpoints (keep_last) and
+        # interleave metrics.jsonl; under torchrun the main process holds the lock for all
+        lock = OutputDirLock.acquire(out) if info.is_main else None
+        try:
+            run = cls._start(cfg, info, out, started)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        run.lock = lock
+        return run
+
+    @classmethod
+    def _start(cls, cfg: Config, info: DistInfo, out: Path, started: float) -> Run:
+        t = cfg.training
+        seed_everything(t.seed)
         if cfg.resume == "none" and list_checkpoints(out):
             raise ValueError(
                 f"output_dir {out} already holds checkpoints of another run; resume=auto continues it, "
@@ -493,15 +514,20 @@ class Run:
                 "tokens": self.tokens,
                 "eval": self.last_eval,
             }
-            path = save_state(
-                self.out,
-                self.step,
-                self.raw,
-                model_sd,
-                trainer_state,
-                keep_last=self.cfg.checkpoint.keep_last,
-                meta=meta,
-            )
+            try:
+                path = save_state(
+                    self.out,
+                    self.step,
+                    self.raw,
+                    model_sd,
+                    trainer_state,
+                    keep_last=self.cfg.checkpoint.keep_last,
+                    meta=meta,
+                )
+            except OSError as e:
+                if e.filename is None:  # torch.save's and write's errors name no file: name the checkpoint
+                    e.filename = str(path)
+                raise
             self.progress.print(f"saved {path}")
             if self.mirror is not None:  # uploaded in the background
                 self.mirror.checkpoint(path)
@@ -612,13 +638,18 @@ class Run:
     def close(self) -> None:
         """Signal handlers back, files closed, queued uploads finished (or reported), processes left."""
         self.stop.restore()
-        if self.metrics is not None:
-            self.metrics.close()
         try:
+            if self.metrics is not None:
+                self.metrics.close()
             if self.mirror is not None:
                 self.remote_missing = self.mirror.close()
         finally:
-            cleanup(self.info)
+            try:
+                cleanup(self.info)
+            finally:
+                if self.lock is not None:
+                    self.lock.release()
+                    self.lock = None
 
     def summary(self) -> dict[str, Any]:
         last_eval, tracks = self.last_eval, self.tracks_objectives
@@ -645,6 +676,15 @@ class Run:
             "remote_checkpoint": None if self.mirror is None else self.mirror.newest,
             "remote_missing": self.remote_missing,
         }
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line of an OSError: "PATH: no space left on device"."""
+    reason = e.strerror or str(e) or type(e).__name__
+    reason = reason[:1].lower() + reason[1:]
+    if e.filename is None:
+        return reason
+    return f"{e.filename}: {reason}"
 
 
 def _quiet(*args: Any, **kwargs: Any) -> None:

@@ -106,7 +106,12 @@ class Metrics:
         if not self.enabled:
             return
         clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in record.items()}
-        self._file.write(json.dumps(clean) + "\n")
+        try:
+            self._file.write(json.dumps(clean) + "\n")
+        except OSError as e:  # a full disk: name the file (write's error names none)
+            if e.filename is None:
+                e.filename = str(self.path)
+            raise
         kind, step = record["kind"], record["step"]
         flat = {}
         for k, v in record.items():  # one level of nesting ("objectives": {"ce": ...}) becomes objectives/ce

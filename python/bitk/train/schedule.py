@@ -3,7 +3,8 @@
 ``step`` is always the 0-based index of the optimizer step about to be taken (0 .. max_steps-1).
 
 Learning rate, ``lr_factor(step, cfg)`` times each group's ``initial_lr``; with ``t = step + 1``
-(the number of the step), ``w = warmup_steps``, ``T = max_steps``, ``m = min_lr_ratio``:
+(the number of the step), ``w = warmup_steps(cfg)`` (training.warmup_steps; null: 40, at most
+T - 1), ``T = max_steps``, ``m = min_lr_ratio``:
 
     warm-up (all schedules)   t <= w:  t / w                      (never 0: the first step already learns)
     cosine                    t >  w:  m + (1 - m) * (1 + cos(pi * p)) / 2,   p = (t - w) / (T - w)
@@ -26,7 +27,17 @@ from typing import Any
 
 from .config import QUANT_WARMUP_SHAPES, SCHEDULES
 
-__all__ = ["apply_lr", "lr_factor", "quant_lambda"]
+__all__ = ["DEFAULT_WARMUP_STEPS", "apply_lr", "lr_factor", "quant_lambda", "warmup_steps"]
+
+DEFAULT_WARMUP_STEPS = 40
+
+
+def warmup_steps(cfg: Any) -> int:
+    """The warm-up length: cfg.warmup_steps, or when null (the default) 40 steps, shortened to
+    max_steps - 1 for a shorter run."""
+    if cfg.warmup_steps is not None:
+        return cfg.warmup_steps
+    return max(0, min(DEFAULT_WARMUP_STEPS, cfg.max_steps - 1))
 
 
 def lr_factor(step: int, cfg: Any) -> float:
@@ -36,7 +47,7 @@ def lr_factor(step: int, cfg: Any) -> float:
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; schedules: {', '.join(SCHEDULES)}")
     t = step + 1
-    total, warmup, floor = cfg.max_steps, cfg.warmup_steps, cfg.min_lr_ratio
+    total, warmup, floor = cfg.max_steps, warmup_steps(cfg), cfg.min_lr_ratio
     if t <= warmup:
         return t / warmup
     if schedule == "constant":

@@ -51,6 +51,7 @@ __all__ = [
     "find_checkpoint",
     "save_state",
     "load_state",
+    "remove_checkpoint",
     "rng_state",
     "set_rng_state",
 ]
@@ -200,8 +201,21 @@ def save_state(
     if keep_last > 0:
         for old in list_checkpoints(output_dir)[:-keep_last]:
             if old != path:
-                shutil.rmtree(old, ignore_errors=True)
+                remove_checkpoint(old)
     return path
+
+
+def remove_checkpoint(path: str | Path) -> None:
+    """Delete a checkpoint folder so that no kill leaves a half-deleted ``step-N`` behind: it is
+    renamed to a hidden ``.step-N.deleting-*`` name first (one atomic rename), then removed; the
+    next save sweeps away what a kill left of it."""
+    path = Path(path)
+    doomed = path.with_name(f".{path.name}.deleting-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(path, doomed)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def load_state(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
@@ -212,15 +226,34 @@ def load_state(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor
     if not is_complete(path):
         raise ValueError(f"{path} is not a complete training checkpoint")
     meta = read_checkpoint_meta(path)
-    model_sd = load_file(str(path / WEIGHTS_FILE))
+    try:
+        model_sd = load_file(str(path / WEIGHTS_FILE))
+    except Exception as e:  # safetensors' own error type: a truncated or overwritten file
+        raise corrupt_checkpoint(path / WEIGHTS_FILE, e) from e
     if meta["model"].get("tie_word_embeddings") and "lm_head.weight" not in model_sd:
         model_sd["lm_head.weight"] = model_sd["model.embed_tokens.weight"]
-    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
-    if state.get("version") != STATE_VERSION:
-        raise ValueError(
-            f"{path / STATE_FILE}: trainer state version {state.get('version')!r}, this bitk reads {STATE_VERSION}"
-        )
+    try:
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, torch's zip reader's RuntimeError, EOFError ...
+        raise corrupt_checkpoint(path / STATE_FILE, e) from e
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        version = state.get("version") if isinstance(state, dict) else None
+        raise ValueError(f"{path / STATE_FILE}: trainer state version {version!r}, this bitk reads {STATE_VERSION}")
     return meta, model_sd, state
+
+
+def corrupt_checkpoint(file: Path, e: BaseException) -> ValueError:
+    """The one-line error of a checkpoint file that cannot be read back."""
+    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.strerror:
+        detail = e.strerror
+    else:
+        lines = str(e).strip().splitlines()
+        detail = f"{type(e).__name__}: {lines[0] if lines else 'unreadable'}"
+    folder = file.parent
+    return ValueError(
+        f"{file} is corrupt or unreadable ({detail}); resume from an earlier checkpoint with "
+        f"resume={folder.parent}/step-NNNNNN, or move {folder.name} aside"
+    )
 
 
 def _model_from_state_dict(model: torch.nn.Module, model_sd: dict[str, torch.Tensor]) -> torch.nn.Module:
