@@ -2,19 +2,33 @@
 
 `micro_args(tmp_path, *overrides)` gives the ``key=value`` list of a micro run (a one-layer,
 128-wide model with bitk's 4096-token vocabulary, 32-token blocks, global batch 4 = micro-batch 2
-x accumulation 2); `micro_config` parses it. Later overrides win, as on the command line. Importable as
-`bitk_train_testing`.
+x accumulation 2); `micro_config` parses it. Later overrides win, as on the command line.
+`start_training(args, env)` runs `python -m bitk.train` in a subprocess (for signals and locks).
+Importable as `bitk_train_testing`.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.modules["bitk_train_testing"] = sys.modules[__name__]
+
+
+def start_training(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """`python -m bitk.train ARGS` in a subprocess; its stdout and stderr as one text stream."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "bitk.train", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
 
 MICRO_ARGS = (
     "model=tiny",

@@ -14,6 +14,7 @@ from bitk.train.__main__ import main
 from bitk.train.config import parse_args
 from bitk.train.metrics import read_metrics
 from bitk.train.state import latest_checkpoint, list_checkpoints, load_state
+from bitk_train_testing import start_training
 
 # --------------------------------------------------------------------------- kill during save
 
@@ -183,13 +184,7 @@ def test_signal_saves_a_checkpoint_and_exits_cleanly(micro_argv, tmp_path, run_e
     args = micro_argv(
         "training.max_steps=100000", "checkpoint.save_every=0", "training.eval_every=0", "export_gguf=i2_s"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bitk.train", *args],
-        env=run_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start_training(args, run_env)
     lines = []
     try:
         for line in proc.stdout:  # wait until training is under way

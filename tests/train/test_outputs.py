@@ -21,6 +21,7 @@ from bitk.train.__main__ import main
 from bitk.train.lock import LOCK_FILE, OutputDirLock
 from bitk.train.metrics import read_metrics
 from bitk.train.state import list_checkpoints, load_state
+from bitk_train_testing import start_training
 
 SHORT = ("training.max_steps=4", "checkpoint.save_every=2", "training.eval_every=0")
 
@@ -109,13 +110,7 @@ def test_two_live_runs_on_one_output_dir(micro_argv, tmp_path, run_env):
     args = micro_argv(
         "training.max_steps=100000", "checkpoint.save_every=3", "checkpoint.keep_last=2", "training.eval_every=0"
     )
-    first = subprocess.Popen(
-        [sys.executable, "-m", "bitk.train", *args],
-        env=run_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    first = start_training(args, run_env)
     lines = []
     try:
         for line in first.stdout:  # under way: past its first checkpoint
@@ -139,13 +134,7 @@ def test_two_live_runs_on_one_output_dir(micro_argv, tmp_path, run_env):
     steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train"]
     assert steps and steps == sorted(steps) and len(steps) == len(set(steps))  # one writer: no interleaving
     # kill -9 a run under way: its lock dies with it, the next run continues the folder
-    killed = subprocess.Popen(
-        [sys.executable, "-m", "bitk.train", *args],
-        env=run_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    killed = start_training(args, run_env)
     try:
         for line in killed.stdout:
             if line.startswith("step "):

@@ -24,6 +24,7 @@ from bitk.train.config import parse_args
 from bitk.train.metrics import read_metrics
 from bitk.train.remote import COMPLETE_MARKER, Mirror, Remote, fetch_checkpoint
 from bitk.train.state import checkpoint_name, latest_checkpoint, list_checkpoints, load_state
+from bitk_train_testing import start_training
 
 RUN = ("training.eval_every=0",)
 
@@ -320,13 +321,7 @@ def test_sigterm_saves_and_finishes_the_upload(micro_argv, tmp_path, run_env, s3
     """A preemption notice: the step finishes, the checkpoint is saved and uploaded before the process exits."""
     out, url = tmp_path / "run", s3.url("run")
     args = micro_argv("training.max_steps=100000", "checkpoint.save_every=0", *RUN, f"remote={url}")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bitk.train", *args],
-        env={**run_env, **s3.env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start_training(args, {**run_env, **s3.env})
     lines = []
     try:
         for line in proc.stdout:
