@@ -1,4 +1,4 @@
-// Implementation of ternary_codecs.h. Byte layouts per ../shared/spec/formats.md; the numpy module
+// Implementation of ternary_codecs.h. Byte layouts per docs/formats.md; the numpy module
 // python/bitk/formats/reference.py defines the results and the tests compare byte for byte.
 // Hot loops are written as plain fixed-trip loops over arrays so -O3 vectorizes them; the parallel
 // split (parallel.h) never changes a result, only who computes which block.

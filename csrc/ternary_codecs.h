@@ -1,5 +1,5 @@
 // bitk's ternary codecs: absmean ternarization (BitNet b1.58, arXiv 2402.17764) and the I2_S,
-// TQ2_0 and TQ1_0 byte layouts of ../shared/spec/formats.md (I2_S as bitnet.cpp reads it, TQ1_0 and
+// TQ2_0 and TQ1_0 byte layouts of docs/formats.md (I2_S as bitnet.cpp reads it, TQ1_0 and
 // TQ2_0 as upstream llama.cpp reads them). A plain C++ library: no Python, no numpy headers.
 // Buffers are C-contiguous, row-major [rows, cols] with cols = ne0, the fastest dimension.
 // Bad contents (NaN/Inf, non-ternary input, code 3) throw std::invalid_argument.

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bitk._cli import add_debug_argument, check_output_file, run_cli
-from bitk.generate.loading import is_gguf, set_model_numerics
+from bitk.generate.loading import check_source, is_gguf, resolve_tokenizer, set_model_numerics
 from bitk.nn import NUMERICS
 
 __all__ = ["build_parser", "main"]
@@ -32,24 +32,23 @@ __all__ = ["build_parser", "main"]
 DEFAULT_SEQ_LEN = 512
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _int_at_least(low: int, what: str):
+    """An argparse type: an integer >= ``low`` (``what`` names it in the error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+
+    return parse
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
+_positive = _int_at_least(1, "a positive integer")
+_non_negative = _int_at_least(0, "a non-negative integer")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,23 +151,19 @@ def _prepare(args: argparse.Namespace, tokenizer_dir: Path | None = None) -> _Pl
     A GGUF file loads here (its metadata is its config); its vocabulary goes to `tokenizer_dir`.
     """
     from bitk import data
-    from bitk.data.loading import looks_like_path
     from bitk.models import open_source
 
+    check_source(args.checkpoint)
     model = None
     local = Path(args.checkpoint).expanduser()
     if is_gguf(args.checkpoint):
-        if not local.is_file():
-            raise ValueError(f"no such GGUF file: {args.checkpoint}")
         model = _load_model(args, None if args.tokenizer is not None else tokenizer_dir)
         config, tokenizer_dir = model.config, model.tokenizer_dir
     elif local.exists():
         source = open_source(local)
         config, tokenizer_dir = source.config, source.tokenizer_dir
-    else:
+    else:  # a hub id
         config = tokenizer_dir = None
-        if looks_like_path(args.checkpoint):
-            raise ValueError(f"no such checkpoint: {args.checkpoint}")
 
     def check_seq_len(config) -> int:
         seq_len = args.seq_len if args.seq_len is not None else min(DEFAULT_SEQ_LEN, config.max_position_embeddings)
@@ -193,23 +188,7 @@ def _prepare(args: argparse.Namespace, tokenizer_dir: Path | None = None) -> _Pl
         config, tokenizer_dir = model.config, model.tokenizer_dir
     seq_len = check_seq_len(config)
 
-    if args.tokenizer == "default":
-        tokenizer, tokenizer_dir = data.default_tokenizer(), None
-    elif args.tokenizer is not None:
-        tokenizer = data.load_tokenizer(args.tokenizer)
-        tokenizer_dir = Path(args.tokenizer) if Path(args.tokenizer).is_dir() else Path(args.tokenizer).parent
-    elif tokenizer_dir is not None:
-        tokenizer = data.load_tokenizer(tokenizer_dir)
-    else:
-        raise ValueError(
-            f"{args.checkpoint} holds no tokenizer; pass --tokenizer (a tokenizer.json or folder, "
-            "or 'default' for bitk's)"
-        )
-    if tokenizer.get_vocab_size() > config.vocab_size:
-        raise ValueError(
-            f"the tokenizer has {tokenizer.get_vocab_size()} tokens, more than the model's "
-            f"vocab_size {config.vocab_size}: it is not this model's tokenizer"
-        )
+    tokenizer, tokenizer_dir = resolve_tokenizer(args.tokenizer, tokenizer_dir, args.checkpoint, config.vocab_size)
     framing = data.document_tokens(tokenizer, tokenizer_dir, config.eos_token_id)
     frame = {"eos_id": framing.eos, "bos_id": framing.bos}
 
@@ -224,17 +203,6 @@ def _prepare(args: argparse.Namespace, tokenizer_dir: Path | None = None) -> _Pl
     if int((labels[:, 1:] != -100).sum()) == 0:
         raise ValueError(f"{data_name} is too short to score: it packs into {length} token(s)")
     return _Plan(args.checkpoint, data_name, seq_len, input_ids, position_ids, labels, model)
-
-
-def _check_checkpoint(args: argparse.Namespace) -> None:
-    """ValueError for a checkpoint argument that names no file or folder (a hub id passes)."""
-    from bitk.data.loading import looks_like_path
-
-    local = Path(args.checkpoint).expanduser()
-    if is_gguf(args.checkpoint) and not local.is_file():
-        raise ValueError(f"no such GGUF file: {args.checkpoint}")
-    if not local.exists() and looks_like_path(args.checkpoint):
-        raise ValueError(f"no such checkpoint: {args.checkpoint}")
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -261,7 +229,7 @@ def _run_tasks(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks:
         raise ValueError("--tasks names no task")
-    _check_checkpoint(args)
+    check_source(args.checkpoint)
     harness.check_tasks(tasks, args.include_path)  # before the weights load: a typo costs seconds
     lm = harness.BitkLM(
         pretrained=args.checkpoint,
@@ -345,14 +313,9 @@ def _main(argv: list[str]) -> int:
                 model, plan.input_ids, plan.position_ids, args.batch_size, labels=plan.labels, progress=True
             )
     if args.tasks is not None:
-        text = json.dumps(record, indent=2)
         # With JSON on stdout, the table goes to stderr so stdout stays parseable.
         print(table, file=sys.stderr if args.json == "-" else sys.stdout)
-        if args.json == "-":
-            print(text)
-        elif args.json is not None:
-            Path(args.json).expanduser().write_text(text + "\n")
-        return 0
+        return _write_json(record, args.json)
     record = {
         "checkpoint": plan.checkpoint,
         "data": plan.data_name,
@@ -368,13 +331,17 @@ def _main(argv: list[str]) -> int:
         "torch_threads": torch.get_num_threads(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    text = json.dumps(record, indent=2)
-    # With JSON on stdout, the table goes to stderr so stdout stays parseable.
     Console(stderr=args.json == "-").print(_table(record))
-    if args.json == "-":
+    return _write_json(record, args.json)
+
+
+def _write_json(record: dict[str, Any], where: str | None) -> int:
+    """The record as JSON to stdout ('-'), to a file, or nowhere (None); 0."""
+    text = json.dumps(record, indent=2)
+    if where == "-":
         print(text)
-    elif args.json is not None:
-        Path(args.json).expanduser().write_text(text + "\n")
+    elif where is not None:
+        Path(where).expanduser().write_text(text + "\n")
     return 0
 
 

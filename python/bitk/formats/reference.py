@@ -1,6 +1,6 @@
 """Plain numpy reference codecs: the definition of every ternary byte bitk writes.
 
-Layouts follow ../shared/spec/formats.md: I2_S as bitnet.cpp reads it (three layouts), TQ2_0 and
+Layouts follow docs/formats.md: I2_S as bitnet.cpp reads it (three layouts), TQ2_0 and
 TQ1_0 as upstream llama.cpp reads them (gguf-py's `gguf.quants` is the byte-exact oracle).
 Functions here take already-validated arrays (2-D, C-contiguous, right dtype and shape; the public
 `bitk.formats` API checks those) and check the *contents* themselves, raising `ValueError`.

@@ -70,8 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """ValueError for arguments that are wrong whatever the model: checked before anything loads."""
-    from bitk.data.loading import looks_like_path
-    from bitk.generate.loading import is_gguf
+    from bitk.generate.loading import check_source
 
     if not args.prompt:
         raise ValueError("--prompt is empty")
@@ -89,11 +88,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError("--stop strings must not be empty")
     if args.json not in (None, "-"):
         check_output_file("--json", args.json)
-    local = Path(args.source).expanduser()
-    if is_gguf(args.source) and not local.is_file():
-        raise ValueError(f"no such GGUF file: {args.source}")
-    if not local.exists() and looks_like_path(args.source):
-        raise ValueError(f"no such checkpoint: {args.source}")
+    check_source(args.source)
 
 
 def _rate(tokens: int, seconds: float) -> float | None:

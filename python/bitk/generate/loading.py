@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Loaded", "is_gguf", "load_for_inference", "set_model_numerics"]
+__all__ = ["Loaded", "check_source", "is_gguf", "load_for_inference", "resolve_tokenizer", "set_model_numerics"]
 
 
 @dataclass
@@ -42,6 +42,18 @@ class Loaded:
 def is_gguf(source: str | Path) -> bool:
     """Whether ``source`` names a GGUF file (by its suffix)."""
     return str(source).lower().endswith(".gguf")
+
+
+def check_source(source: str | Path) -> None:
+    """ValueError when ``source`` names no GGUF file, checkpoint or folder (a hub id passes): the check
+    a command line makes before anything loads."""
+    from bitk.data.loading import looks_like_path
+
+    local = Path(source).expanduser()
+    if is_gguf(source) and not local.is_file():
+        raise ValueError(f"no such GGUF file: {source}")
+    if not local.exists() and looks_like_path(str(source)):
+        raise ValueError(f"no such checkpoint: {source}")
 
 
 def set_model_numerics(model: Any, numerics: str | None, *, gguf: bool = False, pad: str = "auto") -> str:
@@ -78,6 +90,37 @@ def set_model_numerics(model: Any, numerics: str | None, *, gguf: bool = False, 
     return numerics
 
 
+def resolve_tokenizer(
+    tokenizer: str | Path | None, tokenizer_dir: Path | None, source: str, vocab_size: int
+) -> tuple[Any, Path | None]:
+    """(the `tokenizers.Tokenizer`, the folder of its files) for a model from ``source``.
+
+    ``tokenizer``: a tokenizer.json or its folder, "default" (bitk's), or None (the one in
+    ``tokenizer_dir``, the source's). ValueError when there is none, or when it has more tokens
+    than the model's ``vocab_size`` (another model's tokenizer).
+    """
+    from bitk import data
+
+    if tokenizer == "default":
+        tok, tokenizer_dir = data.default_tokenizer(), None
+    elif tokenizer is not None:
+        path = Path(tokenizer).expanduser()
+        tok = data.load_tokenizer(path)
+        tokenizer_dir = path if path.is_dir() else path.parent
+    elif tokenizer_dir is not None:
+        tok = data.load_tokenizer(tokenizer_dir)
+    else:
+        raise ValueError(
+            f"{source} holds no tokenizer; pass --tokenizer (a tokenizer.json or folder, or 'default' for bitk's)"
+        )
+    if tok.get_vocab_size() > vocab_size:
+        raise ValueError(
+            f"the tokenizer has {tok.get_vocab_size()} tokens, more than the model's vocab_size "
+            f"{vocab_size}: it is not this model's tokenizer"
+        )
+    return tok, tokenizer_dir
+
+
 def load_for_inference(
     source: str | Path,
     *,
@@ -92,7 +135,6 @@ def load_for_inference(
     ``full_precision``: a full-precision model stays full precision (no ternary conversion).
     ValueError for what cannot be loaded, a missing tokenizer, or numerics the model cannot honour.
     """
-    from bitk import data
 
     source = str(source)
     workdir = None
@@ -114,24 +156,7 @@ def load_for_inference(
         model = load_model(source, ternary=not full_precision)
     described = set_model_numerics(model, numerics, gguf=is_gguf(source), pad=pad)
 
-    tokenizer_dir = model.tokenizer_dir
-    if tokenizer == "default":
-        tok, tokenizer_dir = data.default_tokenizer(), None
-    elif tokenizer is not None:
-        path = Path(tokenizer).expanduser()
-        tok = data.load_tokenizer(path)
-        tokenizer_dir = path if path.is_dir() else path.parent
-    elif tokenizer_dir is not None:
-        tok = data.load_tokenizer(tokenizer_dir)
-    else:
-        raise ValueError(
-            f"{source} holds no tokenizer; pass a tokenizer (a tokenizer.json or folder, or 'default' for bitk's)"
-        )
-    if tok.get_vocab_size() > model.config.vocab_size:
-        raise ValueError(
-            f"the tokenizer has {tok.get_vocab_size()} tokens, more than the model's vocab_size "
-            f"{model.config.vocab_size}: it is not this model's tokenizer"
-        )
+    tok, tokenizer_dir = resolve_tokenizer(tokenizer, model.tokenizer_dir, source, model.config.vocab_size)
     model.eval()
     model.requires_grad_(False)
     return Loaded(model, tok, tokenizer_dir, described, source, workdir)
