@@ -67,6 +67,20 @@ def test_chat_renders_the_checkpoints_template(capsys, chat_checkpoint, tokenize
     assert json.loads(out)["prompt_ids"] == expected
 
 
+def test_chat_renders_a_gguf_files_template(capsys, chat_checkpoint, tmp_path):
+    from bitk.gguf import pack
+
+    path = tmp_path / "chat.gguf"
+    pack(chat_checkpoint, path, "i2_s", embedding_type="f32")
+    argv = ["--prompt", "Hi", "--chat", "--greedy", "--max-new-tokens", "2", "--json", "-"]
+    status, out, err = run(capsys, path, *argv)
+    assert status == 0, err
+    status, expected, err = run(capsys, chat_checkpoint, *argv, "--numerics", "i2s")
+    assert status == 0, err
+    assert json.loads(out)["prompt_ids"] == json.loads(expected)["prompt_ids"]
+    assert json.loads(out)["ids"] == json.loads(expected)["ids"]
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

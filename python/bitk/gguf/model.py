@@ -26,6 +26,7 @@ from bitk.gguf.constants import (
     ARCH_QWEN3,
     KEY_ADD_BOS,
     KEY_BOS_ID,
+    KEY_CHAT_TEMPLATE,
     KEY_EOS_ID,
     KEY_MERGES,
     KEY_PAD_ID,
@@ -131,7 +132,8 @@ def load(path: str | Path, tokenizer_dir: str | Path | None = None) -> Any:
     """A `bitk.models.CausalLM` computing what the GGUF file `path` holds, in the runtime's numerics.
 
     tokenizer_dir: if given, the file's byte-level vocabulary is written there as tokenizer.json
-    (+ tokenizer_config.json) and becomes `model.tokenizer_dir`. ValueError for files that are
+    (+ tokenizer_config.json, and chat_template.jinja when the file has a chat template) and
+    becomes `model.tokenizer_dir`. ValueError for files that are
     not BitNet models bitk can express.
     """
     import torch
@@ -216,6 +218,7 @@ def load(path: str | Path, tokenizer_dir: str | Path | None = None) -> Any:
                 values = latent_weights(*ternary[hf])
             tensors[hf] = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
         tok = _tokenizer(f) if tokenizer_dir is not None else None
+        template = meta.get(KEY_CHAT_TEMPLATE)
 
     with torch.device("meta"):
         model = CausalLM(config)
@@ -232,6 +235,8 @@ def load(path: str | Path, tokenizer_dir: str | Path | None = None) -> Any:
         dest = Path(tokenizer_dir)
         dest.mkdir(parents=True, exist_ok=True)
         write_tokenizer(tok, dest, config)
+        if isinstance(template, str) and template:  # what `python -m bitk.generate --chat` renders
+            (dest / "chat_template.jinja").write_text(template, encoding="utf-8")
         model.tokenizer_dir = dest
     return model
 
