@@ -1,23 +1,34 @@
-"""Training speed (pytest-benchmark): one optimizer step, the loop's own overhead, and a GPU suite.
+"""Training speed (pytest-benchmark): one optimizer step, the loop's own overhead, the influence
+mixture's overhead, and a GPU suite.
 
 - CPU: one training step of the tiny preset (8 sequences x 256 tokens: forward, loss, backward,
   AdamW step) in tokens/s; and the overhead of `bitk.train`'s loop, the share of a step spent
   outside forward, backward and optimizer step (data, clipping, the loss sync, logging), measured
   by instrumenting the real `train()`; the target is <= 5%.
+- CPU: the cost of `data.mixture=influence` (the README's run, the tiny preset at 4 x 256 tokens per
+  step, with three local sources and `data.probe=default`, the default `data.mixture_every` and
+  `data.probe_tokens`) against the same run with `data.mixture=fixed`, the two stepped alternately
+  in one process: training throughput over windows of `mixture_every` steps that each hold one
+  re-weighting (`measure_mixture_overhead`).
 - GPU (skipped without CUDA): SmolLM2-135M training tokens/s with ternary BitLinear projections
   against the same model with bf16 nn.Linear (ternary=False), both under bf16 autocast; the target
   is >= 0.9x (stretch 1.1x).
-`make_train_step`, `measure_train_step` and `measure_loop_overhead` are plain functions the gate
-(bench/gate.py) and scripts can call. Run: `python -m pytest bench/bench_train.py`.
+`make_train_step`, `measure_train_step`, `measure_loop_overhead`, `mixture_runs`,
+`measure_mixture_overhead` and `mixture_due_step` (the gate's pair) are plain functions the gate
+(bench/gate.py) and scripts can call. Run: `python -m pytest bench/bench_train.py`;
+`python bench/bench_train.py --mixture` prints the mixture's overhead as JSON.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -221,6 +232,175 @@ def measure_loop_overhead(args: list[str] | None = None, *, steps: int = 8, skip
     }
 
 
+# --------------------------------------------------------------------------- the influence mixture
+
+MIXTURE_SOURCES = ("corpus_a", "corpus_b", "noise")
+MIXTURE_BASE = (
+    # the README's run (tiny preset, 4 x 256 tokens per step, CPU) with three sources and the default
+    # probe; data.mixture_every (20) and data.probe_tokens (2048) keep their defaults
+    "data.probe=default",
+    "training.eval_every=0",
+    "checkpoint.save_every=0",
+    "export_gguf=none",
+    "logging.progress=false",
+)
+
+
+def write_mixture_sources(folder: Path) -> list[Path]:
+    """Three jsonl sources ({"text": ...} a line) in ``folder``: the two halves of the embedded corpus's
+    train split and random characters (as many documents as the first half, of the same lengths)."""
+    import numpy as np
+
+    from bitk.data import default_corpus
+
+    docs = default_corpus("train")
+    half = len(docs) // 2
+    rng = np.random.default_rng(0)
+    alphabet = np.array(list("abcdefghijklmnopqrstuvwxyz0123456789      .,;\n"))
+    noise = ["".join(rng.choice(alphabet, size=len(d))) for d in docs[:half]]
+    paths = []
+    for name, texts in zip(MIXTURE_SOURCES, (docs[:half], docs[half:], noise)):
+        path = folder / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+        paths.append(path)
+    return paths
+
+
+@contextlib.contextmanager
+def mixture_runs(
+    args: list[str] | None = None, mixtures: tuple[str, ...] = ("influence", "fixed")
+) -> Iterator[dict[str, Any]]:
+    """`bitk.train.loop.Run` objects of the same run, one per ``data.mixture`` in ``mixtures``, started
+    (quietly, Ctrl-C left alone) in one process and closed on exit: the README's run with the three
+    sources of `write_mixture_sources` and `MIXTURE_BASE`, plus ``args`` (`key=value`). Drive them
+    with `quiet_step`."""
+    from bitk.train import parse_args
+    from bitk.train.loop import Run
+
+    with tempfile.TemporaryDirectory(prefix="bitk-bench-mixture-") as tmp:
+        sources = ",".join(str(p) for p in write_mixture_sources(Path(tmp)))
+        runs: dict[str, Any] = {}
+        try:
+            for mixture in mixtures:
+                cfg = parse_args(
+                    [
+                        f"data.sources=[{sources}]",
+                        f"data.mixture={mixture}",
+                        *MIXTURE_BASE,
+                        f"output_dir={tmp}/{mixture}",
+                        *(args or []),
+                    ]
+                )
+                cfg.validate()
+                with contextlib.redirect_stdout(io.StringIO()):
+                    run = Run.start(cfg)
+                run.stop.restore()  # a benchmark keeps Ctrl-C
+                runs[mixture] = run
+            yield runs
+        finally:
+            for run in runs.values():
+                run.close()
+
+
+def quiet_step(run: Any) -> Callable[[], int]:
+    """A zero-argument call running the run's next `Run.train_step` (its lines go nowhere); returns the
+    steps done."""
+
+    def step() -> int:
+        with contextlib.redirect_stdout(io.StringIO()):
+            run.train_step()
+        return run.step
+
+    return step
+
+
+def measure_mixture_overhead(args: list[str] | None = None, *, windows: int = 3) -> dict[str, Any]:
+    """The share of training time `data.mixture=influence` costs, against the same run with fixed weights.
+
+    Both runs (`mixture_runs`) take their steps alternately (influence, fixed, influence, ...) in one
+    process, so a busy machine slows both alike. The first ``mixture_every`` steps warm up; then
+    ``windows`` windows of ``mixture_every`` steps each begin with a re-weighting step (the mixer is
+    due after every ``mixture_every`` completed steps). Per window, the throughput ratio is
+    time(fixed) / time(influence) (= influence tokens/s over fixed tokens/s); the overhead is
+    1 - that ratio, the share of the influence run's training time it spends beyond the fixed
+    run's. Also: the re-weighting's own seconds (`InfluenceMixer.update`) and their share of the
+    influence run's time, the median plain step of each run, and the share the median re-weighting
+    takes of a window of median fixed steps, remix / (mixture_every x step + remix)
+    ("amortised_overhead_fraction": the figure that a burst of load on a shared machine moves least).
+    """
+    with mixture_runs(args) as runs:
+        influence, fixed = runs["influence"], runs["fixed"]
+        mixer = influence.mixer
+        every = mixer.every
+        step_inf, step_fix = quiet_step(influence), quiet_step(fixed)
+        t_inf, t_fix, remix = [], [], []
+        for _ in range(every * (windows + 1)):
+            before = mixer.seconds
+            start = time.perf_counter()
+            step_inf()
+            t_inf.append(time.perf_counter() - start)
+            remix.append(mixer.seconds - before)
+            start = time.perf_counter()
+            step_fix()
+            t_fix.append(time.perf_counter() - start)
+        tokens = influence.tokens_per_step
+    due = [s for s, r in enumerate(remix) if r > 0]
+    if due != [every * (k + 1) for k in range(windows)]:
+        raise RuntimeError(f"measure_mixture_overhead: re-weightings at steps {due}, expected one per window")
+    spans = [range(every * (k + 1), every * (k + 2)) for k in range(windows)]
+    ratios = [sum(t_fix[i] for i in w) / sum(t_inf[i] for i in w) for w in spans]
+    measured = range(every, every * (windows + 1))
+    total_inf = sum(t_inf[i] for i in measured)
+    plain_inf = [t_inf[i] for i in measured if i not in due]
+    all_fix = [t_fix[i] for i in measured]
+    ratio = statistics.median(ratios)
+    remix_median, step_fixed = statistics.median(remix[i] for i in due), statistics.median(all_fix)
+    return {
+        "mixture_every": every,
+        "probe_tokens": influence.cfg.data.probe_tokens,
+        "tokens_per_step": tokens,
+        "windows": windows,
+        "throughput_ratio": ratio,
+        "throughput_ratios": ratios,
+        "overhead_fraction": 1.0 - ratio,
+        "remix_seconds": [remix[i] for i in due],
+        "remix_fraction": sum(remix) / total_inf,
+        "step_seconds_influence": statistics.median(plain_inf),
+        "step_seconds_fixed": step_fixed,
+        "remix_steps": remix_median / step_fixed,
+        "amortised_overhead_fraction": remix_median / (every * step_fixed + remix_median),
+        "tokens_per_s_influence": tokens * len(measured) / total_inf,
+        "tokens_per_s_fixed": tokens * len(measured) / sum(all_fix),
+        "weights": dict(zip(influence.data.names, influence.data.weights.tolist())),
+    }
+
+
+def mixture_due_step(args: list[str] | None = None) -> dict[str, Callable[[], object]]:
+    """The gate's pair: a training step that re-weights first (``data.mixture_every=1``; the weights are
+    set back to the start before each, so every re-weighting sees the same mixture) and a plain step
+    of the same run with ``data.mixture=fixed``. time(fixed) / time(influence) = 1 / (1 + x), x the
+    re-weighting's cost in plain steps; at mixture_every=N the influence run's throughput is
+    N / (N + x) of the fixed run's. ``args``: more `key=value` overrides of both runs. The runs stay
+    open until the process exits."""
+    import atexit
+
+    stack = contextlib.ExitStack()
+    runs = stack.enter_context(mixture_runs(["data.mixture_every=1", *(args or [])]))
+    atexit.register(stack.close)
+    influence, fixed = runs["influence"], runs["fixed"]
+    step_inf, step_fix = quiet_step(influence), quiet_step(fixed)
+
+    def due() -> int:
+        influence.data.set_weights(influence.data.initial_weights)
+        return step_inf()
+
+    def plain() -> int:
+        fixed.data.set_weights(fixed.data.initial_weights)  # the same cost on both sides
+        return step_fix()
+
+    return {"influence": due, "fixed": plain}
+
+
 # --------------------------------------------------------------------------- CPU suite
 
 
@@ -240,6 +420,14 @@ def bench_loop_overhead_cpu(benchmark):
     result = benchmark.pedantic(measure_loop_overhead, rounds=1, iterations=1)
     benchmark.extra_info.update(result)
     assert 0.0 <= result["overhead_fraction"] < 1.0
+
+
+def bench_mixture_overhead_cpu(benchmark):
+    """data.mixture=influence against fixed weights, stepped alternately (the share is in extra_info)."""
+    benchmark.group = "Influence mixture overhead (CPU, tiny, 4 x 256 tokens per step, every 20 steps)"
+    result = benchmark.pedantic(measure_mixture_overhead, rounds=1, iterations=1)
+    benchmark.extra_info.update(result)
+    assert result["throughput_ratio"] > 0.0 and len(result["remix_seconds"]) == result["windows"]
 
 
 # --------------------------------------------------------------------------- GPU suite
@@ -279,3 +467,18 @@ def bench_train_ternary_vs_bf16_linear_gpu(benchmark):
     benchmark.pedantic(rounds, rounds=1, iterations=1)
     benchmark.extra_info["speed_ratio_median"] = statistics.median(ratios)
     benchmark.extra_info["tokens_per_step"] = tokens
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python bench/bench_train.py", description="Print the influence mixture's overhead as JSON."
+    )
+    parser.add_argument("--mixture", action="store_true", help="measure_mixture_overhead (the only measurement)")
+    parser.add_argument("--windows", type=int, default=3, help="windows of mixture_every steps (default 3)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the run")
+    ns = parser.parse_args()
+    if not ns.mixture:
+        parser.error("name a measurement: --mixture")
+    print(json.dumps(measure_mixture_overhead(ns.overrides, windows=ns.windows), indent=2))

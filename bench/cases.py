@@ -211,6 +211,14 @@ def _train_step() -> dict[str, Callable[[], object]]:
     return {name: make_train_step(**CPU_STEP, ternary=name == "ternary")[0] for name in ("ternary", "float")}
 
 
+def _mixture_step() -> dict[str, Callable[[], object]]:
+    """A training step of the README run that re-weights first (data.mixture=influence, 3 sources,
+    2048-token probe; bench_train.py `mixture_due_step`) against a plain step with data.mixture=fixed."""
+    from bench_train import mixture_due_step
+
+    return mixture_due_step()
+
+
 def _generate() -> dict[str, Callable[[], object]]:
     """Greedy generation (bench_generate.py) in i2s numerics: with the KV cache against recomputing the prefix.
 
@@ -222,6 +230,7 @@ def _generate() -> dict[str, Callable[[], object]]:
 
 
 GATE_NEW_TOKENS = 32
+MIXTURE_GROUP = "Train step tiny with an influence re-weighting (4 x 256, 3 sources, 2048-token probe)"
 
 GGUF_LAYERS = 2  # two 2B4T blocks + a 4096-token embedding: 149.45 M parameters, 299 MB of bf16
 GGUF_PARAMS = 149_453_824
@@ -287,6 +296,14 @@ GROUPS = {
             suite="train",
         ),
         Group(
+            MIXTURE_GROUP,
+            4 * 256,
+            _mixture_step,
+            reference="influence",
+            unchecked=("fixed",),
+            suite="train",
+        ),
+        Group(
             "Generate tiny (128-token prompt + 32 greedy tokens, i2s)",
             GATE_NEW_TOKENS,
             _generate,
@@ -322,6 +339,7 @@ GATE_CASES = [
     GateCase("gguf_export_vs_io", "GGUF export (2B4T widths, bf16 -> I2_S)", "bitk", "io"),
     GateCase("eval_i2s_vs_float", "Eval forward smollm2_135m (1 x 256)", "i2s", "float"),
     GateCase("train_step_ternary_vs_float", "Train step tiny (8 x 256, AdamW)", "ternary", "float"),
+    GateCase("mixture_influence_step_vs_fixed", MIXTURE_GROUP, "influence", "fixed"),
     GateCase(
         "generate_kv_cache_vs_recompute",
         "Generate tiny (128-token prompt + 32 greedy tokens, i2s)",

@@ -248,7 +248,7 @@ def test_streaming_heldout_honours_the_fraction(tok, tmp_path):
 def test_bad_settings(tok, small, tmp_path):
     with pytest.raises(ValueError, match="2 sources"):
         TrainData(cfg(sources=["default", small], weights=[1.0]), tok, seed=0)
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match=r"data.weights must be in \(0.0, inf\], got 0.0"):
         TrainData(cfg(sources=["default", small], weights=[1.0, 0.0]), tok, seed=0)
     with pytest.raises(ValueError, match="rank"):
         TrainData(cfg(), tok, seed=0, rank=2, world_size=2)
@@ -259,3 +259,93 @@ def test_bad_settings(tok, small, tmp_path):
         TrainData(cfg(sources=[tiny], heldout_fraction=0.0), tok, seed=0)
     with pytest.raises(ValueError, match="fewer than 64"):
         TrainData(cfg(sources=[tiny], streaming=True, heldout_fraction=0.0), tok, seed=0).next_batch(1)
+
+
+def test_sources_are_counted_and_named(tok, small):
+    data = TrainData(cfg(sources=["default", {"path": small, "name": "numbers", "weight": 1.0}]), tok, seed=0)
+    assert data.names == ["default", "numbers"] and data.paths == ["default", small]
+    rows = []
+    for _ in range(20):
+        data.next_batch(3)
+        rows += data.last_sources.tolist()
+    assert len(rows) == 60 and set(rows) == {0, 1}
+    counts = data.source_tokens()
+    assert counts == {"default": rows.count(0) * 64, "numbers": rows.count(1) * 64}
+    assert sum(counts.values()) == data.tokens_seen
+    assert f"numbers ({small}): {data._sources[1].num_blocks} blocks x 64 tokens, weight 0.500" in data.summary()
+
+
+def test_changed_weights_take_over_and_resume_exactly(tok, small):
+    c = cfg(sources=["default", small])
+    ref = TrainData(c, tok, seed=3)
+    batches(ref, 5, 4)
+    ref.set_weights([0.05, 0.95])
+    assert ref.weights.tolist() == [0.05, 0.95]
+    batches(ref, 3, 4)
+    state = json.loads(json.dumps(ref.state_dict()))
+    assert state["weights"] == [0.05, 0.95] and state["mixture_version"] == 1 and state["mixture_start"] == 20
+    expected = batches(ref, 40, 4)
+    resumed = TrainData(c, tok, seed=3)
+    resumed.load_state_dict(state)
+    assert same(batches(resumed, 40, 4), expected)
+    # the new weights rule from the change on: about 95% of the later blocks come from the small source
+    later = TrainData(c, tok, seed=3)
+    batches(later, 5, 4)
+    before = later.source_tokens()[later.names[1]]
+    later.set_weights([1.0, 19.0])
+    batches(later, 100, 4)
+    share = (later.source_tokens()[later.names[1]] - before) / (400 * 64)
+    assert share == pytest.approx(0.95, abs=0.05)
+    with pytest.raises(ValueError, match="2 non-negative numbers"):
+        later.set_weights([1.0, -1.0])
+
+
+def test_state_of_an_earlier_format_loads(tok, small):
+    """A checkpoint of an earlier bitk (format 1: sources named by path, fixed weights) resumes."""
+    c = cfg(sources=["default", small], weights=[1.0, 3.0])
+    ref = TrainData(c, tok, seed=1)
+    batches(ref, 4, 2)
+    state = ref.state_dict()
+    old = {k: state[k] for k in ("position", "seed", "block_size", "sources")}
+    old.update(format=1, names=["default", small], weights=state["initial_weights"])
+    expected = batches(ref, 5, 2)
+    resumed = TrainData(c, tok, seed=1)
+    resumed.load_state_dict(old)
+    assert same(batches(resumed, 5, 2), expected)
+    with pytest.raises(ValueError, match="weights"):
+        TrainData(cfg(sources=["default", small], weights=[1.0, 1.0]), tok, seed=1).load_state_dict(old)
+
+
+def test_a_source_that_runs_dry_is_told_once_per_pass(tok, small):
+    data = TrainData(cfg(sources=[small], heldout_fraction=0.0), tok, seed=0)
+    assert data.new_passes() == []
+    for _ in range(data._sources[0].num_blocks):
+        data.next_batch(1)
+    assert data.new_passes() == []
+    data.next_batch(1)
+    lines = data.new_passes()
+    assert len(lines) == 1 and re.search(r"'small' ran dry after \d+ blocks: pass 2", lines[0])
+    assert data.new_passes() == []
+
+
+def test_probe_is_the_fixed_padded_batch(tok, tmp_path):
+    data = TrainData(cfg(probe="default", probe_tokens=300), tok, seed=0)
+    ids, pos, labels = data.probe()
+    expected, expected_pos = pack_tokens(encode_documents(default_corpus("heldout"), tok), 64, EOS_ID)
+    assert ids.shape == (5, 64) and torch.equal(ids, expected[:5]) and torch.equal(pos, expected_pos[:5])
+    assert int((labels >= 0).sum()) == 300 and torch.equal(labels.flatten()[:300], ids.flatten()[:300])
+    assert (labels.flatten()[300:] == -100).all()
+    # a short probe file: padded, the padding no target
+    short = write_jsonl(tmp_path / "target.jsonl", ["a few words of the target domain"])
+    ids, pos, labels = TrainData(cfg(probe=short), tok, seed=0).probe()
+    n = len(tok.encode("a few words of the target domain").ids) + 2  # EOS doc EOS
+    assert ids.shape == (1, 64) and int((labels >= 0).sum()) == n
+    assert TrainData(cfg(), tok, seed=0).probe() is None
+
+
+def test_probe_without_text_is_refused(tok, tmp_path):
+    empty = write_jsonl(tmp_path / "empty.jsonl", ["", " \n "])
+    with pytest.raises(ValueError, match="data.probe .*empty.jsonl has no text"):
+        TrainData(cfg(probe=empty), tok, seed=0)
+    with pytest.raises(ValueError, match="data.probe: no such file or folder: nowhere/x.jsonl"):
+        TrainData(cfg(probe="nowhere/x.jsonl"), tok, seed=0)

@@ -3,8 +3,10 @@
 `micro_args(tmp_path, *overrides)` gives the ``key=value`` list of a micro run (a one-layer,
 128-wide model with bitk's 4096-token vocabulary, 32-token blocks, global batch 4 = micro-batch 2
 x accumulation 2); `micro_config` parses it. Later overrides win, as on the command line.
-`start_training(args, env)` runs `python -m bitk.train` in a subprocess (for signals and locks).
-Importable as `bitk_train_testing`.
+`start_training(args, env)` runs `python -m bitk.train` in a subprocess (for signals and locks);
+`train_until_first_save(cfg, monkeypatch)` runs a config that stops with a fault right after its
+first checkpoint (a crash whose resume must reproduce the straight run). Importable as
+`bitk_train_testing`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,28 @@ def start_training(args: list[str], env: dict[str, str]) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+class Crash(Exception):
+    """The fault `train_until_first_save` injects."""
+
+
+def train_until_first_save(cfg, monkeypatch) -> None:
+    """Train ``cfg`` until its first checkpoint is written, then fail as a crash would (the run's
+    TrainingError, caused by `Crash`); max_steps stays as configured, so the schedule is the full run's."""
+    from bitk.train import loop
+
+    real_save = loop.save_state
+
+    def save_then_crash(output_dir, step, *args, **kwargs):
+        real_save(output_dir, step, *args, **kwargs)
+        raise Crash
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "save_state", save_then_crash)
+        with pytest.raises(loop.TrainingError) as failure:
+            loop.train(cfg)
+    assert isinstance(failure.value.__cause__, Crash)
 
 
 MICRO_ARGS = (

@@ -65,7 +65,7 @@ def test_overrides_and_groups():
             "training.lr=1e-3",
             "training.auto_batch_size=true",
             "training.betas=[0.8,0.99]",
-            "data.sources=[default,default]",
+            "data.sources=[default,web.jsonl]",
             "data.weights=[1,3]",
             "model.num_hidden_layers=2",
             "output_dir=/tmp/x",
@@ -74,7 +74,7 @@ def test_overrides_and_groups():
     )
     t = cfg.training
     assert (t.max_steps, t.lr, t.auto_batch_size, t.betas) == (100, 1e-3, True, (0.8, 0.99))
-    assert cfg.data.weights == [1.0, 3.0] and cfg.data.sources == ["default", "default"]
+    assert cfg.data.weights == [1.0, 3.0] and cfg.data.sources == ["default", "web.jsonl"]
     assert cfg.model.overrides() == {"num_hidden_layers": 2} and cfg.model.config().num_hidden_layers == 2
     assert cfg.output_dir == "/tmp/x" and cfg.logging.progress is False
     # later overrides win, as on any command line
@@ -157,7 +157,7 @@ def test_training_presets_are_a_registry(monkeypatch):
         (["training.max_steps=0"], r"training.max_steps must be >= 1"),
         (["training.global_batch_size=12", "training.micro_batch_size=8"], r"must be a multiple of"),
         (["data.block_size=1024"], r"exceeds the model's max_position_embeddings \(512\)"),
-        (["data.sources=[a,b]", "data.weights=[1]"], r"data.weights has 1 entries, data.sources has 2"),
+        (["data.sources=[a,b]", "data.weights=[1]"], r"data.weights has 1 entries for 2 sources"),
         (
             ["model=nope"],
             r"neither a preset \(tiny, smollm2_135m.*\), nor an existing path .*nor a Hugging Face hub id",

@@ -4,6 +4,8 @@ Part 1 (independent of the loop): _dist_worker.py trains a micro CausalLM under 
 and FSDP2, with AdamW and with Muon + AdamW, and resumes from saved full states; the test compares
 with one process accumulating gradients over the whole global batch. Part 2: ``torchrun -m bitk.train``
 against ``python -m bitk.train`` on the same micro config, losses from metrics.jsonl.
+Part 3: ``data.mixture=influence`` under torchrun: the re-weighted mixture against the single
+process's, and the same data state on every rank (its tolerance is derived at MIXTURE_ATOL).
 
 Tolerances, derived. Every rank runs the same micro-batch shapes as the single process, so the
 forward and backward of each micro-batch are bit-identical; what differs is only the order in
@@ -316,3 +318,172 @@ def test_trainer_runs_a_curriculum_under_torchrun(tmp_path, strategy):
     assert [sorted(r["objectives"]) for r in train] == [["ce"], ["ce"], ["ce", "dlm"], ["ce", "dlm"]]
     for r in train:
         assert r["loss"] == pytest.approx(sum(r["objectives"].values()), rel=1e-5)
+
+
+# --------------------------------------------------------------------------- data.mixture=influence
+
+# Three local sources (even, odd: halves of the embedded corpus; noise: random letters) re-weighted
+# by the influence mixture every 2 steps against the default probe, 6 steps of the micro run: the
+# mixture records come at steps 0, 2 and 4.
+MIXTURE_SOURCES = ("even", "odd", "noise")
+MIXTURE_STEPS, MIXTURE_EVERY = 6, 2
+# The alignment scores are ratios of float32 dot products over the compared gradients (~1.6e5
+# elements), gradients whose per-micro-batch parts are summed in another order on two processes
+# (module doc), and under FSDP2 the dot products are summed shard by shard: measured differences
+# from the single process 2e-8 (DDP) and 7e-7 (FSDP2) on scores of 0.03-0.19, and each weight moves
+# by w x the score (temperature 1), so 2e-7 at most. 1e-5 is above that noise by 15x, and 700x
+# below the smallest real movement of a weight here (7e-3 off 1/3) or the effect of leaving out a
+# rank's rows, which changes the scores in their second digit.
+MIXTURE_ATOL = 1e-5
+
+# `torchrun THIS_SCRIPT ARGS`: `python -m bitk.train`, and each rank appends the data state it holds
+# at each checkpoint (`TrainData.state_dict()`: plain JSON values) to $BITK_TEST_RANK_STATES/rank-R.jsonl.
+RANK_STATES_SCRIPT = """
+import json, os, sys
+from pathlib import Path
+
+from bitk.train import loop
+from bitk.train.__main__ import main
+
+save = loop.Run.save
+
+
+def save_and_record(self):
+    path = save(self)
+    out = Path(os.environ["BITK_TEST_RANK_STATES"]) / f"rank-{self.info.rank}.jsonl"
+    with out.open("a") as f:
+        f.write(json.dumps({"step": self.step, "data": self.data.state_dict()}) + "\\n")
+    return path
+
+
+loop.Run.save = save_and_record
+sys.exit(main())
+"""
+
+
+def _write_mixture_sources(folder: Path) -> list[str]:
+    """The three sources as jsonl files of {"text": ...} rows (the corpus's first 24 training documents)."""
+    import random
+
+    from bitk.data import default_corpus
+
+    folder.mkdir(parents=True, exist_ok=True)
+    docs = default_corpus("train")[:24]
+    rng = random.Random(0)
+    noise = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz .,") for _ in range(600)) for _ in range(12)]
+    paths = []
+    for name, texts in zip(MIXTURE_SOURCES, (docs[0::2], docs[1::2], noise)):
+        path = folder / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+        paths.append(str(path))
+    return paths
+
+
+def _mixture_args(sources: list[str], output_dir: Path) -> list[str]:
+    """The micro run (conftest.py; global batch 4 = micro-batch 2 x 2 processes or x 2 accumulation)."""
+    from bitk_train_testing import micro_args
+
+    return micro_args(
+        output_dir,
+        f"data.sources=[{','.join(sources)}]",
+        "data.mixture=influence",
+        "data.probe=default",
+        f"data.mixture_every={MIXTURE_EVERY}",
+        "data.probe_tokens=128",
+        f"training.max_steps={MIXTURE_STEPS}",
+    )
+
+
+def _records(output_dir: Path, kind: str) -> list[dict]:
+    records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines() if line]
+    return [r for r in records if r["kind"] == kind]
+
+
+def _saved_data_state(output_dir: Path, step: int) -> dict:
+    path = output_dir / "checkpoints" / f"step-{step:06d}" / "trainer_state.pt"
+    return torch.load(path, weights_only=False)["data"]
+
+
+@pytest.fixture(scope="module")
+def mixture_single(tmp_path_factory):
+    """The influence mixture in this process (one thread, like each torchrun worker): (sources, output_dir)."""
+    from bitk.train import parse_args, train
+
+    root = tmp_path_factory.mktemp("mixture")
+    sources = _write_mixture_sources(root / "sources")
+    out = root / "single"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng():
+            train(parse_args(_mixture_args(sources, out)))
+    finally:
+        torch.set_num_threads(threads)
+    return sources, out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_influence_mixture_under_torchrun(mixture_single, tmp_path, strategy):
+    """data.mixture=influence on two processes sets the single process's weights, the same on every rank."""
+    sources, single = mixture_single
+    out, rank_states = tmp_path / strategy, tmp_path / "rank-states"
+    rank_states.mkdir()
+    script = tmp_path / "train_recording_rank_states.py"
+    script.write_text(RANK_STATES_SCRIPT)
+    _torchrun(
+        [str(script), *_mixture_args(sources, out), f"distributed={strategy}"],
+        cwd=tmp_path,
+        env={"BITK_TEST_RANK_STATES": str(rank_states)},
+    )
+    assert (out / "checkpoints" / f"step-{MIXTURE_STEPS:06d}" / "model.safetensors").is_file()
+
+    def weights(r: dict) -> list[float]:
+        return [r[f"mixture/{n}"] for n in MIXTURE_SOURCES]
+
+    def scores(r: dict) -> list[float]:
+        return [r[f"alignment/{n}"] for n in MIXTURE_SOURCES]
+
+    expected, got = _records(single, "mixture"), _records(out, "mixture")
+    steps = list(range(0, MIXTURE_STEPS, MIXTURE_EVERY))  # 0: the start; 2, 4: before steps 3 and 5 train
+    assert [r["step"] for r in expected] == [r["step"] for r in got] == steps
+    assert weights(expected[0]) == weights(got[0]) == [1 / 3] * 3
+    assert not any(k.startswith("alignment/") for k in (*expected[0], *got[0]))
+    for e, g in zip(expected[1:], got[1:]):
+        # every source drew rows in these steps, so each has a score
+        assert None not in scores(e) and None not in scores(g), (e, g)
+        assert scores(g) == pytest.approx(scores(e), rel=0, abs=MIXTURE_ATOL), (g, e)
+        assert weights(g) == pytest.approx(weights(e), rel=0, abs=MIXTURE_ATOL), (g, e)
+        assert sum(weights(g)) == pytest.approx(1.0, abs=1e-12)
+        assert min(weights(g)) >= 0.1 / 3  # data.mixture_floor's share
+        assert max(abs(w - 1 / 3) for w in weights(e)) > 100 * MIXTURE_ATOL  # the weights moved: the check can fail
+    assert weights(expected[2]) != weights(expected[1])
+
+    # Every rank holds the same data state, bit for bit, and it is what rank 0 saved: the same weights
+    # (the latest re-weighting's), the same change count and position, the same blocks taken per source.
+    last_weights = {4: weights(got[1]), 6: weights(got[2])}  # checkpoint 4 precedes the re-weighting at 4
+    per_rank = [
+        [json.loads(line) for line in (rank_states / f"rank-{rank}.jsonl").read_text().splitlines()] for rank in (0, 1)
+    ]
+    assert [s["step"] for s in per_rank[0]] == [s["step"] for s in per_rank[1]] == [4, 6]
+    for s0, s1 in zip(*per_rank):
+        saved = _saved_data_state(out, s0["step"])
+        assert s0["data"] == s1["data"] == saved
+        assert saved["weights"] == last_weights[s0["step"]]
+        assert saved["mixture_version"] == len(steps) - 1 - (s0["step"] == 4)
+        # The weights differ from the single process's by ~1e-8 (not bitwise), far too little to move a
+        # seeded source choice (a uniform draw within 1e-8 of a bound of the cumulative weights): the
+        # same blocks, so the same per-source counts, and the losses agree to the summation order.
+        assert saved["sources"] == _saved_data_state(single, s0["step"])["sources"]
+
+    train_e, train_g = _records(single, "train"), _records(out, "train")
+    assert [r["step"] for r in train_g] == list(range(1, MIXTURE_STEPS + 1))
+    counts = [{k: v for k, v in r.items() if k.startswith("tokens/")} for r in train_g]
+    assert counts == [{k: v for k, v in r.items() if k.startswith("tokens/")} for r in train_e]
+    # the steps that re-weight first (3 and 5) drew 4 blocks from 3 sources: one source drew a single
+    # block, so one rank had none of its rows and took part with a zero-weight pass (collectives in step)
+    for step in (s + 1 for s in steps[1:]):
+        drawn = [counts[step - 1][f"tokens/{n}"] - counts[step - 2][f"tokens/{n}"] for n in MIXTURE_SOURCES]
+        assert sum(drawn) == 4 * 32 and 32 in drawn, drawn
+    assert [r["loss"] for r in train_g] == pytest.approx([r["loss"] for r in train_e], rel=ADAMW_RTOL)
+    assert all("probe_loss" in r for r in _records(out, "eval"))

@@ -19,14 +19,11 @@ from bitk.train.state import (
     rng_state,
     set_rng_state,
 )
+from bitk_train_testing import train_until_first_save
 
 
 def losses(output_dir) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in read_metrics(output_dir / "metrics.jsonl") if r["kind"] == "train"]
-
-
-class Crash(Exception):
-    pass
 
 
 @pytest.mark.parametrize(
@@ -43,18 +40,8 @@ def test_resume_reproduces_the_losses_bit_for_bit(micro_config, tmp_path, monkey
     straight = loop.train(micro_config(*steps, "checkpoint.save_every=0", output_dir=tmp_path / "straight"))
 
     # the same run, crashing right after its step-4 checkpoint (max_steps=4 would change the schedule)
-    real_save = loop.save_state
-
-    def save_then_crash(output_dir, step, *args, **kwargs):
-        real_save(output_dir, step, *args, **kwargs)
-        raise Crash
-
     half = tmp_path / "half"
-    with monkeypatch.context() as m:
-        m.setattr(loop, "save_state", save_then_crash)
-        with pytest.raises(loop.TrainingError) as failure:
-            loop.train(micro_config(*steps, "checkpoint.save_every=4", output_dir=half))
-    assert isinstance(failure.value.__cause__, Crash)
+    train_until_first_save(micro_config(*steps, "checkpoint.save_every=4", output_dir=half), monkeypatch)
     assert latest_checkpoint(half).name == "step-000004"
     resumed = loop.train(micro_config(*steps, "checkpoint.save_every=0", output_dir=half))
 

@@ -15,8 +15,10 @@ prediction of each EOS (a document's end) still sees its document.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -78,20 +80,25 @@ def _check_hub(source: str) -> None:
         raise ValueError(f"{message} (offline mode is set)")
     url = urlparse(constants.ENDPOINT)
     try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=5).close()
+        socket.create_connection((url.hostname, url.port or (80 if url.scheme == "http" else 443)), timeout=5).close()
     except OSError as exc:
         raise ValueError(f"{message} ({url.hostname}: {exc})") from exc
 
 
 def load_texts(
-    source: str | os.PathLike, split: str | None = None, text_field: str = "text", streaming: bool = False
+    source: str | os.PathLike,
+    split: str | None = None,
+    text_field: str = "text",
+    streaming: bool = False,
+    subset: str | None = None,
 ) -> list[str] | Iterator[str]:
     """The documents of ``source``: a list of strings, or a lazy iterator of them when ``streaming``.
 
     ``source`` is "default" (the embedded corpus; ``split`` "train" (default) or "heldout"), a
     local file or folder (``split`` must be None or "train", the one split `datasets` makes of
     local files), or a hub dataset name (``split`` picks the split; None works when there is one).
-    ``text_field`` names the column holding the text of JSON / parquet / hub rows.
+    ``text_field`` names the column holding the text of JSON / parquet / hub rows; ``subset`` a hub
+    dataset's configuration (``datasets.load_dataset(source, name=subset)``).
     """
     if str(source) == "default":
         if split is not None and split not in SPLITS:
@@ -101,6 +108,8 @@ def load_texts(
     import datasets
 
     path = Path(source).expanduser()
+    if subset is not None and path.exists():
+        raise ValueError(f"{source} is a local path: a subset (configuration) applies to hub datasets only")
     if path.exists():
         if split not in (None, "train"):
             raise ValueError(f"local data has the single split 'train', not {split!r}")
@@ -120,7 +129,10 @@ def load_texts(
         raise ValueError(f"no such file or folder: {source}")
     else:
         _check_hub(str(source))
-        data = datasets.load_dataset(str(source), split=split, streaming=streaming)
+        try:
+            data = datasets.load_dataset(str(source), name=subset, split=split, streaming=streaming)
+        except ValueError as exc:  # datasets' own, over several lines: a missing subset, a bad split, ...
+            raise ValueError(_hub_error(str(source), subset, exc)) from exc
         if isinstance(data, (datasets.DatasetDict, datasets.IterableDatasetDict)):
             if len(data) != 1:
                 raise ValueError(f"{source} has the splits {', '.join(data)}; choose one")
@@ -132,6 +144,24 @@ def load_texts(
         return _texts(data, text_field, source)
     texts = [_text_of(text, text_field, f"{source} row {i + 1}") for i, text in enumerate(data[text_field])]
     return _usable(texts, source, text_field)
+
+
+def _hub_error(source: str, subset: str | None, exc: ValueError) -> str:
+    """One line for `datasets`' ValueError about a hub dataset; a missing or unknown subset in bitk's terms."""
+    message = " ".join(str(exc).split())
+    listed = re.search(r"[Aa]vailable(?: configs)?: (\[[^\]]*\])", message)
+    if listed and ("Config name is missing" in message or "BuilderConfig" in message):
+        try:
+            names = [str(n) for n in ast.literal_eval(listed[1])]
+        except (ValueError, SyntaxError):
+            names = []
+        if names:
+            what = "no subset is given" if subset is None else f"it has no subset {subset!r}"
+            return (
+                f"{source} has the subsets (configurations) {', '.join(names)} and {what}: choose one, e.g. "
+                f"data.sources=[{{path: {source}, subset: {names[0]}}}]"
+            )
+    return f"cannot load the hub dataset {source}" + (f" (subset {subset})" if subset else "") + f": {message}"
 
 
 def _texts(rows: Iterable[dict], text_field: str, source) -> Iterator[str]:

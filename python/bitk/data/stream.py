@@ -21,6 +21,8 @@ taken round-robin from the sources):
 
 Order of the training blocks. Global block k (k = 0, 1, 2, ... over the whole run) comes from source
 ``choice[k]``, drawn with probabilities ``weights`` by a generator seeded with (seed, k // 1024);
+after the c-th change of the weights (`set_weights`, the influence mixture), which took effect at
+block s, by one seeded with (seed, (k - s) // 1024, c);
 a source hands out its blocks in order of a permutation seeded with (seed, source, epoch), one new
 permutation per pass over its blocks (epoch), so every epoch is reshuffled. Streaming sources hand
 out their blocks in stream order (no shuffle: shuffle the data set beforehand) and restart at their
@@ -39,9 +41,9 @@ sees the same set of blocks per optimizer step. Every rank computes the whole gl
 for in-memory sources; a streaming source is read and tokenized in full by every rank, which keeps
 only its own blocks).
 
-Resume: ``state_dict()`` holds the global position and each source's position (blocks taken, and
-for streams the document and token offset) and the settings it checks on load, all plain JSON
-values; ``load_state_dict`` continues with
+Resume: ``state_dict()`` holds the global position, the current weights with their change count
+and starting block, each source's position (blocks taken, and for streams the document and token
+offset) and the settings it checks on load, all plain JSON values; ``load_state_dict`` continues with
 exactly the blocks the interrupted run would have taken next. Streams resume by reopening the
 source and skipping documents (read, not tokenized) up to the saved one.
 """
@@ -64,7 +66,7 @@ from bitk.data.tokenizer import DocumentTokens, document_tokens
 __all__ = ["TrainData"]
 
 _CHOICE_CHUNK = 1024  # global blocks per seeded draw of source choices
-_STATE_FORMAT = 1
+_STATE_FORMAT = 2
 _TOKENIZE_CHUNK = 64  # documents tokenized at a time by a stream
 
 
@@ -118,6 +120,11 @@ class _PackedSource:
     @property
     def epoch(self) -> float:
         return self.taken / self.num_blocks
+
+    @property
+    def pass_number(self) -> int:
+        """The pass over the blocks that the last block taken belongs to (1 = the first; 0 before any)."""
+        return -(-self.taken // self.num_blocks)
 
     def state_dict(self) -> dict[str, Any]:
         return {"taken": self.taken, "num_blocks": self.num_blocks}
@@ -240,6 +247,11 @@ class _StreamSource:
     def epoch(self) -> float:
         return float(self.epoch_count)
 
+    @property
+    def pass_number(self) -> int:
+        """The pass over the stream that the last block taken belongs to (1 = the first; 0 before any)."""
+        return self.epoch_count + 1 if self.taken else 0
+
     def state_dict(self) -> dict[str, Any]:
         if self._pieces:
             doc, offset = self._pieces[0][0], self._pieces[0][2]
@@ -277,12 +289,10 @@ class TrainData:
         framing: DocumentTokens | None = None,
         tokenizer_dir: Any = None,
     ) -> None:
-        sources = list(cfg.sources)
-        if not sources:
+        specs = cfg.specs()
+        if not specs:
             raise ValueError("data.sources is empty: name at least one source ('default' is the embedded corpus)")
-        weights = [1.0] * len(sources) if cfg.weights is None else [float(w) for w in cfg.weights]
-        if len(weights) != len(sources):
-            raise ValueError(f"data.weights has {len(weights)} entries for {len(sources)} sources")
+        weights = [s.weight for s in specs]
         if any(not math.isfinite(w) or w <= 0 for w in weights):
             raise ValueError(f"data.weights must be positive numbers, got {weights}")
         if not isinstance(world_size, int) or world_size < 1 or not 0 <= rank < world_size:
@@ -294,19 +304,29 @@ class TrainData:
         self.seed, self.rank, self.world_size = int(seed), rank, world_size
         self.tokens_per_block = block
         self.framing = document_tokens(tokenizer, tokenizer_dir) if framing is None else framing
-        self.names = [str(s) for s in sources]
+        self.specs = specs
+        self.names = [s.name for s in specs]
+        self.paths = [s.path for s in specs]
         total = sum(weights)
-        self.weights = np.asarray([w / total for w in weights], dtype=np.float64)
+        self.initial_weights = np.asarray([w / total for w in weights], dtype=np.float64)
+        self.weights = self.initial_weights.copy()
+        """The mixture now (normalised); `set_weights` changes it from the next block on."""
         self.position = 0  # global blocks handed out (over all ranks)
+        self.mixture_version = 0  # weight changes so far
+        self.mixture_start = 0  # the global position where the current weights took over
+        self.last_sources = np.zeros(0, dtype=np.int64)
+        """The source index of each row of this rank's last `next_batch`."""
         self._choices_chunk = -1
         self._choices: np.ndarray | None = None
+        self._passes_told = [1] * len(specs)
         self._sources: list[_PackedSource | _StreamSource] = []
         heldout: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for i, name in enumerate(self.names):
-            source, held = self._open(i, name, tokenizer)
+        for i, spec in enumerate(specs):
+            source, held = self._open(i, spec, tokenizer)
             self._sources.append(source)
             heldout.append(held)
         self._heldout = self._merge_heldout(heldout)
+        self._probe = None if getattr(cfg, "probe", None) is None else self._load_probe(tokenizer)
 
     # -- building -------------------------------------------------------------------------------
     def _pack(self, docs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -322,17 +342,19 @@ class TrainData:
             texts, tokenizer, max_tokens=max_tokens, eos_id=self.framing.eos, bos_id=self.framing.bos
         )
 
-    def _open(self, index: int, name: str, tokenizer: Any):
+    def _open(self, index: int, spec: Any, tokenizer: Any):
         from bitk.data import load_texts
 
         cfg, B = self.cfg, self.tokens_per_block
+        name, path = spec.name, spec.path
+        read = {"text_field": spec.text_field, "split": spec.split, "subset": spec.subset}
         fraction, max_eval = float(cfg.heldout_fraction), int(cfg.max_eval_tokens)
         if not 0.0 <= fraction < 1.0:
             raise ValueError(f"data.heldout_fraction must be in [0, 1), got {fraction}")
         eval_cap = max(max_eval, B)
         empty = torch.zeros((0, B), dtype=torch.int32)
         if cfg.streaming:
-            if name == "default":
+            if path == "default":
                 held_docs = _encode_default("heldout", tokenizer)
                 first_doc = 0
 
@@ -341,12 +363,12 @@ class TrainData:
             else:
 
                 def open_texts() -> Iterator[str]:
-                    texts = load_texts(name, text_field=cfg.text_field, streaming=True)
+                    texts = load_texts(path, streaming=True, **read)
                     return (t for i, t in enumerate(texts) if not heldout_document(i, fraction))
 
                 held_docs, first_doc = [], 0
                 if fraction > 0:
-                    texts = load_texts(name, text_field=cfg.text_field, streaming=True)
+                    texts = load_texts(path, streaming=True, **read)
                     held_texts = (t for i, t in enumerate(texts) if heldout_document(i, fraction))
                     held_docs = self._encode(held_texts, tokenizer, max_tokens=eval_cap)
             held = self._pack(held_docs) if held_docs else (empty, empty)
@@ -358,14 +380,14 @@ class TrainData:
                 B,
                 self.framing,
                 first_doc,
-                split=None if name == "default" else fraction,
+                split=None if path == "default" else fraction,
             )
             return source, held
-        if name == "default":
+        if path == "default":
             train_ids = self._pack(_encode_default("train", tokenizer))
             held = self._pack(_encode_default("heldout", tokenizer))
         else:
-            docs = load_texts(name, text_field=cfg.text_field)
+            docs = load_texts(path, **read)
             n_held = math.floor(len(docs) * fraction)
             if n_held > 0:
                 train_ids = self._pack(self._encode(docs[: len(docs) - n_held], tokenizer))
@@ -394,28 +416,78 @@ class TrainData:
             return empty, empty.clone()
         return (torch.stack([r[0] for r in rows]).long(), torch.stack([r[1] for r in rows]).long())
 
+    def _load_probe(self, tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The fixed probe batch of data.probe: its first probe_tokens tokens, packed and padded."""
+        from bitk.data import load_texts, pack_tokens, packed_length
+
+        cfg, B = self.cfg, self.tokens_per_block
+        spec = cfg.probe_spec()
+        probe = spec.path
+        if probe == "default":
+            docs = _encode_default("heldout", tokenizer)
+        else:
+            try:
+                texts = load_texts(
+                    probe, text_field=spec.text_field, split=spec.split, subset=spec.subset, streaming=True
+                )
+            except ValueError as e:
+                raise ValueError(f"data.probe: {e}") from None
+            texts = (t for t in texts if t.strip())  # blank documents are no text
+            docs = self._encode(texts, tokenizer, max_tokens=max(int(cfg.probe_tokens), 3))
+        length = packed_length(docs, eos_id=self.framing.eos, bos_id=self.framing.bos)
+        if length < 2:
+            raise ValueError(f"data.probe {probe} has no text: its documents hold no tokens")
+        length = min(length, int(cfg.probe_tokens))
+        pad = self.framing.eos
+        ids, pos = pack_tokens(docs, B, self.framing.eos, pad_id=pad, bos_id=self.framing.bos)
+        rows = math.ceil(length / B)
+        ids, pos = ids[:rows], pos[:rows]
+        labels = ids.masked_fill(torch.arange(rows * B).reshape(rows, B) >= length, -100)  # padding: no target
+        return ids, pos, labels
+
     # -- the stream -----------------------------------------------------------------------------
     def _choice(self, k: int) -> int:
         if len(self._sources) == 1:
             return 0
-        chunk, i = divmod(k, _CHOICE_CHUNK)
+        chunk, i = divmod(k - self.mixture_start, _CHOICE_CHUNK)
         if chunk != self._choices_chunk:
-            self._choices = _rng(self.seed, 1, chunk).choice(len(self._sources), size=_CHOICE_CHUNK, p=self.weights)
+            key = (self.seed, 1, chunk) if self.mixture_version == 0 else (self.seed, 1, chunk, self.mixture_version)
+            self._choices = _rng(*key).choice(len(self._sources), size=_CHOICE_CHUNK, p=self.weights)
             self._choices_chunk = chunk
         return int(self._choices[i])
 
+    def set_weights(self, weights: Any) -> None:
+        """Draw the blocks from the next one on with ``weights`` (one per source, normalised here).
+
+        Every rank must set the same weights at the same position; the order after the change is
+        seeded by (seed, the change's number), so a resumed run draws the same blocks.
+        """
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != self.weights.shape or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+            raise ValueError(
+                f"mixture weights must be {len(self.names)} non-negative numbers, not all 0; got {weights}"
+            )
+        self.weights = w / w.sum()
+        self.mixture_version += 1
+        self.mixture_start = self.position
+        self._choices_chunk = -1
+
     def next_batch(self, micro_batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's next ``(input_ids, position_ids)``, int64 [micro_batch_size, block_size] (module doc)."""
+        """This rank's next ``(input_ids, position_ids)``, int64 [micro_batch_size, block_size] (module doc);
+        ``last_sources`` then holds each row's source index."""
         m, W = micro_batch_size, self.world_size
         if not isinstance(m, int) or m < 1:
             raise ValueError(f"micro_batch_size must be a positive integer, got {m!r}")
-        ids, pos = [], []
+        ids, pos, which = [], [], []
         for j in range(m * W):
-            block = self._sources[self._choice(self.position)].take()
+            index = self._choice(self.position)
+            block = self._sources[index].take()
             self.position += 1
             if j % W == self.rank:
                 ids.append(block[0])
                 pos.append(block[1])
+                which.append(index)
+        self.last_sources = np.asarray(which, dtype=np.int64)
         return torch.stack(ids).long(), torch.stack(pos).long()
 
     def heldout(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -423,52 +495,95 @@ class TrainData:
         N may be 0), the same on every rank."""
         return self._heldout[0].clone(), self._heldout[1].clone()
 
+    def probe(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """data.probe's fixed batch: ``(input_ids, position_ids, labels)``, int64 [N, block_size], the
+        same on every rank; labels are the ids, -100 on the padding (no target). None without data.probe."""
+        if self._probe is None:
+            return None
+        return tuple(x.clone() for x in self._probe)
+
     @property
     def tokens_seen(self) -> int:
         """Training tokens handed out so far, over all ranks."""
         return self.position * self.tokens_per_block
 
+    def source_tokens(self) -> dict[str, int]:
+        """Training tokens handed out so far by each source, over all ranks."""
+        return {s.name: s.taken * self.tokens_per_block for s in self._sources}
+
     def epochs(self) -> list[float]:
         """Passes made over each source's training blocks (whole passes only for streams)."""
         return [s.epoch for s in self._sources]
 
+    def new_passes(self) -> list[str]:
+        """A line for each source that ran dry and started another pass over its blocks since the last call."""
+        lines = []
+        for i, s in enumerate(self._sources):
+            current = s.pass_number
+            if current > self._passes_told[i]:
+                self._passes_told[i] = current
+                lines.append(
+                    f"data source {s.name!r} ran dry after {s.taken:,} blocks: pass {current} over its training "
+                    "blocks begins (its blocks repeat)"
+                )
+        return lines
+
     def summary(self) -> str:
         """One line per source: kind, training blocks, weight, held-out blocks in total."""
         lines = []
-        for s, w in zip(self._sources, self.weights):
+        for s, path, w in zip(self._sources, self.paths, self.weights):
             size = "streaming" if s.streaming else f"{s.num_blocks} blocks x {self.tokens_per_block} tokens"
-            lines.append(f"  {s.name}: {size}, weight {w:.3f}")
+            where = "" if path == s.name else f" ({path})"
+            lines.append(f"  {s.name}{where}: {size}, weight {w:.3f}")
         lines.append(f"  held out: {self._heldout[0].shape[0]} blocks")
+        if self._probe is not None:
+            lines.append(f"  probe: {self.cfg.probe_spec().path}, {int((self._probe[2] >= 0).sum()):,} tokens")
         return "\n".join(lines)
 
     # -- resume ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The exact position (plain ints), the same on every rank."""
+        """The exact position and mixture (plain JSON values), the same on every rank."""
         return {
             "format": _STATE_FORMAT,
             "position": self.position,
             "seed": self.seed,
             "names": list(self.names),
+            "paths": list(self.paths),
             "block_size": self.tokens_per_block,
+            "initial_weights": [float(w) for w in self.initial_weights],
             "weights": [float(w) for w in self.weights],
+            "mixture_version": self.mixture_version,
+            "mixture_start": self.mixture_start,
             "sources": [s.state_dict() for s in self._sources],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state`` (ValueError when the sources, weights, block size or seed differ)."""
-        if state.get("format") != _STATE_FORMAT:
-            raise ValueError(f"unknown data state format {state.get('format')!r}")
-        for key, mine in (("names", self.names), ("block_size", self.tokens_per_block), ("seed", self.seed)):
+        """Continue from ``state`` (ValueError when the sources, weights, block size or seed differ).
+
+        A state of an earlier bitk (format 1, sources named by their path, fixed weights) loads too.
+        """
+        fmt = state.get("format")
+        if fmt not in (1, _STATE_FORMAT):
+            raise ValueError(f"unknown data state format {fmt!r}")
+        names = self.paths if fmt == 1 else self.names
+        for key, mine in (("names", names), ("block_size", self.tokens_per_block), ("seed", self.seed)):
             if state[key] != mine:
                 raise ValueError(
                     f"the data state was saved with {key}={state[key]!r}, this run has {mine!r}: "
                     "an exact resume needs the same data settings"
                 )
-        if not np.allclose(state["weights"], self.weights, rtol=0, atol=1e-12):
+        initial = state["weights"] if fmt == 1 else state["initial_weights"]
+        if not np.allclose(initial, self.initial_weights, rtol=0, atol=1e-12):
             raise ValueError(
-                f"the data state was saved with weights {state['weights']}, this run has "
-                f"{self.weights.tolist()}: an exact resume needs the same data settings"
+                f"the data state was saved with weights {initial}, this run has "
+                f"{self.initial_weights.tolist()}: an exact resume needs the same data settings"
             )
         for source, s in zip(self._sources, state["sources"]):
             source.load_state_dict(s)
         self.position = int(state["position"])
+        if fmt != 1:
+            self.weights = np.asarray(state["weights"], dtype=np.float64)
+            self.mixture_version = int(state["mixture_version"])
+            self.mixture_start = int(state["mixture_start"])
+        self._choices_chunk = -1
+        self._passes_told = [max(1, s.pass_number) for s in self._sources]

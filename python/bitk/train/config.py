@@ -863,8 +863,10 @@ def type_name(tp: Any) -> str:
     args = typing.get_args(tp)
     if typing.get_origin(tp) is typing.Union and len(args) == 2 and type(None) in args:
         return f"{type_name(next(a for a in args if a is not type(None)))} | None"
+    if tp is Any:  # a data source: a string or a mapping
+        return "str or mapping"
     text = getattr(tp, "__name__", None) if isinstance(tp, type) else None
-    return text or str(tp).replace("typing.", "")
+    return text or str(tp).replace("typing.Any", "str or mapping").replace("typing.", "")
 
 
 def _valid_keys(key: str) -> str:

@@ -31,6 +31,7 @@ __all__ = [
     "barrier",
     "cleanup",
     "init_distributed",
+    "is_fsdp",
     "load_state_for_resume",
     "no_sync",
     "optimizer_list",
@@ -135,7 +136,8 @@ def _fsdp_module_type() -> type:
     return FSDPModule
 
 
-def _is_fsdp(model: nn.Module) -> bool:
+def is_fsdp(model: nn.Module) -> bool:
+    """Whether ``model`` is sharded by FSDP2's fully_shard."""
     return isinstance(model, _fsdp_module_type())
 
 
@@ -189,7 +191,7 @@ def no_sync(model: nn.Module, info: DistInfo, last_micro_step: bool) -> Iterator
     """
     if not info.enabled:
         yield
-    elif _is_fsdp(model):
+    elif is_fsdp(model):
         model.set_requires_gradient_sync(last_micro_step)
         yield
     elif not last_micro_step and hasattr(model, "no_sync"):

@@ -45,7 +45,18 @@ from .distributed import (
 from .export import export_gguf, runtime_of
 from .flops import flops_per_token, peak_flops
 from .lock import OutputDirLock
-from .metrics import LOSS_CURVE_FILE, Metrics, ProgressBar, Window, format_record, format_summary, plot_loss_curve
+from .metrics import (
+    LOSS_CURVE_FILE,
+    MIXTURE_CURVE_FILE,
+    Metrics,
+    ProgressBar,
+    Window,
+    format_record,
+    format_summary,
+    plot_loss_curve,
+    plot_mixture,
+)
+from .mixture import InfluenceMixer, mixture_record
 from .optim import build_optimizer, sync_hyperparameters
 from .remote import Mirror, find_resume, open_remote
 from .schedule import apply_lr, quant_lambda
@@ -163,6 +174,10 @@ class Run:
     """What did not reach the remote by the end."""
     lock: OutputDirLock | None = None
     """output_dir's lock (main process only), released by close()."""
+    mixer: InfluenceMixer | None = None
+    """data.mixture=influence: the re-weighting of the sources."""
+    mixture_curve: Path | None = None
+    """mixture.png, the sources' weights and token shares (runs with several sources)."""
 
     # ------------------------------------------------------------------ start
 
@@ -245,6 +260,11 @@ class Run:
         )
         run.grad_accum = run.batch_geometry()
         run.optimizer = build_optimizer(model, t)
+        if cfg.data.mixture == "influence":
+            if len(data.names) == 1:
+                say("data.mixture=influence with one source: nothing to weigh against it, the mixture stays fixed")
+            else:
+                run.mixer = InfluenceMixer(model, raw, data, info, t.micro_batch_size, run.autocast)
         if resume_from is not None:
             run.resume(resume_from)
         run.metrics = Metrics(
@@ -257,6 +277,8 @@ class Run:
             config=config_to_dict(cfg),
         )
         run.progress = ProgressBar(t.max_steps, run.step, enabled=cfg.logging.progress, quiet=not info.is_main)
+        if resume_from is None and len(data.names) > 1:
+            run.metrics.log(mixture_record(data, 0, 0))
         if remote is not None:
             run.mirror = Mirror(remote, out, keep_last=cfg.checkpoint.keep_last, say=run.progress.print)
             if resume_from is not None and resume_from.parent == out / CHECKPOINTS_DIR:
@@ -391,12 +413,17 @@ class Run:
                 + ", ".join(f"{name}={w:g}" for name, w in weights.items() if w > 0)
             )
         self.weights = weights
+        batches = None
+        if self.mixer is not None and self.mixer.due(self.step):  # re-weight on the rows this step draws
+            batches = [
+                (*self.data.next_batch(t.micro_batch_size), self.data.last_sources) for _ in range(self.grad_accum)
+            ]
+            self.remix(batches)
         loss_sum = torch.zeros((), device=info.device)
         parts_sum: dict[str, torch.Tensor] = {}
         for micro in range(self.grad_accum):
-            input_ids, position_ids = (
-                x.to(info.device, non_blocking=True) for x in self.data.next_batch(t.micro_batch_size)
-            )
+            batch = self.data.next_batch(t.micro_batch_size) if batches is None else batches[micro][:2]
+            input_ids, position_ids = (x.to(info.device, non_blocking=True) for x in batch)
             with no_sync(self.model, info, last_micro_step=micro == self.grad_accum - 1):
                 with self.autocast():
                     loss, parts = self.loss(self.model, input_ids, position_ids, weights=weights)
@@ -436,12 +463,22 @@ class Run:
         self.window.tokens += self.tokens_per_step
         return stopping
 
+    def remix(self, batches: list) -> None:
+        """data.mixture=influence: new source weights from the step's rows (`InfluenceMixer`), logged."""
+        record = self.mixer.update(batches, self.step, self.tokens)
+        self.metrics.log(record)
+        weights = ", ".join(f"{n} {w:.3f}" for n, w in zip(self.data.names, self.data.weights))
+        self.progress.print(f"step {self.step:>6} | mixture {weights} ({record['seconds']:.2f} s)")
+
     def log_step(self) -> None:
         """A train record every logging.log_every steps (and at the last), the progress bar every step."""
+        for line in self.data.new_passes():
+            self.progress.print(f"step {self.step:>6} | {line}")
         if self.step % self.cfg.logging.log_every == 0 or self.step == self.cfg.training.max_steps:
             record = self.window.record(
                 self.step, self.tokens, self.optimizer, self.bad_total, self.info, self.peak, self.model_flops
             )
+            record.update({f"tokens/{name}": n for name, n in self.data.source_tokens().items()})
             self.metrics.log(record)
             self.progress.print(format_record(record, self.cfg.training.max_steps, self.weights))
             self.progress.update(self.step, f"loss {record['loss']:.3f}, {record['tokens_per_s']:,.0f} tok/s")
@@ -454,23 +491,27 @@ class Run:
         from bitk.eval import evaluate
 
         ids, pos = self.data.heldout()
+        probe = self.data.probe()
         self.eval_step = self.step
-        if ids.shape[0] > 0:
-            with self.autocast():
-                result = evaluate(self.model, ids, pos, batch_size=self.cfg.training.micro_batch_size)
-            self.last_eval = {
-                "kind": "eval",
-                "step": self.step,
-                "tokens": self.tokens,
-                "loss": result.loss,
-                "perplexity": result.perplexity,
-                "eval_tokens": result.tokens,
-            }
+        if ids.shape[0] > 0 or probe is not None:
+            batch = self.cfg.training.micro_batch_size
+            self.last_eval = {"kind": "eval", "step": self.step, "tokens": self.tokens}
+            line = f"step {self.step:>6} |"
+            if ids.shape[0] > 0:
+                with self.autocast():
+                    result = evaluate(self.model, ids, pos, batch_size=batch)
+                self.last_eval.update(loss=result.loss, perplexity=result.perplexity, eval_tokens=result.tokens)
+                line += (
+                    f" held-out {'CE ' if self.tracks_objectives else ''}loss {result.loss:.4f} | perplexity "
+                    f"{result.perplexity:.2f}"
+                )
+            if probe is not None:  # the loss on the text the mixture serves (data.probe)
+                with self.autocast():
+                    result = evaluate(self.model, probe[0], probe[1], batch_size=batch, labels=probe[2])
+                self.last_eval.update(probe_loss=result.loss, probe_perplexity=result.perplexity)
+                line += f"{' |' if ids.shape[0] > 0 else ''} probe loss {result.loss:.4f}"
             self.metrics.log(self.last_eval)
-            self.progress.print(
-                f"step {self.step:>6} | held-out {'CE ' if self.tracks_objectives else ''}loss "
-                f"{result.loss:.4f} | perplexity {result.perplexity:.2f}"
-            )
+            self.progress.print(line)
         if self.cfg.training.eval_tasks:
             self.evaluate_tasks()
 
@@ -603,6 +644,10 @@ class Run:
             self.curve = plot_loss_curve(
                 self.metrics.path, self.out / LOSS_CURVE_FILE, title=f"bitk.train {cfg.model.name}"
             )
+            if len(self.data.names) > 1:
+                self.mixture_curve = plot_mixture(
+                    self.metrics.path, self.out / MIXTURE_CURVE_FILE, title=f"bitk.train {cfg.model.name}: data mixture"
+                )
         if info.is_main and exporting:
             if self.raw.config.lrc_rank_ratio:
                 self.gguf_error = (
@@ -629,7 +674,7 @@ class Run:
                         flush=True,
                     )
         if self.mirror is not None:
-            for path in (self.curve, self.gguf):
+            for path in (self.curve, self.mixture_curve, self.gguf):
                 if path is not None:
                     self.mirror.file(path)
             self.mirror.file(self.metrics.path, copy=True)
@@ -659,12 +704,16 @@ class Run:
             "train_loss": self.window.last_loss,
             "train_objectives": self.window.last_parts,
             "objective_weights": self.weights if tracks else None,
-            "eval_loss": None if last_eval is None else last_eval["loss"],
-            "eval_perplexity": None if last_eval is None else last_eval["perplexity"],
+            "eval_loss": None if last_eval is None else last_eval.get("loss"),
+            "eval_perplexity": None if last_eval is None else last_eval.get("perplexity"),
+            "probe_loss": None if last_eval is None else last_eval.get("probe_loss"),
+            "mixture": dict(zip(self.data.names, self.data.weights.tolist())) if len(self.data.names) > 1 else None,
+            "source_tokens": self.data.source_tokens(),
             "skipped_steps": self.bad_total,
             "checkpoint": str(self.saved_path),
             "metrics": str(self.metrics.path),
             "loss_curve": None if self.curve is None else str(self.curve),
+            "mixture_curve": None if self.mixture_curve is None else str(self.mixture_curve),
             "gguf": None if self.gguf is None else str(self.gguf),
             "gguf_error": self.gguf_error,
             "gguf_eval_loss": None if self.gguf_eval is None else self.gguf_eval["loss"],

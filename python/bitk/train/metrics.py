@@ -3,8 +3,13 @@
 metrics.jsonl holds one JSON object per line, each with "kind" and "step":
   {"kind": "train", "step": 10, "tokens": 40960, "loss": 6.91, "lr": 0.001, "grad_norm": 1.2,
    "tokens_per_s": 5123.4, "elapsed_s": 8.0, "skipped_steps": 0[, "mfu": 0.41]
-   [, "objectives": {"ce": 6.1, "logits_kd": 0.03}]}     (each objective's value, when not plain CE)
-  {"kind": "eval", "step": 100, "tokens": ..., "loss": 4.2, "perplexity": 66.7, "eval_tokens": 16320}
+   [, "objectives": {"ce": 6.1, "logits_kd": 0.03}]     (each objective's value, when not plain CE)
+   , "tokens/web": 30720, "tokens/code": 10240}         (training tokens drawn from each source so far)
+  {"kind": "eval", "step": 100, "tokens": ..., "loss": 4.2, "perplexity": 66.7, "eval_tokens": 16320
+   [, "probe_loss": 4.0, "probe_perplexity": 54.6]}     (data.probe's loss)
+  {"kind": "mixture", "step": 0, "tokens": 0, "mixture/web": 0.5, "mixture/code": 0.5}  (the start weights)
+  {"kind": "mixture", "step": 20, ..., "mixture/web": 0.61, ..., "alignment/web": 0.42, ..., "seconds": 0.8}
+      (data.mixture=influence: the weights after each re-weighting, each source's gradient alignment)
   {"kind": "eval_as_exported", "step": 100, ..., "numerics": "i2s", "runtime": "bitnet.cpp"}  (the GGUF's numerics)
   {"kind": "eval_tasks", "step": 100, "tokens": ..., "tasks/sst2/acc": 0.61, ...}  (training.eval_tasks)
   {"kind": "bad_step", "step": 41, "loss": "nan", "grad_norm": "nan", "consecutive": 1}
@@ -29,6 +34,7 @@ from .flops import mfu
 __all__ = [
     "METRICS_FILE",
     "LOSS_CURVE_FILE",
+    "MIXTURE_CURVE_FILE",
     "Metrics",
     "ProgressBar",
     "Window",
@@ -36,11 +42,13 @@ __all__ = [
     "format_summary",
     "objectives_text",
     "plot_loss_curve",
+    "plot_mixture",
     "read_metrics",
 ]
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss.png"
+MIXTURE_CURVE_FILE = "mixture.png"
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -162,12 +170,53 @@ def plot_loss_curve(metrics_path: str | Path, png_path: str | Path, title: str =
     ax.set_title(title or "bitk training")
     ax.grid(True, alpha=0.3)
     ax.legend()
+    return _save_png(fig, png_path)
+
+
+def _save_png(fig: Any, png_path: str | Path) -> Path:
+    """Lay out ``fig`` and write it to ``png_path`` through a temporary file (never half a PNG)."""
     fig.tight_layout()
     png_path = Path(png_path)
     tmp = png_path.with_name(f".{png_path.name}.tmp")
     fig.savefig(tmp, format="png")
     tmp.replace(png_path)
     return png_path
+
+
+def plot_mixture(metrics_path: str | Path, png_path: str | Path, title: str = "") -> Path | None:
+    """Plot each source's mixture weight and its share of the tokens drawn against step into
+    ``png_path`` (loss.png's companion); None without "mixture" records."""
+    records = read_metrics(metrics_path)
+    mixes = [r for r in records if r.get("kind") == "mixture"]
+    if not mixes:
+        return None
+    names = [k.removeprefix("mixture/") for k in mixes[0] if k.startswith("mixture/")]
+    trains = [r for r in records if r.get("kind") == "train" and any(f"tokens/{n}" in r for n in names)]
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 6.4 if trains else 4.2), dpi=110)
+    axes = fig.subplots(2 if trains else 1, 1, sharex=True, squeeze=False)[:, 0]
+    last = max([r["step"] for r in records if isinstance(r.get("step"), int)], default=0)
+    for name in names:
+        steps = [r["step"] for r in mixes] + [last]
+        weights = [r.get(f"mixture/{name}") for r in mixes]
+        axes[0].step(steps, [*weights, weights[-1]], where="post", label=name, linewidth=1.4)
+    axes[0].set_ylabel("mixture weight")
+    axes[0].set_ylim(bottom=0)
+    axes[0].set_title(title or "bitk training: data mixture")
+    if trains:
+        steps = [r["step"] for r in trains]
+        totals = [sum(r.get(f"tokens/{n}", 0) for n in names) or 1 for r in trains]
+        for name in names:
+            shares = [r.get(f"tokens/{name}", 0) / t for r, t in zip(trains, totals)]
+            axes[1].plot(steps, shares, label=name, linewidth=1.2)
+        axes[1].set_ylabel("share of tokens drawn so far")
+        axes[1].set_ylim(bottom=0)
+    axes[-1].set_xlabel("step")
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    return _save_png(fig, png_path)
 
 
 class ProgressBar:
@@ -331,12 +380,18 @@ def format_summary(s: dict[str, Any]) -> str:
     if s["eval_loss"] is not None:
         what = "held-out CE      " if s.get("objective_weights") else "held-out loss    "
         lines.append(f"  {what} {s['eval_loss']:.4f} (perplexity {s['eval_perplexity']:.2f})")
+    if s.get("probe_loss") is not None:
+        lines.append(f"  probe loss        {s['probe_loss']:.4f}")
+    if s.get("mixture"):
+        lines.append("  mixture           " + ", ".join(f"{n} {w:.3f}" for n, w in s["mixture"].items()))
     if s["skipped_steps"]:
         lines.append(f"  skipped steps     {s['skipped_steps']} (non-finite loss)")
     lines.append(f"  checkpoint        {s['checkpoint']}")
     lines.append(f"  metrics           {s['metrics']}")
     if s["loss_curve"]:
         lines.append(f"  loss curve        {s['loss_curve']}")
+    if s.get("mixture_curve"):
+        lines.append(f"  mixture curve     {s['mixture_curve']}")
     if s["gguf"]:
         lines.append(f"  GGUF              {s['gguf']}")
     if s.get("gguf_eval_loss") is not None:
