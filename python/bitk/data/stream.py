@@ -438,8 +438,7 @@ class TrainData:
         if length < 2:
             raise ValueError(f"data.probe {probe} has no text: its documents hold no tokens")
         length = min(length, int(cfg.probe_tokens))
-        pad = self.framing.eos
-        ids, pos = pack_tokens(docs, B, self.framing.eos, pad_id=pad, bos_id=self.framing.bos)
+        ids, pos = pack_tokens(docs, B, self.framing.eos, pad_id=self.framing.eos, bos_id=self.framing.bos)
         rows = math.ceil(length / B)
         ids, pos = ids[:rows], pos[:rows]
         labels = ids.masked_fill(torch.arange(rows * B).reshape(rows, B) >= length, -100)  # padding: no target

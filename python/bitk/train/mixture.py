@@ -150,8 +150,7 @@ class InfluenceMixer:
         counts = torch.tensor([len(r) for r in rows], dtype=torch.float64)
         chunk_counts = torch.tensor([math.ceil(len(r) / m) for r in rows], dtype=torch.float64)
         if info.enabled:
-            both = torch.cat([counts, chunk_counts]).to(info.device)
-            total = both.clone()
+            total = torch.cat([counts, chunk_counts]).to(info.device)
             dist.all_reduce(total[:n], op=dist.ReduceOp.SUM)
             dist.all_reduce(total[n:], op=dist.ReduceOp.MAX)
             counts, chunk_counts = total[:n].cpu(), total[n:].cpu()
