@@ -1,10 +1,13 @@
 """BitLinear on CPU (pytest-benchmark): bitk's layer against nn.Linear and transformers' AutoBitLinear.
 
-512 tokens x (2560 -> 6912), BitNet b1.58 2B4T's FFN up projection. Targets: forward
->= 4x faster than float32 nn.Linear; forward+backward never slower than float32 nn.Linear and
->= 1.5x faster than it under bf16 autocast; >= 2x faster than AutoBitLinear. "reference" is
-`bitk.numerics` (the definition, float64 integer products). Compare within a group only.
-The GPU kernel suites are bench_kernels.py; the regression gate is bench/gate.py.
+512 tokens x (2560 -> 6912), BitNet b1.58 2B4T's FFN up projection, and x (576 -> 1536), SmolLM2's.
+Peers: float32 nn.Linear ("linear"), bfloat16 nn.Linear on bf16 input ("linear_bf16": the faster
+of the two where the CPU multiplies bf16 natively) and AutoBitLinear. Goals: forward >= 1.5x the
+faster nn.Linear, forward+backward >= 1.2x; >= 2x faster than AutoBitLinear. The forward runs
+with no gradient (evaluation: bitk keeps the unchanging weight packed), the forward+backward as a
+training step (the weight ternarized and packed at every call). "reference" is `bitk.numerics`
+(the definition, float64 integer products; with the bf16 backward, its formulas). Compare within
+a group only. The GPU kernel suites are bench_kernels.py; the regression gate is bench/gate.py.
 """
 
 from __future__ import annotations

@@ -13,10 +13,17 @@ mixture's overhead, and a GPU suite.
 - GPU (skipped without CUDA): SmolLM2-135M training tokens/s with ternary BitLinear projections
   against the same model with bf16 nn.Linear (ternary=False), both under bf16 autocast; the target
   is >= 0.9x (stretch 1.1x).
+- CPU, against transformers: tokens/s of the ternary and float models against a transformers
+  LlamaForCausalLM of the same shape (`llama_config`: the preset's block without SubLN), randomly
+  initialised, float32, SDPA, trained with the same AdamW on the same batch, the three stepped
+  alternately in one process (`vs_llama_steps`, `measure_vs_llama`; not in the pytest suite, run it
+  with ``--vs-llama``); the issue's target is >= 1.2x for the tiny and smollm2_135m presets.
 `make_train_step`, `measure_train_step`, `measure_loop_overhead`, `mixture_runs`,
-`measure_mixture_overhead` and `mixture_due_step` (the gate's pair) are plain functions the gate
-(bench/gate.py) and scripts can call. Run: `python -m pytest bench/bench_train.py`;
-`python bench/bench_train.py --mixture` prints the mixture's overhead as JSON.
+`measure_mixture_overhead`, `mixture_due_step` (the gate's pair) and `vs_llama_steps` (a group's
+three calls: "ternary", "float", "llama") are plain functions the gate (bench/gate.py) and scripts
+can call. Run: `python -m pytest bench/bench_train.py`; `python bench/bench_train.py --mixture`
+prints the mixture's overhead as JSON; `python bench/bench_train.py --vs-llama [--preset
+tiny|smollm2_135m] [--rounds N]` the speed against transformers' Llama.
 """
 
 from __future__ import annotations
@@ -39,6 +46,12 @@ GPU_STEP = {"preset": "smollm2_135m", "block": 2048, "micro_batch": 8, "device":
 
 
 # --------------------------------------------------------------------------- measuring functions
+
+
+def train_batch(vocab_size: int, micro_batch: int, block: int, seed: int = 0) -> torch.Tensor:
+    """The fixed random token ids [micro_batch, block] a benchmark step trains on (`make_train_step`)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (micro_batch, block), generator=generator)
 
 
 def make_train_step(
@@ -71,14 +84,13 @@ def make_train_step(
         raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
     dev = torch.device(device)
     config = model_preset(preset, ternary=ternary, **(overrides or {}))
-    generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = CausalLM(config).to(dev).train()
     opt = build_optimizer(
         model, TrainingConfig(optimizer=optimizer, micro_batch_size=micro_batch, global_batch_size=micro_batch)
     )
-    ids = torch.randint(0, config.vocab_size, (micro_batch, block), generator=generator).to(dev)
+    ids = train_batch(config.vocab_size, micro_batch, block, seed).to(dev)
     positions = torch.arange(block, device=dev).expand(micro_batch, block)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
@@ -92,6 +104,7 @@ def make_train_step(
             torch.cuda.synchronize(dev)
         return loss.item()
 
+    step.model = model  # for checks (parameter count, config)
     return step, micro_batch * block
 
 
@@ -401,6 +414,168 @@ def mixture_due_step(args: list[str] | None = None) -> dict[str, Callable[[], ob
     return {"influence": due, "fixed": plain}
 
 
+# --------------------------------------------------------------------------- against transformers' Llama
+
+VS_LLAMA_TOKENS = {"tiny": (8, 256), "smollm2_135m": (2, 256)}
+"""(sequences, tokens per sequence) of a `vs_llama_steps` step by preset: the tiny preset at CPU_STEP's
+8 x 256; SmolLM2-135M (49152-token vocabulary, 30 layers) at 2 x 256, a few seconds a step on 2 cores."""
+
+
+def llama_config(preset: str, **overrides: Any) -> Any:
+    """A transformers LlamaConfig of the same shape as bitk's ``preset`` (fields changed by ``overrides``).
+
+    Hidden size, layers, heads, KV heads, head_dim, intermediate size, vocabulary, activation (relu2 or
+    SiLU), RoPE theta, RMSNorm eps, tied embeddings, init std and special ids as the preset has them;
+    SDPA attention. A Llama block has no SubLN, so the Llama is bitk's block with ``subln=False``
+    (`llama_parameter_gap`). ValueError for a preset with per-head q/k norm (Qwen3), which Llama lacks.
+    """
+    from transformers import LlamaConfig
+
+    from bitk.models import preset as model_preset
+
+    c = model_preset(preset, **overrides)
+    if c.qk_norm:
+        raise ValueError(f"preset {preset!r} has per-head q/k RMSNorm (Qwen3); LlamaForCausalLM has none")
+    return LlamaConfig(
+        vocab_size=c.vocab_size,
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=c.num_key_value_heads,
+        head_dim=c.head_dim,
+        hidden_act=c.hidden_act,
+        max_position_embeddings=c.max_position_embeddings,
+        rope_theta=c.rope_theta,
+        rms_norm_eps=c.rms_norm_eps,
+        tie_word_embeddings=c.tie_word_embeddings,
+        attention_bias=c.attention_bias,
+        mlp_bias=False,
+        initializer_range=c.initializer_range,
+        bos_token_id=c.bos_token_id,
+        eos_token_id=c.eos_token_id,
+        pad_token_id=c.pad_token_id,
+        attn_implementation="sdpa",
+    )
+
+
+def llama_parameter_gap(preset: str, **overrides: Any) -> int:
+    """Parameters bitk's model of ``preset`` has beyond the `llama_config` Llama: the SubLN gains
+    (q_size + intermediate_size per layer) when the preset has SubLN, else 0."""
+    from bitk.models import preset as model_preset
+
+    c = model_preset(preset, **overrides)
+    return c.num_hidden_layers * (c.q_size + c.intermediate_size) if c.subln else 0
+
+
+def make_llama_step(
+    preset: str = "tiny", *, block: int = 256, micro_batch: int = 8, seed: int = 0, overrides: dict | None = None
+) -> tuple[Callable[[], float], int]:
+    """`make_train_step` for a transformers LlamaForCausalLM of the preset's shape (`llama_config`).
+
+    Randomly initialised (seed ``seed``), float32, SDPA attention, trained as `make_train_step` trains
+    bitk's model: the same token ids (`train_batch`) and position ids, the same loss
+    (`bitk.objectives.next_token_ce` on the logits), the same optimizer (`build_optimizer`: AdamW with
+    the trainer's default lr, betas, eps and weight decay, and the same groups, since the Llama's
+    parameters carry the same names), zero_grad(set_to_none=True). CPU only. Returns (step, tokens).
+    """
+    from transformers import LlamaForCausalLM
+
+    from bitk.objectives import next_token_ce
+    from bitk.train.config import TrainingConfig
+    from bitk.train.optim import build_optimizer
+
+    config = llama_config(preset, **(overrides or {}))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config).float().train()
+    opt = build_optimizer(
+        model, TrainingConfig(optimizer="adamw", micro_batch_size=micro_batch, global_batch_size=micro_batch)
+    )
+    ids = train_batch(config.vocab_size, micro_batch, block, seed)
+    positions = torch.arange(block).expand(micro_batch, block)
+
+    def step() -> float:
+        loss = next_token_ce(model(input_ids=ids, position_ids=positions, use_cache=False).logits, ids)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    step.model = model  # for checks (parameter count, config)
+    return step, micro_batch * block
+
+
+def vs_llama_steps(
+    preset: str = "tiny", tokens: tuple[int, int] | None = None, *, overrides: dict | None = None
+) -> dict[str, Callable[[], object]]:
+    """One-optimizer-step calls {"ternary", "float", "llama"} on the same batch, each returning its loss.
+
+    "ternary" and "float" are `make_train_step` of bitk's ``preset`` with ``ternary`` True and False
+    (the preset's SubLN kept); "llama" is `make_llama_step`, a transformers LlamaForCausalLM of the
+    same shape. ``tokens``: (sequences, tokens per sequence), default `VS_LLAMA_TOKENS`; ``overrides``:
+    ModelConfig fields changed in all three. Float32 on the CPU, at torch's current thread count.
+    Each call's ``tokens`` attribute is the tokens it trains on per step.
+    """
+    micro_batch, block = tokens or VS_LLAMA_TOKENS.get(preset, VS_LLAMA_TOKENS["tiny"])
+    shape = {"block": block, "micro_batch": micro_batch, "overrides": overrides}
+    steps: dict[str, Callable[[], object]] = {
+        name: make_train_step(preset, ternary=name == "ternary", **shape)[0] for name in ("ternary", "float")
+    }
+    steps["llama"] = make_llama_step(preset, **shape)[0]
+    for step in steps.values():
+        step.tokens = micro_batch * block
+    return steps
+
+
+def measure_vs_llama(
+    preset: str = "tiny", tokens: tuple[int, int] | None = None, *, rounds: int = 5, warmup: int = 2
+) -> dict[str, Any]:
+    """tokens/s of bitk's ternary and float models against transformers' Llama (`vs_llama_steps`).
+
+    After ``warmup`` steps of each, ``rounds`` rounds step all three once, alternately in one process
+    (the order rotates each round, so none always runs first), so a busy machine slows them alike.
+    Per round the speed ratio of X over the Llama is time(llama) / time(X) (= X's tokens/s over the
+    Llama's); the result holds the median of those per-round ratios ("ternary_vs_llama_median",
+    "float_vs_llama_median"), each model's tokens/s at its median step and at its fastest
+    ("tokens_per_s_best_*", the figure a burst of load on a shared machine moves least), and the
+    seconds of every step.
+    """
+    steps = vs_llama_steps(preset, tokens)
+    names = list(steps)
+    n_tokens = steps["llama"].tokens
+    for _ in range(warmup):
+        for name in names:
+            steps[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    losses: dict[str, float] = {}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            losses[name] = steps[name]()
+            times[name].append(time.perf_counter() - start)
+    ratios = {
+        f"{name}_vs_llama": [t_llama / t for t, t_llama in zip(times[name], times["llama"])]
+        for name in ("ternary", "float")
+    }
+    micro_batch, block = tokens or VS_LLAMA_TOKENS.get(preset, VS_LLAMA_TOKENS["tiny"])
+    return {
+        "preset": preset,
+        "micro_batch": micro_batch,
+        "block": block,
+        "tokens_per_step": n_tokens,
+        "threads": torch.get_num_threads(),
+        "rounds": rounds,
+        "warmup": warmup,
+        **{f"tokens_per_s_{name}": n_tokens / statistics.median(times[name]) for name in names},
+        **{f"tokens_per_s_best_{name}": n_tokens / min(times[name]) for name in names},
+        **{f"{key}_median": statistics.median(values) for key, values in ratios.items()},
+        **ratios,
+        "step_seconds": times,
+        "last_loss": losses,
+    }
+
+
 # --------------------------------------------------------------------------- CPU suite
 
 
@@ -473,12 +648,34 @@ if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python bench/bench_train.py", description="Print the influence mixture's overhead as JSON."
+        prog="python bench/bench_train.py",
+        description="Print the influence mixture's overhead (--mixture) or the speed against transformers' "
+        "Llama (--vs-llama) as JSON.",
     )
-    parser.add_argument("--mixture", action="store_true", help="measure_mixture_overhead (the only measurement)")
-    parser.add_argument("--windows", type=int, default=3, help="windows of mixture_every steps (default 3)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of the run")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--mixture", action="store_true", help="measure_mixture_overhead")
+    mode.add_argument(
+        "--vs-llama", action="store_true", help="measure_vs_llama: bitk ternary and float vs LlamaForCausalLM"
+    )
+    parser.add_argument("--windows", type=int, default=3, help="--mixture: windows of mixture_every steps (default 3)")
+    parser.add_argument("--preset", default="tiny", help="--vs-llama: tiny (default) or smollm2_135m")
+    parser.add_argument("--rounds", type=int, default=5, help="--vs-llama: measured rounds (default 5)")
+    parser.add_argument("--warmup", type=int, default=2, help="--vs-llama: warm-up steps of each (default 2)")
+    parser.add_argument(
+        "--tokens", default=None, help="--vs-llama: SEQUENCESxLENGTH per step (default: 8x256 tiny, 2x256 smollm2)"
+    )
+    parser.add_argument("overrides", nargs="*", help="--mixture: key=value overrides of the run")
     ns = parser.parse_args()
-    if not ns.mixture:
-        parser.error("name a measurement: --mixture")
-    print(json.dumps(measure_mixture_overhead(ns.overrides, windows=ns.windows), indent=2))
+    if ns.vs_llama:
+        try:
+            shape = tuple(int(v) for v in ns.tokens.lower().split("x")) if ns.tokens else None
+        except ValueError:
+            shape = ()
+        if shape is not None and (len(shape) != 2 or min(shape) < 1):
+            parser.error(f"--tokens must be SEQUENCESxLENGTH (two positive integers), got {ns.tokens!r}")
+        result = measure_vs_llama(ns.preset, shape, rounds=ns.rounds, warmup=ns.warmup)
+        print(json.dumps(result, indent=2))
+    elif ns.mixture:
+        print(json.dumps(measure_mixture_overhead(ns.overrides, windows=ns.windows), indent=2))
+    else:
+        parser.error("name a measurement: --mixture or --vs-llama")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -101,34 +102,43 @@ def _i2s_ternarize_pack() -> dict[str, Callable[[], object]]:
 
 # --------------------------------------------------------------------------- BitLinear on CPU
 
-# BitNet b1.58 2B4T's FFN up projection on 512 tokens: the shape of the CPU targets (docs/perf.md).
+# BitNet b1.58 2B4T's FFN up projection on 512 tokens: the shape of the CPU targets (docs/perf.md),
+# and SmolLM2-135M's (576 -> 1536), where the GEMMs are small and the rest of the layer counts.
 NN_TOKENS, NN_IN, NN_OUT = 512, 2560, 6912
+NN_SHAPES = {"2B4T": (NN_TOKENS, NN_IN, NN_OUT), "SmolLM2": (512, 576, 1536)}
 
 
 @functools.cache
-def _nn_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _nn_tensors(shape: str = "2B4T") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    tokens, k, n = NN_SHAPES[shape]
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(NN_TOKENS, NN_IN, generator=g)
-    w = torch.randn(NN_OUT, NN_IN, generator=g) * 0.02
-    dy = torch.randn(NN_TOKENS, NN_OUT, generator=g)
+    x = torch.randn(tokens, k, generator=g)
+    w = torch.randn(n, k, generator=g) * 0.02
+    dy = torch.randn(tokens, n, generator=g)
     return x, w, dy
 
 
-def _nn_layers() -> dict[str, torch.nn.Module]:
+def _nn_layers(shape: str = "2B4T") -> dict[str, torch.nn.Module]:
+    """bitk's BitLinear and its peers: float32 and bfloat16 nn.Linear (the faster of the two is the
+    bar: bf16 where the CPU multiplies it natively, float32 elsewhere) and transformers' AutoBitLinear."""
     from transformers.integrations.bitnet import AutoBitLinear
 
     from bitk.nn import BitLinear
 
-    _, w, _ = _nn_tensors()
-    linear = torch.nn.Linear(NN_IN, NN_OUT, bias=False)
-    auto = AutoBitLinear(NN_IN, NN_OUT, bias=False, online_quant=True)
+    _, k, n = NN_SHAPES[shape]
+    _, w, _ = _nn_tensors(shape)
+    linear = torch.nn.Linear(k, n, bias=False)
+    auto = AutoBitLinear(k, n, bias=False, online_quant=True)
     with torch.no_grad():
         linear.weight.copy_(w)
         auto.weight.copy_(w)
-    bit = BitLinear.from_linear(torch.nn.Linear(NN_IN, NN_OUT, bias=False))
+    linear_bf16 = torch.nn.Linear(k, n, bias=False, dtype=torch.bfloat16)
+    with torch.no_grad():
+        linear_bf16.weight.copy_(w)
+    bit = BitLinear.from_linear(torch.nn.Linear(k, n, bias=False))
     with torch.no_grad():
         bit.weight.copy_(w)
-    return {"bitk": bit, "linear": linear, "autobitlinear": auto}
+    return {"bitk": bit, "linear": linear, "linear_bf16": linear_bf16, "autobitlinear": auto}
 
 
 def _with_backend(name: str, fn: Callable[[], object]) -> Callable[[], object]:
@@ -141,30 +151,35 @@ def _with_backend(name: str, fn: Callable[[], object]) -> Callable[[], object]:
     return run
 
 
-def _bitlinear_forward() -> dict[str, Callable[[], object]]:
-    x, _, _ = _nn_tensors()
-    layers = _nn_layers()
+def _bitlinear_forward(shape: str = "2B4T") -> dict[str, Callable[[], object]]:
+    """A forward with no gradient (evaluation, generation): bitk ternarizes and packs the unchanging
+    weight once (bitk.nn.cpu.packed_weights), as it does for every frozen weight."""
+    x, _, _ = _nn_tensors(shape)
+    layers = _nn_layers(shape)
+    x16 = x.to(torch.bfloat16)
 
-    def forward(layer):
+    def forward(layer, inp):
         def run():
             with torch.no_grad():
-                return layer(x)
+                return layer(inp)
 
         return run
 
-    impls = {name: forward(layer) for name, layer in layers.items()}
-    impls["reference"] = _with_backend("reference", forward(layers["bitk"]))
+    impls = {name: forward(layer, x16 if name == "linear_bf16" else x) for name, layer in layers.items()}
+    impls["reference"] = _with_backend("reference", forward(layers["bitk"], x))
     impls["bitk"] = _with_backend("cpu", impls["bitk"])
     return impls
 
 
-def _bitlinear_forward_backward(autocast: bool = False) -> dict[str, Callable[[], object]]:
-    x0, _, dy = _nn_tensors()
-    layers = _nn_layers()
+def _bitlinear_forward_backward(autocast: bool = False, shape: str = "2B4T") -> dict[str, Callable[[], object]]:
+    """A training step's layer work: forward (the weight ternarized and packed anew, as after every
+    optimizer step) and backward to x and W."""
+    x0, _, dy = _nn_tensors(shape)
+    layers = _nn_layers(shape)
 
-    def step(layer):
+    def step(layer, bf16: bool = False):
         def run():
-            x = x0.clone().requires_grad_()
+            x = (x0.to(torch.bfloat16) if bf16 else x0).clone().requires_grad_()
             layer.weight.grad = None
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 y = layer(x)
@@ -173,10 +188,32 @@ def _bitlinear_forward_backward(autocast: bool = False) -> dict[str, Callable[[]
 
         return run
 
-    impls = {name: step(layer) for name, layer in layers.items()}
+    impls = {name: step(layer, bf16=name == "linear_bf16") for name, layer in layers.items()}
     impls["reference"] = _with_backend("reference", step(layers["bitk"]))
     impls["bitk"] = _with_backend("cpu", impls["bitk"])
+    from bitk.nn import cpu
+
+    if cpu.backward_precision() == "bf16":  # what bitk's backward computes then (docs/kernels.md)
+        impls["reference"] = _bf16_backward_reference(layers["bitk"], x0, dy, autocast)
     return impls
+
+
+def _bf16_backward_reference(layer: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor, autocast: bool):
+    """The reference forward and the bf16 backward's formulas (bitk.nn.cpu, BITK_CPU_BACKWARD=bf16)."""
+    from bitk import numerics
+
+    def run():
+        w = layer.weight.detach()
+        y = numerics.bitlinear(x, w)
+        out_dtype = torch.bfloat16 if autocast else torch.float32
+        codes, gamma = numerics.quantize_weights(w)
+        xq, s = numerics.quantize_activations(x)
+        dy2 = dy.to(out_dtype).float()
+        dx = (dy2.bfloat16() @ codes.bfloat16()).float() * gamma
+        dw = ((dy2 / s).bfloat16().T @ xq.bfloat16()).float()
+        return y.to(out_dtype), dx, dw
+
+    return run
 
 
 def _gguf_export() -> dict[str, Callable[[], object]]:
@@ -197,11 +234,33 @@ def _gguf_export() -> dict[str, Callable[[], object]]:
     }
 
 
+def _with_engine(engine: str, fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` with BITK_CPU_MATMUL=engine (the engine of the integer products, bitk.nn.cpu)."""
+
+    def run():
+        previous = os.environ.get("BITK_CPU_MATMUL")
+        os.environ["BITK_CPU_MATMUL"] = engine
+        try:
+            return fn()
+        finally:
+            if previous is None:
+                del os.environ["BITK_CPU_MATMUL"]
+            else:
+                os.environ["BITK_CPU_MATMUL"] = previous
+
+    return run
+
+
 def _eval_forward(preset_name: str) -> dict[str, Callable[[], object]]:
-    """One evaluation forward (bench_eval.py) in the I2_S-faithful int8 numerics and in float."""
+    """One evaluation forward (bench_eval.py) in the I2_S-faithful int8 numerics and in float; the
+    int8 numerics by each engine too ("i2s" is the default one, bitk's kernels from 2-bit weights)."""
     from bench_eval import eval_step
 
-    return {numerics: eval_step(preset_name, numerics) for numerics in ("i2s", "float")}
+    impls = {numerics: eval_step(preset_name, numerics) for numerics in ("i2s", "float")}
+    for engine in ("int_mm", "float"):
+        impls[f"i2s_{engine}"] = _with_engine(engine, eval_step(preset_name, "i2s"))
+    # The loss, which every engine must give exactly (the result also holds timings).
+    return {name: (lambda step=step: step().loss) for name, step in impls.items()}
 
 
 def _train_step() -> dict[str, Callable[[], object]]:
@@ -230,13 +289,15 @@ def _generate() -> dict[str, Callable[[], object]]:
 
 
 GATE_NEW_TOKENS = 32
+SMOL_FORWARD = "BitLinear forward (SmolLM2 width, 512 x 576 -> 1536)"
+SMOL_FORWARD_BACKWARD = "BitLinear forward+backward (SmolLM2 width, 512 x 576 -> 1536)"
 MIXTURE_GROUP = "Train step tiny with an influence re-weighting (4 x 256, 3 sources, 2048-token probe)"
 
 GGUF_LAYERS = 2  # two 2B4T blocks + a 4096-token embedding: 149.45 M parameters, 299 MB of bf16
 GGUF_PARAMS = 149_453_824
 
 NN_PARAMS = NN_IN * NN_OUT
-NN_BASELINES = ("linear", "autobitlinear")  # compute something else: not compared with the reference
+NN_BASELINES = ("linear", "linear_bf16", "autobitlinear")  # compute something else: not compared with the reference
 
 GROUPS = {
     g.name: g
@@ -267,6 +328,22 @@ GROUPS = {
             "BitLinear forward+backward (bf16 autocast)",
             NN_PARAMS,
             lambda: _bitlinear_forward_backward(autocast=True),
+            reference="reference",
+            unchecked=NN_BASELINES,
+            suite="nn",
+        ),
+        Group(
+            SMOL_FORWARD,
+            576 * 1536,
+            lambda: _bitlinear_forward("SmolLM2"),
+            reference="reference",
+            unchecked=NN_BASELINES,
+            suite="nn",
+        ),
+        Group(
+            SMOL_FORWARD_BACKWARD,
+            576 * 1536,
+            lambda: _bitlinear_forward_backward(shape="SmolLM2"),
             reference="reference",
             unchecked=NN_BASELINES,
             suite="nn",
@@ -336,6 +413,12 @@ GATE_CASES = [
     GateCase("bitlinear_forward_vs_autobitlinear", "BitLinear forward", "bitk", "autobitlinear"),
     GateCase("bitlinear_forward_backward_vs_linear", "BitLinear forward+backward", "bitk", "linear"),
     GateCase("bitlinear_forward_backward_vs_autobitlinear", "BitLinear forward+backward", "bitk", "autobitlinear"),
+    GateCase("bitlinear_forward_vs_bf16_linear", "BitLinear forward", "bitk", "linear_bf16"),
+    GateCase("bitlinear_forward_backward_vs_bf16_linear", "BitLinear forward+backward", "bitk", "linear_bf16"),
+    GateCase("bitlinear_forward_smollm2_vs_linear", SMOL_FORWARD, "bitk", "linear"),
+    GateCase("bitlinear_forward_smollm2_vs_bf16_linear", SMOL_FORWARD, "bitk", "linear_bf16"),
+    GateCase("bitlinear_forward_backward_smollm2_vs_linear", SMOL_FORWARD_BACKWARD, "bitk", "linear"),
+    GateCase("bitlinear_forward_backward_smollm2_vs_bf16_linear", SMOL_FORWARD_BACKWARD, "bitk", "linear_bf16"),
     GateCase("gguf_export_vs_io", "GGUF export (2B4T widths, bf16 -> I2_S)", "bitk", "io"),
     GateCase("eval_i2s_vs_float", "Eval forward smollm2_135m (1 x 256)", "i2s", "float"),
     GateCase("train_step_ternary_vs_float", "Train step tiny (8 x 256, AdamW)", "ternary", "float"),

@@ -155,11 +155,27 @@ def machine() -> dict:
                 break
     except OSError:
         pass
+    import torch
+
+    from bitk.nn import cpu as cpu_path
+
+    flags = cpu_path.cpu_flags()
+    wanted = {
+        "AVX2": "avx2",
+        "AVX-512": "avx512f",
+        "AVX-512 VNNI": "avx512_vnni",
+        "AVX-512 BF16": "avx512_bf16",
+        "AVX-VNNI": "avx_vnni",
+        "AMX": "amx_tile",
+    }
     return {
         "cpu": cpu or "unknown",
         "cores": os.cpu_count(),
         "system": platform.platform(),
         "python": platform.python_version(),
+        "flags": ", ".join(name for name, flag in wanted.items() if flag in flags) or "none of AVX2/AVX-512/AMX",
+        "kernels": cpu_path.kernel_variant() or "no extension",
+        "torch": torch.__version__,
     }
 
 
@@ -216,6 +232,8 @@ def perf_markdown(report: dict, bench: dict | None = None) -> str:
         "",
         f"- Date: {report['date']}",
         f"- Machine: {m['cpu']}, {m['cores']} cores, {m['system']}, Python {m['python']}",
+        f"- CPU features: {m.get('flags', 'not recorded')}; bitk's C++ kernels: {m.get('kernels', 'not recorded')}; "
+        f"torch {m.get('torch', 'not recorded')}",
         f"- Command: `{report['command']}`",
         f"- Result: {'all pass' if all(r['passed'] for r in report['results']) else 'REGRESSION'}",
         "",

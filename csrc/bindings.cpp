@@ -8,6 +8,7 @@
 // The ternary GEMM entries (ternary_gemm.h) check their own inputs; see their section.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <cstring>
 #include <initializer_list>
@@ -17,6 +18,10 @@
 #include <utility>
 #include <vector>
 
+#include "convert_bf16.h"
+#include "cpu_dispatch.h"
+#include "parallel.h"
+#include "quantize_activations.h"
 #include "ternary_codecs.h"
 #include "ternary_gemm.h"
 
@@ -237,6 +242,92 @@ FloatArray ternary_gemm(const py::object& xq_obj, const py::object& s_obj, const
   return y;
 }
 
+FloatArray ternary_gemm_divide(const py::object& xq_obj, const py::object& s_obj, const py::object& packed_obj,
+                               int64_t n, float scale, const py::object& out) {
+  const auto xq = gemm_array<int8_t>(xq_obj, "xq", "int8", 2);
+  const auto s = gemm_array<float>(s_obj, "s", "float32", 1);
+  const auto packed = gemm_array<uint8_t>(packed_obj, "packed", "uint8", 1);
+  const auto [m, k] = gemm_inputs(xq, packed, n);
+  require_shape(s, "s", {m});
+  auto y = gemm_output<float>(out, "float32", m, n);
+  float* data = y.mutable_data();
+  py::gil_scoped_release release;
+  bitk::ternary_gemm_divide(xq.data(), s.data(), m, k, packed.data(), n, scale, data);
+  return y;
+}
+
+py::tuple quantize_activations(const py::object& x_obj, const std::string& mode, const py::object& out) {
+  const auto x = gemm_array<float>(x_obj, "x", "float32", 2);
+  bitk::ActivationScale scale_mode;
+  if (mode == "train")
+    scale_mode = bitk::ActivationScale::kTrain;
+  else if (mode == "bitnet")
+    scale_mode = bitk::ActivationScale::kBitnet;
+  else
+    throw py::value_error("mode must be 'train' or 'bitnet', got '" + mode + "'");
+  const int64_t m = x.shape(0), k = x.shape(1);
+  py::array_t<int8_t> xq;
+  if (out.is_none()) {
+    xq = py::array_t<int8_t>({m, k});
+  } else {
+    xq = gemm_array<int8_t>(out, "out", "int8", 2);
+    require_shape(xq, "out", {m, k});
+    if (!xq.writeable()) throw py::value_error("out must be writeable");
+  }
+  FloatArray s(m);
+  int8_t* q = xq.mutable_data();
+  float* sd = s.mutable_data();
+  {
+    py::gil_scoped_release release;
+    bitk::quantize_activations(x.data(), m, k, scale_mode, q, sd);
+  }
+  return py::make_tuple(xq, s);
+}
+
+py::array_t<uint16_t> int8_to_bf16(const py::object& src_obj) {
+  const auto src = gemm_array<int8_t>(src_obj, "src", "int8", 2);
+  py::array_t<uint16_t> out({src.shape(0), src.shape(1)});
+  uint16_t* data = out.mutable_data();
+  py::gil_scoped_release release;
+  bitk::int8_to_bf16(src.data(), src.size(), data);
+  return out;
+}
+
+py::array_t<uint16_t> float_to_bf16(const py::object& src_obj, const py::object& divisor_obj) {
+  const auto src = gemm_array<float>(src_obj, "src", "float32", 2);
+  const int64_t rows = src.shape(0), cols = src.shape(1);
+  py::array_t<float> divisor;
+  if (!divisor_obj.is_none()) {
+    divisor = gemm_array<float>(divisor_obj, "divisor", "float32", 1);
+    require_shape(divisor, "divisor", {rows});
+  }
+  const float* d = divisor_obj.is_none() ? nullptr : divisor.data();
+  py::array_t<uint16_t> out({rows, cols});
+  uint16_t* data = out.mutable_data();
+  py::gil_scoped_release release;
+  bitk::float_to_bf16(src.data(), d, rows, cols, data);
+  return out;
+}
+
+FloatArray bf16_to_float(const py::object& src_obj, const py::object& scale) {
+  const auto src = gemm_array<uint16_t>(src_obj, "src", "uint16", 2);
+  FloatArray out({src.shape(0), src.shape(1)});
+  const bool scale_it = !scale.is_none();
+  const float factor = scale_it ? scale.cast<float>() : 1.0f;
+  float* data = out.mutable_data();
+  py::gil_scoped_release release;
+  bitk::bf16_to_float(src.data(), src.size(), scale_it, factor, data);
+  return out;
+}
+
+void set_cpu_kernel(const std::string& name) {
+  try {
+    bitk::set_cpu_kernel(name);
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
+}
+
 py::array_t<int32_t> ternary_gemm_int32(const py::object& xq_obj, const py::object& packed_obj, int64_t n,
                                         const py::object& out) {
   const auto xq = gemm_array<int8_t>(xq_obj, "xq", "int8", 2);
@@ -285,6 +376,31 @@ PYBIND11_MODULE(_codecs, m) {
         "out (optional) a float32 [m, n] array to write into (not overlapping the inputs).");
   m.def("ternary_gemm_int32", &ternary_gemm_int32, py::arg("xq"), py::arg("packed"), py::arg("n"),
         py::arg("out") = py::none(), "acc[m, n] = sum_k xq[m, k] codes[n, k] as int32 [m, n].");
+  m.def("ternary_gemm_divide", &ternary_gemm_divide, py::arg("xq"), py::arg("s"), py::arg("packed"), py::arg("n"),
+        py::arg("scale"), py::arg("out") = py::none(),
+        "y[m, n] = (float32(sum_k xq[m, k] codes[n, k]) / s[m]) * scale (bitnet.cpp's I2_S epilogue), exactly.");
+  m.def("quantize_activations", &quantize_activations, py::arg("x"), py::arg("mode") = "train",
+        py::arg("out") = py::none(),
+        "Per-row absmax int8 quantization of float32 x [m, k] in one pass -> (xq int8 [m, k], s float32 [m]):\n"
+        "xq = clamp(round_half_even(x * s), -128, 127); mode 'train': s = 127 / max(max|x|, 1e-5) in float32\n"
+        "(bitk.numerics.quantize_activations), 'bitnet': the quotient in float64 (quantize_activations_bitnet_cpp).");
+  m.def("int8_to_bf16", &int8_to_bf16, py::arg("src"),
+        "int8 [r, c] -> the bfloat16 bits (uint16 [r, c]) of its values, exactly.");
+  m.def("float_to_bf16", &float_to_bf16, py::arg("src"), py::arg("divisor") = py::none(),
+        "float32 [r, c] -> bfloat16 bits (uint16) of src / divisor[r] (or src), rounded to nearest even\n"
+        "as torch's .to(torch.bfloat16).");
+  m.def("bf16_to_float", &bf16_to_float, py::arg("src"), py::arg("scale") = py::none(),
+        "bfloat16 bits (uint16 [r, c]) -> float32 [r, c], exactly; times scale (float32) if given.");
+  m.def("cpu_kernels", &bitk::supported_cpu_kernels,
+        "The kernel variants this CPU can run, baseline first: 'scalar', 'avx2', 'avx512_vnni'.");
+  m.def("cpu_kernel", [] { return std::string(bitk::cpu_kernel_name(bitk::cpu_kernel())); },
+        "The variant in use (BITK_CPU_KERNEL or set_cpu_kernel, else the best this CPU supports).");
+  m.def("set_cpu_kernel", &set_cpu_kernel, py::arg("name"),
+        "Run every later call with the variant `name` ('auto': BITK_CPU_KERNEL, else the best); ValueError\n"
+        "for a name this CPU cannot run.");
+  m.def("set_num_threads", [](int count) { bitk::set_num_threads(count); }, py::arg("count"),
+        "Threads of the later calls (0: BITK_NUM_THREADS, else the hardware's count).");
+  m.def("num_threads", [] { return bitk::max_threads(); }, "The threads the next call may use.");
   m.def("ternary_scale", &ternary_scale, py::arg("codes"), py::arg("gamma"),
         "int8 codes [n, k] -> float32 codes * gamma [n, k] (exact; gamma is rounded to float32).");
   m.def("float_to_half", &bitk::float_to_half, py::arg("f"));

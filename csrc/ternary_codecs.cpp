@@ -17,7 +17,10 @@
 
 #include "parallel.h"
 
+// Compiled once per instruction set (CMakeLists.txt); cpu_dispatch.cpp defines the public
+// bitk:: functions, which call the build of the instruction set the CPU runs.
 namespace bitk {
+namespace BITK_ISA {
 namespace {
 
 constexpr int64_t kQK = 256;             // TQ block
@@ -613,4 +616,5 @@ void dequantize_tq1_0(const uint8_t* data, int64_t rows, int64_t cols, float* ou
   tq_dequantize("TQ1_0", data, rows, cols, out, kTQ1Bytes, decode_tq1_block);
 }
 
+}  // namespace BITK_ISA
 }  // namespace bitk

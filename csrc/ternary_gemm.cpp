@@ -22,12 +22,19 @@
 
 #include "parallel.h"
 
-#if defined(__AVX2__) && defined(__GNUC__) && defined(__x86_64__)
+// Compiled once per instruction set (CMakeLists.txt: scalar, AVX2, AVX-512 VNNI); the macros of
+// the build's -m flags pick the kernels, and cpu_dispatch.cpp calls the build the CPU runs.
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#define BITK_GEMM_AVX2 1
+#define BITK_GEMM_VNNI512 1
+#elif defined(__AVX2__) && defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
 #define BITK_GEMM_AVX2 1
 #endif
 
 namespace bitk {
+namespace BITK_ISA {
 namespace {
 
 constexpr int64_t kPanel = 16;                        // weight rows (output columns) per panel
@@ -82,6 +89,30 @@ struct FloatStore {
     }
 #endif
     for (int64_t j = 0; j < cols; ++j) out[j] = float(raw[j] - xsum) * f;
+  }
+};
+
+// bitnet.cpp's I2_S epilogue: (float(acc) / s[m]) * scale, a float32 division then a multiply.
+struct DivideStore {
+  const float* s;
+  float scale;
+  float* y;
+  int64_t n;
+  void operator()(int64_t row, int64_t n0, int64_t cols, const int32_t* raw, int32_t xsum) const {
+    float* out = y + row * n + n0;
+    const float d = s[row];
+#if defined(BITK_GEMM_AVX2)
+    if (cols == kPanel) {
+      const __m256i sum = _mm256_set1_epi32(xsum);
+      const __m256 dv = _mm256_set1_ps(d), sv = _mm256_set1_ps(scale);
+      for (int h = 0; h < 2; ++h) {
+        const __m256i acc = _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(raw + 8 * h)), sum);
+        _mm256_storeu_ps(out + 8 * h, _mm256_mul_ps(_mm256_div_ps(_mm256_cvtepi32_ps(acc), dv), sv));
+      }
+      return;
+    }
+#endif
+    for (int64_t j = 0; j < cols; ++j) out[j] = (float(raw[j] - xsum) / d) * scale;
   }
 };
 
@@ -406,6 +437,162 @@ void gemm(const int8_t* xq, int64_t m, int64_t k, const uint8_t* packed, int64_t
 
 #endif  // BITK_GEMM_AVX2
 
+// ---------------------------------------------------------------------------- AVX-512 VNNI
+
+#if defined(BITK_GEMM_VNNI512)
+
+// vpdpbusd multiplies unsigned bytes by signed bytes and adds each group of four products into an
+// int32 lane, without saturation. One unpacked step of a panel (16 weight rows x 4 consecutive k,
+// byte 4 r + q = c of row r at k 4 t + q) is exactly one zmm of unsigned bytes whose int32 lane r
+// belongs to output column r; the four activation bytes of a row at the same k, broadcast to all
+// lanes, are the signed operand. So a step adds 16 columns' dot products of 4 k each, and the
+// unpacking of a 64-byte packed group ((bits >> 2 t) & 3 for t = 0..3) happens in registers.
+//
+// Blocking: the activations are first copied into tiles of kVnniRows rows laid out step-major (the
+// kVnniRows 4-byte words of one step are adjacent, zero-padded past m and k), so every broadcast is
+// one memory operand at a constant offset; the micro-kernel keeps kVnniRows x 2 panels = 24 int32
+// accumulators (zmm) over the whole of k: no intermediate widening, no overflow (every partial sum
+// lies in [-256 k, 254 k], see kTernaryGemmMaxK). Threads take (row block, panel chunk) units; a
+// chunk's packed panels (k / 2 bytes each) stay in L1/L2 while the block's tiles pass over them.
+constexpr int64_t kVnniRows = 12;        // activation rows per register tile
+constexpr int64_t kVnniBlockTiles = 8;   // tiles per row block (96 rows)
+constexpr int64_t kVnniChunkPairs = 4;   // panel pairs per unit at most (128 columns)
+
+// The tiles of xq: tile t, step s (4 k), row i -> word (t * steps + s) * kVnniRows + i.
+void pack_activation_tiles(const int8_t* xq, int64_t m, int64_t k, int64_t steps, int32_t* tiles, int32_t* xsum) {
+  const int64_t count = ceil_div(m, kVnniRows);
+  parallel_for(count, kVnniRows * std::max<int64_t>(k, 1), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      int32_t* dst = tiles + t * steps * kVnniRows;
+      for (int64_t i = 0; i < kVnniRows; ++i) {
+        const int64_t row = t * kVnniRows + i;
+        if (row >= m) {
+          for (int64_t s = 0; s < steps; ++s) dst[s * kVnniRows + i] = 0;
+          continue;
+        }
+        const int8_t* src = xq + row * k;
+        int32_t total = 0;
+        for (int64_t kk = 0; kk < k; ++kk) total += src[kk];
+        xsum[row] = total;
+        const int64_t whole = k / 4;
+        for (int64_t s = 0; s < whole; ++s) std::memcpy(dst + s * kVnniRows + i, src + 4 * s, 4);
+        for (int64_t s = whole; s < steps; ++s) {
+          int8_t word[4] = {0, 0, 0, 0};
+          for (int64_t q = 0; q < 4 && 4 * s + q < k; ++q) word[q] = src[4 * s + q];
+          std::memcpy(dst + s * kVnniRows + i, word, 4);
+        }
+      }
+    }
+  });
+}
+
+// acc[i][j] = sum over `groups` packed groups of panel j (w0, w1: its first group; P = 1 or 2
+// panels) times the R tile rows of x (step-major words, kVnniRows per step).
+template <int R, int P>
+inline void vnni_tile(const uint8_t* w0, const uint8_t* w1, const int32_t* x, int64_t groups, __m512i (&acc)[R][P]) {
+  const __m512i mask = _mm512_set1_epi8(3);
+#pragma GCC unroll 12
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 2
+    for (int j = 0; j < P; ++j) acc[i][j] = _mm512_setzero_si512();
+  for (int64_t g = 0; g < groups; ++g, x += 4 * kVnniRows) {
+    const __m512i b0 = _mm512_loadu_si512(w0 + g * kGroupBytes);
+    const __m512i b1 = P == 2 ? _mm512_loadu_si512(w1 + g * kGroupBytes) : b0;
+#pragma GCC unroll 4
+    for (int t = 0; t < 4; ++t) {
+      const __m512i u0 = _mm512_and_si512(_mm512_srli_epi16(b0, 2 * t), mask);
+      const __m512i u1 = _mm512_and_si512(_mm512_srli_epi16(b1, 2 * t), mask);
+#pragma GCC unroll 12
+      for (int i = 0; i < R; ++i) {
+        const __m512i xb = _mm512_set1_epi32(x[t * kVnniRows + i]);
+        acc[i][0] = _mm512_dpbusd_epi32(acc[i][0], u0, xb);
+        if (P == 2) acc[i][P - 1] = _mm512_dpbusd_epi32(acc[i][P - 1], u1, xb);
+      }
+    }
+  }
+}
+
+template <int R, int P, class Store>
+void vnni_tile_store(const uint8_t* packed, int64_t groups, int64_t p, const int32_t* x, int64_t row0, int64_t m,
+                     int64_t n, const int32_t* xsum, const Store& store) {
+  __m512i acc[R][P];
+  const uint8_t* w0 = packed + p * groups * kGroupBytes;
+  vnni_tile<R, P>(w0, w0 + groups * kGroupBytes, x, groups, acc);
+  alignas(64) int32_t raw[kPanel];
+  const int64_t rows = std::min<int64_t>(R, m - row0);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int j = 0; j < P; ++j) {
+      _mm512_store_si512(raw, acc[i][j]);
+      store(row0 + i, (p + j) * kPanel, std::min(kPanel, n - (p + j) * kPanel), raw, xsum[row0 + i]);
+    }
+}
+
+template <int R, class Store>
+void vnni_tile_panels(const uint8_t* packed, int64_t groups, int64_t p, int64_t count, const int32_t* x, int64_t row0,
+                      int64_t m, int64_t n, const int32_t* xsum, const Store& store) {
+  if (count == 2) return vnni_tile_store<R, 2>(packed, groups, p, x, row0, m, n, xsum, store);
+  vnni_tile_store<R, 1>(packed, groups, p, x, row0, m, n, xsum, store);
+}
+
+// A tile of `rows` (<= kVnniRows) real rows: the register tile no taller than needed (decoding one
+// token runs R = 1).
+template <class Store>
+void vnni_run(int64_t rows, const uint8_t* packed, int64_t groups, int64_t p, int64_t count, const int32_t* x,
+              int64_t row0, int64_t m, int64_t n, const int32_t* xsum, const Store& store) {
+  switch (rows) {
+    case 1: return vnni_tile_panels<1>(packed, groups, p, count, x, row0, m, n, xsum, store);
+    case 2: return vnni_tile_panels<2>(packed, groups, p, count, x, row0, m, n, xsum, store);
+    case 3: return vnni_tile_panels<3>(packed, groups, p, count, x, row0, m, n, xsum, store);
+    case 4: return vnni_tile_panels<4>(packed, groups, p, count, x, row0, m, n, xsum, store);
+    case 5:
+    case 6: return vnni_tile_panels<6>(packed, groups, p, count, x, row0, m, n, xsum, store);
+    case 7:
+    case 8: return vnni_tile_panels<8>(packed, groups, p, count, x, row0, m, n, xsum, store);
+    default: return vnni_tile_panels<12>(packed, groups, p, count, x, row0, m, n, xsum, store);
+  }
+}
+
+template <class Store>
+void gemm_vnni(const int8_t* xq, int64_t m, int64_t k, const uint8_t* packed, int64_t n, const Store& store) {
+  if (m == 0 || n == 0) return;
+  const int64_t groups = ceil_div(k, kGroup), steps = 4 * groups, panels = ceil_div(n, kPanel);
+  const int64_t tiles = ceil_div(m, kVnniRows);
+  AlignedBuffer<int32_t> x(tiles * steps * kVnniRows);
+  std::vector<int32_t> xsum(static_cast<size_t>(m));
+  pack_activation_tiles(xq, m, k, steps, x.data, xsum.data());
+
+  // Row blocks of at most kVnniBlockTiles tiles, as equal as whole tiles allow, and (with several)
+  // a multiple of the thread count, so that each thread's contiguous share of the units (blocks
+  // are the outer index) holds the same number of rows.
+  const int64_t threads = max_threads(), pairs = ceil_div(panels, 2);
+  int64_t blocks = ceil_div(tiles, kVnniBlockTiles);
+  if (blocks > 1) blocks = std::min(tiles, ceil_div(blocks, threads) * threads);
+  // Chunks small enough that every thread gets several units, at most kVnniChunkPairs pairs.
+  const int64_t chunk = std::clamp<int64_t>(blocks * pairs / (4 * threads), 1, kVnniChunkPairs);
+  const int64_t chunks = ceil_div(pairs, chunk);
+  const int64_t unit_macs = std::min(m, ceil_div(tiles, blocks) * kVnniRows) * chunk * 2 * kPanel * std::max<int64_t>(k, 1);
+  parallel_for(blocks * chunks, unit_macs / 64, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t block = u / chunks, c = u % chunks;
+      const int64_t t0 = block * tiles / blocks, t1 = (block + 1) * tiles / blocks;
+      const int64_t p_end = std::min(panels, (c + 1) * chunk * 2);
+      for (int64_t p = c * chunk * 2; p < p_end; p += 2) {
+        const int64_t count = std::min<int64_t>(2, panels - p);
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t row0 = t * kVnniRows;
+          vnni_run(std::min(kVnniRows, m - row0), packed, groups, p, count, x.data + t * steps * kVnniRows, row0, m, n,
+                   xsum.data(), store);
+        }
+      }
+    }
+  });
+}
+
+#define BITK_GEMM_DRIVER gemm_vnni
+#else
+#define BITK_GEMM_DRIVER gemm
+#endif  // BITK_GEMM_VNNI512
+
 }  // namespace
 
 int64_t ternary_gemm_packed_size(int64_t n, int64_t k) {
@@ -423,12 +610,18 @@ void ternary_gemm(const int8_t* xq, const float* s, int64_t m, int64_t k, const 
   check_sizes("ternary_gemm", m, n, k);
   std::vector<float> factor(m);
   for (int64_t i = 0; i < m; ++i) factor[i] = gamma / s[i];
-  gemm(xq, m, k, packed, n, FloatStore{factor.data(), y, n});
+  BITK_GEMM_DRIVER(xq, m, k, packed, n, FloatStore{factor.data(), y, n});
+}
+
+void ternary_gemm_divide(const int8_t* xq, const float* s, int64_t m, int64_t k, const uint8_t* packed, int64_t n,
+                         float scale, float* y) {
+  check_sizes("ternary_gemm_divide", m, n, k);
+  BITK_GEMM_DRIVER(xq, m, k, packed, n, DivideStore{s, scale, y, n});
 }
 
 void ternary_gemm_int32(const int8_t* xq, int64_t m, int64_t k, const uint8_t* packed, int64_t n, int32_t* acc) {
   check_sizes("ternary_gemm_int32", m, n, k);
-  gemm(xq, m, k, packed, n, Int32Store{acc, n});
+  BITK_GEMM_DRIVER(xq, m, k, packed, n, Int32Store{acc, n});
 }
 
 void ternary_scale(const int8_t* codes, int64_t count, float gamma, float* out) {
@@ -438,4 +631,5 @@ void ternary_scale(const int8_t* codes, int64_t count, float gamma, float* out) 
   });
 }
 
+}  // namespace BITK_ISA
 }  // namespace bitk

@@ -1,8 +1,9 @@
 // Exact ternary matmul for BitLinear's forward on the CPU: y[m, n] = float(acc[m, n]) * (gamma / s[m])
 // with acc = sum_k xq[m, k] * codes[n, k] in int32, xq int8 activations, codes in {-1, 0, 1}. The
-// AVX2 path follows bitnet.cpp's I2_S idea: weights stored as c = code + 1 in {0, 1, 2}, 2 bits each,
-// multiplied by _mm256_maddubs_epi16 (u8 x s8), accumulated in int16 for at most 64 steps, widened to
-// int32, and acc = sum c * x - sum x. Builds without AVX2 run a scalar loop with the same results.
+// weights stay packed as c = code + 1 in {0, 1, 2}, 2 bits each (bitnet.cpp's I2_S idea), and
+// acc = sum c * x - sum x. Three kernels, one per instruction set (cpu_dispatch.h): AVX-512 VNNI
+// (vpdpbusd: u8 x s8 dot products of four, straight into int32), AVX2 (vpmaddubsw, int16 partial
+// sums over at most 64 steps, widened to int32), and a scalar loop; all give the same results.
 // A plain C++ library: no Python, no numpy headers. Buffers are C-contiguous and row-major.
 #pragma once
 
@@ -31,6 +32,11 @@ void ternary_gemm_pack(const int8_t* codes, int64_t n, int64_t k, uint8_t* packe
 // the thread count never changes a result.
 void ternary_gemm(const int8_t* xq, const float* s, int64_t m, int64_t k, const uint8_t* packed, int64_t n,
                   float gamma, float* y);
+
+// y[m, n] = (float(acc[m, n]) / s[m]) * scale: bitnet.cpp's I2_S epilogue (a float32 division, then
+// a float32 multiply), for s from quantize_activations(kBitnet).
+void ternary_gemm_divide(const int8_t* xq, const float* s, int64_t m, int64_t k, const uint8_t* packed, int64_t n,
+                         float scale, float* y);
 
 // The raw accumulator acc[m, n] = sum_k xq[m, k] * codes[n, k] as int32 [m, n] (for tests and for
 // callers with their own epilogue).

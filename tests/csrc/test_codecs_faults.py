@@ -118,3 +118,41 @@ def test_bad_or_huge_thread_counts_are_ignored_or_capped(value):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == reference.stdout
+
+
+@pytest.mark.parametrize("torch_loaded", [False, True], ids=["own-pool", "torch-openmp"])
+def test_the_thread_pool_survives_fork_and_reports_errors(torch_loaded):
+    """The threads persist between calls (bitk's pool, or torch's OpenMP team once torch is loaded):
+    a forked child (which has none of them) runs its own pool and gets the parent's results; an
+    error raised in another thread's chunk reaches the caller, and the threads keep working."""
+    proc = run(
+        ("import torch\n" if torch_loaded else "")
+        + textwrap.dedent(
+            """
+        import os
+        import numpy as np
+        from bitk import _codecs
+        w = np.random.default_rng(0).standard_normal((1024, 4096)).astype(np.float32)
+        want = _codecs.ternarize(w)
+        pid = os.fork()
+        if pid == 0:
+            got = _codecs.ternarize(w)
+            os._exit(0 if got[1] == want[1] and (got[0] == want[0]).all() else 3)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, status
+        bad = w.copy()
+        bad[1000, 7] = np.nan  # in the last thread's share
+        try:
+            _codecs.ternarize(bad)
+        except ValueError as e:
+            assert "NaN" in str(e), e
+        else:
+            raise AssertionError("no error")
+        got = _codecs.ternarize(w)
+        assert got[1] == want[1] and (got[0] == want[0]).all()
+        print("same")
+        """
+        ),
+        BITK_NUM_THREADS="4",
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "same", proc.stderr

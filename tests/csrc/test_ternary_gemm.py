@@ -1,11 +1,15 @@
 """bitk._codecs.ternary_gemm: the exact ternary matmul of BitLinear's forward, bit for bit.
 
+Every test runs once per kernel variant this CPU supports (scalar, AVX2, AVX-512 VNNI), each
+forced in turn (subprocesses through BITK_CPU_KERNEL).
+
 The reference is y = float32(acc) * (float32(gamma) / s) with acc = xq @ codes.T in exact integers
 (float64 BLAS: every product and partial sum is an integer far below 2^53). The packed weight layout
 is checked byte for byte against a numpy packer written from the header's description. The shapes
 cover the kernel's edges: 6-row tiles (and 1..5-row tails), 16-column panels in groups of 4,
 16-value groups (and a partial last one), 1024-value k slices, the 64-step int16 accumulation
-(K = 40000 with extreme values) and several row blocks.
+(K = 40000 with extreme values) and several row blocks; for the VNNI kernel, 12-row tiles (and
+1..11-row tails), pairs of panels (and a single last one) and blocks of 8 tiles.
 """
 
 from __future__ import annotations
@@ -20,6 +24,16 @@ import pytest
 import torch
 
 from bitk import _codecs as C
+
+
+@pytest.fixture(autouse=True, params=C.cpu_kernels())
+def kernel_variant(request, monkeypatch):
+    """Each test with one kernel variant forced, here and in the subprocesses it starts."""
+    monkeypatch.setenv("BITK_CPU_KERNEL", request.param)
+    C.set_cpu_kernel(request.param)
+    assert C.cpu_kernel() == request.param
+    yield request.param
+    C.set_cpu_kernel("auto")
 
 
 def reference_acc(xq: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -55,6 +69,11 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
 
 
+@pytest.mark.parametrize("m", range(1, 14))
+def test_every_tile_height(m):
+    check(*random_case(m, m, 80, 40))
+
+
 def check(xq, codes, s, gamma):
     n = codes.shape[0]
     packed = C.ternary_gemm_pack(codes)
@@ -64,6 +83,10 @@ def check(xq, codes, s, gamma):
     np.testing.assert_array_equal(acc, reference_acc(xq, codes))
     y = C.ternary_gemm(xq, s, packed, n, gamma)
     expected = reference_y(xq, s, codes, gamma)
+    assert same_bits(y, expected), np.argwhere(y.view(np.uint32) != expected.view(np.uint32))[:5]
+    # bitnet.cpp's epilogue: (float32(acc) / s) * scale
+    y = C.ternary_gemm_divide(xq, s, packed, n, gamma)
+    expected = (reference_acc(xq, codes).astype(np.float32) / s.astype(np.float32)[:, None]) * np.float32(gamma)
     assert same_bits(y, expected), np.argwhere(y.view(np.uint32) != expected.view(np.uint32))[:5]
 
 
@@ -86,6 +109,9 @@ SHAPES = [  # (m, k, n)
     (100, 3001, 40),  # two row blocks (the activation block is ~384 KiB)
     (300, 5000, 70),  # four row blocks of 12-13 tiles
     (48, 128, 200),
+    (25, 100, 48),  # VNNI: two 12-row tiles and a 1-row tail; a panel pair and a single panel
+    (97, 300, 96),  # VNNI: a second block of 8 tiles (96 rows)
+    (9, 64, 1000),  # VNNI: many panel pairs, chunked for the threads
 ]
 
 

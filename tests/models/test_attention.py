@@ -83,13 +83,34 @@ def test_shared_positions_and_single_documents():
 
 
 def test_choose_path():
-    small = torch.arange(64)[None]
+    small = torch.cat([torch.arange(24), torch.arange(40)])[None]
     assert choose_path(small, 8) == "dense"  # 8 x 64^2 elements: the mask is small
-    long = torch.arange(4096)[None]
+    long = torch.cat([torch.arange(1000), torch.arange(3096)])[None]
     assert DENSE_MAX_ELEMENTS < 4096 * 4096
     assert choose_path(long, 1) == "documents"  # CPU: no FlexAttention backward
+    # CPU, every row one document (a row may begin mid-document): SDPA's is_causal path, no mask
+    assert choose_path(torch.arange(64)[None], 8) == "causal"
+    assert choose_path(torch.arange(4096)[None], 1) == "causal"
+    assert choose_path(torch.arange(10, 74).expand(3, -1), 3) == "causal"
+    assert choose_path(torch.stack([torch.arange(64), small[0]]), 2) == "dense"  # one row has a boundary
     with pytest.raises(ValueError, match="unknown attention path"):
         attend(*_qkv(2, 2), PackedDocuments(small, 1, "sparse"), scale=1.0, enable_gqa=False)
+
+
+@pytest.mark.parametrize("heads", [(4, 4), (4, 2)], ids=["mha", "gqa"])
+def test_causal_path_of_single_documents_matches_the_dense_path_bit_for_bit(heads):
+    """Rows that each hold one document take is_causal on the CPU: the dense mask's outputs and gradients exactly."""
+    pos = torch.arange(3, 19).expand(POSITIONS.shape[0], -1)  # every row one document (begun earlier)
+    assert PackedDocuments(pos, pos.shape[0]).path == "causal"
+    results = {}
+    for path in ("causal", "dense"):
+        q, k, v = _qkv(*heads, seed=6)
+        docs = PackedDocuments(pos, pos.shape[0], path)
+        out = attend(q, k, v, docs, scale=8**-0.5, enable_gqa=heads[0] != heads[1])
+        out.backward(torch.ones_like(out).cumsum(-1))
+        results[path] = (out.detach(), q.grad, k.grad, v.grad)
+    for a, b in zip(results["causal"], results["dense"]):
+        assert torch.equal(a, b)
 
 
 def _long_model(**changes) -> CausalLM:

@@ -37,6 +37,13 @@ def triton_backend_on_device(request):
         yield
 
 
+@pytest.fixture
+def float32_backward(monkeypatch):
+    """The CPU path's backward in float32: the reference's formulas, so its gradients are the reference's
+    bit for bit (the default, bf16 where the CPU multiplies it natively, has its own tests)."""
+    monkeypatch.setenv("BITK_CPU_BACKWARD", "float32")
+
+
 def exact_grads(x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor):
     """float64 (dx, dW) of BitLinear from float32 quantization: the limit every path rounds."""
     from bitk import numerics

@@ -71,7 +71,7 @@ def test_from_linear_shares_the_parameters():
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("lead", "k", "n"), SHAPES)
-def test_cpu_path_equals_the_reference_bit_for_bit(monkeypatch, engine, dtype, lead, k, n):
+def test_cpu_path_equals_the_reference_bit_for_bit(monkeypatch, float32_backward, engine, dtype, lead, k, n):
     monkeypatch.setenv("BITK_CPU_MATMUL", engine)
     if engine == "cpp" and cpu_path._codecs() is None:
         pytest.fail("bitk._codecs.ternary_gemm is not built")
@@ -105,8 +105,75 @@ def test_triton_path_matches_the_reference(dtype, lead, k, n):
     assert_derived_close(g[2], dy.double().reshape(-1, n).sum(0), g_ref[2], "dbias")
 
 
+@pytest.mark.parametrize("variant", cpu_path.kernel_variants())
+@pytest.mark.parametrize(("lead", "k", "n"), SHAPES)
+def test_every_kernel_variant_gives_the_reference_forward(variant, lead, k, n):
+    """Each C++ variant this CPU runs (forced in turn) computes the reference's outputs bit for bit."""
+    layer = _layer(k, n)
+    x = torch.randn(*lead, k, generator=torch.Generator().manual_seed(3)) * 2
+    with torch.no_grad():
+        want = numerics.bitlinear(x, layer.weight, layer.bias)
+    try:
+        cpu_path.set_kernel_variant(variant)
+        with torch.no_grad(), use_backend("cpu"):
+            got = layer(x)
+    finally:
+        cpu_path.set_kernel_variant("auto")
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bf16_backward_is_the_ste_in_bf16(monkeypatch, dtype):
+    """BITK_CPU_BACKWARD=bf16: dx = bf16(dy) @ bf16(codes) * gamma, dW = bf16(dy / s)^T @ bf16(xq), dbias
+    in float32; within bf16 rounding of the float32 (reference) gradients."""
+    monkeypatch.setenv("BITK_CPU_BACKWARD", "bf16")
+    layer = _layer(130, 67)
+    torch.manual_seed(4)
+    x = torch.randn(2, 9, 130).to(dtype)
+    dy = torch.randn(2, 9, 67)
+    y, (dx, dw, db) = _run(layer, x, dy, "cpu")
+    y_ref, (dx_ref, dw_ref, db_ref) = _run(layer, x, dy, "reference")
+    assert torch.equal(y, y_ref)
+    codes, gamma = numerics.quantize_weights(layer.weight.detach())
+    xq, s = numerics.quantize_activations(x.reshape(-1, 130).float())
+    dy2 = dy.to(y.dtype).reshape(-1, 67).float()
+    want_dx = ((dy2.bfloat16() @ codes.bfloat16()).float() * gamma).to(dtype).reshape(x.shape)
+    want_dw = (dy2 / s).bfloat16().T @ xq.bfloat16()
+    assert torch.equal(dx, want_dx)
+    assert torch.equal(dw, want_dw.float())
+    assert torch.equal(db, dy2.sum(0)) and torch.equal(db, db_ref)
+    for got, ref in ((dx, dx_ref), (dw, dw_ref)):
+        torch.testing.assert_close(got.float(), ref.float(), rtol=2e-2, atol=2e-2 * ref.abs().max().item())
+
+
+def test_backward_precision_setting(monkeypatch):
+    monkeypatch.setenv("BITK_CPU_BACKWARD", "float32")
+    assert cpu_path.backward_precision() == "float32"
+    monkeypatch.setenv("BITK_CPU_BACKWARD", "bf16")
+    assert cpu_path.backward_precision() == "bf16"
+    monkeypatch.setenv("BITK_CPU_BACKWARD", "auto")
+    native = bool(cpu_path.cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    assert cpu_path.backward_precision() == ("bf16" if native else "float32")
+    monkeypatch.setenv("BITK_CPU_BACKWARD", "fp8")
+    with pytest.raises(ValueError, match="BITK_CPU_BACKWARD='fp8' is not one of auto, float32, bf16"):
+        cpu_path.backward_precision()
+
+
+def test_frozen_weights_are_packed_once_and_kept_2_bit():
+    layer = _layer(64, 32)
+    x = torch.randn(5, 64)
+    with torch.no_grad(), use_backend("cpu"):
+        first = layer(x)
+        entry = cpu_path.packed_weights(layer.weight)
+        assert entry["codes"] is None and entry["packed"].nbytes == 32 * 64 // 4
+        assert torch.equal(layer(x), first) and cpu_path.packed_weights(layer.weight) is entry
+        layer.weight.mul_(-1.0)  # a new version: packed again
+        assert torch.equal(layer(x), numerics.bitlinear(x, layer.weight, layer.bias))
+        assert cpu_path.packed_weights(layer.weight) is not entry
+
+
 @pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
-def test_subln_fusion_equals_norm_then_layer(backend):
+def test_subln_fusion_equals_norm_then_layer(float32_backward, backend):
     layer = _layer(96, 40)
     norm = SubLN(96)
     with torch.no_grad():

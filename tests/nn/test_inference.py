@@ -166,3 +166,31 @@ def test_model_in_runtime_numerics_is_close_to_float(mode, tol):
     assert torch.isfinite(logits).all()
     err = (logits - reference).abs().max() / reference.abs().max()
     assert 0 < err < tol
+
+
+def test_i2s_keeps_only_the_2_bit_weights_and_switches_modes():
+    """On the CPU with bitk's kernels, i2s caches the packed 2-bit weights and no int8 codes; other
+    modes and a changed weight still give their references."""
+    from bitk.nn import BitLinear, set_numerics
+    from bitk.nn import cpu as cpu_path
+
+    torch.manual_seed(0)
+    layer = BitLinear(96, 40, bias=False)
+    x = torch.randn(7, 96)
+    set_numerics(layer, "i2s")
+    with torch.no_grad():
+        got = layer(x)
+    codes, gamma = numerics.quantize_weights(layer.weight.detach())
+    assert torch.equal(got, numerics.bitlinear_bitnet_cpp(x, codes, gamma))
+    if cpu_path.matmul_engine() == "cpp":
+        cache = layer._bitk_frozen
+        # 2 bits per weight; the 40 rows are padded to whole panels of 16
+        assert "codes" not in cache and cache["packed"].nbytes == 48 * 96 // 4
+    set_numerics(layer, "float")
+    with torch.no_grad():
+        assert torch.equal(layer(x), x @ (codes.float() * gamma).T)
+        layer.weight.mul_(2.0)
+    set_numerics(layer, "i2s")
+    codes, gamma = numerics.quantize_weights(layer.weight.detach())
+    with torch.no_grad():
+        assert torch.equal(layer(x), numerics.bitlinear_bitnet_cpp(x, codes, gamma))

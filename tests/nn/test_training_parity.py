@@ -66,9 +66,21 @@ def test_reference_run_learns(model_and_reference):
     assert ref[-1] < ref[0]
 
 
-def test_cpu_path_follows_the_reference_exactly(model_and_reference):
+def test_cpu_path_follows_the_reference_exactly(float32_backward, model_and_reference):
     model, ref = model_and_reference
     assert _losses(model, "cpu") == ref
+
+
+def test_cpu_path_with_the_bf16_backward_follows_the_reference(monkeypatch, model_and_reference):
+    """BITK_CPU_BACKWARD=bf16 (the default where the CPU multiplies bf16 natively): the same forward,
+    gradients with bf16 rounding; the loss curve stays within a small relative distance."""
+    monkeypatch.setenv("BITK_CPU_BACKWARD", "bf16")
+    model, ref = model_and_reference
+    got = _losses(model, "cpu")
+    assert got[0] == ref[0]  # the first forward is the reference's, bit for bit
+    assert got[-1] < got[0]
+    for step, (a, b) in enumerate(zip(got, ref)):
+        assert abs(a - b) <= 5e-3 * abs(b), f"step {step}: bf16 backward {a} vs reference {b}"
 
 
 @pytest.mark.slow

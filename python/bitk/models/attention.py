@@ -4,7 +4,8 @@ A packed training sequence holds several documents back to back; a document star
 position_ids == 0, and each token attends to the earlier tokens of its own document only
 (block-diagonal causal). `attend` computes exactly that, and picks how:
 
-- ``"causal"``: every row holds one document (or no position_ids): SDPA's is_causal path.
+- ``"causal"``: every row holds one document (or no position_ids): SDPA's is_causal path. Taken
+  for position_ids without a boundary on the CPU, where reading them costs no device sync.
 - ``"documents"``: one is_causal SDPA call per document (CPU, and CUDA without FlexAttention):
   exact, and memory grows with the longest document, not with L^2. It reads the document
   boundaries on the host.
@@ -99,7 +100,16 @@ class PackedDocuments:
 
 
 def choose_path(position_ids: torch.Tensor, batch: int) -> str:
-    """The path `attend` takes for this layout (module doc)."""
+    """The path `attend` takes for this layout (module doc).
+
+    On the CPU (outside torch.compile) a layout whose rows each hold one document takes the
+    ``"causal"`` path: reading position_ids costs no device sync there, and is_causal skips the
+    masked half of the scores that the dense mask would compute and discard (the same outputs and
+    gradients bit for bit on torch's CPU SDPA kernels).
+    """
+    on_cpu = position_ids.device.type == "cpu" and not torch.compiler.is_compiling()
+    if on_cpu and not bool((position_ids[..., 1:] == 0).any()):
+        return "causal"
     L = position_ids.shape[-1]
     if batch * L * L <= DENSE_MAX_ELEMENTS:
         return "dense"

@@ -1,19 +1,24 @@
 """The CPU fast path of BitLinear: exact integer products, the reference's numbers, less time.
 
 The forward's int8 x ternary product is exact, so any engine that computes it exactly gives the
-reference's output bit for bit: bitk's AVX2 kernel (`bitk._codecs.ternary_gemm`), torch's int8
-GEMM (`torch._int_mm`, fast where the CPU has VNNI/AMX int8 dot products, very slow without), or a
+reference's output bit for bit: bitk's C++ kernels (`bitk._codecs`: activations quantized in one
+pass, weights kept 2 bits each, integer dot products by AVX-512 VNNI, AVX2 or a scalar loop, the
+variant picked at run time by the CPU's features), torch's int8 GEMM (`torch._int_mm`), or a
 float32 GEMM of the integer-valued codes (exact for K <= 2^17, see `_float_engine`).
-Weights are ternarized by the C++ codecs (bit-identical to `bitk.numerics.quantize_weights`).
-The backward is the reference's: two float32 GEMMs from the saved int8 tensors and scales.
-The layer is a torch.library custom op (`bitk::cpu_bitlinear`; its backward dequantizes with
-`bitk::cpu_dequantize_weights`), so torch.compile takes it as one op.
+Weights are ternarized by the C++ codecs (bit-identical to `bitk.numerics.quantize_weights`); a
+weight that does not change (no gradient: evaluation, generation, a frozen layer) is ternarized
+and packed once and kept in its 2-bit form only (`packed_weights`).
+The backward's two GEMMs run in bfloat16 where the CPU multiplies bfloat16 natively (AVX-512 BF16,
+AMX), in float32 elsewhere (`backward_precision`); in float32 they are the reference's formulas,
+bit for bit. The layer is a torch.library custom op (`bitk::cpu_bitlinear`; its backward
+dequantizes with `bitk::cpu_dequantize_weights`), so torch.compile takes it as one op.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import weakref
 
 import torch
 
@@ -27,20 +32,29 @@ from bitk.numerics.bitlinear import (
 )
 
 __all__ = [
+    "BACKWARD_PRECISIONS",
     "ENGINES",
+    "backward_precision",
     "bitlinear",
+    "cpu_flags",
     "dequantize_weights",
     "int_matmul",
+    "kernel_variant",
+    "kernel_variants",
     "matmul_engine",
+    "packed_weights",
     "quantize_weights",
     "scaled_int_matmul",
+    "set_kernel_variant",
 ]
 
 ENGINES = ("cpp", "int_mm", "float")
+BACKWARD_PRECISIONS = ("auto", "float32", "bf16")
 
 
 @functools.cache
-def _cpu_flags() -> frozenset[str]:
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux names them (/proc/cpuinfo), empty where unknown."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -56,27 +70,72 @@ def _codecs():
         from bitk import _codecs
     except ImportError:
         return None
-    return _codecs if hasattr(_codecs, "ternary_gemm") else None
+    return _codecs if hasattr(_codecs, "quantize_activations") else None
+
+
+def kernel_variants() -> list[str]:
+    """The C++ kernel variants this CPU runs, baseline first ("scalar", "avx2", "avx512_vnni");
+    empty without the extension."""
+    codecs = _codecs()
+    return list(codecs.cpu_kernels()) if codecs is not None else []
+
+
+def kernel_variant() -> str | None:
+    """The C++ kernel variant in use (None without the extension): BITK_CPU_KERNEL or
+    `set_kernel_variant`, else the best this CPU supports."""
+    codecs = _codecs()
+    if codecs is None:
+        return None
+    requested = os.environ.get("BITK_CPU_KERNEL", "").strip().lower()
+    if requested and requested != "auto" and requested not in codecs.cpu_kernels():
+        known = ("scalar", "avx2", "avx512_vnni")
+        what = "is not one of " + ", ".join(known) if requested not in known else "is not supported by this CPU"
+        raise ValueError(f"BITK_CPU_KERNEL={requested!r} {what} (this CPU runs {', '.join(codecs.cpu_kernels())})")
+    return codecs.cpu_kernel()
+
+
+def set_kernel_variant(name: str) -> None:
+    """Run bitk's C++ kernels with variant ``name`` ("auto": BITK_CPU_KERNEL, else the best);
+    ValueError for a variant this CPU cannot run."""
+    codecs = _codecs()
+    if codecs is None:
+        raise RuntimeError("bitk._codecs is not built: reinstall with `pip install -e .`")
+    codecs.set_cpu_kernel(name)
 
 
 def matmul_engine() -> str:
-    """The engine of the forward's integer product: BITK_CPU_MATMUL if set, else the fastest here.
-
-    torch's int8 GEMM where the CPU has int8 dot-product instructions (VNNI or AMX), else bitk's
-    AVX2 kernel when the extension is built, else the exact float GEMM.
-    """
+    """The engine of the forward's integer product: BITK_CPU_MATMUL if set, else "cpp" (bitk's
+    kernels) when the extension is built, else torch's int8 GEMM where the CPU has int8 dot
+    products (VNNI, AMX), else the exact float GEMM."""
     requested = os.environ.get("BITK_CPU_MATMUL", "").strip().lower()
     if requested:
         if requested not in ENGINES:
             raise ValueError(f"BITK_CPU_MATMUL={requested!r} is not one of {', '.join(ENGINES)}")
         if requested == "cpp" and _codecs() is None:
-            raise RuntimeError(
-                "BITK_CPU_MATMUL=cpp but bitk._codecs has no ternary_gemm: reinstall with `pip install -e .`"
-            )
+            raise RuntimeError("BITK_CPU_MATMUL=cpp but bitk._codecs is not built: reinstall with `pip install -e .`")
         return requested
-    if _cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"}:
-        return "int_mm"
-    return "cpp" if _codecs() is not None else "float"
+    if _codecs() is not None:
+        return "cpp"
+    return "int_mm" if cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"} else "float"
+
+
+def backward_precision() -> str:
+    """ "bf16" or "float32": the precision of BitLinear's two backward GEMMs on the CPU.
+
+    BITK_CPU_BACKWARD (auto, float32, bf16); "auto" (the default) is bf16 where the CPU has
+    bfloat16 dot products (AVX-512 BF16 or AMX), float32 elsewhere (where bf16 GEMMs are slower).
+    """
+    requested = os.environ.get("BITK_CPU_BACKWARD", "").strip().lower() or "auto"
+    if requested not in BACKWARD_PRECISIONS:
+        raise ValueError(f"BITK_CPU_BACKWARD={requested!r} is not one of {', '.join(BACKWARD_PRECISIONS)}")
+    if requested == "auto":
+        return "bf16" if cpu_flags() & {"avx512_bf16", "amx_bf16"} else "float32"
+    return requested
+
+
+def _threads(codecs) -> None:
+    """The C++ kernels use as many threads as torch's intra-op pool (torch.set_num_threads)."""
+    codecs.set_num_threads(torch.get_num_threads())
 
 
 def quantize_weights(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,11 +146,44 @@ def quantize_weights(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return numerics.quantize_weights(weight.detach().float())
 
 
+# Ternarized weights of tensors that do not change, by id(); each entry dies with its tensor.
+_packed: dict[int, dict] = {}
+
+
+def packed_weights(weight: torch.Tensor, keep_codes: bool = False) -> dict:
+    """``{"gamma", "packed", "codes"}`` of a 2-D CPU weight: its float32 scale, its codes packed 2
+    bits each for ``ternary_gemm`` and (with ``keep_codes``, else None) its int8 codes.
+
+    Kept until the weight changes (its storage or version), so an unchanging weight is ternarized
+    and packed once; without ``keep_codes`` only the 2-bit form stays in memory.
+    """
+    codecs = _codecs()
+    key = (weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape))
+    entry = _packed.get(id(weight))
+    hit = entry is not None and entry["ref"]() is weight and entry["key"] == key
+    if hit and (not keep_codes or entry["codes"] is not None):
+        return entry
+    codes, gamma = quantize_weights(weight)
+    _threads(codecs)
+    entry = {
+        "ref": weakref.ref(weight),
+        "key": key,
+        "gamma": gamma,
+        "packed": codecs.ternary_gemm_pack(codes.numpy()),
+        "codes": codes if keep_codes else None,
+    }
+    if id(weight) not in _packed:
+        weakref.finalize(weight, _packed.pop, id(weight), None)
+    _packed[id(weight)] = entry
+    return entry
+
+
 def dequantize_weights(codes: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     """float32 ``codes * gamma`` (exact products), multi-threaded in C++ when the extension is built."""
     codecs = _codecs()
     if codecs is None:
         return codes.float() * gamma
+    _threads(codecs)
     return torch.from_numpy(codecs.ternary_scale(codes.numpy(), gamma.item()))
 
 
@@ -111,6 +203,7 @@ def int_matmul(xq: torch.Tensor, codes: torch.Tensor, engine: str | None = None,
     engine = engine or matmul_engine()
     if engine == "cpp":
         codecs = _codecs()
+        _threads(codecs)
         packed = codecs.ternary_gemm_pack(codes.numpy()) if packed is None else packed
         return torch.from_numpy(codecs.ternary_gemm_int32(xq.contiguous().numpy(), packed, codes.shape[0])).to(
             torch.float32
@@ -127,10 +220,38 @@ def scaled_int_matmul(
     engine = engine or matmul_engine()
     if engine == "cpp":  # the scales applied inside the kernel, in the same order
         codecs = _codecs()
+        _threads(codecs)
         packed = codecs.ternary_gemm_pack(codes.numpy())
         y = codecs.ternary_gemm(xq.numpy(), s.reshape(-1).numpy(), packed, codes.shape[0], gamma.item())
         return torch.from_numpy(y)
     return int_matmul(xq, codes, engine) * (gamma / s)
+
+
+def _forward(
+    x2: torch.Tensor, weight: torch.Tensor, keep: bool, frozen: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(y float32 [M, N], xq int8 [M, K], s float32 [M, 1], codes int8 [N, K] or None, gamma) of
+    float32 x2 [M, K]; ``keep``: the codes are needed (the backward), else only the 2-bit form;
+    ``frozen``: the weight gets no gradient, so it does not change between calls: packed once, kept."""
+    engine = matmul_engine()
+    if engine != "cpp":
+        codes, gamma = quantize_weights(weight)
+        xq, s = numerics.quantize_activations(x2)
+        return int_matmul(xq.contiguous(), codes, engine) * (gamma / s), xq, s, codes, gamma
+    codecs = _codecs()
+    if frozen:
+        entry = packed_weights(weight, keep_codes=keep)
+        gamma, packed = entry["gamma"].clone(), entry["packed"]
+        # A copy: what the custom op returns must not alias what outlives the call.
+        codes = entry["codes"].clone() if keep else None
+    else:
+        codes, gamma = quantize_weights(weight)
+        _threads(codecs)
+        packed = codecs.ternary_gemm_pack(codes.numpy())
+    _threads(codecs)
+    xq, s = codecs.quantize_activations(x2.numpy(), "train")
+    y = codecs.ternary_gemm(xq, s, packed, weight.shape[0], gamma.item())
+    return torch.from_numpy(y), torch.from_numpy(xq), torch.from_numpy(s).reshape(-1, 1), codes, gamma
 
 
 # The layer as torch.library ops, so that torch.compile sees one opaque op (it cannot trace the C++
@@ -155,10 +276,10 @@ def _bitlinear_op(
     """(y [..., N] out_dtype, xq int8 [M, K], s float32 [M, 1], codes int8 [N, K], gamma float32 [])."""
     # Autocast would run the exact float GEMM in bf16: the layer does its own precision.
     with torch.autocast("cpu", enabled=False):
-        codes, gamma = quantize_weights(weight)
-        xq, s = numerics.quantize_activations(x.reshape(-1, x.shape[-1]).float())
-        xq = xq.contiguous()
-        y = scaled_int_matmul(xq, s, codes, gamma)
+        # Never from the cache here: under torch.compile the op gets fresh aliases of the weight
+        # whose identity and version say nothing about its contents.
+        x2 = x.reshape(-1, x.shape[-1]).float().contiguous()
+        y, xq, s, codes, gamma = _forward(x2, weight, keep=True, frozen=False)
         if bias is not None:
             y = y + bias.float()
     return y.to(out_dtype).reshape(*x.shape[:-1], weight.shape[0]), xq, s, codes, gamma
@@ -176,8 +297,50 @@ def _bitlinear_setup_context(ctx, inputs, output) -> None:
     save_for_ste_backward(ctx, x, weight, bias, xq, s, codes, gamma)
 
 
+def _bf16_backward(ctx, dy: torch.Tensor):
+    """The STE backward with its two GEMMs in bfloat16 (float32 accumulation, bfloat16 results):
+    ``dx = bf16(dy) @ bf16(codes) * gamma`` (codes are exact in bf16), ``dW = bf16(dy / s)^T @
+    bf16(xq)`` (int8 values are exact in bf16), ``dbias = sum(dy)`` in float32."""
+    xq, s, codes, gamma = ctx.saved_tensors
+    x_dtype, w_dtype, b_dtype = ctx.dtypes
+    dy2 = dy.reshape(-1, codes.shape[0]).float().contiguous()
+    codecs = _codecs()
+
+    def bf16(t: torch.Tensor, divisor: torch.Tensor | None = None) -> torch.Tensor:
+        # One multi-threaded pass in C++ (torch's own conversions are slower); the same bits. Traced
+        # (torch.compile hands fake tensors, which have no data), torch's conversions.
+        if codecs is None or type(t) is not torch.Tensor:
+            return (t if divisor is None else t / divisor).to(torch.bfloat16)
+        if t.dtype == torch.int8:
+            return torch.from_numpy(codecs.int8_to_bf16(t.numpy())).view(torch.bfloat16)
+        d = None if divisor is None else divisor.reshape(-1).numpy()
+        return torch.from_numpy(codecs.float_to_bf16(t.numpy(), d)).view(torch.bfloat16)
+
+    def widen(t: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        # float32 (times scale, one float32 rounding): in C++, multi-threaded, as torch computes it.
+        if codecs is None or type(t) is not torch.Tensor:
+            return t.float() if scale is None else t.float() * scale
+        bits = t.contiguous().view(torch.int16).numpy().view("uint16")
+        return torch.from_numpy(codecs.bf16_to_float(bits, None if scale is None else scale.item()))
+
+    if codecs is not None:
+        _threads(codecs)
+    dx = dw = db = None
+    with torch.autocast("cpu", enabled=False):
+        if ctx.needs_input_grad[0]:
+            dx = widen(bf16(dy2) @ bf16(codes), gamma).to(x_dtype).reshape(ctx.x_shape)
+        if ctx.needs_input_grad[1]:
+            g = bf16(dy2, s).T @ bf16(xq)
+            dw = widen(g) if w_dtype == torch.float32 else g.to(w_dtype)
+        if ctx.needs_input_grad[2]:
+            db = dy2.sum(dim=0).to(b_dtype)
+    return dx, dw, db
+
+
 def _bitlinear_backward(ctx, dy, *_):
-    # The reference's formulas, so the CPU path's gradients are the reference's (None for out_dtype).
+    # None for out_dtype. In float32, the reference's formulas: the reference's gradients.
+    if backward_precision() == "bf16":
+        return *_bf16_backward(ctx, dy), None
     return *ste_backward(ctx, dy, dequantize=_dequantize_weights_op), None
 
 
@@ -191,4 +354,15 @@ def bitlinear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
         raise ValueError(f"the CPU BitLinear path takes CPU tensors, got {x.device} and {weight.device}")
     if x.dtype == torch.float64 or weight.dtype == torch.float64:
         return numerics.bitlinear(x, weight, bias)  # the reference computes float64 input in float64
-    return _bitlinear_op(x, weight, bias, linear_output_dtype(x))[0]
+    out_dtype = linear_output_dtype(x)
+    # Traced, always the op: Dynamo reading the inputs' requires_grad changes the compiled graph.
+    if torch.compiler.is_compiling() or (
+        torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    ):
+        return _bitlinear_op(x, weight, bias, out_dtype)[0]
+    # Nothing to differentiate (evaluation, generation): the forward alone, no saved tensors.
+    with torch.autocast("cpu", enabled=False):
+        y = _forward(x.reshape(-1, x.shape[-1]).float().contiguous(), weight, keep=False, frozen=True)[0]
+        if bias is not None:
+            y = y + bias.float()
+    return y.to(out_dtype).reshape(*x.shape[:-1], weight.shape[0])

@@ -13,7 +13,9 @@
 - "float": dequantized ternary weights ``codes * gamma`` times unquantized activations, what an
   F32 GGUF of the ternary model computes.
 The modes other than "train" are for evaluation: weights count as fully ternary (warm-up lambda
-is ignored), their codes are cached until the weight changes, and no gradient reaches them.
+is ignored), what each mode multiplies by is cached until the weight changes, and no gradient
+reaches them. On the CPU, "i2s" keeps only the 2-bit packed weights (no int8 codes) and computes
+in bitk's C++ kernels: activations quantized in one pass, int8 x 2-bit dot products.
 """
 
 from __future__ import annotations
@@ -47,19 +49,29 @@ def check_numerics(mode: str) -> str:
     return mode
 
 
-def frozen_weights(layer: nn.Linear) -> dict:
-    """The layer's (codes, gamma[, what each mode derives from them]) cached until its weight changes."""
+def frozen_weights(layer: nn.Linear, codes: bool = True) -> dict:
+    """The layer's cached weights until its weight changes: "gamma", and "codes" (int8), or without
+    ``codes`` (CPU tensors, bitk's kernels) "packed" (2 bits each); plus what each mode derives from
+    them ("tq", "f16", "dequantized")."""
     w = layer.weight
     key = (w.data_ptr(), w._version, w.device, w.dtype, tuple(w.shape))
     cache = getattr(layer, "_bitk_frozen", None)
     if cache is None or cache["key"] != key:
+        cache = {"key": key}
+        layer._bitk_frozen = cache
+    if (codes and "codes" in cache) or (not codes and "packed" in cache):
+        return cache
+    new_codes = cache.get("codes")
+    if new_codes is None:
         with torch.no_grad():
             if w.device.type == "cpu":
-                codes, gamma = cpu.quantize_weights(w)
+                new_codes, cache["gamma"] = cpu.quantize_weights(w)
             else:
-                codes, gamma = numerics.quantize_weights(w.float())
-        cache = {"key": key, "codes": codes, "gamma": gamma}
-        layer._bitk_frozen = cache
+                new_codes, cache["gamma"] = numerics.quantize_weights(w.float())
+    if codes:
+        cache["codes"] = new_codes
+    else:  # the 2-bit form of bitk's CPU kernels only
+        cache["packed"] = cpu._codecs().ternary_gemm_pack(new_codes.numpy())
     return cache
 
 
@@ -71,18 +83,24 @@ def _out(y: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, out_featur
 
 def bitlinear_i2s(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     """``layer``'s forward as bitnet.cpp computes its I2_S tensor (float32 math, x's dtype out)."""
-    frozen = frozen_weights(layer)
-    codes, gamma = frozen["codes"], frozen["gamma"]
     x2 = x.detach().reshape(-1, x.shape[-1])
-    if x.device.type == "cpu" and x2.shape[0] > 0:  # the exact integer product by the fastest engine here
-        engine = cpu.matmul_engine()
-        if engine == "cpp" and "packed" not in frozen:
-            frozen["packed"] = cpu._codecs().ternary_gemm_pack(codes.numpy())
+    if x.device.type == "cpu" and cpu.matmul_engine() == "cpp":
+        # bitk's kernels from the 2-bit weights: quantization and epilogue as bitnet.cpp's, in C++.
+        frozen = frozen_weights(layer, codes=False)
+        codecs = cpu._codecs()
+        codecs.set_num_threads(torch.get_num_threads())
+        xq, s = codecs.quantize_activations(x2.to(torch.float32).contiguous().numpy(), "bitnet")
+        packed, gamma = frozen["packed"], frozen["gamma"]
+        y = torch.from_numpy(codecs.ternary_gemm_divide(xq, s, packed, layer.out_features, gamma.item()))
+    elif x.device.type == "cpu" and x2.shape[0] > 0:  # the exact integer product by another engine
+        frozen = frozen_weights(layer)
+        codes, gamma = frozen["codes"], frozen["gamma"]
         xq, s = numerics.quantize_activations_bitnet_cpp(x2)
-        acc = cpu.int_matmul(xq.contiguous(), codes, engine, packed=frozen.get("packed"))
+        acc = cpu.int_matmul(xq.contiguous(), codes, cpu.matmul_engine())
         y = (acc / s) * gamma.to(torch.float32)
     else:
-        y = numerics.bitlinear_bitnet_cpp(x2, codes, gamma.to(torch.float32))
+        frozen = frozen_weights(layer)
+        y = numerics.bitlinear_bitnet_cpp(x2, frozen["codes"], frozen["gamma"].to(torch.float32))
     return _out(y, x, layer.bias, layer.out_features)
 
 
