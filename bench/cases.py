@@ -270,6 +270,14 @@ def _train_step() -> dict[str, Callable[[], object]]:
     return {name: make_train_step(**CPU_STEP, ternary=name == "ternary")[0] for name in ("ternary", "float")}
 
 
+def _vs_llama_step() -> dict[str, Callable[[], object]]:
+    """One training step of the tiny preset (bench_train.py `vs_llama_steps`): bitk's ternary model
+    against a transformers LlamaForCausalLM of the same shape (and bitk's float model)."""
+    from bench_train import vs_llama_steps
+
+    return vs_llama_steps("tiny")
+
+
 def _mixture_step() -> dict[str, Callable[[], object]]:
     """A training step of the README run that re-weights first (data.mixture=influence, 3 sources,
     2048-token probe; bench_train.py `mixture_due_step`) against a plain step with data.mixture=fixed."""
@@ -289,6 +297,7 @@ def _generate() -> dict[str, Callable[[], object]]:
 
 
 GATE_NEW_TOKENS = 32
+VS_LLAMA_GROUP = "Train step tiny vs transformers Llama (8 x 256, AdamW)"
 SMOL_FORWARD = "BitLinear forward (SmolLM2 width, 512 x 576 -> 1536)"
 SMOL_FORWARD_BACKWARD = "BitLinear forward+backward (SmolLM2 width, 512 x 576 -> 1536)"
 MIXTURE_GROUP = "Train step tiny with an influence re-weighting (4 x 256, 3 sources, 2048-token probe)"
@@ -373,6 +382,14 @@ GROUPS = {
             suite="train",
         ),
         Group(
+            VS_LLAMA_GROUP,
+            8 * 256,
+            _vs_llama_step,
+            reference="ternary",
+            unchecked=("float", "llama"),
+            suite="train",
+        ),
+        Group(
             MIXTURE_GROUP,
             4 * 256,
             _mixture_step,
@@ -423,6 +440,7 @@ GATE_CASES = [
     GateCase("eval_i2s_vs_float", "Eval forward smollm2_135m (1 x 256)", "i2s", "float"),
     GateCase("train_step_ternary_vs_float", "Train step tiny (8 x 256, AdamW)", "ternary", "float"),
     GateCase("mixture_influence_step_vs_fixed", MIXTURE_GROUP, "influence", "fixed"),
+    GateCase("train_step_ternary_vs_llama", VS_LLAMA_GROUP, "ternary", "llama"),
     GateCase(
         "generate_kv_cache_vs_recompute",
         "Generate tiny (128-token prompt + 32 greedy tokens, i2s)",

@@ -228,22 +228,12 @@ ByteArray ternary_gemm_pack(const py::object& codes_obj) {
   return packed;
 }
 
-FloatArray ternary_gemm(const py::object& xq_obj, const py::object& s_obj, const py::object& packed_obj, int64_t n,
-                        float gamma, const py::object& out) {
-  const auto xq = gemm_array<int8_t>(xq_obj, "xq", "int8", 2);
-  const auto s = gemm_array<float>(s_obj, "s", "float32", 1);
-  const auto packed = gemm_array<uint8_t>(packed_obj, "packed", "uint8", 1);
-  const auto [m, k] = gemm_inputs(xq, packed, n);
-  require_shape(s, "s", {m});
-  auto y = gemm_output<float>(out, "float32", m, n);
-  float* data = y.mutable_data();
-  py::gil_scoped_release release;
-  bitk::ternary_gemm(xq.data(), s.data(), m, k, packed.data(), n, gamma, data);
-  return y;
-}
+// ternary_gemm and ternary_gemm_divide: the same inputs, two epilogues.
+using ScaledGemm = void (*)(const int8_t*, const float*, int64_t, int64_t, const uint8_t*, int64_t, float, float*);
 
-FloatArray ternary_gemm_divide(const py::object& xq_obj, const py::object& s_obj, const py::object& packed_obj,
-                               int64_t n, float scale, const py::object& out) {
+template <ScaledGemm Gemm>
+FloatArray scaled_gemm(const py::object& xq_obj, const py::object& s_obj, const py::object& packed_obj, int64_t n,
+                       float scale, const py::object& out) {
   const auto xq = gemm_array<int8_t>(xq_obj, "xq", "int8", 2);
   const auto s = gemm_array<float>(s_obj, "s", "float32", 1);
   const auto packed = gemm_array<uint8_t>(packed_obj, "packed", "uint8", 1);
@@ -252,7 +242,7 @@ FloatArray ternary_gemm_divide(const py::object& xq_obj, const py::object& s_obj
   auto y = gemm_output<float>(out, "float32", m, n);
   float* data = y.mutable_data();
   py::gil_scoped_release release;
-  bitk::ternary_gemm_divide(xq.data(), s.data(), m, k, packed.data(), n, scale, data);
+  Gemm(xq.data(), s.data(), m, k, packed.data(), n, scale, data);
   return y;
 }
 
@@ -369,14 +359,14 @@ PYBIND11_MODULE(_codecs, m) {
   m.def("ternary_gemm_packed_size", &ternary_gemm_packed_size, py::arg("n"), py::arg("k"));
   m.def("ternary_gemm_pack", &ternary_gemm_pack, py::arg("codes"),
         "int8 codes [n, k] in {-1, 0, 1} -> the uint8 packed weights of ternary_gemm (about n k / 4 bytes).");
-  m.def("ternary_gemm", &ternary_gemm, py::arg("xq"), py::arg("s"), py::arg("packed"), py::arg("n"),
+  m.def("ternary_gemm", &scaled_gemm<bitk::ternary_gemm>, py::arg("xq"), py::arg("s"), py::arg("packed"), py::arg("n"),
         py::arg("gamma"), py::arg("out") = py::none(),
         "y[m, n] = float32(sum_k xq[m, k] codes[n, k]) * (gamma / s[m]) as float32 [m, n], exactly; gamma is\n"
         "rounded to float32. xq int8 [m, k], s float32 [m], packed from ternary_gemm_pack(codes [n, k]);\n"
         "out (optional) a float32 [m, n] array to write into (not overlapping the inputs).");
   m.def("ternary_gemm_int32", &ternary_gemm_int32, py::arg("xq"), py::arg("packed"), py::arg("n"),
         py::arg("out") = py::none(), "acc[m, n] = sum_k xq[m, k] codes[n, k] as int32 [m, n].");
-  m.def("ternary_gemm_divide", &ternary_gemm_divide, py::arg("xq"), py::arg("s"), py::arg("packed"), py::arg("n"),
+  m.def("ternary_gemm_divide", &scaled_gemm<bitk::ternary_gemm_divide>, py::arg("xq"), py::arg("s"), py::arg("packed"), py::arg("n"),
         py::arg("scale"), py::arg("out") = py::none(),
         "y[m, n] = (float32(sum_k xq[m, k] codes[n, k]) / s[m]) * scale (bitnet.cpp's I2_S epilogue), exactly.");
   m.def("quantize_activations", &quantize_activations, py::arg("x"), py::arg("mode") = "train",

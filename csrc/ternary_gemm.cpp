@@ -70,49 +70,34 @@ uint32_t pack_group_scalar(const int8_t* row, int64_t k0, int64_t k) {
 void store_word(uint8_t* dst, uint32_t word) { std::memcpy(dst, &word, 4); }
 
 // Epilogues: `raw` holds sum_k c x for `cols` columns of one row; acc = raw - sum_k x.
+// FloatStore: the training forward's y = float(acc) * per_row[m] (per_row = gamma / s, one float32
+// division per row), or with `divide` bitnet.cpp's I2_S y = (float(acc) / per_row[m]) * scale
+// (per_row = s: a float32 division, then a multiply).
 struct FloatStore {
-  const float* factor;  // gamma / s[m], one float32 division per row
-  float* y;
-  int64_t n;
-  void operator()(int64_t row, int64_t n0, int64_t cols, const int32_t* raw, int32_t xsum) const {
-    float* out = y + row * n + n0;
-    const float f = factor[row];
-#if defined(BITK_GEMM_AVX2)
-    if (cols == kPanel) {
-      const __m256i s = _mm256_set1_epi32(xsum);
-      const __m256 fv = _mm256_set1_ps(f);
-      for (int h = 0; h < 2; ++h) {
-        const __m256i acc = _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(raw + 8 * h)), s);
-        _mm256_storeu_ps(out + 8 * h, _mm256_mul_ps(_mm256_cvtepi32_ps(acc), fv));
-      }
-      return;
-    }
-#endif
-    for (int64_t j = 0; j < cols; ++j) out[j] = float(raw[j] - xsum) * f;
-  }
-};
-
-// bitnet.cpp's I2_S epilogue: (float(acc) / s[m]) * scale, a float32 division then a multiply.
-struct DivideStore {
-  const float* s;
+  const float* per_row;
   float scale;
+  bool divide;
   float* y;
   int64_t n;
   void operator()(int64_t row, int64_t n0, int64_t cols, const int32_t* raw, int32_t xsum) const {
     float* out = y + row * n + n0;
-    const float d = s[row];
+    const float r = per_row[row];
 #if defined(BITK_GEMM_AVX2)
     if (cols == kPanel) {
       const __m256i sum = _mm256_set1_epi32(xsum);
-      const __m256 dv = _mm256_set1_ps(d), sv = _mm256_set1_ps(scale);
+      const __m256 rv = _mm256_set1_ps(r), sv = _mm256_set1_ps(scale);
       for (int h = 0; h < 2; ++h) {
         const __m256i acc = _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(raw + 8 * h)), sum);
-        _mm256_storeu_ps(out + 8 * h, _mm256_mul_ps(_mm256_div_ps(_mm256_cvtepi32_ps(acc), dv), sv));
+        const __m256 v = _mm256_cvtepi32_ps(acc);
+        _mm256_storeu_ps(out + 8 * h, divide ? _mm256_mul_ps(_mm256_div_ps(v, rv), sv) : _mm256_mul_ps(v, rv));
       }
       return;
     }
 #endif
-    for (int64_t j = 0; j < cols; ++j) out[j] = (float(raw[j] - xsum) / d) * scale;
+    for (int64_t j = 0; j < cols; ++j) {
+      const float v = float(raw[j] - xsum);
+      out[j] = divide ? (v / r) * scale : v * r;
+    }
   }
 };
 
@@ -610,13 +595,13 @@ void ternary_gemm(const int8_t* xq, const float* s, int64_t m, int64_t k, const 
   check_sizes("ternary_gemm", m, n, k);
   std::vector<float> factor(m);
   for (int64_t i = 0; i < m; ++i) factor[i] = gamma / s[i];
-  BITK_GEMM_DRIVER(xq, m, k, packed, n, FloatStore{factor.data(), y, n});
+  BITK_GEMM_DRIVER(xq, m, k, packed, n, FloatStore{factor.data(), 1.0f, false, y, n});
 }
 
 void ternary_gemm_divide(const int8_t* xq, const float* s, int64_t m, int64_t k, const uint8_t* packed, int64_t n,
                          float scale, float* y) {
   check_sizes("ternary_gemm_divide", m, n, k);
-  BITK_GEMM_DRIVER(xq, m, k, packed, n, DivideStore{s, scale, y, n});
+  BITK_GEMM_DRIVER(xq, m, k, packed, n, FloatStore{s, scale, true, y, n});
 }
 
 void ternary_gemm_int32(const int8_t* xq, int64_t m, int64_t k, const uint8_t* packed, int64_t n, int32_t* acc) {
