@@ -366,8 +366,8 @@ PYBIND11_MODULE(_codecs, m) {
         "out (optional) a float32 [m, n] array to write into (not overlapping the inputs).");
   m.def("ternary_gemm_int32", &ternary_gemm_int32, py::arg("xq"), py::arg("packed"), py::arg("n"),
         py::arg("out") = py::none(), "acc[m, n] = sum_k xq[m, k] codes[n, k] as int32 [m, n].");
-  m.def("ternary_gemm_divide", &scaled_gemm<bitk::ternary_gemm_divide>, py::arg("xq"), py::arg("s"), py::arg("packed"), py::arg("n"),
-        py::arg("scale"), py::arg("out") = py::none(),
+  m.def("ternary_gemm_divide", &scaled_gemm<bitk::ternary_gemm_divide>, py::arg("xq"), py::arg("s"),
+        py::arg("packed"), py::arg("n"), py::arg("scale"), py::arg("out") = py::none(),
         "y[m, n] = (float32(sum_k xq[m, k] codes[n, k]) / s[m]) * scale (bitnet.cpp's I2_S epilogue), exactly.");
   m.def("quantize_activations", &quantize_activations, py::arg("x"), py::arg("mode") = "train",
         py::arg("out") = py::none(),

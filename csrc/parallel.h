@@ -13,11 +13,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
-#include <exception>
-#include <system_error>
 #include <thread>
 #include <type_traits>
-#include <vector>
 
 namespace bitk {
 
@@ -26,9 +23,10 @@ std::atomic<int>& requested_threads();
 
 // Runs chunk(context, i, n, size) for i in [0, chunks) on the calling thread and the threads of
 // the loaded OpenMP runtime's team or, without one, of a process-wide pool (cpu_dispatch.cpp):
-// threads that persist between calls, started when first needed. When the system refuses a thread, fewer run; each chunk still runs exactly once.
-// The first exception a chunk throws is rethrown here, after every chunk has finished. A call
-// from inside a chunk runs its chunks on its own thread.
+// threads that persist between calls, started when first needed. When the system refuses a
+// thread, fewer run; each chunk still runs exactly once. The first exception a chunk throws is
+// rethrown here, after every chunk has finished. A call from inside a chunk runs its chunks on its
+// own thread.
 using ChunkFn = void (*)(void* context, int64_t index, int64_t n, int64_t size);
 void run_chunks(int64_t chunks, ChunkFn chunk, void* context, int64_t n, int64_t size);
 
