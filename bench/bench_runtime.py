@@ -24,7 +24,7 @@ What is timed, at each thread count T of `--threads` (a comma list), on a prompt
   found unless `--tool` names one:
     * `llama-bench -m FILE -p P -n 0 -t T -r R -o json`: its own warm-up run, then R prompt runs
       of P tokens (logits of the last token only, as bitk's prefill); median of its
-      `samples_ns`. The pinned fork's build (/work/shared/runtimes/build.sh) does not build
+      `samples_ns`. A standard build of the bitnet.cpp fork does not necessarily build
       llama-bench; it compiles against that build in seconds (command below).
     * `llama-perplexity -m FILE -f TEXT -c P -b P -t T --chunks R`: R chunks of P tokens of the
       embedded corpus text (bitk.data's train split, repeated until it tokenizes to well over
@@ -47,7 +47,7 @@ avx512_vnni, avx_vnni, avx512_bf16, amx_int8 from /proc/cpuinfo), thread counts 
 Exit status: 0; 1 when a runtime tool failed; 2 bad usage, or no runtime binaries found (one line
 on stderr, no traceback).
 
-llama-bench for the pinned fork build (not part of build.sh; any folder outside the build works):
+llama-bench against an existing build of the fork (any folder outside the build works):
 
     S=~/.cache/bitk-runtimes/src/BitNet/3rdparty/llama.cpp B=~/.cache/bitk-runtimes/oracle/build
     mkdir -p /tmp/llama-bench-rt/bin && clang++ -std=c++17 -O3 -DNDEBUG -DGGML_SHARED -DLLAMA_SHARED \\
@@ -587,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
             wanted = " or ".join(TOOLS) if args.tool == "all" else args.tool
             raise UsageError(
                 f"no bitnet.cpp binaries ({wanted}) in {', '.join(map(str, runtimes))} (searched there, in bin/, "
-                "build/bin/ and bin/ folders below): build them with /work/shared/runtimes/build.sh or pass --runtime DIR"
+                "build/bin/ and bin/ folders below): build bitnet.cpp (github.com/microsoft/BitNet) or pass --runtime DIR"
             )
         if args.gguf is not None and not args.gguf.is_file():
             raise UsageError(f"--gguf {args.gguf}: no such file")

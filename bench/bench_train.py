@@ -17,7 +17,7 @@ mixture's overhead, and a GPU suite.
   LlamaForCausalLM of the same shape (`llama_config`: the preset's block without SubLN), randomly
   initialised, float32, SDPA, trained with the same AdamW on the same batch, the three stepped
   alternately in one process (`vs_llama_steps`, `measure_vs_llama`; not in the pytest suite, run it
-  with ``--vs-llama``); the issue's target is >= 1.2x for the tiny and smollm2_135m presets.
+  with ``--vs-llama``); the goal is >= 1.2x for the tiny and smollm2_135m presets.
 `make_train_step`, `measure_train_step`, `measure_loop_overhead`, `mixture_runs`,
 `measure_mixture_overhead`, `mixture_due_step` (the gate's pair) and `vs_llama_steps` (a group's
 three calls: "ternary", "float", "llama") are plain functions the gate (bench/gate.py) and scripts
