@@ -191,11 +191,27 @@ def _bitlinear_forward_backward(autocast: bool = False, shape: str = "2B4T") -> 
     impls = {name: step(layer, bf16=name == "linear_bf16") for name, layer in layers.items()}
     impls["reference"] = _with_backend("reference", step(layers["bitk"]))
     impls["bitk"] = _with_backend("cpu", impls["bitk"])
+    impls["bitk_int8"] = _with_int8_backward(impls["bitk"])
     from bitk.nn import cpu
 
     if cpu.backward_precision() == "bf16":  # what bitk's backward computes then (docs/kernels.md)
         impls["reference"] = _bf16_backward_reference(layers["bitk"], x0, dy, autocast)
     return impls
+
+
+def _with_int8_backward(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` with BitLinear's opt-in int8 backward (BITK_CPU_BACKWARD=int8: gradients quantized to
+    int8, so not the reference's values; tests/nn/test_bitlinear.py checks them against their formulas)."""
+    from bitk.nn import cpu
+
+    def run():
+        cpu.set_backward_precision("int8")
+        try:
+            return fn()
+        finally:
+            cpu.set_backward_precision(None)
+
+    return run
 
 
 def _bf16_backward_reference(layer: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor, autocast: bool):
@@ -307,6 +323,7 @@ GGUF_PARAMS = 149_453_824
 
 NN_PARAMS = NN_IN * NN_OUT
 NN_BASELINES = ("linear", "linear_bf16", "autobitlinear")  # compute something else: not compared with the reference
+NN_UNCHECKED = (*NN_BASELINES, "bitk_int8")  # (the int8 backward's gradients are its own: not the reference's)
 
 GROUPS = {
     g.name: g
@@ -330,7 +347,7 @@ GROUPS = {
             NN_PARAMS,
             _bitlinear_forward_backward,
             reference="reference",
-            unchecked=NN_BASELINES,
+            unchecked=NN_UNCHECKED,
             suite="nn",
         ),
         Group(
@@ -338,7 +355,7 @@ GROUPS = {
             NN_PARAMS,
             lambda: _bitlinear_forward_backward(autocast=True),
             reference="reference",
-            unchecked=NN_BASELINES,
+            unchecked=NN_UNCHECKED,
             suite="nn",
         ),
         Group(
@@ -354,7 +371,7 @@ GROUPS = {
             576 * 1536,
             lambda: _bitlinear_forward_backward(shape="SmolLM2"),
             reference="reference",
-            unchecked=NN_BASELINES,
+            unchecked=NN_UNCHECKED,
             suite="nn",
         ),
         Group(
@@ -436,6 +453,12 @@ GATE_CASES = [
     GateCase("bitlinear_forward_smollm2_vs_bf16_linear", SMOL_FORWARD, "bitk", "linear_bf16"),
     GateCase("bitlinear_forward_backward_smollm2_vs_linear", SMOL_FORWARD_BACKWARD, "bitk", "linear"),
     GateCase("bitlinear_forward_backward_smollm2_vs_bf16_linear", SMOL_FORWARD_BACKWARD, "bitk", "linear_bf16"),
+    GateCase(
+        "bitlinear_forward_backward_int8_vs_bf16_linear", "BitLinear forward+backward", "bitk_int8", "linear_bf16"
+    ),
+    GateCase(
+        "bitlinear_forward_backward_smollm2_int8_vs_bf16_linear", SMOL_FORWARD_BACKWARD, "bitk_int8", "linear_bf16"
+    ),
     GateCase("gguf_export_vs_io", "GGUF export (2B4T widths, bf16 -> I2_S)", "bitk", "io"),
     GateCase("eval_i2s_vs_float", "Eval forward smollm2_135m (1 x 256)", "i2s", "float"),
     GateCase("train_step_ternary_vs_float", "Train step tiny (8 x 256, AdamW)", "ternary", "float"),

@@ -22,6 +22,7 @@
 #include "cpu_dispatch.h"
 #include "parallel.h"
 #include "quantize_activations.h"
+#include "quantize_gradients.h"
 #include "ternary_codecs.h"
 #include "ternary_gemm.h"
 
@@ -228,6 +229,29 @@ ByteArray ternary_gemm_pack(const py::object& codes_obj) {
   return packed;
 }
 
+ByteArray ternary_gemm_pack_transposed(const py::object& codes_obj) {
+  const auto codes = gemm_array<int8_t>(codes_obj, "codes", "int8", 2);
+  const int64_t n = codes.shape(0), k = codes.shape(1);
+  ByteArray packed(bitk::ternary_gemm_packed_size(k, n));
+  py::gil_scoped_release release;
+  bitk::ternary_gemm_pack_transposed(codes.data(), n, k, packed.mutable_data());
+  return packed;
+}
+
+FloatArray ternary_gemm_rows(const py::object& xq_obj, const py::object& factor_obj, const py::object& packed_obj,
+                             int64_t n, const py::object& out) {
+  const auto xq = gemm_array<int8_t>(xq_obj, "xq", "int8", 2);
+  const auto factor = gemm_array<float>(factor_obj, "factor", "float32", 1);
+  const auto packed = gemm_array<uint8_t>(packed_obj, "packed", "uint8", 1);
+  const auto [m, k] = gemm_inputs(xq, packed, n);
+  require_shape(factor, "factor", {m});
+  auto y = gemm_output<float>(out, "float32", m, n);
+  float* data = y.mutable_data();
+  py::gil_scoped_release release;
+  bitk::ternary_gemm_rows(xq.data(), factor.data(), m, k, packed.data(), n, data);
+  return y;
+}
+
 // ternary_gemm and ternary_gemm_divide: the same inputs, two epilogues.
 using ScaledGemm = void (*)(const int8_t*, const float*, int64_t, int64_t, const uint8_t*, int64_t, float, float*);
 
@@ -310,6 +334,47 @@ FloatArray bf16_to_float(const py::object& src_obj, const py::object& scale) {
   return out;
 }
 
+py::tuple quantize_gradient_rows(const py::object& g_obj) {
+  const auto g = gemm_array<float>(g_obj, "g", "float32", 2);
+  const int64_t rows = g.shape(0), cols = g.shape(1);
+  py::array_t<int8_t> q({rows, cols});
+  FloatArray step(rows);
+  int8_t* qd = q.mutable_data();
+  float* sd = step.mutable_data();
+  {
+    py::gil_scoped_release release;
+    bitk::quantize_gradient_rows(g.data(), rows, cols, qd, sd);
+  }
+  return py::make_tuple(q, step);
+}
+
+py::tuple quantize_gradient_columns(const py::object& src_obj, const py::object& factor_obj) {
+  const auto src = gemm_array<float>(src_obj, "src", "float32", 2);
+  const int64_t rows = src.shape(0), cols = src.shape(1);
+  const auto factor = gemm_array<float>(factor_obj, "factor", "float32", 1);
+  require_shape(factor, "factor", {rows});
+  py::array_t<int8_t> q({rows, cols});
+  FloatArray step(cols);
+  int8_t* qd = q.mutable_data();
+  float* sd = step.mutable_data();
+  {
+    py::gil_scoped_release release;
+    bitk::quantize_gradient_columns(src.data(), factor.data(), rows, cols, qd, sd);
+  }
+  return py::make_tuple(q, step);
+}
+
+void dequantize_int32_rows(const py::object& acc_obj, const py::object& step_obj) {
+  auto acc = gemm_array<int32_t>(acc_obj, "acc", "int32", 2);
+  if (!acc.writeable()) throw py::value_error("acc must be writeable");
+  const int64_t rows = acc.shape(0), cols = acc.shape(1);
+  const auto step = gemm_array<float>(step_obj, "step", "float32", 1);
+  require_shape(step, "step", {rows});
+  int32_t* data = acc.mutable_data();
+  py::gil_scoped_release release;
+  bitk::dequantize_int32_rows(data, step.data(), rows, cols);
+}
+
 void set_cpu_kernel(const std::string& name) {
   try {
     bitk::set_cpu_kernel(name);
@@ -364,6 +429,13 @@ PYBIND11_MODULE(_codecs, m) {
         "y[m, n] = float32(sum_k xq[m, k] codes[n, k]) * (gamma / s[m]) as float32 [m, n], exactly; gamma is\n"
         "rounded to float32. xq int8 [m, k], s float32 [m], packed from ternary_gemm_pack(codes [n, k]);\n"
         "out (optional) a float32 [m, n] array to write into (not overlapping the inputs).");
+  m.def("ternary_gemm_pack_transposed", &ternary_gemm_pack_transposed, py::arg("codes"),
+        "int8 codes [n, k] in {-1, 0, 1} -> the packed weights of their transpose, as\n"
+        "ternary_gemm_pack(codes.T.copy()) gives them (for products with codes^T, n = k).");
+  m.def("ternary_gemm_rows", &ternary_gemm_rows, py::arg("xq"), py::arg("factor"), py::arg("packed"), py::arg("n"),
+        py::arg("out") = py::none(),
+        "y[m, n] = float32(sum_k xq[m, k] codes[n, k]) * factor[m] as float32 [m, n], exactly (one float32\n"
+        "multiply per value); factor float32 [m].");
   m.def("ternary_gemm_int32", &ternary_gemm_int32, py::arg("xq"), py::arg("packed"), py::arg("n"),
         py::arg("out") = py::none(), "acc[m, n] = sum_k xq[m, k] codes[n, k] as int32 [m, n].");
   m.def("ternary_gemm_divide", &scaled_gemm<bitk::ternary_gemm_divide>, py::arg("xq"), py::arg("s"),
@@ -381,6 +453,16 @@ PYBIND11_MODULE(_codecs, m) {
         "as torch's .to(torch.bfloat16).");
   m.def("bf16_to_float", &bf16_to_float, py::arg("src"), py::arg("scale") = py::none(),
         "bfloat16 bits (uint16 [r, c]) -> float32 [r, c], exactly; times scale (float32) if given.");
+  m.def("quantize_gradient_rows", &quantize_gradient_rows, py::arg("g"),
+        "Per-row absmax int8 quantization of a float32 gradient g [r, c] -> (q int8 [r, c], step float32 [r]):\n"
+        "scale = 127 / max|g| (no floor; 0 where not finite), q = round_half_even(g * scale), step = max|g| / 127\n"
+        "(0 with scale 0; NaN for a row holding a NaN or infinity).");
+  m.def("quantize_gradient_columns", &quantize_gradient_columns, py::arg("src"), py::arg("factor"),
+        "The same per column of h = src * factor[r] (float32 [r, c] times float32 [r]) -> (q int8 [r, c],\n"
+        "step float32 [c]).");
+  m.def("dequantize_int32_rows", &dequantize_int32_rows, py::arg("acc"), py::arg("step"),
+        "In place: int32 acc [r, c] becomes the float32 float(acc) * step[r] in the same bytes; view acc as\n"
+        "float32 afterwards.");
   m.def("cpu_kernels", &bitk::supported_cpu_kernels,
         "The kernel variants this CPU can run, baseline first: 'scalar', 'avx2', 'avx512_vnni'.");
   m.def("cpu_kernel", [] { return std::string(bitk::cpu_kernel_name(bitk::cpu_kernel())); },

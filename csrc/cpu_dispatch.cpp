@@ -1,6 +1,6 @@
-// The public bitk:: functions of ternary_codecs.h, ternary_gemm.h, quantize_activations.h and
-// convert_bf16.h: each
-// calls the build of the instruction set cpu_kernel() names (cpu_dispatch.h).
+// The public bitk:: functions of ternary_codecs.h, ternary_gemm.h, quantize_activations.h,
+// quantize_gradients.h and convert_bf16.h: each calls the build of the instruction set
+// cpu_kernel() names (cpu_dispatch.h).
 #include "cpu_dispatch.h"
 
 #include <dlfcn.h>
@@ -23,6 +23,7 @@
 
 #include "convert_bf16.h"
 #include "quantize_activations.h"
+#include "quantize_gradients.h"
 #include "ternary_codecs.h"
 #include "ternary_gemm.h"
 
@@ -46,6 +47,9 @@
   float half_to_float(uint16_t h);                                                                    \
   int64_t ternary_gemm_packed_size(int64_t n, int64_t k);                                             \
   void ternary_gemm_pack(const int8_t* codes, int64_t n, int64_t k, uint8_t* packed);                 \
+  void ternary_gemm_pack_transposed(const int8_t* codes, int64_t n, int64_t k, uint8_t* packed);      \
+  void ternary_gemm_rows(const int8_t* xq, const float* factor, int64_t m, int64_t k,                 \
+                         const uint8_t* packed, int64_t n, float* y);                                 \
   void ternary_gemm(const int8_t* xq, const float* s, int64_t m, int64_t k, const uint8_t* packed,    \
                     int64_t n, float gamma, float* y);                                                \
   void ternary_gemm_divide(const int8_t* xq, const float* s, int64_t m, int64_t k,                    \
@@ -58,6 +62,10 @@
   void int8_to_bf16(const int8_t* src, int64_t count, uint16_t* out);                                 \
   void float_to_bf16(const float* src, const float* divisor, int64_t rows, int64_t cols, uint16_t* out); \
   void bf16_to_float(const uint16_t* src, int64_t count, bool scale_it, float scale, float* out);       \
+  void quantize_gradient_rows(const float* g, int64_t rows, int64_t cols, int8_t* q, float* step);      \
+  void quantize_gradient_columns(const float* src, const float* factor, int64_t rows, int64_t cols,     \
+                                 int8_t* q, float* step);                                               \
+  void dequantize_int32_rows(int32_t* acc, const float* step, int64_t rows, int64_t cols);             \
   }
 
 BITK_DECLARE_ISA(isa_scalar)
@@ -405,6 +413,13 @@ int64_t ternary_gemm_packed_size(int64_t n, int64_t k) { return isa_scalar::tern
 void ternary_gemm_pack(const int8_t* codes, int64_t n, int64_t k, uint8_t* packed) {
   BITK_CALL(ternary_gemm_pack, codes, n, k, packed)
 }
+void ternary_gemm_pack_transposed(const int8_t* codes, int64_t n, int64_t k, uint8_t* packed) {
+  BITK_CALL(ternary_gemm_pack_transposed, codes, n, k, packed)
+}
+void ternary_gemm_rows(const int8_t* xq, const float* factor, int64_t m, int64_t k, const uint8_t* packed, int64_t n,
+                       float* y) {
+  BITK_CALL(ternary_gemm_rows, xq, factor, m, k, packed, n, y)
+}
 void ternary_gemm(const int8_t* xq, const float* s, int64_t m, int64_t k, const uint8_t* packed, int64_t n,
                   float gamma, float* y) {
   BITK_CALL(ternary_gemm, xq, s, m, k, packed, n, gamma, y)
@@ -428,6 +443,16 @@ void float_to_bf16(const float* src, const float* divisor, int64_t rows, int64_t
 }
 void bf16_to_float(const uint16_t* src, int64_t count, bool scale_it, float scale, float* out) {
   BITK_CALL(bf16_to_float, src, count, scale_it, scale, out)
+}
+void quantize_gradient_rows(const float* g, int64_t rows, int64_t cols, int8_t* q, float* step) {
+  BITK_CALL(quantize_gradient_rows, g, rows, cols, q, step)
+}
+void quantize_gradient_columns(const float* src, const float* factor, int64_t rows, int64_t cols, int8_t* q,
+                               float* step) {
+  BITK_CALL(quantize_gradient_columns, src, factor, rows, cols, q, step)
+}
+void dequantize_int32_rows(int32_t* acc, const float* step, int64_t rows, int64_t cols) {
+  BITK_CALL(dequantize_int32_rows, acc, step, rows, cols)
 }
 
 }  // namespace bitk

@@ -25,6 +25,16 @@ int64_t ternary_gemm_packed_size(int64_t n, int64_t k);
 // on negative sizes or k > kTernaryGemmMaxK.
 void ternary_gemm_pack(const int8_t* codes, int64_t n, int64_t k, uint8_t* packed);
 
+// Packs the transpose of int8 codes [n, k] (in {-1, 0, 1}) for ternary_gemm: the same bytes as
+// ternary_gemm_pack(codes^T [k, n], k, n, packed) without building codes^T (BitLinear's int8
+// backward multiplies by codes^T: dx = dy @ codes).
+void ternary_gemm_pack_transposed(const int8_t* codes, int64_t n, int64_t k, uint8_t* packed);
+
+// y[m, n] = float(acc[m, n]) * factor[m] (one float32 multiply), for callers that form the row
+// factor themselves.
+void ternary_gemm_rows(const int8_t* xq, const float* factor, int64_t m, int64_t k, const uint8_t* packed, int64_t n,
+                       float* y);
+
 // y[m, n] = float(acc[m, n]) * (gamma / s[m]) for xq [m, k] int8 (any value in [-128, 127]), s [m],
 // packed from ternary_gemm_pack(codes, n, k): the division is one float32 IEEE division per row,
 // the product one float32 multiply, so the result is bit-identical to that formula evaluated in

@@ -195,3 +195,72 @@ def test_bf16_conversions_are_torchs(variant):
     assert torch.equal(torch.from_numpy(C.int8_to_bf16(q.numpy())).view(torch.bfloat16), q.bfloat16())
     with pytest.raises(ValueError, match=r"divisor has shape \(3,\); expected \(300,\)"):
         C.float_to_bf16(x.numpy(), np.ones(3, np.float32))
+
+
+def _gradient_formula(h: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The int8 gradients in float32 torch ops: scale = 127 / max|h| (0 where not finite or where max|h|
+    is infinite), q = round(h * scale), step = max|h| / 127 (0 with scale 0, NaN for a non-finite group)."""
+    amax = h.abs().amax(dim=dim, keepdim=True)
+    scale = 127 / amax
+    ok = torch.isfinite(scale) & (scale > 0)
+    step = torch.where(ok, amax / 127, torch.where(torch.isfinite(amax), 0.0, float("nan")))
+    q = torch.round(torch.where(ok, h * torch.where(ok, scale, 0.0), 0.0)).to(torch.int8)
+    return q, step.reshape(-1)
+
+
+def _gradients(rows: int, cols: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(rows * 1000 + cols)
+    h = torch.randn(rows, cols, generator=g) * torch.exp(torch.randn(rows, 1, generator=g) * 10) * 1e-6
+    if rows >= 6:
+        h[1] = 0.0  # all zero: step 0
+        h[2] = 1e-39  # 127 / max|h| overflows: step 0, codes 0
+        h[3] = h[3].clamp(-1.0, 1.0)
+        h[3, :3] = torch.tensor([127.0, 2.5, -3.5])  # scale 1: ties to even
+        h[4, cols // 2] = float("inf")
+        h[5, cols - 1] = float("nan")
+    return h
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (6, 15), (9, 16), (7, 17), (40, 33), (13, 300), (70, 513)])
+def test_gradient_quantizers_are_the_formula(variant, shape):
+    """The int8 backward's quantizers: per row of g, and per column of g * factor (float32 product),
+    against the formula in torch; a group holding a NaN or an infinity gets step NaN."""
+    rows, cols = shape
+    h = _gradients(rows, cols)
+    q, step = C.quantize_gradient_rows(h.numpy())
+    want_q, want_step = _gradient_formula(h, 1)
+    finite = torch.isfinite(want_step)
+    assert torch.equal(torch.from_numpy(step)[finite], want_step[finite])
+    assert torch.isnan(torch.from_numpy(step)[~finite]).all()
+    assert torch.equal(torch.from_numpy(q)[finite], want_q[finite])
+    if rows >= 6:
+        assert q[3, :3].tolist() == [127, 2, -4]
+        assert step[1] == 0 and step[2] == 0 and not q[1].any() and not q[2].any()
+
+    factor = torch.rand(rows, 1, generator=torch.Generator().manual_seed(9)) + 0.25
+    g = torch.where(torch.isfinite(h), h, 0.0)
+    g[0, 0] = float("inf") if rows >= 6 else g[0, 0]
+    q, step = C.quantize_gradient_columns(g.numpy(), factor.reshape(-1).numpy())
+    want_q, want_step = _gradient_formula(g * factor, 0)
+    finite = torch.isfinite(want_step)
+    assert torch.equal(torch.from_numpy(step)[finite], want_step[finite])
+    assert torch.isnan(torch.from_numpy(step)[~finite]).all()
+    assert torch.equal(torch.from_numpy(q)[:, finite], want_q[:, finite])
+
+
+def test_int32_products_become_float32_in_place(variant):
+    g = torch.Generator().manual_seed(6)
+    acc = torch.randint(-(2**31), 2**31 - 1, (37, 45), dtype=torch.int32, generator=g)
+    acc[0, :2] = torch.tensor([2**31 - 1, -(2**31)], dtype=torch.int32)
+    step = torch.rand(37, generator=g) * 1e-3
+    a = acc.numpy().copy()
+    C.dequantize_int32_rows(a, step.numpy())
+    assert torch.equal(torch.from_numpy(a.view(np.float32)), acc.float() * step[:, None])
+    with pytest.raises(ValueError, match="acc must be writeable"):
+        frozen = acc.numpy().copy()
+        frozen.flags.writeable = False
+        C.dequantize_int32_rows(frozen, step.numpy())
+    with pytest.raises(TypeError, match="acc must have dtype int32"):
+        C.dequantize_int32_rows(acc.float().numpy(), step.numpy())
+    with pytest.raises(ValueError, match=r"step has shape \(3,\); expected \(37,\)"):
+        C.dequantize_int32_rows(acc.numpy().copy(), np.ones(3, np.float32))

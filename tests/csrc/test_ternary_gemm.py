@@ -8,8 +8,8 @@ The reference is y = float32(acc) * (float32(gamma) / s) with acc = xq @ codes.T
 is checked byte for byte against a numpy packer written from the header's description. The shapes
 cover the kernel's edges: 6-row tiles (and 1..5-row tails), 16-column panels in groups of 4,
 16-value groups (and a partial last one), 1024-value k slices, the 64-step int16 accumulation
-(K = 40000 with extreme values) and several row blocks; for the VNNI kernel, 12-row tiles (and
-1..11-row tails), pairs of panels (and a single last one) and blocks of 8 tiles.
+(K = 40000 with extreme values) and several row blocks; for the VNNI kernel, 8-row tiles (and
+1..7-row tails), pairs of panels (and a single last one) and blocks of 12 tiles.
 """
 
 from __future__ import annotations
@@ -88,6 +88,11 @@ def check(xq, codes, s, gamma):
     y = C.ternary_gemm_divide(xq, s, packed, n, gamma)
     expected = (reference_acc(xq, codes).astype(np.float32) / s.astype(np.float32)[:, None]) * np.float32(gamma)
     assert same_bits(y, expected), np.argwhere(y.view(np.uint32) != expected.view(np.uint32))[:5]
+    # a given float32 factor per row, and the packing of a transpose (codes = (codes^T)^T)
+    factor = (s * np.float32(1.5)).astype(np.float32)
+    y = C.ternary_gemm_rows(xq, factor, packed, n)
+    assert same_bits(y, reference_acc(xq, codes).astype(np.float32) * factor[:, None])
+    np.testing.assert_array_equal(C.ternary_gemm_pack_transposed(np.ascontiguousarray(codes.T)), packed)
 
 
 SHAPES = [  # (m, k, n)
@@ -109,8 +114,9 @@ SHAPES = [  # (m, k, n)
     (100, 3001, 40),  # two row blocks (the activation block is ~384 KiB)
     (300, 5000, 70),  # four row blocks of 12-13 tiles
     (48, 128, 200),
-    (25, 100, 48),  # VNNI: two 12-row tiles and a 1-row tail; a panel pair and a single panel
-    (97, 300, 96),  # VNNI: a second block of 8 tiles (96 rows)
+    (25, 100, 48),  # VNNI: three 8-row tiles and a 1-row tail; a panel pair and a single panel
+    (23, 200, 16),  # VNNI: two 8-row tiles and a 7-row tail
+    (97, 300, 96),  # VNNI: a second block of 12 tiles (96 rows)
     (9, 64, 1000),  # VNNI: many panel pairs, chunked for the threads
 ]
 
@@ -268,6 +274,13 @@ PACKED = C.ternary_gemm_pack(CODES)
             TypeError,
             "out must have dtype int32",
         ),
+        (lambda: C.ternary_gemm_rows(XQ, S[:3], PACKED, 20), ValueError, r"factor has shape \(3,\); expected \(4,\)"),
+        (
+            lambda: C.ternary_gemm_pack_transposed(np.zeros((2**23 + 1, 1), np.int8)),
+            ValueError,
+            "exceeds the supported",
+        ),
+        (lambda: C.ternary_gemm_pack_transposed(XQ.astype(np.int16)), TypeError, "codes must have dtype int8"),
         (lambda: C.ternary_gemm_packed_size(1, 2**23 + 1), ValueError, "exceeds the supported"),
         (lambda: C.ternary_gemm_packed_size(-1, 16), ValueError, "negative size"),
     ],

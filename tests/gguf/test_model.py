@@ -15,6 +15,9 @@ import torch
 import bitk.formats as fmt
 from bitk.gguf import export, load, load_tokenizer, pack, read_gguf
 from bitk.models import CausalLM
+from bitk.nn import BitLinear
+from bitk.nn import cpu as cpu_path
+from bitk.nn.packed import PackedBitLinear, unpack_ternary_gemm
 from bitk_gguf_testing import make_checkpoint, text_ids, tiny_config, tokenizer
 
 PROJ = "model.layers.1.mlp.up_proj"
@@ -194,3 +197,154 @@ def test_qwen3_tq_file_loads_with_its_q_k_norms(tmp_path):
     assert {m.numerics for m in loaded.modules() if hasattr(m, "numerics")} == {"tq"}
     model.set_numerics("tq")
     assert torch.equal(logits(loaded), logits(model))
+
+
+# --------------------------------------------------------------------------- 2-bit packed I2_S projections
+
+needs_cpp = pytest.mark.skipif(
+    cpu_path.matmul_engine() != "cpp", reason="I2_S projections load 2-bit packed with bitk's C++ kernels only"
+)
+
+
+def load_both(path, monkeypatch) -> tuple[CausalLM, CausalLM]:
+    """(the model `load` builds, the same built of float32 latent weights: load without bitk's kernels)."""
+    loaded = load(path)
+    with monkeypatch.context() as m:
+        m.setenv("BITK_CPU_MATMUL", "int_mm")  # read by load only; the forwards below run in bitk's kernels
+        latent = load(path)
+    return loaded, latent
+
+
+def packed_layers(model: CausalLM) -> dict[str, PackedBitLinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, PackedBitLinear)}
+
+
+def assert_same_state(model: CausalLM, other: CausalLM) -> None:
+    got, want = model.state_dict(), other.state_dict()
+    assert list(got) == list(want)
+    for name, t in want.items():
+        assert got[name].dtype == t.dtype and torch.equal(got[name], t), name
+
+
+@needs_cpp
+@pytest.mark.parametrize("act", ["relu2", "silu"])
+def test_i2s_projections_hold_only_their_2_bit_weights(tmp_path, monkeypatch, act):
+    model = make_model(act, seed=9)
+    export(model, tmp_path / "m.gguf", "i2_s", tokenizer=tokenizer(), embedding_type="f32")
+    loaded, latent = load_both(tmp_path / "m.gguf", monkeypatch)
+    projections = {n for n, m in loaded.named_modules() if isinstance(m, BitLinear)}
+    assert projections and set(packed_layers(loaded)) == projections and not packed_layers(latent)
+    codecs = cpu_path._codecs()
+    for name, m in packed_layers(loaded).items():
+        weight = m._parameters["weight"]  # not m.weight: reading that gives (and builds) the latent weights
+        assert weight.shape == (m.out_features, m.in_features) and weight.dtype == torch.float32, name
+        assert weight.untyped_storage().nbytes() == 4 and m.bias is None, name  # no float32 values
+        assert m.packed.nbytes == codecs.ternary_gemm_packed_size(m.out_features, m.in_features) == weight.numel() // 4
+        assert not hasattr(m, "_bitk_frozen"), name  # no int8 codes either
+        want = latent.get_submodule(name).weight
+        codes, gamma = fmt.ternarize(want.detach().numpy())
+        assert m.gamma.dtype == torch.float32 and m.gamma.item() == gamma, name
+        np.testing.assert_array_equal(unpack_ternary_gemm(m.packed, m.out_features, m.in_features), codes)
+    assert torch.equal(logits(loaded), logits(latent))
+    model.set_numerics("i2s")
+    assert torch.equal(logits(loaded), logits(model))
+    assert set(packed_layers(loaded)) == projections  # the forward needed nothing else
+    loaded.to("cpu").float().eval().requires_grad_(False)  # no conversion: still packed
+    assert set(packed_layers(loaded)) == projections
+
+
+def _reexport(model: CausalLM, path) -> bytes:
+    return export(model, path, "i2_s", tokenizer=tokenizer(), embedding_type="f32").path.read_bytes()
+
+
+# What needs a packed layer's float weights; each gives both models the same treatment.
+NEEDS_WEIGHTS = {
+    "state_dict": lambda model: model.state_dict(),
+    "weight": lambda model: model.get_submodule(PROJ).weight,
+    "numerics tq": lambda model: model.set_numerics("tq"),
+    "numerics float": lambda model: model.set_numerics("float"),
+    "numerics f16": lambda model: model.set_numerics("f16"),
+    "to bfloat16": lambda model: model.to(torch.bfloat16),
+}
+
+
+@needs_cpp
+@pytest.mark.parametrize("how", list(NEEDS_WEIGHTS))
+def test_packed_projections_give_the_latent_weights_when_needed(tmp_path, monkeypatch, how):
+    model = make_model("relu2", seed=10)
+    export(model, tmp_path / "m.gguf", "i2_s", tokenizer=tokenizer(), embedding_type="f32")
+    loaded, latent = load_both(tmp_path / "m.gguf", monkeypatch)
+    NEEDS_WEIGHTS[how](loaded)
+    NEEDS_WEIGHTS[how](latent)
+    assert torch.equal(logits(loaded), logits(latent))
+    left = set(packed_layers(loaded))
+    assert left == (set(packed_layers(load(tmp_path / "m.gguf"))) - {PROJ} if how == "weight" else set())
+    assert_same_state(loaded, latent)
+    assert not packed_layers(loaded)
+    loaded.set_numerics("i2s")
+    latent.set_numerics("i2s")
+    assert torch.equal(logits(loaded), logits(latent))
+
+
+@needs_cpp
+def test_packed_projections_train_export_and_load_state_as_latent_ones(tmp_path, monkeypatch):
+    model = make_model("silu", seed=11)
+    path = export(model, tmp_path / "m.gguf", "i2_s", tokenizer=tokenizer(), embedding_type="f32").path
+    loaded, latent = load_both(path, monkeypatch)
+    assert _reexport(loaded, tmp_path / "a.gguf") == _reexport(latent, tmp_path / "b.gguf") == path.read_bytes()
+    loaded, latent = load_both(path, monkeypatch)
+    ids = torch.tensor([text_ids()])
+    for m in (loaded, latent):  # training: the optimizer's Parameters get the latent weights in place
+        params = dict(m.named_parameters())
+        m.set_numerics("train").train()
+        m(ids).logits.float().square().mean().backward()
+        assert all(p is params[name] for name, p in m.named_parameters())
+    for (name, p), q in zip(loaded.named_parameters(), latent.parameters()):
+        assert torch.equal(p, q) and torch.equal(p.grad, q.grad), name
+    loaded, latent = load_both(path, monkeypatch)
+    with monkeypatch.context() as m:  # another matmul engine than bitk's kernels
+        m.setenv("BITK_CPU_MATMUL", "float")
+        assert torch.equal(logits(loaded), logits(latent)) and not packed_layers(loaded)
+    loaded = load(path)
+    loaded.load_state_dict(make_model("silu", seed=12).state_dict())
+    assert not packed_layers(loaded)
+    assert_same_state(loaded, make_model("silu", seed=12))
+
+
+@needs_cpp
+def test_all_zero_i2s_projection_packs_with_the_absmean_floor(tmp_path, monkeypatch):
+    model = make_model("relu2", seed=13)
+    with torch.no_grad():
+        model.get_submodule(PROJ).weight.zero_()
+    export(model, tmp_path / "m.gguf", "i2_s", tokenizer=tokenizer(), embedding_type="f32")
+    loaded, latent = load_both(tmp_path / "m.gguf", monkeypatch)
+    assert loaded.get_submodule(PROJ).gamma.item() == np.float32(1e-5)  # gamma of all-zero latent weights
+    assert torch.equal(logits(loaded), logits(latent))
+    assert_same_state(loaded, latent)
+
+
+def test_without_bitk_kernels_i2s_projections_hold_latent_weights(tmp_path, monkeypatch):
+    model = make_model("relu2", seed=14)
+    export(model, tmp_path / "m.gguf", "i2_s", tokenizer=tokenizer(), embedding_type="f32")
+    monkeypatch.setenv("BITK_CPU_MATMUL", "float")
+    loaded = load(tmp_path / "m.gguf")
+    assert not packed_layers(loaded)
+    weight = loaded.get_submodule(PROJ).weight
+    assert weight.untyped_storage().nbytes() == 4 * weight.numel()
+    model.set_numerics("i2s")
+    assert torch.equal(logits(loaded), logits(model))
+
+
+@needs_cpp
+def test_i2s_projections_of_a_full_precision_model_load_as_their_values(tmp_path, monkeypatch):
+    """Where the other projections are not ternary, the model is full precision: nothing is packed."""
+    import bitk.gguf.model as gguf_model
+
+    model = make_model("silu", seed=4, hidden_size=192, num_attention_heads=3, num_key_value_heads=1)
+    res = export(model, tmp_path / "m.gguf", "i2_s", tokenizer=tokenizer(), pad="none")
+    assert {r.type for r in res.rows if "ffn_down" in r.name} == {"I2_S"}
+    monkeypatch.setattr(gguf_model, "_one_scale", lambda values: None)  # the F16 fallbacks count as full precision
+    loaded, latent = load_both(tmp_path / "m.gguf", monkeypatch)
+    assert not loaded.config.ternary and not packed_layers(loaded)
+    assert_same_state(loaded, latent)
+    assert torch.equal(logits(loaded), logits(latent))

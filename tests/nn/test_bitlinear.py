@@ -154,9 +154,86 @@ def test_backward_precision_setting(monkeypatch):
     monkeypatch.setenv("BITK_CPU_BACKWARD", "auto")
     native = bool(cpu_path.cpu_flags() & {"avx512_bf16", "amx_bf16"})
     assert cpu_path.backward_precision() == ("bf16" if native else "float32")
+    monkeypatch.setenv("BITK_CPU_BACKWARD", "int8")
+    assert cpu_path.backward_precision() == "int8"  # never the default: it quantizes the gradients
     monkeypatch.setenv("BITK_CPU_BACKWARD", "fp8")
-    with pytest.raises(ValueError, match="BITK_CPU_BACKWARD='fp8' is not one of auto, float32, bf16"):
+    with pytest.raises(ValueError, match="BITK_CPU_BACKWARD='fp8' is not one of auto, float32, bf16, int8"):
         cpu_path.backward_precision()
+
+
+def _int8_gradient(h: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    amax = h.abs().amax(dim=dim, keepdim=True)  # (no zero or non-finite groups in these tests)
+    return torch.round(h * (127 / amax)).to(torch.int8), amax / 127
+
+
+@pytest.fixture
+def int8_backward():
+    cpu_path.set_backward_precision("int8")
+    yield
+    cpu_path.set_backward_precision(None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_backward_is_the_ste_from_int8_gradients(int8_backward, dtype):
+    """BITK_CPU_BACKWARD=int8: dx = (q_row(dy) @ codes) * (step * gamma) and dW = (q_col(dy * (1 / s))^T @
+    xq) * step, exact integer products; close to the reference's gradients (int8 rounding of dy)."""
+    layer = _layer(130, 67)
+    torch.manual_seed(5)
+    x = torch.randn(2, 9, 130).to(dtype)
+    dy = torch.randn(2, 9, 67)
+    y, (dx, dw, db) = _run(layer, x, dy, "cpu")
+    y_ref, (dx_ref, dw_ref, db_ref) = _run(layer, x, dy, "reference")
+    assert torch.equal(y, y_ref)
+    codes, gamma = numerics.quantize_weights(layer.weight.detach())
+    xq, s = numerics.quantize_activations(x.reshape(-1, 130).float())
+    dy2 = dy.to(y.dtype).reshape(-1, 67).float()
+    q, step = _int8_gradient(dy2, 1)
+    want_dx = ((q.long() @ codes.long()).float() * (step * gamma)).to(dtype).reshape(x.shape)
+    q, step = _int8_gradient(dy2 * (1 / s), 0)
+    want_dw = (q.long().T @ xq.long()).float() * step.T
+    assert torch.equal(dx, want_dx)
+    assert torch.equal(dw, want_dw)
+    assert torch.equal(db, db_ref)
+    for got, ref in ((dx, dx_ref), (dw, dw_ref)):
+        assert (got.float() - ref.float()).norm() <= 2e-2 * ref.float().norm()
+
+
+def test_int8_backward_paths_agree(int8_backward, monkeypatch):
+    """The C++ quantizers and in-place epilogue, torch's ops (no extension, or traced) and the weight
+    gradient summed over the tokens in chunks (more tokens than an int32 sum holds) give the same bits."""
+    layer = _layer(96, 40)
+    torch.manual_seed(6)
+    x, dy = torch.randn(3, 11, 96), torch.randn(3, 11, 40)
+    want = _run(layer, x, dy, "cpu")[1]
+    monkeypatch.setattr(cpu_path, "_INT32_TOKENS", 7)
+    chunked = _run(layer, x, dy, "cpu")[1]
+    monkeypatch.setattr(cpu_path, "_codecs", lambda: None)
+    plain = _run(layer, x, dy, "cpu")[1]
+    for a, b, c in zip(want, chunked, plain):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_int8_backward_keeps_a_broken_gradient_visible(int8_backward):
+    """A NaN or an infinity in dy is not quantized away: the gradients it reaches are NaN."""
+    layer = _layer(64, 32)
+    x, dy = torch.randn(4, 64), torch.randn(4, 32)
+    dy[1, 3] = float("inf")
+    _, (dx, dw, _) = _run(layer, x, dy, "cpu")
+    assert dx[1].isnan().all() and dx[[0, 2, 3]].isfinite().all()
+    assert dw[3].isnan().all() and dw[[0, 1, 2]].isfinite().all()
+
+
+def test_backward_precision_can_be_set_in_code(monkeypatch):
+    monkeypatch.setenv("BITK_CPU_BACKWARD", "float32")
+    try:
+        cpu_path.set_backward_precision("int8")
+        assert cpu_path.backward_precision() == "int8"
+        with pytest.raises(ValueError, match="backward precision must be one of auto, float32, bf16, int8; got 'fp8'"):
+            cpu_path.set_backward_precision("fp8")
+        assert cpu_path.backward_precision() == "int8"
+    finally:
+        cpu_path.set_backward_precision(None)
+    assert cpu_path.backward_precision() == "float32"
 
 
 def test_frozen_weights_are_packed_once_and_kept_2_bit():

@@ -7,6 +7,7 @@ import bitk.formats as fmt
 from bitk import numerics
 from bitk.models import CausalLM, ModelConfig
 from bitk.nn import NUMERICS, BitLinear, SubLN, set_numerics, use_backend
+from bitk.nn import cpu as cpu_path
 
 
 @pytest.fixture
@@ -194,3 +195,55 @@ def test_i2s_keeps_only_the_2_bit_weights_and_switches_modes():
     codes, gamma = numerics.quantize_weights(layer.weight.detach())
     with torch.no_grad():
         assert torch.equal(layer(x), numerics.bitlinear_bitnet_cpp(x, codes, gamma))
+
+
+needs_cpp = pytest.mark.skipif(cpu_path.matmul_engine() != "cpp", reason="2-bit packed weights: bitk's C++ kernels")
+
+
+@needs_cpp
+@pytest.mark.parametrize("shape", [(1, 1), (17, 33), (40, 96), (3, 130), (64, 256)])
+def test_unpack_ternary_gemm_inverts_the_kernels_packing(shape):
+    from bitk.nn.packed import unpack_ternary_gemm
+
+    codes = torch.randint(-1, 2, shape, dtype=torch.int8).numpy()
+    packed = cpu_path._codecs().ternary_gemm_pack(codes)
+    assert (unpack_ternary_gemm(packed, *shape) == codes).all()
+    with pytest.raises(ValueError, match="are not the packed codes"):
+        unpack_ternary_gemm(packed, shape[0] + 16, shape[1])
+
+
+@needs_cpp
+def test_packed_bitlinear_computes_i2s_from_2_bits_and_unpacks_to_latent_weights():
+    from bitk.nn.packed import PackedBitLinear, hold_packed, pack_ternary
+
+    torch.manual_seed(4)
+    layer = BitLinear(96, 40, bias=True)
+    codes, gamma = numerics.quantize_weights(layer.weight.detach())
+    set_numerics(layer, "i2s")
+    assert hold_packed(layer, *pack_ternary(codes.numpy(), gamma.item())) is layer
+    assert type(layer) is PackedBitLinear and layer._parameters["weight"].untyped_storage().nbytes() == 4
+    norm = SubLN(96)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, 5, 96)
+    want = numerics.bitlinear_bitnet_cpp(numerics.rms_norm(x, norm.weight, norm.eps), codes, gamma) + layer.bias
+    assert torch.equal(layer(x, norm=norm), want)
+    assert torch.equal(layer(x), numerics.bitlinear_bitnet_cpp(x, codes, gamma) + layer.bias)
+    assert type(layer) is PackedBitLinear
+    latent = BitLinear(96, 40, bias=True)  # what the layer computes once unpacked
+    with torch.no_grad():
+        latent.weight.copy_(torch.from_numpy(fmt.latent_weights(codes.numpy(), gamma.item())))
+        latent.bias.copy_(layer.bias)
+    set_numerics(layer, "float")  # another mode: the layer unpacks to the latent weights of its codes and gamma
+    set_numerics(latent, "float")
+    with torch.no_grad():
+        assert torch.equal(layer(x), latent(x))
+    assert type(layer) is BitLinear and not hasattr(layer, "packed") and torch.equal(layer.weight, latent.weight)
+    with pytest.raises(ValueError, match="takes a BitLinear"):
+        hold_packed(torch.nn.Linear(4, 4), *pack_ternary(codes.numpy(), 1.0))
+    with pytest.raises(ValueError, match="are not the packed codes"):
+        hold_packed(BitLinear(96, 56), *pack_ternary(codes.numpy(), 1.0))
+    with pytest.raises(ValueError, match="takes a float32 CPU layer"):
+        hold_packed(BitLinear(96, 40, dtype=torch.bfloat16), *pack_ternary(codes.numpy(), 1.0))
+    with pytest.raises(ValueError, match="absmean floor"):
+        pack_ternary(codes.numpy(), 1e-7)

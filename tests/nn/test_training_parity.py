@@ -83,6 +83,18 @@ def test_cpu_path_with_the_bf16_backward_follows_the_reference(monkeypatch, mode
         assert abs(a - b) <= 5e-3 * abs(b), f"step {step}: bf16 backward {a} vs reference {b}"
 
 
+def test_cpu_path_with_the_int8_backward_follows_the_reference(monkeypatch, model_and_reference):
+    """BITK_CPU_BACKWARD=int8: the same forward, gradients from int8-quantized dy; the loss curve
+    stays close to the reference's."""
+    monkeypatch.setenv("BITK_CPU_BACKWARD", "int8")
+    model, ref = model_and_reference
+    got = _losses(model, "cpu")
+    assert got[0] == ref[0]
+    assert got[-1] < got[0]
+    for step, (a, b) in enumerate(zip(got, ref)):
+        assert abs(a - b) <= 5e-3 * abs(b), f"step {step}: int8 backward {a} vs reference {b}"
+
+
 @pytest.mark.slow
 def test_triton_kernels_follow_the_reference(model_and_reference):
     model, ref = model_and_reference

@@ -7,8 +7,12 @@ to codes and scale and turned into latent weights (`bitk.formats.latent_weights`
 own ternarization maps back to exactly those codes and scale; each BitLinear then computes what the
 runtime computes for its tensor type (`NUMERICS_BY_TYPE`, docs/numerics.md "Inference numerics"):
 I2_S -> "i2s" (bitnet.cpp's per-token int8), TQ1_0/TQ2_0 -> "tq" (llama.cpp's int8 per block of
-256), F16 -> "f16" (float16 activations, no int8), F32 -> "float". A zero-padded file loads with
-its padded dimensions, which compute the same logits as the model it was packed from.
+256), F16 -> "f16" (float16 activations, no int8), F32 -> "float". Where that "i2s" forward runs in
+bitk's C++ kernels (`bitk.nn.cpu.matmul_engine() == "cpp"`), an I2_S projection is packed straight
+from the file's codes instead and holds only its 2-bit weights and gamma
+(`bitk.nn.packed.PackedBitLinear`); its latent weights are built the first time anything else needs
+them. A zero-padded file loads with its padded dimensions, which compute the same logits as the
+model it was packed from.
 torch is imported inside these functions only; the rest of bitk.gguf stays torch-free.
 """
 
@@ -128,6 +132,17 @@ def _decode_projection(f: GGUFFile, name: str) -> tuple[np.ndarray | None, np.nd
     return (values, None, None) if tern is None else (values, *tern)
 
 
+def _packs_i2s() -> bool:
+    """Whether I2_S projections load 2-bit packed (`bitk.nn.packed`): their "i2s" forward runs in
+    bitk's C++ kernels, which read nothing else of the weights."""
+    from bitk.nn import cpu
+
+    try:
+        return cpu.matmul_engine() == "cpp"
+    except (ValueError, RuntimeError):  # a bad BITK_CPU_MATMUL: loads as before, the forward says why
+        return False
+
+
 def load(path: str | Path, tokenizer_dir: str | Path | None = None) -> Any:
     """A `bitk.models.CausalLM` computing what the GGUF file `path` holds, in the runtime's numerics.
 
@@ -135,6 +150,11 @@ def load(path: str | Path, tokenizer_dir: str | Path | None = None) -> Any:
     (+ tokenizer_config.json, and chat_template.jinja when the file has a chat template) and
     becomes `model.tokenizer_dir`. ValueError for files that are
     not BitNet models bitk can express.
+
+    With bitk's C++ kernels (`bitk.nn.cpu.matmul_engine() == "cpp"`), the I2_S projections of a
+    ternary model are `bitk.nn.packed.PackedBitLinear` layers holding only their codes packed 2 bits
+    each and gamma (no float32 weights); they compute the same numbers and become plain BitLinears,
+    with the same latent weights, once anything but their CPU "i2s" forward needs the weights.
     """
     import torch
 
@@ -144,6 +164,7 @@ def load(path: str | Path, tokenizer_dir: str | Path | None = None) -> Any:
     from bitk.models.config import ModelConfig
     from bitk.models.model import CausalLM
     from bitk.nn import set_numerics
+    from bitk.nn.packed import hold_packed, pack_ternary, weight_placeholder
 
     with read_gguf(path) as f:
         meta = f.metadata
@@ -157,15 +178,19 @@ def load(path: str | Path, tokenizer_dir: str | Path | None = None) -> Any:
         problems = model_problems(f, dims, arch)
         if problems:
             raise ValueError(f"{f.path}: the tensors do not match the metadata: {'; '.join(problems)}")
+        pack_i2s = _packs_i2s()
         floats: dict[str, np.ndarray] = {}
         ternary: dict[str, tuple[np.ndarray, float]] = {}
+        i2s: dict[str, str] = {}  # projection -> I2_S tensor, decoded below when packed
         types: dict[str, str] = {}
         for name, info in f.tensors.items():
             hf = gguf_to_hf_name(name)
             if hf is None:
                 raise ValueError(f"{f.path}: tensor {name} has no place in a bitk model")
             types[hf] = info.type_name
-            if hf.endswith("_proj.weight"):
+            if pack_i2s and hf.endswith("_proj.weight") and info.type_name == "I2_S":
+                i2s[hf] = name
+            elif hf.endswith("_proj.weight"):
                 values, codes, scale = _decode_projection(f, name)
                 floats[hf] = values
                 if codes is not None:
@@ -186,8 +211,20 @@ def load(path: str | Path, tokenizer_dir: str | Path | None = None) -> Any:
                 raise ValueError(f"{arch_key(arch, what)} must be finite, got {value!r}")
             return value
 
-        projections = [n for n in floats if n.endswith("_proj.weight")]
-        is_ternary = all(n in ternary for n in projections)
+        projections = [n for n in types if n.endswith("_proj.weight")]
+        is_ternary = all(n in ternary or n in i2s for n in projections)
+        # I2_S projections of a ternary model: packed for bitk's kernels straight from their codes,
+        # one tensor at a time (no float32 values, no int8 codes kept); else decoded as above.
+        packed: dict[str, tuple[np.ndarray, float]] = {}
+        for hf, name in i2s.items():
+            if not is_ternary:
+                floats[hf] = decode(f, name)[0]
+                continue
+            _, codes, scale = decode(f, name, values=False)
+            try:
+                packed[hf] = pack_ternary(codes, scale)
+            except ValueError as exc:
+                raise ValueError(f"{f.path}: {name}: {exc}") from None
         try:
             config = ModelConfig(
                 vocab_size=dims["vocab"],
@@ -212,7 +249,8 @@ def load(path: str | Path, tokenizer_dir: str | Path | None = None) -> Any:
             )
         except ValueError as exc:
             raise ValueError(f"{f.path}: {exc}") from None
-        tensors = {}
+        # a packed projection's weight: its shape only (hold_packed below gives the layer its weights)
+        tensors = {hf: weight_placeholder(f.tensors[i2s[hf]].shape) for hf in packed}
         for hf, values in floats.items():
             if is_ternary and hf in ternary:
                 values = latent_weights(*ternary[hf])
@@ -231,6 +269,8 @@ def load(path: str | Path, tokenizer_dir: str | Path | None = None) -> Any:
     if is_ternary:
         for hf in projections:
             set_numerics(model.get_submodule(hf.removesuffix(".weight")), NUMERICS_BY_TYPE[types[hf]])
+    for hf, (bits, gamma) in packed.items():
+        hold_packed(model.get_submodule(hf.removesuffix(".weight")), bits, gamma)
     if tokenizer_dir is not None:
         dest = Path(tokenizer_dir)
         dest.mkdir(parents=True, exist_ok=True)

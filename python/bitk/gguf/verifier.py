@@ -190,8 +190,11 @@ def _role(name: str) -> str:
 # --------------------------------------------------------------------------- decoding
 
 
-def decode(f: GGUFFile, name: str) -> tuple[np.ndarray, np.ndarray | None, float | None]:
-    """(float32 values, int8 codes or None, I2_S scale or None) of one tensor; ValueError if invalid."""
+def decode(f: GGUFFile, name: str, values: bool = True) -> tuple[np.ndarray | None, np.ndarray | None, float | None]:
+    """(float32 values, int8 codes or None, I2_S scale or None) of one tensor; ValueError if invalid.
+
+    values=False: an I2_S tensor gives (None, codes, scale), without the float32 copy.
+    """
     info = f.tensors[name]
     data = f.tensor_data(name)
     t = info.type_name
@@ -208,7 +211,7 @@ def decode(f: GGUFFile, name: str) -> tuple[np.ndarray, np.ndarray | None, float
         codes, scale = fmt.unpack_i2s(data, info.shape, layout)
         if not np.isfinite(scale) or scale <= 0:
             raise ValueError(f"I2_S scale {scale!r} in the tail is not a positive finite number")
-        return codes.astype(np.float32) * np.float32(scale), codes, float(scale)
+        return (codes.astype(np.float32) * np.float32(scale) if values else None), codes, float(scale)
     values = fmt.dequantize(data, info.shape, t)
     return values, None, None
 

@@ -45,11 +45,15 @@ __all__ = [
     "packed_weights",
     "quantize_weights",
     "scaled_int_matmul",
+    "set_backward_precision",
     "set_kernel_variant",
 ]
 
 ENGINES = ("cpp", "int_mm", "float")
-BACKWARD_PRECISIONS = ("auto", "float32", "bf16")
+BACKWARD_PRECISIONS = ("auto", "float32", "bf16", "int8")
+# The int8 backward's weight gradient sums int8 x int8 products over the tokens in int32: at most
+# this many tokens per product (|q| <= 127, |xq| <= 128), more in chunks.
+_INT32_TOKENS = (2**31 - 1) // (127 * 128)
 
 
 @functools.cache
@@ -119,18 +123,32 @@ def matmul_engine() -> str:
     return "int_mm" if cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"} else "float"
 
 
-def backward_precision() -> str:
-    """ "bf16" or "float32": the precision of BitLinear's two backward GEMMs on the CPU.
+_backward_override: str | None = None
 
-    BITK_CPU_BACKWARD (auto, float32, bf16); "auto" (the default) is bf16 where the CPU has
-    bfloat16 dot products (AVX-512 BF16 or AMX), float32 elsewhere (where bf16 GEMMs are slower).
+
+def backward_precision() -> str:
+    """ "bf16", "float32" or "int8": the precision of BitLinear's two backward GEMMs on the CPU.
+
+    `set_backward_precision`, else BITK_CPU_BACKWARD (auto, float32, bf16, int8); "auto" (the
+    default) is bf16 where the CPU has bfloat16 dot products (AVX-512 BF16 or AMX), float32
+    elsewhere (where bf16 GEMMs are slower). "int8" is never chosen by itself: it quantizes the
+    gradients (docs/kernels.md "The backward's precision").
     """
-    requested = os.environ.get("BITK_CPU_BACKWARD", "").strip().lower() or "auto"
+    requested = _backward_override or os.environ.get("BITK_CPU_BACKWARD", "").strip().lower() or "auto"
     if requested not in BACKWARD_PRECISIONS:
         raise ValueError(f"BITK_CPU_BACKWARD={requested!r} is not one of {', '.join(BACKWARD_PRECISIONS)}")
     if requested == "auto":
         return "bf16" if cpu_flags() & {"avx512_bf16", "amx_bf16"} else "float32"
     return requested
+
+
+def set_backward_precision(name: str | None) -> None:
+    """Run BitLinear's CPU backward in ``name`` (one of BACKWARD_PRECISIONS; None: BITK_CPU_BACKWARD
+    again); ValueError for another name."""
+    global _backward_override
+    if name is not None and name not in BACKWARD_PRECISIONS:
+        raise ValueError(f"backward precision must be one of {', '.join(BACKWARD_PRECISIONS)}; got {name!r}")
+    _backward_override = name
 
 
 def _threads(codecs) -> None:
@@ -337,9 +355,92 @@ def _bf16_backward(ctx, dy: torch.Tensor):
     return dx, dw, db
 
 
+def _quantize_gradient(g: torch.Tensor, dim: int, factor: torch.Tensor | None = None):
+    """(q int8, step float32) of float32 ``h = g * factor`` (factor [rows, 1]) quantized per row
+    (dim 1) or per column (dim 0), as bitk._codecs.quantize_gradient_rows / _columns compute it:
+    scale = 127 / max|h| (0 where not finite), q = round(h * scale), step = max|h| / 127 (0 with
+    scale 0, NaN for a group holding a non-finite value)."""
+    codecs = _codecs()
+    if codecs is not None and type(g) is torch.Tensor:
+        if dim == 1:
+            q, step = codecs.quantize_gradient_rows(g.numpy())
+        else:
+            q, step = codecs.quantize_gradient_columns(g.numpy(), factor.reshape(-1).numpy())
+        return torch.from_numpy(q), torch.from_numpy(step)
+    # torch's ops, the same bits (traced by torch.compile, or without the extension)
+    h = g if factor is None else g * factor
+    amax = h.abs().amax(dim=dim)
+    scale = 127 / amax
+    usable = torch.isfinite(scale) & (scale > 0)  # (max|h| infinite: scale 0)
+    step = torch.where(usable, amax / 127, torch.where(torch.isfinite(amax), 0.0, float("nan")))
+    scale = torch.where(usable, scale, 0.0)
+    h = torch.where(torch.isfinite(h), h, 0.0)  # (a group with a NaN has step NaN: its codes do not matter)
+    q = torch.round(h * scale.unsqueeze(dim)).to(torch.int8)
+    return q, step
+
+
+def _dequantize_int32(acc: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """float32 ``float(acc) * step[r]`` of int32 acc [R, C], in acc's own memory when the extension
+    is built."""
+    codecs = _codecs()
+    if codecs is not None and type(acc) is torch.Tensor:
+        codecs.dequantize_int32_rows(acc.numpy(), step.numpy())
+        return acc.view(torch.float32)
+    return acc.float() * step.unsqueeze(1)
+
+
+def _int_mm_tokens(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` of int8 a [N, M] and b [M, K] exactly: int32, or for more tokens M than an int32
+    sum holds, the int64 sum of int32 products of chunks."""
+    m = a.shape[1]
+    if m <= _INT32_TOKENS:
+        return torch._int_mm(a, b)
+    chunks = range(0, m, _INT32_TOKENS)
+    return sum(torch._int_mm(a[:, i : i + _INT32_TOKENS], b[i : i + _INT32_TOKENS]).long() for i in chunks)
+
+
+def _int8_backward(ctx, dy: torch.Tensor):
+    """The STE backward with both GEMMs in int8 from quantized gradients: ``dx = (q_r(dy) @ codes) *
+    (step_r * gamma)`` with dy quantized per token (row), by bitk's ternary GEMM on codes^T (torch's
+    `_int_mm` where the extension is missing or traced); ``dW = (q_c(dy * (1 / s))^T @ xq) * step_c``
+    with dy / s quantized per output feature (column), an int8 x int8 product by `torch._int_mm`
+    (oneDNN's VNNI / AMX kernels). codes and xq are the forward's exact integers, so both products
+    are exact. ``dbias = sum(dy)`` in float32."""
+    xq, s, codes, gamma = ctx.saved_tensors
+    x_dtype, w_dtype, b_dtype = ctx.dtypes
+    dy2 = dy.reshape(-1, codes.shape[0]).float().contiguous()
+    codecs = _codecs()
+    if codecs is not None:
+        _threads(codecs)
+    dx = dw = db = None
+    with torch.autocast("cpu", enabled=False):
+        if ctx.needs_input_grad[0]:
+            q, step = _quantize_gradient(dy2, 1)
+            factor = step * gamma  # float32 [M]
+            if codecs is not None and type(q) is torch.Tensor:  # bitk's ternary GEMM on codes^T
+                packed = codecs.ternary_gemm_pack_transposed(codes.numpy())
+                dx = torch.from_numpy(codecs.ternary_gemm_rows(q.numpy(), factor.numpy(), packed, codes.shape[1]))
+            else:
+                dx = torch._int_mm(q, codes).float() * factor.unsqueeze(1)
+            dx = dx.to(x_dtype).reshape(ctx.x_shape)
+        if ctx.needs_input_grad[1]:
+            q, step = _quantize_gradient(dy2, 0, 1 / s)
+            acc = _int_mm_tokens(q.T, xq)
+            if acc.dtype == torch.int64:  # more tokens than int32 sums hold: converted by torch
+                dw = (acc.float() * step.unsqueeze(1)).to(w_dtype)
+            else:
+                dw = _dequantize_int32(acc, step).to(w_dtype)
+        if ctx.needs_input_grad[2]:
+            db = dy2.sum(dim=0).to(b_dtype)
+    return dx, dw, db
+
+
 def _bitlinear_backward(ctx, dy, *_):
     # None for out_dtype. In float32, the reference's formulas: the reference's gradients.
-    if backward_precision() == "bf16":
+    precision = backward_precision()
+    if precision == "int8":
+        return *_int8_backward(ctx, dy), None
+    if precision == "bf16":
         return *_bf16_backward(ctx, dy), None
     return *ste_backward(ctx, dy, dequantize=_dequantize_weights_op), None
 

@@ -15,7 +15,8 @@
 The modes other than "train" are for evaluation: weights count as fully ternary (warm-up lambda
 is ignored), what each mode multiplies by is cached until the weight changes, and no gradient
 reaches them. On the CPU, "i2s" keeps only the 2-bit packed weights (no int8 codes) and computes
-in bitk's C++ kernels: activations quantized in one pass, int8 x 2-bit dot products.
+in bitk's C++ kernels: activations quantized in one pass, int8 x 2-bit dot products; a
+`bitk.nn.packed.PackedBitLinear` (what `bitk.gguf.load` builds) holds nothing else at all.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "NUMERICS",
     "check_numerics",
     "bitlinear_i2s",
+    "bitlinear_i2s_packed",
     "bitlinear_tq",
     "bitlinear_f16",
     "bitlinear_float",
@@ -81,18 +83,27 @@ def _out(y: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, out_featur
     return y.to(numerics.linear_output_dtype(x)).reshape(*x.shape[:-1], out_features)
 
 
+def bitlinear_i2s_packed(
+    x: torch.Tensor, packed: object, gamma: torch.Tensor, bias: torch.Tensor | None, out_features: int
+) -> torch.Tensor:
+    """`bitlinear_i2s` of a CPU ``x`` from the weights alone: their codes packed 2 bits each
+    (``ternary_gemm_pack``) and 0-dim float32 ``gamma``, in bitk's C++ kernels (quantization and
+    epilogue as bitnet.cpp's)."""
+    x2 = x.detach().reshape(-1, x.shape[-1])
+    codecs = cpu._codecs()
+    codecs.set_num_threads(torch.get_num_threads())
+    xq, s = codecs.quantize_activations(x2.to(torch.float32).contiguous().numpy(), "bitnet")
+    y = torch.from_numpy(codecs.ternary_gemm_divide(xq, s, packed, out_features, gamma.item()))
+    return _out(y, x, bias, out_features)
+
+
 def bitlinear_i2s(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     """``layer``'s forward as bitnet.cpp computes its I2_S tensor (float32 math, x's dtype out)."""
-    x2 = x.detach().reshape(-1, x.shape[-1])
-    if x.device.type == "cpu" and cpu.matmul_engine() == "cpp":
-        # bitk's kernels from the 2-bit weights: quantization and epilogue as bitnet.cpp's, in C++.
+    if x.device.type == "cpu" and cpu.matmul_engine() == "cpp":  # bitk's kernels from the 2-bit weights
         frozen = frozen_weights(layer, codes=False)
-        codecs = cpu._codecs()
-        codecs.set_num_threads(torch.get_num_threads())
-        xq, s = codecs.quantize_activations(x2.to(torch.float32).contiguous().numpy(), "bitnet")
-        packed, gamma = frozen["packed"], frozen["gamma"]
-        y = torch.from_numpy(codecs.ternary_gemm_divide(xq, s, packed, layer.out_features, gamma.item()))
-    elif x.device.type == "cpu" and x2.shape[0] > 0:  # the exact integer product by another engine
+        return bitlinear_i2s_packed(x, frozen["packed"], frozen["gamma"], layer.bias, layer.out_features)
+    x2 = x.detach().reshape(-1, x.shape[-1])
+    if x.device.type == "cpu" and x2.shape[0] > 0:  # the exact integer product by another engine
         frozen = frozen_weights(layer)
         codes, gamma = frozen["codes"], frozen["gamma"]
         xq, s = numerics.quantize_activations_bitnet_cpp(x2)
