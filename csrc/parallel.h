@@ -42,9 +42,14 @@ constexpr int64_t kParallelGrain = int64_t(1) << 18;
 constexpr int kMaxThreadsPerCore = 4;
 constexpr int kMaxThreads = 1024;
 
+// Asked once per process: std::thread::hardware_concurrency() reads the CPU affinity from the
+// kernel (~6 us), and every parallel loop asks.
 inline int hardware_threads() {
-  const unsigned hw = std::thread::hardware_concurrency();
-  return hw == 0 ? 1 : int(std::min<unsigned>(hw, kMaxThreads));
+  static const int count = [] {
+    const unsigned hw = std::thread::hardware_concurrency();
+    return hw == 0 ? 1 : int(std::min<unsigned>(hw, kMaxThreads));
+  }();
+  return count;
 }
 
 // Threads for the following calls (bitk.nn passes torch.get_num_threads(), so its kernels use as
