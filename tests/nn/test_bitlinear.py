@@ -122,21 +122,27 @@ def test_every_kernel_variant_gives_the_reference_forward(variant, lead, k, n):
     assert torch.equal(got, want)
 
 
+def _backward_case(seed: int, dtype: torch.dtype):
+    """x, the CPU path's and the reference's gradients (the forwards must agree bit for bit), and
+    what the backward's formulas start from: (codes, gamma, xq, s, dy as float32 [M, N])."""
+    layer = _layer(130, 67)
+    torch.manual_seed(seed)
+    x = torch.randn(2, 9, 130).to(dtype)
+    dy = torch.randn(2, 9, 67)
+    y, grads = _run(layer, x, dy, "cpu")
+    y_ref, grads_ref = _run(layer, x, dy, "reference")
+    assert torch.equal(y, y_ref)
+    codes, gamma = numerics.quantize_weights(layer.weight.detach())
+    xq, s = numerics.quantize_activations(x.reshape(-1, 130).float())
+    return x, grads, grads_ref, (codes, gamma, xq, s, dy.to(y.dtype).reshape(-1, 67).float())
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_bf16_backward_is_the_ste_in_bf16(monkeypatch, dtype):
     """BITK_CPU_BACKWARD=bf16: dx = bf16(dy) @ bf16(codes) * gamma, dW = bf16(dy / s)^T @ bf16(xq), dbias
     in float32; within bf16 rounding of the float32 (reference) gradients."""
     monkeypatch.setenv("BITK_CPU_BACKWARD", "bf16")
-    layer = _layer(130, 67)
-    torch.manual_seed(4)
-    x = torch.randn(2, 9, 130).to(dtype)
-    dy = torch.randn(2, 9, 67)
-    y, (dx, dw, db) = _run(layer, x, dy, "cpu")
-    y_ref, (dx_ref, dw_ref, db_ref) = _run(layer, x, dy, "reference")
-    assert torch.equal(y, y_ref)
-    codes, gamma = numerics.quantize_weights(layer.weight.detach())
-    xq, s = numerics.quantize_activations(x.reshape(-1, 130).float())
-    dy2 = dy.to(y.dtype).reshape(-1, 67).float()
+    x, (dx, dw, db), (dx_ref, dw_ref, db_ref), (codes, gamma, xq, s, dy2) = _backward_case(4, dtype)
     want_dx = ((dy2.bfloat16() @ codes.bfloat16()).float() * gamma).to(dtype).reshape(x.shape)
     want_dw = (dy2 / s).bfloat16().T @ xq.bfloat16()
     assert torch.equal(dx, want_dx)
@@ -177,16 +183,7 @@ def int8_backward():
 def test_int8_backward_is_the_ste_from_int8_gradients(int8_backward, dtype):
     """BITK_CPU_BACKWARD=int8: dx = (q_row(dy) @ codes) * (step * gamma) and dW = (q_col(dy * (1 / s))^T @
     xq) * step, exact integer products; close to the reference's gradients (int8 rounding of dy)."""
-    layer = _layer(130, 67)
-    torch.manual_seed(5)
-    x = torch.randn(2, 9, 130).to(dtype)
-    dy = torch.randn(2, 9, 67)
-    y, (dx, dw, db) = _run(layer, x, dy, "cpu")
-    y_ref, (dx_ref, dw_ref, db_ref) = _run(layer, x, dy, "reference")
-    assert torch.equal(y, y_ref)
-    codes, gamma = numerics.quantize_weights(layer.weight.detach())
-    xq, s = numerics.quantize_activations(x.reshape(-1, 130).float())
-    dy2 = dy.to(y.dtype).reshape(-1, 67).float()
+    x, (dx, dw, db), (dx_ref, dw_ref, db_ref), (codes, gamma, xq, s, dy2) = _backward_case(5, dtype)
     q, step = _int8_gradient(dy2, 1)
     want_dx = ((q.long() @ codes.long()).float() * (step * gamma)).to(dtype).reshape(x.shape)
     q, step = _int8_gradient(dy2 * (1 / s), 0)
