@@ -429,34 +429,18 @@ def llama_config(preset: str, **overrides: Any) -> Any:
     SDPA attention. A Llama block has no SubLN, so the Llama is bitk's block with ``subln=False``
     (`llama_parameter_gap`). ValueError for a preset with per-head q/k norm (Qwen3), which Llama lacks.
     """
+    import dataclasses
+
     from transformers import LlamaConfig
 
     from bitk.models import preset as model_preset
+    from bitk.models.hf import hf_config
 
     c = model_preset(preset, **overrides)
     if c.qk_norm:
         raise ValueError(f"preset {preset!r} has per-head q/k RMSNorm (Qwen3); LlamaForCausalLM has none")
-    return LlamaConfig(
-        vocab_size=c.vocab_size,
-        hidden_size=c.hidden_size,
-        intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_hidden_layers,
-        num_attention_heads=c.num_attention_heads,
-        num_key_value_heads=c.num_key_value_heads,
-        head_dim=c.head_dim,
-        hidden_act=c.hidden_act,
-        max_position_embeddings=c.max_position_embeddings,
-        rope_theta=c.rope_theta,
-        rms_norm_eps=c.rms_norm_eps,
-        tie_word_embeddings=c.tie_word_embeddings,
-        attention_bias=c.attention_bias,
-        mlp_bias=False,
-        initializer_range=c.initializer_range,
-        bos_token_id=c.bos_token_id,
-        eos_token_id=c.eos_token_id,
-        pad_token_id=c.pad_token_id,
-        attn_implementation="sdpa",
-    )
+    # the config.json bitk exports for the full-precision block without SubLN: a LlamaForCausalLM
+    return LlamaConfig(**hf_config(dataclasses.replace(c, ternary=False, subln=False)), attn_implementation="sdpa")
 
 
 def llama_parameter_gap(preset: str, **overrides: Any) -> int:

@@ -257,7 +257,7 @@ def _forward(
     if engine != "cpp":
         codes, gamma = quantize_weights(weight)
         xq, s = numerics.quantize_activations(x2)
-        return int_matmul(xq.contiguous(), codes, engine) * (gamma / s), xq, s, codes, gamma
+        return scaled_int_matmul(xq.contiguous(), s, codes, gamma, engine), xq, s, codes, gamma
     codecs = _codecs()
     if frozen:
         entry = packed_weights(weight, keep_codes=keep)
