@@ -6,7 +6,7 @@ of the two where the CPU multiplies bf16 natively) and AutoBitLinear. Goals: for
 faster nn.Linear, forward+backward >= 1.2x; >= 2x faster than AutoBitLinear. The forward runs
 with no gradient (evaluation: bitk keeps the unchanging weight packed), the forward+backward as a
 training step (the weight ternarized and packed at every call). "reference" is `bitk.numerics`
-(the definition, float64 integer products; with the bf16 backward, its formulas). "bitk_int8" is
+(the definition, float64 integer products; with the bf16 or switchback backward, their formulas). "bitk_int8" is
 the forward+backward with the opt-in int8 backward (BITK_CPU_BACKWARD=int8; its gradients are
 checked against their own formulas in tests/nn/test_bitlinear.py). Compare within
 a group only. The GPU kernel suites are bench_kernels.py; the regression gate is bench/gate.py.

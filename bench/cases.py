@@ -194,8 +194,9 @@ def _bitlinear_forward_backward(autocast: bool = False, shape: str = "2B4T") -> 
     impls["bitk_int8"] = _with_int8_backward(impls["bitk"])
     from bitk.nn import cpu
 
-    if cpu.backward_precision() == "bf16":  # what bitk's backward computes then (docs/kernels.md)
-        impls["reference"] = _bf16_backward_reference(layers["bitk"], x0, dy, autocast)
+    precision = cpu.backward_precision()
+    if precision in ("bf16", "switchback"):  # what bitk's backward computes then (docs/kernels.md)
+        impls["reference"] = _backward_reference(layers["bitk"], x0, dy, autocast, precision)
     return impls
 
 
@@ -214,9 +215,12 @@ def _with_int8_backward(fn: Callable[[], object]) -> Callable[[], object]:
     return run
 
 
-def _bf16_backward_reference(layer: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor, autocast: bool):
-    """The reference forward and the bf16 backward's formulas (bitk.nn.cpu, BITK_CPU_BACKWARD=bf16)."""
+def _backward_reference(layer: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor, autocast: bool, precision: str):
+    """The reference forward and the formulas of bitk's ``precision`` backward (bitk.nn.cpu,
+    BITK_CPU_BACKWARD=bf16 or switchback): dx from bf16 dy, or from dy quantized to int8 per token;
+    dW from bf16 dy / s, or in float32 (switchback without native bf16)."""
     from bitk import numerics
+    from bitk.nn import cpu
 
     def run():
         w = layer.weight.detach()
@@ -225,8 +229,16 @@ def _bf16_backward_reference(layer: torch.nn.Module, x: torch.Tensor, dy: torch.
         codes, gamma = numerics.quantize_weights(w)
         xq, s = numerics.quantize_activations(x)
         dy2 = dy.to(out_dtype).float()
-        dx = (dy2.bfloat16() @ codes.bfloat16()).float() * gamma
-        dw = ((dy2 / s).bfloat16().T @ xq.bfloat16()).float()
+        if precision == "switchback":
+            amax = dy2.abs().amax(dim=1, keepdim=True)  # (no zero rows here)
+            q = torch.round(dy2 * (torch.full_like(amax, 127) / amax))
+            dx = (q.double() @ codes.double()).float() * ((amax / 127) * gamma)
+        else:
+            dx = (dy2.bfloat16() @ codes.bfloat16()).float() * gamma
+        if precision == "switchback" and cpu._dense_precision() == "float32":
+            dw = dy2.T @ (xq.float() / s)
+        else:
+            dw = ((dy2 / s).bfloat16().T @ xq.bfloat16()).float()
         return y.to(out_dtype), dx, dw
 
     return run

@@ -264,3 +264,13 @@ def test_int32_products_become_float32_in_place(variant):
         C.dequantize_int32_rows(acc.float().numpy(), step.numpy())
     with pytest.raises(ValueError, match=r"step has shape \(3,\); expected \(37,\)"):
         C.dequantize_int32_rows(acc.numpy().copy(), np.ones(3, np.float32))
+
+
+def test_a_kernel_this_cpu_cannot_run_is_refused_at_the_first_kernel_call(monkeypatch):
+    """BITK_CPU_KERNEL with a typo: the extension alone would fall back to the best variant without a
+    word; bitk's layers refuse it at their first kernel call."""
+    monkeypatch.setenv("BITK_CPU_KERNEL", "avx9")
+    with pytest.raises(ValueError, match="BITK_CPU_KERNEL='avx9' is not one of"):
+        cpu_path.bitlinear(torch.randn(3, 16), torch.randn(8, 16))
+    with pytest.raises(ValueError, match="BITK_CPU_KERNEL='avx9' is not one of"):
+        cpu_path.check_environment()

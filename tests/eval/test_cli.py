@@ -159,6 +159,11 @@ def test_bad_options(capsys, monkeypatch, checkpoint, tmp_path):
     expect_error(capsys, monkeypatch, [checkpoint, "--tokenizer", tmp_path], "no tokenizer at")
 
 
+def test_a_cpu_setting_this_machine_cannot_run(capsys, monkeypatch, checkpoint):
+    monkeypatch.setenv("BITK_CPU_KERNEL", "avx9")
+    expect_error(capsys, monkeypatch, [checkpoint], "BITK_CPU_KERNEL='avx9' is not one of scalar, avx2, avx512_vnni")
+
+
 def test_checkpoint_without_tokenizer(capsys, monkeypatch, small_model, tmp_path):
     bare = small_model.save(tmp_path / "bare")
     expect_error(capsys, monkeypatch, [bare], "holds no tokenizer; pass --tokenizer")

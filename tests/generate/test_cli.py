@@ -105,6 +105,13 @@ def test_bad_input_is_one_line_and_status_2(capsys, checkpoint, argv, message):
     assert re.search(message, err), err
 
 
+def test_a_cpu_setting_this_machine_cannot_run_is_one_line_and_status_2(capsys, monkeypatch, checkpoint):
+    monkeypatch.setenv("BITK_CPU_BACKWARD", "fp8")
+    status, out, err = run(capsys, checkpoint, "--prompt", "x")
+    assert status == 2 and out == "" and len(err.splitlines()) == 1
+    assert err.startswith("python -m bitk.generate: error: BITK_CPU_BACKWARD='fp8' is not one of"), err
+
+
 def test_bad_sources_are_one_line_and_status_2(capsys, tmp_path, full_precision_checkpoint):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 60)

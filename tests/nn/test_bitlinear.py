@@ -152,24 +152,44 @@ def test_bf16_backward_is_the_ste_in_bf16(monkeypatch, dtype):
         torch.testing.assert_close(got.float(), ref.float(), rtol=2e-2, atol=2e-2 * ref.abs().max().item())
 
 
+def test_bf16_weight_gradients_of_several_shapes_share_one_workspace(monkeypatch):
+    """The bf16 weight gradient's GEMM writes into a reused buffer: a big layer, a small one, the big
+    one again each get their own formula's gradient, and none aliases the buffer."""
+    monkeypatch.setenv("BITK_CPU_BACKWARD", "bf16")
+    grads = []
+    for k, n in ((130, 67), (40, 9), (130, 67)):
+        layer = _layer(k, n)
+        x, dy = torch.randn(6, k), torch.randn(6, n)
+        dw = _run(layer, x, dy, "cpu")[1][1]
+        xq, s = numerics.quantize_activations(x)
+        assert torch.equal(dw, ((dy / s).bfloat16().T @ xq.bfloat16()).float())
+        grads.append(dw)
+    assert grads[0].data_ptr() != grads[2].data_ptr() and grads[0].untyped_storage().nbytes() == 130 * 67 * 4
+
+
 def test_backward_precision_setting(monkeypatch):
     monkeypatch.setenv("BITK_CPU_BACKWARD", "float32")
     assert cpu_path.backward_precision() == "float32"
     monkeypatch.setenv("BITK_CPU_BACKWARD", "bf16")
     assert cpu_path.backward_precision() == "bf16"
+    monkeypatch.setenv("BITK_CPU_BACKWARD", "switchback")
+    assert cpu_path.backward_precision() == "switchback"
     monkeypatch.setenv("BITK_CPU_BACKWARD", "auto")
+    assert cpu_path.backward_precision() == "switchback"  # with bitk's kernels (this build has them)
     native = bool(cpu_path.cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    monkeypatch.setattr(cpu_path, "_codecs", lambda: None)
     assert cpu_path.backward_precision() == ("bf16" if native else "float32")
     monkeypatch.setenv("BITK_CPU_BACKWARD", "int8")
-    assert cpu_path.backward_precision() == "int8"  # never the default: it quantizes the gradients
+    assert cpu_path.backward_precision() == "int8"  # never the default: it quantizes dW's sum too
     monkeypatch.setenv("BITK_CPU_BACKWARD", "fp8")
-    with pytest.raises(ValueError, match="BITK_CPU_BACKWARD='fp8' is not one of auto, float32, bf16, int8"):
+    with pytest.raises(ValueError, match="BITK_CPU_BACKWARD='fp8' is not one of auto, float32, bf16, switchback, int8"):
         cpu_path.backward_precision()
 
 
 def _int8_gradient(h: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     amax = h.abs().amax(dim=dim, keepdim=True)  # (no zero or non-finite groups in these tests)
-    return torch.round(h * (127 / amax)).to(torch.int8), amax / 127
+    # 127 / amax correctly rounded (torch's scalar / tensor is 127 * (1 / amax), a bit off at times)
+    return torch.round(h * (torch.full_like(amax, 127) / amax)).to(torch.int8), amax / 127
 
 
 @pytest.fixture
@@ -195,6 +215,26 @@ def test_int8_backward_is_the_ste_from_int8_gradients(int8_backward, dtype):
         assert (got.float() - ref.float()).norm() <= 2e-2 * ref.float().norm()
 
 
+@pytest.mark.parametrize("dense", ["bf16", "float32"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_switchback_backward_is_int8_dx_and_dense_dw(monkeypatch, dtype, dense):
+    """BITK_CPU_BACKWARD=switchback (the default with bitk's kernels): dx = (q_row(dy) @ codes) *
+    (step * gamma), the int8 backward's; dW in bf16 where the CPU multiplies bf16 natively (the bf16
+    backward's formula), else in float32 (the reference's, bit for bit)."""
+    monkeypatch.setenv("BITK_CPU_BACKWARD", "switchback")
+    monkeypatch.setattr(cpu_path, "_dense_precision", lambda: dense)
+    x, (dx, dw, db), (dx_ref, dw_ref, db_ref), (codes, gamma, xq, s, dy2) = _backward_case(7, dtype)
+    q, step = _int8_gradient(dy2, 1)
+    want_dx = ((q.long() @ codes.long()).float() * (step * gamma)).to(dtype).reshape(x.shape)
+    assert torch.equal(dx, want_dx)
+    assert (dx.float() - dx_ref.float()).norm() <= 2e-2 * dx_ref.float().norm()
+    if dense == "bf16":
+        assert torch.equal(dw, ((dy2 / s).bfloat16().T @ xq.bfloat16()).float())
+    else:
+        assert torch.equal(dw, dw_ref)
+    assert torch.equal(db, db_ref)
+
+
 def test_int8_backward_paths_agree(int8_backward, monkeypatch):
     """The C++ quantizers and in-place epilogue, torch's ops (no extension, or traced) and the weight
     gradient summed over the tokens in chunks (more tokens than an int32 sum holds) give the same bits."""
@@ -208,6 +248,17 @@ def test_int8_backward_paths_agree(int8_backward, monkeypatch):
     plain = _run(layer, x, dy, "cpu")[1]
     for a, b, c in zip(want, chunked, plain):
         assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_gradient_quantizer_paths_agree_near_a_tie(monkeypatch):
+    """1.2578125 * (127 / 2.515625) is 63.49999... in float32 with 127 / amax correctly rounded, but
+    63.500004 with torch's 127 * (1 / amax): both paths must divide."""
+    g = torch.tensor([[1.2578125, 2.515625, -0.5]])
+    q, step = cpu_path._quantize_gradient(g, 1)
+    monkeypatch.setattr(cpu_path, "_codecs", lambda: None)
+    q_torch, step_torch = cpu_path._quantize_gradient(g, 1)
+    assert q.tolist() == q_torch.tolist() == [[63, 127, -25]]
+    assert torch.equal(step, step_torch)
 
 
 def test_int8_backward_keeps_a_broken_gradient_visible(int8_backward):
@@ -225,7 +276,9 @@ def test_backward_precision_can_be_set_in_code(monkeypatch):
     try:
         cpu_path.set_backward_precision("int8")
         assert cpu_path.backward_precision() == "int8"
-        with pytest.raises(ValueError, match="backward precision must be one of auto, float32, bf16, int8; got 'fp8'"):
+        with pytest.raises(
+            ValueError, match="backward precision must be one of auto, float32, bf16, switchback, int8; got 'fp8'"
+        ):
             cpu_path.set_backward_precision("fp8")
         assert cpu_path.backward_precision() == "int8"
     finally:

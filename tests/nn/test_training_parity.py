@@ -71,28 +71,18 @@ def test_cpu_path_follows_the_reference_exactly(float32_backward, model_and_refe
     assert _losses(model, "cpu") == ref
 
 
-def test_cpu_path_with_the_bf16_backward_follows_the_reference(monkeypatch, model_and_reference):
-    """BITK_CPU_BACKWARD=bf16 (the default where the CPU multiplies bf16 natively): the same forward,
-    gradients with bf16 rounding; the loss curve stays within a small relative distance."""
-    monkeypatch.setenv("BITK_CPU_BACKWARD", "bf16")
+@pytest.mark.parametrize("precision", ["bf16", "switchback", "int8"])
+def test_cpu_path_with_a_faster_backward_follows_the_reference(monkeypatch, model_and_reference, precision):
+    """BITK_CPU_BACKWARD=bf16 (gradients with bf16 rounding), switchback (the default with bitk's
+    kernels: dx from int8-quantized dy) and int8 (dW from int8-quantized dy too): the same forward;
+    the loss curve stays within a small relative distance of the reference's."""
+    monkeypatch.setenv("BITK_CPU_BACKWARD", precision)
     model, ref = model_and_reference
     got = _losses(model, "cpu")
     assert got[0] == ref[0]  # the first forward is the reference's, bit for bit
     assert got[-1] < got[0]
     for step, (a, b) in enumerate(zip(got, ref)):
-        assert abs(a - b) <= 5e-3 * abs(b), f"step {step}: bf16 backward {a} vs reference {b}"
-
-
-def test_cpu_path_with_the_int8_backward_follows_the_reference(monkeypatch, model_and_reference):
-    """BITK_CPU_BACKWARD=int8: the same forward, gradients from int8-quantized dy; the loss curve
-    stays close to the reference's."""
-    monkeypatch.setenv("BITK_CPU_BACKWARD", "int8")
-    model, ref = model_and_reference
-    got = _losses(model, "cpu")
-    assert got[0] == ref[0]
-    assert got[-1] < got[0]
-    for step, (a, b) in enumerate(zip(got, ref)):
-        assert abs(a - b) <= 5e-3 * abs(b), f"step {step}: int8 backward {a} vs reference {b}"
+        assert abs(a - b) <= 5e-3 * abs(b), f"step {step}: {precision} backward {a} vs reference {b}"
 
 
 @pytest.mark.slow

@@ -204,3 +204,24 @@ def test_signal_saves_a_checkpoint_and_exits_cleanly(micro_argv, tmp_path, run_e
     assert not (out / "model-i2_s.gguf").exists()  # a preempted run exports nothing: it saves and leaves
     records = read_metrics(out / "metrics.jsonl")
     assert records and records[-1]["step"] <= load_state(ckpt)[2]["step"]
+
+
+# --------------------------------------------------------------------------- CPU settings
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("BITK_CPU_KERNEL", "avx9", "BITK_CPU_KERNEL='avx9' is not one of scalar, avx2, avx512_vnni"),
+        ("BITK_CPU_BACKWARD", "fp8", "BITK_CPU_BACKWARD='fp8' is not one of"),
+        ("BITK_CPU_MATMUL", "gpu", "BITK_CPU_MATMUL='gpu' is not one of cpp, int_mm, float"),
+    ],
+)
+def test_a_cpu_setting_this_machine_cannot_run_is_refused_before_training(
+    micro_argv, tmp_path, monkeypatch, capsys, name, value, message
+):
+    monkeypatch.setenv(name, value)
+    assert main(micro_argv()) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bitk.train: error: ") and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()

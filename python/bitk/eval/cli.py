@@ -298,10 +298,12 @@ def _main(argv: list[str]) -> int:
     from rich.console import Console
 
     from bitk.eval.perplexity import evaluate
+    from bitk.nn import cpu
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     _check_options(args)
+    cpu.check_environment()
     if args.tasks is not None:
         record, table = _run_tasks(args)
     else:

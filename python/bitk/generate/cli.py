@@ -161,7 +161,9 @@ def _main(argv: list[str], streamed_to: list[Any]) -> int:
 
     from bitk.generate.api import generate
     from bitk.generate.loading import load_for_inference
+    from bitk.nn import cpu
 
+    cpu.check_environment()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     loaded = load_for_inference(

@@ -24,7 +24,7 @@ import torch
 
 from bitk.data import MASK_ID, DocumentTokens, TrainData, document_tokens
 from bitk.models import CausalLM
-from bitk.nn import set_quant_lambda
+from bitk.nn import cpu, set_quant_lambda
 from bitk.objectives import Curriculum, compute_loss
 
 from .auto_batch import auto_micro_batch
@@ -81,6 +81,7 @@ def train(cfg: Config) -> dict[str, Any]:
     """
     cfg.validate()
     check_eval_tasks(cfg.training)  # lm_eval and the task names, before anything loads
+    cpu.check_environment()  # BITK_CPU_* settings this machine cannot run
     cfg = copy.deepcopy(cfg)  # the auto batch size writes micro_batch_size into the saved config
     t = cfg.training
     run = Run.start(cfg)
