@@ -151,6 +151,22 @@ def test_a_block_compiles_to_one_graph_of_bitk_ops_with_the_eager_numbers(path, 
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("precision", ["switchback", "int8"])
+def test_the_quantized_cpu_backwards_compile_to_the_eager_bits(monkeypatch, precision):
+    """Traced, the backward quantizes dy with torch's ops and multiplies with `torch._int_mm`
+    instead of bitk's C++ kernels: the same bits."""
+    monkeypatch.setenv("BITK_CPU_BACKWARD", precision)
+    model = _Block()
+    x = torch.randn(2, 9, 64)
+    with use_backend("cpu"):
+        eager = _grads(model, model, x)
+        torch._dynamo.reset()
+        compiled = _grads(model, torch.compile(model, backend="aot_eager"), x)
+    torch._dynamo.reset()
+    for a, b in zip(compiled, eager, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_the_warmup_lambda_does_not_recompile_every_step():
     # A float lam specialized by torch.compile would give one graph per warm-up step until the
     # recompile limit (8), then eager for good: three graphs (the first lam, any lam, lam = 1).
