@@ -378,3 +378,11 @@ def test_bad_input_is_named():
         layer(torch.randn(3, 63))
     with pytest.raises(ValueError, match="floating point"):
         layer(torch.ones(3, 64, dtype=torch.int64))
+
+
+def test_check_environment_names_a_setting_this_build_cannot_run(monkeypatch):
+    monkeypatch.setenv("BITK_CPU_MATMUL", "cpp")
+    cpu_path.check_environment()
+    monkeypatch.setattr(cpu_path, "_codecs", lambda: None)
+    with pytest.raises(ValueError, match="BITK_CPU_MATMUL=cpp but bitk._codecs is not built"):
+        cpu_path.check_environment()

@@ -114,7 +114,10 @@ def _check_kernel_request(value: str) -> None:
 def check_environment() -> None:
     """ValueError for a BITK_CPU_MATMUL, BITK_CPU_KERNEL or BITK_CPU_BACKWARD value bitk cannot run
     here, so a command refuses it before it starts."""
-    matmul_engine()
+    try:
+        matmul_engine()
+    except RuntimeError as e:  # BITK_CPU_MATMUL=cpp without the extension
+        raise ValueError(str(e)) from None
     kernel_variant()
     backward_precision()
 
@@ -395,11 +398,6 @@ def _dw_bf16(codecs, dy2, xq, s, w_dtype) -> torch.Tensor:
         return _widen(codecs, g) if w_dtype == torch.float32 else g.to(w_dtype)
     # widened at once into a new tensor: the product may live in the workspace
     return _widen(codecs, torch.mm(a, b, out=_bf16_workspace(a.shape[0], b.shape[1])))
-
-
-def _dx_float32(dy2, codes, gamma) -> torch.Tensor:
-    """The reference's ``dy @ (codes * gamma)`` in float32."""
-    return dy2 @ _dequantize_weights_op(codes, gamma)
 
 
 def _dw_float32(dy2, xq, s, w_dtype) -> torch.Tensor:
