@@ -120,6 +120,18 @@ def _grads(model: torch.nn.Module, fn, x: torch.Tensor):
     return [y.detach(), x.grad] + [p.grad for p in model.parameters()]
 
 
+def _assert_compiled_equals_eager(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """The compiled model's output and gradients equal the eager ones bit for bit."""
+    eager = _grads(model, model, x)
+    torch._dynamo.reset()
+    try:
+        compiled = _grads(model, torch.compile(model, backend="aot_eager"), x)
+    finally:
+        torch._dynamo.reset()
+    for a, b in zip(compiled, eager, strict=True):
+        assert torch.equal(a, b)
+
+
 # The paths a training step takes: bitk's kernels (lam = 1) and the fake-quant reference of the
 # quantization warm-up (lam < 1), on CPU and Triton.
 @pytest.mark.parametrize("path", ["cpu", "triton"])
@@ -143,12 +155,7 @@ def test_a_block_compiles_to_one_graph_of_bitk_ops_with_the_eager_numbers(path, 
         else:  # the norms only: warm-up runs the fake-quant reference (pure torch)
             want = set() if path == "cpu" else {"triton_rms_norm"}
         assert ops == want
-        eager = _grads(model, model, x)
-        torch._dynamo.reset()
-        compiled = _grads(model, torch.compile(model, backend="aot_eager"), x)
-    torch._dynamo.reset()
-    for a, b in zip(compiled, eager, strict=True):
-        assert torch.equal(a, b)
+        _assert_compiled_equals_eager(model, x)
 
 
 @pytest.mark.parametrize("precision", ["switchback", "int8"])
@@ -159,12 +166,7 @@ def test_the_quantized_cpu_backwards_compile_to_the_eager_bits(monkeypatch, prec
     model = _Block()
     x = torch.randn(2, 9, 64)
     with use_backend("cpu"):
-        eager = _grads(model, model, x)
-        torch._dynamo.reset()
-        compiled = _grads(model, torch.compile(model, backend="aot_eager"), x)
-    torch._dynamo.reset()
-    for a, b in zip(compiled, eager, strict=True):
-        assert torch.equal(a, b)
+        _assert_compiled_equals_eager(model, x)
 
 
 def test_the_warmup_lambda_does_not_recompile_every_step():
