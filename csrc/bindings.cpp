@@ -23,6 +23,7 @@
 #include "parallel.h"
 #include "quantize_activations.h"
 #include "quantize_gradients.h"
+#include "rms_norm.h"
 #include "ternary_codecs.h"
 #include "ternary_gemm.h"
 
@@ -364,6 +365,69 @@ py::tuple quantize_gradient_columns(const py::object& src_obj, const py::object&
   return py::make_tuple(q, step);
 }
 
+// RMSNorm's elementwise passes (rms_norm.h): x, g [rows, cols], rms [rows] (and coef), w [cols].
+struct NormArrays {
+  py::array_t<float> x, rms, w;
+  int64_t rows, cols;
+};
+
+NormArrays norm_arrays(const py::object& x_obj, const py::object& rms_obj, const py::object& w_obj) {
+  NormArrays a{gemm_array<float>(x_obj, "x", "float32", 2), {}, {}, 0, 0};
+  a.rows = a.x.shape(0);
+  a.cols = a.x.shape(1);
+  a.rms = gemm_array<float>(rms_obj, "rms", "float32", 1);
+  require_shape(a.rms, "rms", {a.rows});
+  a.w = gemm_array<float>(w_obj, "w", "float32", 1);
+  require_shape(a.w, "w", {a.cols});
+  return a;
+}
+
+py::array_t<float> gradient_like(const py::object& g_obj, const NormArrays& a) {
+  auto g = gemm_array<float>(g_obj, "g", "float32", 2);
+  require_shape(g, "g", {a.rows, a.cols});
+  return g;
+}
+
+FloatArray rms_norm_apply(const py::object& x_obj, const py::object& rms_obj, const py::object& w_obj) {
+  const NormArrays a = norm_arrays(x_obj, rms_obj, w_obj);
+  FloatArray y({a.rows, a.cols});
+  float* yd = y.mutable_data();
+  py::gil_scoped_release release;
+  bitk::rms_norm_apply(a.x.data(), a.rms.data(), a.w.data(), a.rows, a.cols, yd);
+  return y;
+}
+
+py::tuple rms_norm_backward_terms(const py::object& g_obj, const py::object& x_obj, const py::object& rms_obj,
+                                  const py::object& w_obj, bool want_t, bool want_p) {
+  const NormArrays a = norm_arrays(x_obj, rms_obj, w_obj);
+  const auto g = gradient_like(g_obj, a);
+  FloatArray t(want_t ? std::vector<py::ssize_t>{a.rows, a.cols} : std::vector<py::ssize_t>{0});
+  FloatArray p(want_p ? std::vector<py::ssize_t>{a.rows, a.cols} : std::vector<py::ssize_t>{0});
+  float* td = want_t ? t.mutable_data() : nullptr;
+  float* pd = want_p ? p.mutable_data() : nullptr;
+  {
+    py::gil_scoped_release release;
+    bitk::rms_norm_backward_terms(g.data(), a.x.data(), a.rms.data(), a.w.data(), a.rows, a.cols, td, pd);
+  }
+  return py::make_tuple(want_t ? py::object(t) : py::object(py::none()), want_p ? py::object(p) : py::object(py::none()));
+}
+
+py::tuple rms_norm_backward_input(const py::object& g_obj, const py::object& x_obj, const py::object& rms_obj,
+                                  const py::object& w_obj, const py::object& coef_obj) {
+  const NormArrays a = norm_arrays(x_obj, rms_obj, w_obj);
+  const auto g = gradient_like(g_obj, a);
+  const auto coef = gemm_array<float>(coef_obj, "coef", "float32", 1);
+  require_shape(coef, "coef", {a.rows});
+  FloatArray gd({a.rows, a.cols}), gs({a.rows, a.cols});
+  float* dd = gd.mutable_data();
+  float* sd = gs.mutable_data();
+  {
+    py::gil_scoped_release release;
+    bitk::rms_norm_backward_input(g.data(), a.x.data(), a.rms.data(), a.w.data(), coef.data(), a.rows, a.cols, dd, sd);
+  }
+  return py::make_tuple(gd, gs);
+}
+
 void dequantize_int32_rows(const py::object& acc_obj, const py::object& step_obj) {
   auto acc = gemm_array<int32_t>(acc_obj, "acc", "int32", 2);
   if (!acc.writeable()) throw py::value_error("acc must be writeable");
@@ -463,6 +527,17 @@ PYBIND11_MODULE(_codecs, m) {
   m.def("dequantize_int32_rows", &dequantize_int32_rows, py::arg("acc"), py::arg("step"),
         "In place: int32 acc [r, c] becomes the float32 float(acc) * step[r] in the same bytes; view acc as\n"
         "float32 afterwards.");
+  m.def("rms_norm_apply", &rms_norm_apply, py::arg("x"), py::arg("rms"), py::arg("w"),
+        "RMSNorm's scaling: float32 x [r, c], rms [r], w [c] -> y = (x / rms[r]) * w[c] [r, c].");
+  m.def("rms_norm_backward_terms", &rms_norm_backward_terms, py::arg("g"), py::arg("x"), py::arg("rms"),
+        py::arg("w"), py::arg("want_t") = true, py::arg("want_p") = true,
+        "The terms of RMSNorm's backward sums for the output gradient g [r, c] -> (t, p) [r, c] (None where not\n"
+        "wanted): t = -(g * w) * ((x / rms) / rms) (summed over c: rms's gradient), p = g * (x / rms) (summed\n"
+        "over r: w's gradient).");
+  m.def("rms_norm_backward_input", &rms_norm_backward_input, py::arg("g"), py::arg("x"), py::arg("rms"),
+        py::arg("w"), py::arg("coef"),
+        "x's two gradient terms of RMSNorm -> (from the division (g * w) / rms[r], from the square coef[r] * (2 * x))\n"
+        "[r, c], coef [r] being mean(x^2)'s gradient; autograd adds them to x's gradient in that order.");
   m.def("cpu_kernels", &bitk::supported_cpu_kernels,
         "The kernel variants this CPU can run, baseline first: 'scalar', 'avx2', 'avx512_vnni'.");
   m.def("cpu_kernel", [] { return std::string(bitk::cpu_kernel_name(bitk::cpu_kernel())); },

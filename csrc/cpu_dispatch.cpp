@@ -1,5 +1,5 @@
 // The public bitk:: functions of ternary_codecs.h, ternary_gemm.h, quantize_activations.h,
-// quantize_gradients.h and convert_bf16.h: each calls the build of the instruction set
+// quantize_gradients.h, convert_bf16.h and rms_norm.h: each calls the build of the instruction set
 // cpu_kernel() names (cpu_dispatch.h).
 #include "cpu_dispatch.h"
 
@@ -24,6 +24,7 @@
 #include "convert_bf16.h"
 #include "quantize_activations.h"
 #include "quantize_gradients.h"
+#include "rms_norm.h"
 #include "ternary_codecs.h"
 #include "ternary_gemm.h"
 
@@ -66,6 +67,12 @@
   void quantize_gradient_columns(const float* src, const float* factor, int64_t rows, int64_t cols,     \
                                  int8_t* q, float* step);                                               \
   void dequantize_int32_rows(int32_t* acc, const float* step, int64_t rows, int64_t cols);             \
+  void rms_norm_apply(const float* x, const float* rms, const float* w, int64_t rows, int64_t cols,      \
+                      float* y);                                                                        \
+  void rms_norm_backward_terms(const float* g, const float* x, const float* rms, const float* w,         \
+                               int64_t rows, int64_t cols, float* t, float* p);                          \
+  void rms_norm_backward_input(const float* g, const float* x, const float* rms, const float* w,         \
+                               const float* coef, int64_t rows, int64_t cols, float* gd, float* gs);     \
   }
 
 BITK_DECLARE_ISA(isa_scalar)
@@ -453,6 +460,17 @@ void quantize_gradient_columns(const float* src, const float* factor, int64_t ro
 }
 void dequantize_int32_rows(int32_t* acc, const float* step, int64_t rows, int64_t cols) {
   BITK_CALL(dequantize_int32_rows, acc, step, rows, cols)
+}
+void rms_norm_apply(const float* x, const float* rms, const float* w, int64_t rows, int64_t cols, float* y) {
+  BITK_CALL(rms_norm_apply, x, rms, w, rows, cols, y)
+}
+void rms_norm_backward_terms(const float* g, const float* x, const float* rms, const float* w, int64_t rows,
+                             int64_t cols, float* t, float* p) {
+  BITK_CALL(rms_norm_backward_terms, g, x, rms, w, rows, cols, t, p)
+}
+void rms_norm_backward_input(const float* g, const float* x, const float* rms, const float* w, const float* coef,
+                             int64_t rows, int64_t cols, float* gd, float* gs) {
+  BITK_CALL(rms_norm_backward_input, g, x, rms, w, coef, rows, cols, gd, gs)
 }
 
 }  // namespace bitk

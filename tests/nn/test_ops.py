@@ -22,6 +22,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 OPS = {
     "cpu_bitlinear",
     "cpu_dequantize_weights",
+    "cpu_rms_norm",
+    "cpu_rms_norm_backward",
     "triton_bitlinear",
     "triton_rms_norm_bitlinear",
     "triton_rms_norm",
@@ -67,6 +69,16 @@ def test_cpu_bitlinear(dtype, lead, k, n):
 def test_cpu_dequantize_weights():
     codes = torch.randint(-1, 2, (13, 33), dtype=torch.int8)
     _opcheck("cpu_dequantize_weights", codes, torch.tensor(0.37))
+
+
+@pytest.mark.parametrize(("lead", "k", "n"), SHAPES)
+def test_cpu_rms_norm(lead, k, n):
+    x, _, _, g = _inputs(lead, k, n, torch.float32)
+    _opcheck("cpu_rms_norm", x, x, g, 1e-5)  # (x twice: see bitk.nn.cpu_norm)
+    rms = torch.sqrt(x.detach().square().mean(-1, keepdim=True) + 1e-5)
+    dy = torch.randn_like(x)
+    for x_grad, w_grad in [(True, True), (True, False), (False, True)]:
+        _opcheck("cpu_rms_norm_backward", dy, x.detach(), g.detach(), rms, x_grad, w_grad)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -148,12 +160,12 @@ def test_a_block_compiles_to_one_graph_of_bitk_ops_with_the_eager_numbers(path, 
         ops = {t.split(".")[1] for t in targets if t.startswith("bitk.")}
         if lam == 1.0:
             want = (
-                {"cpu_bitlinear"}
+                {"cpu_rms_norm", "cpu_bitlinear"}
                 if path == "cpu"
                 else {"triton_rms_norm", "triton_bitlinear", "triton_rms_norm_bitlinear"}
             )
         else:  # the norms only: warm-up runs the fake-quant reference (pure torch)
-            want = set() if path == "cpu" else {"triton_rms_norm"}
+            want = {"cpu_rms_norm"} if path == "cpu" else {"triton_rms_norm"}
         assert ops == want
         _assert_compiled_equals_eager(model, x)
 

@@ -7,7 +7,7 @@ from torch.utils.checkpoint import checkpoint
 
 from bitk import numerics
 
-from . import cpu
+from . import cpu, cpu_norm
 from .dispatch import kernel_module, resolve
 
 __all__ = ["bitlinear", "rms_norm"]
@@ -25,9 +25,12 @@ def _check_lam(lam: float | torch.Tensor) -> bool:
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """RMSNorm of the last dimension (statistics in float32): the Triton kernel on CUDA, else the reference."""
+    """RMSNorm of the last dimension (statistics in float32): the Triton kernel on CUDA, the C++
+    passes of `bitk.nn.cpu_norm` for float32 on the CPU (the reference's bits), else the reference."""
     if resolve(x.device) == "triton" and x.dtype != torch.float64:
         return kernel_module("rms_norm").rms_norm(x, weight, eps)
+    if resolve(x.device) == "cpu" and cpu_norm.applies(x, weight):
+        return cpu_norm.rms_norm(x, weight, eps)  # the reference's bits, fewer passes, only x kept
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         # The reference keeps three full-size intermediates for its backward; recomputing them from
         # the input (the same ops, so the same gradients bit for bit) keeps only the input.
