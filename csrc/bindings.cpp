@@ -23,6 +23,7 @@
 #include "parallel.h"
 #include "quantize_activations.h"
 #include "quantize_gradients.h"
+#include "relu2_gate.h"
 #include "rms_norm.h"
 #include "ternary_codecs.h"
 #include "ternary_gemm.h"
@@ -428,6 +429,42 @@ py::tuple rms_norm_backward_input(const py::object& g_obj, const py::object& x_o
   return py::make_tuple(gd, gs);
 }
 
+// The gated ReLU^2 (relu2_gate.h): gate, up and gh float32 [r, c] of one shape.
+py::array_t<float> gate_operand(const py::object& obj, const char* name, const py::array_t<float>* like) {
+  auto a = gemm_array<float>(obj, name, "float32", 2);
+  if (like != nullptr) require_shape(a, name, {like->shape(0), like->shape(1)});
+  return a;
+}
+
+FloatArray relu2_gate(const py::object& gate_obj, const py::object& up_obj) {
+  const auto gate = gate_operand(gate_obj, "gate", nullptr);
+  const auto up = gate_operand(up_obj, "up", &gate);
+  FloatArray h({gate.shape(0), gate.shape(1)});
+  float* hd = h.mutable_data();
+  py::gil_scoped_release release;
+  bitk::relu2_gate(gate.data(), up.data(), gate.size(), hd);
+  return h;
+}
+
+py::tuple relu2_gate_backward(const py::object& gate_obj, const py::object& up_obj, const py::object& gh_obj,
+                              bool want_gate, bool want_up) {
+  const auto gate = gate_operand(gate_obj, "gate", nullptr);
+  const auto up = gate_operand(up_obj, "up", &gate);
+  const auto gh = gate_operand(gh_obj, "gh", &gate);
+  const auto shape = [&](bool want) {
+    return want ? std::vector<py::ssize_t>{gate.shape(0), gate.shape(1)} : std::vector<py::ssize_t>{0};
+  };
+  FloatArray gg(shape(want_gate)), gu(shape(want_up));
+  float* gd = want_gate ? gg.mutable_data() : nullptr;
+  float* ud = want_up ? gu.mutable_data() : nullptr;
+  {
+    py::gil_scoped_release release;
+    bitk::relu2_gate_backward(gate.data(), up.data(), gh.data(), gate.size(), gd, ud);
+  }
+  return py::make_tuple(want_gate ? py::object(gg) : py::object(py::none()),
+                        want_up ? py::object(gu) : py::object(py::none()));
+}
+
 void dequantize_int32_rows(const py::object& acc_obj, const py::object& step_obj) {
   auto acc = gemm_array<int32_t>(acc_obj, "acc", "int32", 2);
   if (!acc.writeable()) throw py::value_error("acc must be writeable");
@@ -538,6 +575,12 @@ PYBIND11_MODULE(_codecs, m) {
         py::arg("w"), py::arg("coef"),
         "x's two gradient terms of RMSNorm -> (from the division (g * w) / rms[r], from the square coef[r] * (2 * x))\n"
         "[r, c], coef [r] being mean(x^2)'s gradient; autograd adds them to x's gradient in that order.");
+  m.def("relu2_gate", &relu2_gate, py::arg("gate"), py::arg("up"),
+        "BitNet's gated ReLU^2: float32 gate, up [r, c] -> square(relu(gate)) * up [r, c], torch's bits.");
+  m.def("relu2_gate_backward", &relu2_gate_backward, py::arg("gate"), py::arg("up"), py::arg("gh"),
+        py::arg("want_gate") = true, py::arg("want_up") = true,
+        "For h's gradient gh [r, c] -> (gate's gradient, up's gradient) [r, c] (None where not wanted), autograd's\n"
+        "bits: ((gh * up) * (2 * r), 0 where r = relu(gate) <= 0) and gh * (r * r).");
   m.def("cpu_kernels", &bitk::supported_cpu_kernels,
         "The kernel variants this CPU can run, baseline first: 'scalar', 'avx2', 'avx512_vnni'.");
   m.def("cpu_kernel", [] { return std::string(bitk::cpu_kernel_name(bitk::cpu_kernel())); },

@@ -1,5 +1,5 @@
 // The public bitk:: functions of ternary_codecs.h, ternary_gemm.h, quantize_activations.h,
-// quantize_gradients.h, convert_bf16.h and rms_norm.h: each calls the build of the instruction set
+// quantize_gradients.h, convert_bf16.h, rms_norm.h and relu2_gate.h: each calls the build of the instruction set
 // cpu_kernel() names (cpu_dispatch.h).
 #include "cpu_dispatch.h"
 
@@ -24,6 +24,7 @@
 #include "convert_bf16.h"
 #include "quantize_activations.h"
 #include "quantize_gradients.h"
+#include "relu2_gate.h"
 #include "rms_norm.h"
 #include "ternary_codecs.h"
 #include "ternary_gemm.h"
@@ -73,6 +74,9 @@
                                int64_t rows, int64_t cols, float* t, float* p);                          \
   void rms_norm_backward_input(const float* g, const float* x, const float* rms, const float* w,         \
                                const float* coef, int64_t rows, int64_t cols, float* gd, float* gs);     \
+  void relu2_gate(const float* gate, const float* up, int64_t count, float* h);                          \
+  void relu2_gate_backward(const float* gate, const float* up, const float* gh, int64_t count,           \
+                           float* ggate, float* gup);                                                    \
   }
 
 BITK_DECLARE_ISA(isa_scalar)
@@ -471,6 +475,10 @@ void rms_norm_backward_terms(const float* g, const float* x, const float* rms, c
 void rms_norm_backward_input(const float* g, const float* x, const float* rms, const float* w, const float* coef,
                              int64_t rows, int64_t cols, float* gd, float* gs) {
   BITK_CALL(rms_norm_backward_input, g, x, rms, w, coef, rows, cols, gd, gs)
+}
+void relu2_gate(const float* gate, const float* up, int64_t count, float* h) { BITK_CALL(relu2_gate, gate, up, count, h) }
+void relu2_gate_backward(const float* gate, const float* up, const float* gh, int64_t count, float* ggate, float* gup) {
+  BITK_CALL(relu2_gate_backward, gate, up, gh, count, ggate, gup)
 }
 
 }  // namespace bitk

@@ -22,6 +22,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 OPS = {
     "cpu_bitlinear",
     "cpu_dequantize_weights",
+    "cpu_relu2_gate",
+    "cpu_relu2_gate_backward",
     "cpu_rms_norm",
     "cpu_rms_norm_backward",
     "triton_bitlinear",
@@ -69,6 +71,14 @@ def test_cpu_bitlinear(dtype, lead, k, n):
 def test_cpu_dequantize_weights():
     codes = torch.randint(-1, 2, (13, 33), dtype=torch.int8)
     _opcheck("cpu_dequantize_weights", codes, torch.tensor(0.37))
+
+
+@pytest.mark.parametrize(("lead", "k", "n"), SHAPES)
+def test_cpu_relu2_gate(lead, k, n):
+    gate, up = _inputs(lead, k, n, torch.float32)[0], _inputs(lead, k, n, torch.float32, seed=1)[0]
+    _opcheck("cpu_relu2_gate", gate, up)
+    for gate_grad, up_grad in [(True, True), (True, False), (False, True)]:
+        _opcheck("cpu_relu2_gate_backward", torch.randn_like(gate), gate.detach(), up.detach(), gate_grad, up_grad)
 
 
 @pytest.mark.parametrize(("lead", "k", "n"), SHAPES)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from bitk.nn import BitLinear, BitLinearLRC, RMSNorm, SubLN, resolve, set_numerics
+from bitk.nn import BitLinear, BitLinearLRC, RMSNorm, SubLN, functional, resolve, set_numerics
 
 from .attention import PackedDocuments, attend, attend_cached, packed_causal_mask
 from .cache import KVCache
@@ -159,7 +159,7 @@ class Attention(nn.Module):
 
 def _gated(gate: torch.Tensor, up: torch.Tensor, relu2: bool) -> torch.Tensor:
     """``act(gate) * up`` with act relu^2 or SiLU."""
-    return (torch.square(F.relu(gate)) if relu2 else F.silu(gate)) * up
+    return functional.relu2_gate(gate, up) if relu2 else F.silu(gate) * up
 
 
 def _gated_norm(gate: torch.Tensor, up: torch.Tensor, relu2: bool, norm: RMSNorm) -> torch.Tensor:

@@ -7,10 +7,10 @@ from torch.utils.checkpoint import checkpoint
 
 from bitk import numerics
 
-from . import cpu, cpu_norm
+from . import cpu, cpu_gate, cpu_norm
 from .dispatch import kernel_module, resolve
 
-__all__ = ["bitlinear", "rms_norm"]
+__all__ = ["bitlinear", "relu2_gate", "rms_norm"]
 
 
 def _check_lam(lam: float | torch.Tensor) -> bool:
@@ -36,6 +36,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
         # the input (the same ops, so the same gradients bit for bit) keeps only the input.
         return checkpoint(numerics.rms_norm, x, weight, eps, use_reentrant=False)
     return numerics.rms_norm(x, weight, eps)
+
+
+def relu2_gate(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """BitNet's gated ReLU^2 ``square(relu(gate)) * up``: one C++ pass each way for float32 on the
+    CPU (`bitk.nn.cpu_gate`, torch's bits, only gate and up kept), else torch's ops."""
+    if resolve(gate.device) == "cpu" and cpu_gate.applies(gate, up):
+        return cpu_gate.relu2_gate(gate, up)
+    return torch.square(torch.nn.functional.relu(gate)) * up
 
 
 def bitlinear(
