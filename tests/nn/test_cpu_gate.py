@@ -11,7 +11,7 @@ from bitk.nn import cpu_gate, functional
 
 codecs = pytest.importorskip("bitk._codecs")
 
-SHAPES = [(3, 5, 7), (2, 64, 768), (1, 1), (4, 33), (0, 16)]
+SHAPES = [(33,), (3, 5, 7), (2, 64, 768), (1, 1), (4, 33), (0, 16)]
 NEEDS = [(True, True), (True, False), (False, True)]
 
 

@@ -13,7 +13,15 @@ codecs = pytest.importorskip("bitk._codecs")
 
 # (shape, scale): tokens in 1-3 leading dimensions, features not a multiple of any vector width,
 # one feature, no tokens; tiny, unit and large values.
-CASES = [((3, 5, 7), 1.0), ((2, 64, 256), 1.0), ((7, 768), 30.0), ((1, 1), 1.0), ((4, 33), 1e-3), ((2, 3, 4, 65), 3.0)]
+CASES = [
+    ((33,), 1.0),
+    ((3, 5, 7), 1.0),
+    ((2, 64, 256), 1.0),
+    ((7, 768), 30.0),
+    ((1, 1), 1.0),
+    ((4, 33), 1e-3),
+    ((2, 3, 4, 65), 3.0),
+]
 NEEDS = [(True, True), (True, False), (False, True)]
 
 
@@ -123,6 +131,7 @@ def test_the_backward_keeps_only_x_and_rms():
         (torch.randn(8, 4).T, torch.ones(8)),  # not contiguous
         (torch.randn(4, 8), torch.ones(8, dtype=torch.bfloat16)),
         (torch.randn(4, 8), torch.ones(7)),  # a mismatched gain: the reference's error
+        (torch.randn(4, 8), torch.ones(16)[::2]),  # a strided gain
     ],
 )
 def test_other_inputs_take_the_reference(x, w):

@@ -1,13 +1,13 @@
 """The CPU fast path of RMSNorm: the reference's bits in fewer passes over memory.
 
 Autograd on the reference (`bitk.numerics.rms_norm`: ``y = x / rms * w``, ``rms = sqrt(mean(x^2)
-+ eps)``) makes a dozen passes over [tokens, features] tensors per backward, and `bitk.nn` recomputes
-the forward for it besides, to keep only the input. Here the statistics stay torch's own reductions
-(the mean of squares; rms's and w's gradients summed over a row and over the rows), and everything
-elementwise runs in three C++ passes (`bitk._codecs.rms_norm_*`): ``(x / rms) * w`` forward; the
-two sums' terms; x's two gradient terms. Each elementwise value is the same float32 operations as autograd's
-formulas in the same order, so forward and gradients equal the reference's bit for bit
-(tests/nn/test_cpu_norm.py). It saves only x and rms for the backward.
++ eps)``) makes a dozen passes over [tokens, features] tensors per backward, and `bitk.nn`
+recomputes the forward for it besides, to keep only the input. Here the statistics stay torch's own
+reductions (the mean of squares; rms's and w's gradients summed over a row and over the rows), and
+everything elementwise runs in three C++ passes (`bitk._codecs.rms_norm_*`): ``(x / rms) * w``
+forward; the two sums' terms; x's two gradient terms. Each elementwise value is the float32
+operations of autograd's formulas in their order, so forward and gradients equal the reference's
+bit for bit (tests/nn/test_cpu_norm.py). It saves only x and rms for the backward.
 
 The layer is a pair of torch.library custom ops (``bitk::cpu_rms_norm`` and its backward), so
 torch.compile takes each as one op. Traced, or without the extension, the same formulas run as torch
@@ -41,8 +41,8 @@ def _codecs():
 
 
 def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """True when this path computes RMSNorm of ``x`` with gain ``weight``: float32 CPU tensors and a
-    contiguous x with a feature dimension (without bitk's C++ kernels, by torch's ops)."""
+    """True when this path computes RMSNorm of ``x`` with gain ``weight``: contiguous float32 CPU
+    tensors, x with a feature dimension (without bitk's C++ kernels, by torch's ops)."""
     return (
         x.device.type == "cpu"
         and weight.device.type == "cpu"
@@ -51,6 +51,7 @@ def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and x.dim() >= 1
         and weight.shape == (x.shape[-1],)
         and x.is_contiguous()
+        and weight.is_contiguous()
     )
 
 
@@ -62,7 +63,7 @@ def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
 def _apply(x: torch.Tensor, weight: torch.Tensor, rms: torch.Tensor) -> torch.Tensor:
     """``(x / rms) * weight``: one C++ pass over real contiguous tensors, else torch's ops."""
     codecs = _codecs()
-    if codecs is None or type(x) is not torch.Tensor or not x.is_contiguous():
+    if codecs is None or any(type(t) is not torch.Tensor or not t.is_contiguous() for t in (x, weight, rms)):
         return x / rms * weight
     cols = x.shape[-1]
     y = codecs.rms_norm_apply(_np(x.reshape(-1, cols)), _np(rms.reshape(-1)), _np(weight))
@@ -114,7 +115,7 @@ def _backward(g, x, weight, rms, x_grad: bool, w_grad: bool) -> tuple[torch.Tens
     lead = tuple(range(x.dim() - 1))
     features = x.shape[-1]
     codecs = _codecs()
-    fused = codecs is not None and all(type(t) is torch.Tensor and t.is_contiguous() for t in (g, x, rms))
+    fused = codecs is not None and all(type(t) is torch.Tensor and t.is_contiguous() for t in (g, x, weight, rms))
     if fused:
         shape, flat = x.shape, (-1, features)
         t, p = codecs.rms_norm_backward_terms(
@@ -126,7 +127,10 @@ def _backward(g, x, weight, rms, x_grad: bool, w_grad: bool) -> tuple[torch.Tens
         gq = g * weight
         t = (-gq) * ((x / rms) / rms) if x_grad else None
         p = g * (x / rms) if w_grad else None
-    dw = p.sum(lead, keepdim=True).view(features) if w_grad else x.new_empty(0)
+    if w_grad:  # (autograd sums over the leading dimensions, and a 1-D x has none)
+        dw = p.sum(lead, keepdim=True).view(features) if lead else p
+    else:
+        dw = x.new_empty(0)
     if not x_grad:
         return x.new_empty(0), x.new_empty(0), dw
     coef = (t.sum(-1, keepdim=True) / (2 * rms)) / features
