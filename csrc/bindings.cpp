@@ -410,7 +410,8 @@ py::tuple rms_norm_backward_terms(const py::object& g_obj, const py::object& x_o
     py::gil_scoped_release release;
     bitk::rms_norm_backward_terms(g.data(), a.x.data(), a.rms.data(), a.w.data(), a.rows, a.cols, td, pd);
   }
-  return py::make_tuple(want_t ? py::object(t) : py::object(py::none()), want_p ? py::object(p) : py::object(py::none()));
+  return py::make_tuple(want_t ? py::object(t) : py::object(py::none()),
+                        want_p ? py::object(p) : py::object(py::none()));
 }
 
 py::tuple rms_norm_backward_input(const py::object& g_obj, const py::object& x_obj, const py::object& rms_obj,

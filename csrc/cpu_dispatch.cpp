@@ -1,6 +1,6 @@
 // The public bitk:: functions of ternary_codecs.h, ternary_gemm.h, quantize_activations.h,
-// quantize_gradients.h, convert_bf16.h, rms_norm.h and relu2_gate.h: each calls the build of the instruction set
-// cpu_kernel() names (cpu_dispatch.h).
+// quantize_gradients.h, convert_bf16.h, rms_norm.h and relu2_gate.h: each calls the build of the
+// instruction set cpu_kernel() names (cpu_dispatch.h).
 #include "cpu_dispatch.h"
 
 #include <dlfcn.h>
@@ -476,7 +476,9 @@ void rms_norm_backward_input(const float* g, const float* x, const float* rms, c
                              int64_t rows, int64_t cols, float* gd, float* gs) {
   BITK_CALL(rms_norm_backward_input, g, x, rms, w, coef, rows, cols, gd, gs)
 }
-void relu2_gate(const float* gate, const float* up, int64_t count, float* h) { BITK_CALL(relu2_gate, gate, up, count, h) }
+void relu2_gate(const float* gate, const float* up, int64_t count, float* h) {
+  BITK_CALL(relu2_gate, gate, up, count, h)
+}
 void relu2_gate_backward(const float* gate, const float* up, const float* gh, int64_t count, float* ggate, float* gup) {
   BITK_CALL(relu2_gate_backward, gate, up, gh, count, ggate, gup)
 }
