@@ -66,6 +66,15 @@ def bitk_cache_dir(tmp_path_factory):
 sys.modules["bitk_testing"] = sys.modules[__name__]
 
 
+def assert_same_bits(got, want) -> None:
+    """Each tensor of ``got`` equals its partner in ``want`` bit for bit (NaN where it has NaN);
+    None where it has None."""
+    for a, b in zip(got, want, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
 def max_err(actual: torch.Tensor, ref64: torch.Tensor) -> float:
     return (actual.detach().to(torch.float64).cpu() - ref64.detach().to(torch.float64).cpu()).abs().max().item()
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from bitk.nn import cpu as cpu_path
 from bitk.nn import cpu_gate, functional
+from bitk_testing import assert_same_bits
 
 codecs = pytest.importorskip("bitk._codecs")
 
@@ -35,13 +36,6 @@ def _torch(gate, up):
     return torch.square(F.relu(gate)) * up
 
 
-def _assert_same(got, want):
-    for a, b in zip(got, want, strict=True):
-        assert (a is None) == (b is None)
-        if a is not None:
-            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
-
-
 @pytest.mark.parametrize("variant", cpu_path.kernel_variants())
 @pytest.mark.parametrize("shape", SHAPES)
 def test_values_and_gradients_are_torchs_bit_for_bit(variant, shape):
@@ -50,7 +44,7 @@ def test_values_and_gradients_are_torchs_bit_for_bit(variant, shape):
     cpu_path.set_kernel_variant(variant)
     try:
         for needs in NEEDS:
-            _assert_same(_run(functional.relu2_gate, gate, up, gh, needs), _run(_torch, gate, up, gh, needs))
+            assert_same_bits(_run(functional.relu2_gate, gate, up, gh, needs), _run(_torch, gate, up, gh, needs))
     finally:
         cpu_path.set_kernel_variant("auto")
 
@@ -59,13 +53,13 @@ def test_without_the_extension_torchs_ops_give_the_same_bits(monkeypatch):
     monkeypatch.setattr(cpu_gate, "_codecs", lambda: None)
     gate, up, gh = _inputs((6, 40), seed=1)
     for needs in NEEDS:
-        _assert_same(_run(functional.relu2_gate, gate, up, gh, needs), _run(_torch, gate, up, gh, needs))
+        assert_same_bits(_run(functional.relu2_gate, gate, up, gh, needs), _run(_torch, gate, up, gh, needs))
 
 
 def test_a_gradient_that_is_not_contiguous_gives_the_same_bits():
     gate, up, _ = _inputs((12, 48), seed=2)
     gh = torch.randn(48, 12).T
-    _assert_same(_run(functional.relu2_gate, gate, up, gh, (True, True)), _run(_torch, gate, up, gh, (True, True)))
+    assert_same_bits(_run(functional.relu2_gate, gate, up, gh, (True, True)), _run(_torch, gate, up, gh, (True, True)))
 
 
 def test_only_gate_and_up_are_kept_for_the_backward():

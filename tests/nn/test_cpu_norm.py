@@ -8,6 +8,7 @@ import torch
 from bitk import numerics
 from bitk.nn import RMSNorm, cpu_norm, functional, use_backend
 from bitk.nn import cpu as cpu_path
+from bitk_testing import assert_same_bits
 
 codecs = pytest.importorskip("bitk._codecs")
 
@@ -39,13 +40,6 @@ def _bitk(x, w, g, eps, needs):
     return y.detach(), xb.grad, wb.grad
 
 
-def _assert_same(got, want):
-    for a, b in zip(got, want, strict=True):
-        assert (a is None) == (b is None)
-        if a is not None:
-            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
-
-
 @pytest.mark.parametrize("variant", cpu_path.kernel_variants())
 @pytest.mark.parametrize(("shape", "scale"), CASES)
 def test_values_and_gradients_are_the_references_bit_for_bit(variant, shape, scale):
@@ -58,7 +52,7 @@ def test_values_and_gradients_are_the_references_bit_for_bit(variant, shape, sca
     try:
         for needs in NEEDS:
             for eps in (1e-5, 1e-6):
-                _assert_same(_bitk(x, w, g, eps, needs), _reference(x, w, g, eps, needs))
+                assert_same_bits(_bitk(x, w, g, eps, needs), _reference(x, w, g, eps, needs))
     finally:
         cpu_path.set_kernel_variant("auto")
 
@@ -89,21 +83,21 @@ def test_extreme_rows_give_the_references_values():
     x[4, 2] = float("inf")
     w, g = torch.rand(40) + 0.5, torch.randn(6, 40)
     for needs in NEEDS:
-        _assert_same(_bitk(x, w, g, 1e-5, needs), _reference(x, w, g, 1e-5, needs))
+        assert_same_bits(_bitk(x, w, g, 1e-5, needs), _reference(x, w, g, 1e-5, needs))
 
 
 def test_a_gradient_that_is_not_contiguous_gives_the_same_bits():
     x, w = torch.randn(12, 48), torch.rand(48) + 0.5
     g = torch.randn(48, 12).T  # as a transposing op's backward may hand it
     assert not g.is_contiguous()
-    _assert_same(_bitk(x, w, g, 1e-5, (True, True)), _reference(x, w, g, 1e-5, (True, True)))
+    assert_same_bits(_bitk(x, w, g, 1e-5, (True, True)), _reference(x, w, g, 1e-5, (True, True)))
 
 
 def test_without_the_extension_torchs_ops_give_the_same_bits(monkeypatch):
     monkeypatch.setattr(cpu_norm, "_codecs", lambda: None)
     x, w, g = torch.randn(3, 9, 80), torch.rand(80) + 0.5, torch.randn(3, 9, 80)
     for needs in NEEDS:
-        _assert_same(_bitk(x, w, g, 1e-5, needs), _reference(x, w, g, 1e-5, needs))
+        assert_same_bits(_bitk(x, w, g, 1e-5, needs), _reference(x, w, g, 1e-5, needs))
     with torch.no_grad():
         assert torch.equal(functional.rms_norm(x, w, 1e-5), numerics.rms_norm(x, w, 1e-5))
 

@@ -14,29 +14,18 @@ torch ops.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .cpu_extension import codecs as _extension
+from .cpu_extension import numpy_view as _np
 
 __all__ = ["applies", "relu2_gate"]
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
-    """A numpy view of CPU tensor t (np.from_dlpack: Tensor.numpy() would mark its storage
-    non-resizable for good)."""
-    return np.from_dlpack(t.detach())
-
-
 def _codecs():
-    """bitk._codecs set to torch's thread count, or None without the extension."""
-    try:
-        from bitk import _codecs
-    except ImportError:
-        return None
-    if not hasattr(_codecs, "relu2_gate"):
-        return None
-    _codecs.set_num_threads(torch.get_num_threads())
-    return _codecs
+    """bitk._codecs on torch's threads, or None without the extension."""
+    return _extension("relu2_gate")
 
 
 def applies(gate: torch.Tensor, up: torch.Tensor) -> bool:

@@ -16,28 +16,17 @@ ops: the reference's bits still, and only x and rms kept.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
+
+from .cpu_extension import codecs as _extension
+from .cpu_extension import numpy_view as _np
 
 __all__ = ["applies", "rms_norm"]
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
-    """A numpy view of CPU tensor t. np.from_dlpack, not Tensor.numpy(): .numpy() marks the storage
-    non-resizable for good, and FSDP2 frees its unsharded parameters (the gain) by resizing theirs."""
-    return np.from_dlpack(t.detach())
-
-
 def _codecs():
-    """bitk._codecs set to torch's thread count, or None without the extension."""
-    try:
-        from bitk import _codecs
-    except ImportError:
-        return None
-    if not hasattr(_codecs, "rms_norm_apply"):
-        return None
-    _codecs.set_num_threads(torch.get_num_threads())
-    return _codecs
+    """bitk._codecs on torch's threads, or None without the extension."""
+    return _extension("rms_norm_apply")
 
 
 def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:

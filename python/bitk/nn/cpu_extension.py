@@ -1,0 +1,27 @@
+"""bitk's C++ extension as the CPU paths of `bitk.nn` use it: found once, run on torch's threads."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["codecs", "numpy_view"]
+
+
+def codecs(needs: str):
+    """bitk._codecs set to torch's thread count, or None without the extension (or one built
+    before it had ``needs``)."""
+    try:
+        from bitk import _codecs
+    except ImportError:
+        return None
+    if not hasattr(_codecs, needs):
+        return None
+    _codecs.set_num_threads(torch.get_num_threads())
+    return _codecs
+
+
+def numpy_view(t: torch.Tensor) -> np.ndarray:
+    """A numpy view of CPU tensor t. np.from_dlpack, not Tensor.numpy(): .numpy() marks the storage
+    non-resizable for good, and FSDP2 frees its unsharded parameters by resizing theirs."""
+    return np.from_dlpack(t.detach())
