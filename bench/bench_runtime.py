@@ -351,7 +351,8 @@ class BitkModel:
             ids[0, 0] = config.bos_token_id
         self.ids = ids
 
-    def prefill(self) -> None:
+    def prefill(self):
+        """The prefill; returns the last position's logits."""
         import torch
 
         from bitk.models import KVCache
@@ -359,7 +360,7 @@ class BitkModel:
         with torch.inference_mode():
             cache = KVCache.for_model(self.model, max_length=self.ids.shape[1])
             out = self.model(self.ids, cache=cache, logits=False)
-            out.head(out.last_hidden[0, -1])
+            return out.head(out.last_hidden[0, -1])
 
     def measure(self, numerics: str, threads: int, repeats: int) -> dict:
         import torch

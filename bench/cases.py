@@ -291,6 +291,28 @@ def _eval_forward(preset_name: str) -> dict[str, Callable[[], object]]:
     return {name: (lambda step=step: step().loss) for name, step in impls.items()}
 
 
+def _gguf_prefill() -> dict[str, Callable[[], object]]:
+    """A 256-token prefill (`bitk.generate`'s, bench_runtime.py) of an I2_S GGUF of the
+    smollm2_135m shape (random weights, padded in the file) loaded by `bitk.gguf.load`: "i2s", its
+    I2_S bytes multiplied as they are; "panels", the same layers repacked into the training
+    kernel's layout (the same logits); "float", the file's model in float numerics."""
+    from bench_runtime import BitkModel, export_preset
+
+    from bitk import formats
+    from bitk.nn import set_numerics
+    from bitk.nn.packed import PackedBitLinear, pack_ternary
+
+    with tempfile.TemporaryDirectory(prefix="bitk-gate-") as tmp:
+        path = export_preset("smollm2_135m", Path(tmp) / "m.gguf")
+        models = {name: BitkModel(path, 256) for name in ("i2s", "panels", "float")}
+    for m in models["panels"].model.modules():
+        if isinstance(m, PackedBitLinear) and m.layout == "i2s":
+            codes = formats.unpack_i2s(m.packed, (m.out_features, m.in_features))[0]
+            m.packed, m.layout = pack_ternary(codes, m.gamma.item())[0], "panels"
+    set_numerics(models["float"].model, "float")
+    return {name: model.prefill for name, model in models.items()}
+
+
 def _train_step() -> dict[str, Callable[[], object]]:
     """One training step of the tiny preset (bench_train.py): ternary BitLinear against float nn.Linear."""
     from bench_train import CPU_STEP, make_train_step
@@ -328,6 +350,7 @@ GATE_NEW_TOKENS = 32
 VS_LLAMA_GROUP = "Train step tiny vs transformers Llama (8 x 256, AdamW)"
 SMOL_FORWARD = "BitLinear forward (SmolLM2 width, 512 x 576 -> 1536)"
 SMOL_FORWARD_BACKWARD = "BitLinear forward+backward (SmolLM2 width, 512 x 576 -> 1536)"
+GGUF_PREFILL = "Prefill of a loaded I2_S GGUF, smollm2_135m shape (1 x 256)"
 MIXTURE_GROUP = "Train step tiny with an influence re-weighting (4 x 256, 3 sources, 2048-token probe)"
 
 GGUF_LAYERS = 2  # two 2B4T blocks + a 4096-token embedding: 149.45 M parameters, 299 MB of bf16
@@ -403,6 +426,14 @@ GROUPS = {
             suite="eval",
         ),
         Group(
+            GGUF_PREFILL,
+            134_578_368,
+            _gguf_prefill,
+            reference="i2s",
+            unchecked=("float",),
+            suite="eval",
+        ),
+        Group(
             "Train step tiny (8 x 256, AdamW)",
             8 * 256,
             _train_step,
@@ -473,6 +504,8 @@ GATE_CASES = [
     ),
     GateCase("gguf_export_vs_io", "GGUF export (2B4T widths, bf16 -> I2_S)", "bitk", "io"),
     GateCase("eval_i2s_vs_float", "Eval forward smollm2_135m (1 x 256)", "i2s", "float"),
+    GateCase("gguf_prefill_i2s_vs_float", GGUF_PREFILL, "i2s", "float"),
+    GateCase("gguf_prefill_i2s_bytes_vs_panels", GGUF_PREFILL, "i2s", "panels"),
     GateCase("train_step_ternary_vs_float", "Train step tiny (8 x 256, AdamW)", "ternary", "float"),
     GateCase("mixture_influence_step_vs_fixed", MIXTURE_GROUP, "influence", "fixed"),
     GateCase("train_step_ternary_vs_llama", VS_LLAMA_GROUP, "ternary", "llama"),

@@ -20,6 +20,7 @@
 
 #include "convert_bf16.h"
 #include "cpu_dispatch.h"
+#include "i2s_gemm.h"
 #include "parallel.h"
 #include "quantize_activations.h"
 #include "quantize_gradients.h"
@@ -497,6 +498,50 @@ py::array_t<int32_t> ternary_gemm_int32(const py::object& xq_obj, const py::obje
   return acc;
 }
 
+// Checks xq [m, k] and the I2_S bytes of a tensor [n, k] (its codes, with or without the 32-byte
+// tail of the scale, which is not read); returns (m, k).
+std::pair<int64_t, int64_t> i2s_inputs(const py::array_t<int8_t>& xq, const py::array_t<uint8_t>& w, int64_t n) {
+  if (n < 0) throw py::value_error("n must be >= 0, got " + std::to_string(n));
+  const int64_t m = xq.shape(0), k = xq.shape(1);
+  int64_t expected = 0;
+  try {
+    expected = bitk::i2s_gemm_weight_bytes(n, k);
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
+  if (w.size() != expected && w.size() != expected + 32)
+    throw py::value_error("w has " + std::to_string(w.size()) + " bytes; an I2_S tensor [n=" + std::to_string(n) +
+                          ", k=" + std::to_string(k) + "] (k from xq) has " + std::to_string(expected) +
+                          " bytes of codes, " + std::to_string(expected + 32) + " with its scale");
+  return {m, k};
+}
+
+FloatArray i2s_gemm_divide(const py::object& xq_obj, const py::object& s_obj, const py::object& w_obj, int64_t n,
+                           float scale, const py::object& out) {
+  const auto xq = gemm_array<int8_t>(xq_obj, "xq", "int8", 2);
+  const auto s = gemm_array<float>(s_obj, "s", "float32", 1);
+  const auto w = gemm_array<uint8_t>(w_obj, "w", "uint8", 1);
+  const auto [m, k] = i2s_inputs(xq, w, n);
+  require_shape(s, "s", {m});
+  auto y = gemm_output<float>(out, "float32", m, n);
+  float* data = y.mutable_data();
+  py::gil_scoped_release release;
+  bitk::i2s_gemm_divide(xq.data(), s.data(), m, k, w.data(), n, scale, data);
+  return y;
+}
+
+py::array_t<int32_t> i2s_gemm_int32(const py::object& xq_obj, const py::object& w_obj, int64_t n,
+                                    const py::object& out) {
+  const auto xq = gemm_array<int8_t>(xq_obj, "xq", "int8", 2);
+  const auto w = gemm_array<uint8_t>(w_obj, "w", "uint8", 1);
+  const auto [m, k] = i2s_inputs(xq, w, n);
+  auto acc = gemm_output<int32_t>(out, "int32", m, n);
+  int32_t* data = acc.mutable_data();
+  py::gil_scoped_release release;
+  bitk::i2s_gemm_int32(xq.data(), m, k, w.data(), n, data);
+  return acc;
+}
+
 FloatArray ternary_scale(const py::object& codes_obj, float gamma) {
   const auto codes = gemm_array<int8_t>(codes_obj, "codes", "int8", 2);
   FloatArray out({codes.shape(0), codes.shape(1)});
@@ -543,6 +588,13 @@ PYBIND11_MODULE(_codecs, m) {
   m.def("ternary_gemm_divide", &scaled_gemm<bitk::ternary_gemm_divide>, py::arg("xq"), py::arg("s"),
         py::arg("packed"), py::arg("n"), py::arg("scale"), py::arg("out") = py::none(),
         "y[m, n] = (float32(sum_k xq[m, k] codes[n, k]) / s[m]) * scale (bitnet.cpp's I2_S epilogue), exactly.");
+  m.def("i2s_gemm_divide", &i2s_gemm_divide, py::arg("xq"), py::arg("s"), py::arg("w"), py::arg("n"),
+        py::arg("scale"), py::arg("out") = py::none(),
+        "y[m, n] = (float32(sum_k xq[m, k] codes[n, k]) / s[m]) * scale (bitnet.cpp's I2_S forward), exactly,\n"
+        "straight from w, the bytes of an I2_S tensor [n, k] in the x86 layout (k a multiple of 128; with or\n"
+        "without its 32-byte tail, which is not read).");
+  m.def("i2s_gemm_int32", &i2s_gemm_int32, py::arg("xq"), py::arg("w"), py::arg("n"), py::arg("out") = py::none(),
+        "acc[m, n] = sum_k xq[m, k] codes[n, k] as int32 [m, n], from the bytes of an I2_S tensor [n, k].");
   m.def("quantize_activations", &quantize_activations, py::arg("x"), py::arg("mode") = "train",
         py::arg("out") = py::none(),
         "Per-row absmax int8 quantization of float32 x [m, k] in one pass -> (xq int8 [m, k], s float32 [m]):\n"
@@ -583,7 +635,7 @@ PYBIND11_MODULE(_codecs, m) {
         "For h's gradient gh [r, c] -> (gate's gradient, up's gradient) [r, c] (None where not wanted), autograd's\n"
         "bits: ((gh * up) * (2 * r), 0 where r = relu(gate) <= 0) and gh * (r * r).");
   m.def("cpu_kernels", &bitk::supported_cpu_kernels,
-        "The kernel variants this CPU can run, baseline first: 'scalar', 'avx2', 'avx512_vnni'.");
+        "The kernel variants this CPU can run, baseline first: 'scalar', 'avx2', 'avx_vnni', 'avx512_vnni'.");
   m.def("cpu_kernel", [] { return std::string(bitk::cpu_kernel_name(bitk::cpu_kernel())); },
         "The variant in use (BITK_CPU_KERNEL or set_cpu_kernel, else the best this CPU supports).");
   m.def("set_cpu_kernel", &set_cpu_kernel, py::arg("name"),

@@ -1,6 +1,6 @@
-// The public bitk:: functions of ternary_codecs.h, ternary_gemm.h, quantize_activations.h,
-// quantize_gradients.h, convert_bf16.h, rms_norm.h and relu2_gate.h: each calls the build of the
-// instruction set cpu_kernel() names (cpu_dispatch.h).
+// The public bitk:: functions of ternary_codecs.h, ternary_gemm.h, i2s_gemm.h,
+// quantize_activations.h, quantize_gradients.h, convert_bf16.h, rms_norm.h and relu2_gate.h: each
+// calls the build of the instruction set cpu_kernel() names (cpu_dispatch.h).
 #include "cpu_dispatch.h"
 
 #include <dlfcn.h>
@@ -22,6 +22,7 @@
 #include "parallel.h"
 
 #include "convert_bf16.h"
+#include "i2s_gemm.h"
 #include "quantize_activations.h"
 #include "quantize_gradients.h"
 #include "relu2_gate.h"
@@ -59,6 +60,11 @@
   void ternary_gemm_int32(const int8_t* xq, int64_t m, int64_t k, const uint8_t* packed, int64_t n,   \
                           int32_t* acc);                                                              \
   void ternary_scale(const int8_t* codes, int64_t count, float gamma, float* out);                    \
+  int64_t i2s_gemm_weight_bytes(int64_t n, int64_t k);                                                \
+  void i2s_gemm_divide(const int8_t* xq, const float* s, int64_t m, int64_t k, const uint8_t* w,      \
+                       int64_t n, float scale, float* y);                                             \
+  void i2s_gemm_int32(const int8_t* xq, int64_t m, int64_t k, const uint8_t* w, int64_t n,            \
+                      int32_t* acc);                                                                  \
   void quantize_activations(const float* x, int64_t m, int64_t k, ActivationScale mode, int8_t* xq,   \
                             float* s);                                                                \
   void int8_to_bf16(const int8_t* src, int64_t count, uint16_t* out);                                 \
@@ -84,6 +90,22 @@ BITK_DECLARE_ISA(isa_scalar)
 BITK_DECLARE_ISA(isa_avx2)
 BITK_DECLARE_ISA(isa_avx512_vnni)
 #endif
+#if defined(BITK_HAVE_AVX_VNNI)
+// The avx_vnni build holds the GEMMs only (ternary_gemm.cpp, i2s_gemm.cpp); the rest of that
+// variant is the AVX2 build's.
+namespace bitk::isa_avx_vnni {
+void ternary_gemm_rows(const int8_t* xq, const float* factor, int64_t m, int64_t k, const uint8_t* packed, int64_t n,
+                       float* y);
+void ternary_gemm(const int8_t* xq, const float* s, int64_t m, int64_t k, const uint8_t* packed, int64_t n,
+                  float gamma, float* y);
+void ternary_gemm_divide(const int8_t* xq, const float* s, int64_t m, int64_t k, const uint8_t* packed, int64_t n,
+                         float scale, float* y);
+void ternary_gemm_int32(const int8_t* xq, int64_t m, int64_t k, const uint8_t* packed, int64_t n, int32_t* acc);
+void i2s_gemm_divide(const int8_t* xq, const float* s, int64_t m, int64_t k, const uint8_t* w, int64_t n, float scale,
+                     float* y);
+void i2s_gemm_int32(const int8_t* xq, int64_t m, int64_t k, const uint8_t* w, int64_t n, int32_t* acc);
+}  // namespace bitk::isa_avx_vnni
+#endif
 
 namespace bitk {
 namespace {
@@ -98,6 +120,14 @@ bool supported(CpuKernel kernel) {
     case CpuKernel::kAvx2:
       // __builtin_cpu_supports also checks that the OS saves the vector registers (XGETBV).
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2");
+#if defined(BITK_HAVE_AVX_VNNI)
+    case CpuKernel::kAvxVnni:
+      // vpdpbusd on ymm registers: VEX-encoded with AVX-VNNI, else EVEX-encoded with AVX-512 VNNI
+      // and VL (vnni256.h), so AVX-512 machines run this build too when it is forced.
+      return supported(CpuKernel::kAvx2) &&
+             (__builtin_cpu_supports("avxvnni") ||
+              (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl")));
+#endif
     case CpuKernel::kAvx512Vnni:
       return supported(CpuKernel::kAvx2) && __builtin_cpu_supports("avx512f") &&
              __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
@@ -109,7 +139,9 @@ bool supported(CpuKernel kernel) {
   }
 }
 
-constexpr CpuKernel kAll[] = {CpuKernel::kScalar, CpuKernel::kAvx2, CpuKernel::kAvx512Vnni};
+// From the baseline up: the best supported one is the default.
+constexpr CpuKernel kAll[] = {CpuKernel::kScalar, CpuKernel::kAvx2, CpuKernel::kAvxVnni,
+                              CpuKernel::kAvx512Vnni};
 
 int parse(const std::string& name) {
   for (CpuKernel k : kAll)
@@ -340,6 +372,8 @@ const char* cpu_kernel_name(CpuKernel kernel) {
   switch (kernel) {
     case CpuKernel::kAvx2:
       return "avx2";
+    case CpuKernel::kAvxVnni:
+      return "avx_vnni";
     case CpuKernel::kAvx512Vnni:
       return "avx512_vnni";
     default:
@@ -363,7 +397,8 @@ void set_cpu_kernel(const std::string& name) {
   }
   const int k = parse(name);
   if (k == kNone)
-    throw std::invalid_argument("unknown CPU kernel '" + name + "'; expected auto, scalar, avx2 or avx512_vnni");
+    throw std::invalid_argument("unknown CPU kernel '" + name +
+                                "'; expected auto, scalar, avx2, avx_vnni or avx512_vnni");
   if (!supported(CpuKernel(k)))
     throw std::invalid_argument("this CPU cannot run the '" + name + "' kernels (it supports " + [] {
       std::string list;
@@ -378,6 +413,7 @@ void set_cpu_kernel(const std::string& name) {
   switch (cpu_kernel()) {                                    \
     case CpuKernel::kAvx512Vnni:                             \
       return isa_avx512_vnni::fn(__VA_ARGS__);               \
+    case CpuKernel::kAvxVnni:                                \
     case CpuKernel::kAvx2:                                   \
       return isa_avx2::fn(__VA_ARGS__);                      \
     default:                                                 \
@@ -385,6 +421,14 @@ void set_cpu_kernel(const std::string& name) {
   }
 #else
 #define BITK_CALL(fn, ...) return isa_scalar::fn(__VA_ARGS__);
+#endif
+// The GEMMs, which the avx_vnni variant has builds of its own.
+#if defined(BITK_HAVE_AVX_VNNI)
+#define BITK_CALL_GEMM(fn, ...)                                                            \
+  if (cpu_kernel() == CpuKernel::kAvxVnni) return isa_avx_vnni::fn(__VA_ARGS__);          \
+  BITK_CALL(fn, __VA_ARGS__)
+#else
+#define BITK_CALL_GEMM(fn, ...) BITK_CALL(fn, __VA_ARGS__)
 #endif
 
 I2SLayout parse_i2s_layout(const std::string& name) { return isa_scalar::parse_i2s_layout(name); }
@@ -429,21 +473,29 @@ void ternary_gemm_pack_transposed(const int8_t* codes, int64_t n, int64_t k, uin
 }
 void ternary_gemm_rows(const int8_t* xq, const float* factor, int64_t m, int64_t k, const uint8_t* packed, int64_t n,
                        float* y) {
-  BITK_CALL(ternary_gemm_rows, xq, factor, m, k, packed, n, y)
+  BITK_CALL_GEMM(ternary_gemm_rows, xq, factor, m, k, packed, n, y)
 }
 void ternary_gemm(const int8_t* xq, const float* s, int64_t m, int64_t k, const uint8_t* packed, int64_t n,
                   float gamma, float* y) {
-  BITK_CALL(ternary_gemm, xq, s, m, k, packed, n, gamma, y)
+  BITK_CALL_GEMM(ternary_gemm, xq, s, m, k, packed, n, gamma, y)
 }
 void ternary_gemm_divide(const int8_t* xq, const float* s, int64_t m, int64_t k, const uint8_t* packed, int64_t n,
                          float scale, float* y) {
-  BITK_CALL(ternary_gemm_divide, xq, s, m, k, packed, n, scale, y)
+  BITK_CALL_GEMM(ternary_gemm_divide, xq, s, m, k, packed, n, scale, y)
 }
 void ternary_gemm_int32(const int8_t* xq, int64_t m, int64_t k, const uint8_t* packed, int64_t n, int32_t* acc) {
-  BITK_CALL(ternary_gemm_int32, xq, m, k, packed, n, acc)
+  BITK_CALL_GEMM(ternary_gemm_int32, xq, m, k, packed, n, acc)
 }
 void ternary_scale(const int8_t* codes, int64_t count, float gamma, float* out) {
   BITK_CALL(ternary_scale, codes, count, gamma, out)
+}
+int64_t i2s_gemm_weight_bytes(int64_t n, int64_t k) { return isa_scalar::i2s_gemm_weight_bytes(n, k); }
+void i2s_gemm_divide(const int8_t* xq, const float* s, int64_t m, int64_t k, const uint8_t* w, int64_t n, float scale,
+                     float* y) {
+  BITK_CALL_GEMM(i2s_gemm_divide, xq, s, m, k, w, n, scale, y)
+}
+void i2s_gemm_int32(const int8_t* xq, int64_t m, int64_t k, const uint8_t* w, int64_t n, int32_t* acc) {
+  BITK_CALL_GEMM(i2s_gemm_int32, xq, m, k, w, n, acc)
 }
 void quantize_activations(const float* x, int64_t m, int64_t k, ActivationScale mode, int8_t* xq, float* s) {
   BITK_CALL(quantize_activations, x, m, k, mode, xq, s)

@@ -31,6 +31,10 @@
 #elif defined(__AVX2__) && defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
 #define BITK_GEMM_AVX2 1
+#if defined(__AVXVNNI__)  // the avx_vnni build: the AVX2 kernels with vpdpbusd on ymm registers
+#define BITK_GEMM_VNNI256 1
+#include "vnni256.h"
+#endif
 #endif
 
 namespace bitk {
@@ -239,19 +243,38 @@ static_assert(256 * kTernaryGemmMaxK <= (int64_t(1) << 31) && 254 * kTernaryGemm
 // ymm12/ymm13 the step's weights, ymm14 a product, ymm15 the broadcast activations (then a product,
 // then the int16 ones of vpmaddwd). Row i is read at x + i * stride through s1 = stride,
 // s3 = 3 stride and s5 = 5 stride; the step loop is unrolled 4 times (chunks are whole groups).
+// Three kinds of step (K): Madd, the AVX2 one above (int16 accumulators widened at the end of a
+// chunk); Vex and Evex, AVX-VNNI's `vpdpbusd` on ymm registers in its VEX encoding, or the same
+// instruction in the EVEX encoding of AVX-512 VNNI + VL (what the avx_vnni build runs on a CPU that
+// has those but no AVX-VNNI): int32 accumulators, one instruction per 8 columns x 4 k.
 #define BITK_ZERO(a0, a1) "vpxor %%xmm" #a0 ", %%xmm" #a0 ", %%xmm" #a0 "\n\t" \
                           "vpxor %%xmm" #a1 ", %%xmm" #a1 ", %%xmm" #a1 "\n\t"
-#define BITK_ROW(xoff, base, a0, a1)                   \
+#define BITK_ROW_Madd(xoff, base, a0, a1)              \
   "vpbroadcastd " #xoff base ", %%ymm15\n\t"           \
   "vpmaddubsw %%ymm15, %%ymm12, %%ymm14\n\t"           \
   "vpaddw %%ymm14, %%ymm" #a0 ", %%ymm" #a0 "\n\t"     \
   "vpmaddubsw %%ymm15, %%ymm13, %%ymm15\n\t"           \
   "vpaddw %%ymm15, %%ymm" #a1 ", %%ymm" #a1 "\n\t"
-#define BITK_WIDEN(coff, a)                            \
+#define BITK_ROW_Vex(xoff, base, a0, a1)               \
+  "vpbroadcastd " #xoff base ", %%ymm15\n\t"           \
+  "%{vex%} vpdpbusd %%ymm15, %%ymm12, %%ymm" #a0 "\n\t" \
+  "%{vex%} vpdpbusd %%ymm15, %%ymm13, %%ymm" #a1 "\n\t"
+#define BITK_ROW_Evex(xoff, base, a0, a1)                \
+  "vpbroadcastd " #xoff base ", %%ymm15\n\t"             \
+  "%{evex%} vpdpbusd %%ymm15, %%ymm12, %%ymm" #a0 "\n\t" \
+  "%{evex%} vpdpbusd %%ymm15, %%ymm13, %%ymm" #a1 "\n\t"
+#define BITK_ONES_Madd "vpcmpeqw %%ymm15, %%ymm15, %%ymm15\n\t" "vpsrlw $15, %%ymm15, %%ymm15\n\t"
+#define BITK_ONES_Vex
+#define BITK_ONES_Evex
+#define BITK_WIDEN_Madd(coff, a)                       \
   "vpmaddwd %%ymm15, %%ymm" #a ", %%ymm" #a "\n\t"     \
   "vpaddd " #coff "(%[c]), %%ymm" #a ", %%ymm" #a "\n\t" \
   "vmovdqu %%ymm" #a ", " #coff "(%[c])\n\t"
-#define BITK_WIDEN_ROW(coff0, coff1, a0, a1) BITK_WIDEN(coff0, a0) BITK_WIDEN(coff1, a1)
+#define BITK_WIDEN_Vex(coff, a)                        \
+  "vpaddd " #coff "(%[c]), %%ymm" #a ", %%ymm" #a "\n\t" \
+  "vmovdqu %%ymm" #a ", " #coff "(%[c])\n\t"
+#define BITK_WIDEN_Evex(coff, a) BITK_WIDEN_Vex(coff, a)
+#define BITK_WIDEN_ROW(K, coff0, coff1, a0, a1) BITK_WIDEN_##K(coff0, a0) BITK_WIDEN_##K(coff1, a1)
 
 #define BITK_ZERO_1 BITK_ZERO(0, 1)
 #define BITK_ZERO_2 BITK_ZERO_1 BITK_ZERO(2, 3)
@@ -259,73 +282,123 @@ static_assert(256 * kTernaryGemmMaxK <= (int64_t(1) << 31) && 254 * kTernaryGemm
 #define BITK_ZERO_4 BITK_ZERO_3 BITK_ZERO(6, 7)
 #define BITK_ZERO_5 BITK_ZERO_4 BITK_ZERO(8, 9)
 #define BITK_ZERO_6 BITK_ZERO_5 BITK_ZERO(10, 11)
-#define BITK_ROWS_1(o) BITK_ROW(o, "(%[x])", 0, 1)
-#define BITK_ROWS_2(o) BITK_ROWS_1(o) BITK_ROW(o, "(%[x],%[s1],1)", 2, 3)
-#define BITK_ROWS_3(o) BITK_ROWS_2(o) BITK_ROW(o, "(%[x],%[s1],2)", 4, 5)
-#define BITK_ROWS_4(o) BITK_ROWS_3(o) BITK_ROW(o, "(%[x],%[s3],1)", 6, 7)
-#define BITK_ROWS_5(o) BITK_ROWS_4(o) BITK_ROW(o, "(%[x],%[s1],4)", 8, 9)
-#define BITK_ROWS_6(o) BITK_ROWS_5(o) BITK_ROW(o, "(%[x],%[s5],1)", 10, 11)
-#define BITK_STEP(R, w0, w1, o) \
-  "vmovdqa " #w0 "(%[w]), %%ymm12\n\t" "vmovdqa " #w1 "(%[w]), %%ymm13\n\t" BITK_ROWS_##R(o)
-#define BITK_WIDEN_1 BITK_WIDEN_ROW(0, 32, 0, 1)
-#define BITK_WIDEN_2 BITK_WIDEN_1 BITK_WIDEN_ROW(64, 96, 2, 3)
-#define BITK_WIDEN_3 BITK_WIDEN_2 BITK_WIDEN_ROW(128, 160, 4, 5)
-#define BITK_WIDEN_4 BITK_WIDEN_3 BITK_WIDEN_ROW(192, 224, 6, 7)
-#define BITK_WIDEN_5 BITK_WIDEN_4 BITK_WIDEN_ROW(256, 288, 8, 9)
-#define BITK_WIDEN_6 BITK_WIDEN_5 BITK_WIDEN_ROW(320, 352, 10, 11)
+#define BITK_ROWS_1(K, o) BITK_ROW_##K(o, "(%[x])", 0, 1)
+#define BITK_ROWS_2(K, o) BITK_ROWS_1(K, o) BITK_ROW_##K(o, "(%[x],%[s1],1)", 2, 3)
+#define BITK_ROWS_3(K, o) BITK_ROWS_2(K, o) BITK_ROW_##K(o, "(%[x],%[s1],2)", 4, 5)
+#define BITK_ROWS_4(K, o) BITK_ROWS_3(K, o) BITK_ROW_##K(o, "(%[x],%[s3],1)", 6, 7)
+#define BITK_ROWS_5(K, o) BITK_ROWS_4(K, o) BITK_ROW_##K(o, "(%[x],%[s1],4)", 8, 9)
+#define BITK_ROWS_6(K, o) BITK_ROWS_5(K, o) BITK_ROW_##K(o, "(%[x],%[s5],1)", 10, 11)
+#define BITK_STEP(R, K, w0, w1, o) \
+  "vmovdqa " #w0 "(%[w]), %%ymm12\n\t" "vmovdqa " #w1 "(%[w]), %%ymm13\n\t" BITK_ROWS_##R(K, o)
+#define BITK_WIDEN_1(K) BITK_WIDEN_ROW(K, 0, 32, 0, 1)
+#define BITK_WIDEN_2(K) BITK_WIDEN_1(K) BITK_WIDEN_ROW(K, 64, 96, 2, 3)
+#define BITK_WIDEN_3(K) BITK_WIDEN_2(K) BITK_WIDEN_ROW(K, 128, 160, 4, 5)
+#define BITK_WIDEN_4(K) BITK_WIDEN_3(K) BITK_WIDEN_ROW(K, 192, 224, 6, 7)
+#define BITK_WIDEN_5(K) BITK_WIDEN_4(K) BITK_WIDEN_ROW(K, 256, 288, 8, 9)
+#define BITK_WIDEN_6(K) BITK_WIDEN_5(K) BITK_WIDEN_ROW(K, 320, 352, 10, 11)
 
 // c[i][0..16) += sum over `steps` (4, 8, .., 64) steps s of w[s] (32-byte aligned, kStepBytes each)
 // times x[i * stride + 4 s .. + 3], for the R rows of a tile.
-#define BITK_TILE_CHUNK(R)                                                                         \
+#define BITK_TILE_CHUNK(R, K)                                                                      \
   const int64_t s1 = stride, s3 = 3 * stride, s5 = 5 * stride;                                     \
   asm volatile(BITK_ZERO_##R                                                                       \
                "1:\n\t"                                                                            \
-               BITK_STEP(R, 0, 32, 0) BITK_STEP(R, 64, 96, 4)                                      \
-               BITK_STEP(R, 128, 160, 8) BITK_STEP(R, 192, 224, 12)                                \
+               BITK_STEP(R, K, 0, 32, 0) BITK_STEP(R, K, 64, 96, 4)                                \
+               BITK_STEP(R, K, 128, 160, 8) BITK_STEP(R, K, 192, 224, 12)                          \
                "add $256, %[w]\n\t"                                                                \
                "add $16, %[x]\n\t"                                                                 \
                "sub $4, %[steps]\n\t"                                                              \
                "jnz 1b\n\t"                                                                        \
-               "vpcmpeqw %%ymm15, %%ymm15, %%ymm15\n\t"                                            \
-               "vpsrlw $15, %%ymm15, %%ymm15\n\t"                                                  \
-               BITK_WIDEN_##R                                                                      \
+               BITK_ONES_##K                                                                       \
+               BITK_WIDEN_##R(K)                                                                   \
                : [w] "+r"(w), [x] "+r"(x), [steps] "+r"(steps)                                     \
                : [c] "r"(c), [s1] "r"(s1), [s3] "r"(s3), [s5] "r"(s5)                              \
                : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",   \
                  "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15")
 
-template <int R>
+// One row (decoding a token) with vpdpbusd: the 4 unrolled steps go to 4 accumulator pairs, since
+// a chain of dependent vpdpbusd on one pair would wait on their latency; added up at the end.
+#define BITK_TILE_CHUNK_ONE(K)                                                                     \
+  asm volatile(BITK_ZERO(0, 1) BITK_ZERO(2, 3) BITK_ZERO(4, 5) BITK_ZERO(6, 7)                     \
+               "1:\n\t"                                                                            \
+               "vmovdqa 0(%[w]), %%ymm12\n\t" "vmovdqa 32(%[w]), %%ymm13\n\t"                      \
+               BITK_ROW_##K(0, "(%[x])", 0, 1)                                                     \
+               "vmovdqa 64(%[w]), %%ymm12\n\t" "vmovdqa 96(%[w]), %%ymm13\n\t"                     \
+               BITK_ROW_##K(4, "(%[x])", 2, 3)                                                     \
+               "vmovdqa 128(%[w]), %%ymm12\n\t" "vmovdqa 160(%[w]), %%ymm13\n\t"                   \
+               BITK_ROW_##K(8, "(%[x])", 4, 5)                                                     \
+               "vmovdqa 192(%[w]), %%ymm12\n\t" "vmovdqa 224(%[w]), %%ymm13\n\t"                   \
+               BITK_ROW_##K(12, "(%[x])", 6, 7)                                                    \
+               "add $256, %[w]\n\t"                                                                \
+               "add $16, %[x]\n\t"                                                                 \
+               "sub $4, %[steps]\n\t"                                                              \
+               "jnz 1b\n\t"                                                                        \
+               "vpaddd %%ymm2, %%ymm0, %%ymm0\n\t" "vpaddd %%ymm3, %%ymm1, %%ymm1\n\t"              \
+               "vpaddd %%ymm6, %%ymm4, %%ymm4\n\t" "vpaddd %%ymm7, %%ymm5, %%ymm5\n\t"              \
+               "vpaddd %%ymm4, %%ymm0, %%ymm0\n\t" "vpaddd %%ymm5, %%ymm1, %%ymm1\n\t"              \
+               BITK_WIDEN_1(K)                                                                     \
+               : [w] "+r"(w), [x] "+r"(x), [steps] "+r"(steps)                                     \
+               : [c] "r"(c)                                                                        \
+               : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",   \
+                 "xmm12", "xmm13", "xmm15")
+
+enum StepKind { kMadd, kVex, kEvex };
+
+template <int R, int K>
 void tile_chunk(const uint8_t* w, const int8_t* x, int64_t stride, int64_t steps, int32_t* c);
-#define BITK_TILE_CHUNK_FN(R)                                                                      \
+#define BITK_TILE_CHUNK_FN(R, K)                                                                   \
   template <>                                                                                      \
-  void tile_chunk<R>(const uint8_t* w, const int8_t* x, int64_t stride, int64_t steps, int32_t* c) { \
-    BITK_TILE_CHUNK(R);                                                                            \
+  void tile_chunk<R, k##K>(const uint8_t* w, const int8_t* x, int64_t stride, int64_t steps, int32_t* c) { \
+    BITK_TILE_CHUNK(R, K);                                                                         \
   }
-BITK_TILE_CHUNK_FN(1)
-BITK_TILE_CHUNK_FN(2)
-BITK_TILE_CHUNK_FN(3)
-BITK_TILE_CHUNK_FN(4)
-BITK_TILE_CHUNK_FN(5)
-BITK_TILE_CHUNK_FN(6)
+#define BITK_TILE_CHUNK_FNS(K) \
+  BITK_TILE_CHUNK_FN(1, K) BITK_TILE_CHUNK_FN(2, K) BITK_TILE_CHUNK_FN(3, K) \
+  BITK_TILE_CHUNK_FN(4, K) BITK_TILE_CHUNK_FN(5, K) BITK_TILE_CHUNK_FN(6, K)
+#if defined(BITK_GEMM_VNNI256)
+#define BITK_TILE_CHUNK_ONE_FN(K)                                                                  \
+  template <>                                                                                      \
+  void tile_chunk<1, k##K>(const uint8_t* w, const int8_t* x, int64_t, int64_t steps, int32_t* c) { \
+    BITK_TILE_CHUNK_ONE(K);                                                                        \
+  }
+BITK_TILE_CHUNK_ONE_FN(Vex)
+BITK_TILE_CHUNK_ONE_FN(Evex)
+#define BITK_TILE_CHUNK_FNS_2_6(K)                                                     \
+  BITK_TILE_CHUNK_FN(2, K) BITK_TILE_CHUNK_FN(3, K) BITK_TILE_CHUNK_FN(4, K) \
+  BITK_TILE_CHUNK_FN(5, K) BITK_TILE_CHUNK_FN(6, K)
+BITK_TILE_CHUNK_FNS_2_6(Vex)
+BITK_TILE_CHUNK_FNS_2_6(Evex)
+#else
+BITK_TILE_CHUNK_FNS(Madd)
+#endif
 
 // One tile: `steps` (a multiple of 4) steps of w against rows x0 + i * stride, in chunks of at
 // most kChunkSteps.
-template <int R>
+template <int R, int K>
 void tile_steps(const uint8_t* w, const int8_t* x0, int64_t stride, int64_t steps, int32_t* c) {
   for (int64_t s = 0; s < steps; s += kChunkSteps)
-    tile_chunk<R>(w + s * kStepBytes, x0 + 4 * s, stride, std::min(kChunkSteps, steps - s), c);
+    tile_chunk<R, K>(w + s * kStepBytes, x0 + 4 * s, stride, std::min(kChunkSteps, steps - s), c);
+}
+
+template <int K>
+void run_tile_kind(int64_t rows, const uint8_t* w, const int8_t* x0, int64_t stride, int64_t steps, int32_t* c) {
+  switch (rows) {
+    case 1: return tile_steps<1, K>(w, x0, stride, steps, c);
+    case 2: return tile_steps<2, K>(w, x0, stride, steps, c);
+    case 3: return tile_steps<3, K>(w, x0, stride, steps, c);
+    case 4: return tile_steps<4, K>(w, x0, stride, steps, c);
+    case 5: return tile_steps<5, K>(w, x0, stride, steps, c);
+    default: return tile_steps<6, K>(w, x0, stride, steps, c);
+  }
 }
 
 void run_tile(int64_t rows, const uint8_t* w, const int8_t* x0, int64_t stride, int64_t steps, int32_t* c) {
   if (steps <= 0) return;
-  switch (rows) {
-    case 1: return tile_steps<1>(w, x0, stride, steps, c);
-    case 2: return tile_steps<2>(w, x0, stride, steps, c);
-    case 3: return tile_steps<3>(w, x0, stride, steps, c);
-    case 4: return tile_steps<4>(w, x0, stride, steps, c);
-    case 5: return tile_steps<5>(w, x0, stride, steps, c);
-    default: return tile_steps<6>(w, x0, stride, steps, c);
-  }
+#if defined(BITK_GEMM_VNNI256)
+  if (vnni256_evex()) return run_tile_kind<kEvex>(rows, w, x0, stride, steps, c);
+  return run_tile_kind<kVex>(rows, w, x0, stride, steps, c);
+#else
+  return run_tile_kind<kMadd>(rows, w, x0, stride, steps, c);
+#endif
 }
 
 // ---------------------------------------------------------------------------- AVX2: driver

@@ -1,9 +1,10 @@
 // Exact ternary matmul for BitLinear's forward on the CPU: y[m, n] = float(acc[m, n]) * (gamma / s[m])
 // with acc = sum_k xq[m, k] * codes[n, k] in int32, xq int8 activations, codes in {-1, 0, 1}. The
 // weights stay packed as c = code + 1 in {0, 1, 2}, 2 bits each (bitnet.cpp's I2_S idea), and
-// acc = sum c * x - sum x. Three kernels, one per instruction set (cpu_dispatch.h): AVX-512 VNNI
+// acc = sum c * x - sum x. Four kernels, one per instruction set (cpu_dispatch.h): AVX-512 VNNI
 // (vpdpbusd: u8 x s8 dot products of four, straight into int32), AVX2 (vpmaddubsw, int16 partial
-// sums over at most 64 steps, widened to int32), and a scalar loop; all give the same results.
+// sums over at most 64 steps, widened to int32), AVX-VNNI (the AVX2 kernel with vpdpbusd on ymm
+// registers), and a scalar loop; all give the same results.
 // A plain C++ library: no Python, no numpy headers. Buffers are C-contiguous and row-major.
 #pragma once
 

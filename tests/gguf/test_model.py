@@ -227,24 +227,34 @@ def assert_same_state(model: CausalLM, other: CausalLM) -> None:
 
 
 @needs_cpp
-@pytest.mark.parametrize("act", ["relu2", "silu"])
-def test_i2s_projections_hold_only_their_2_bit_weights(tmp_path, monkeypatch, act):
+@pytest.mark.parametrize("act,i2s_layout", [("relu2", "x86"), ("silu", "x86"), ("relu2", "x86-1x4"), ("silu", "arm")])
+def test_i2s_projections_hold_only_their_2_bit_weights(tmp_path, monkeypatch, act, i2s_layout):
+    """The x86 layout's bytes are kept as the file holds them; the other layouts' codes repacked."""
     model = make_model(act, seed=9)
-    export(model, tmp_path / "m.gguf", "i2_s", tokenizer=tokenizer(), embedding_type="f32")
+    export(model, tmp_path / "m.gguf", "i2_s", tokenizer=tokenizer(), embedding_type="f32", i2s_layout=i2s_layout)
     loaded, latent = load_both(tmp_path / "m.gguf", monkeypatch)
     projections = {n for n, m in loaded.named_modules() if isinstance(m, BitLinear)}
     assert projections and set(packed_layers(loaded)) == projections and not packed_layers(latent)
     codecs = cpu_path._codecs()
+    with read_gguf(tmp_path / "m.gguf") as f:
+        stored = {n: np.array(f.tensor_data(n)) for n in f.tensors}
     for name, m in packed_layers(loaded).items():
         weight = m._parameters["weight"]  # not m.weight: reading that gives (and builds) the latent weights
         assert weight.shape == (m.out_features, m.in_features) and weight.dtype == torch.float32, name
         assert weight.untyped_storage().nbytes() == 4 and m.bias is None, name  # no float32 values
-        assert m.packed.nbytes == codecs.ternary_gemm_packed_size(m.out_features, m.in_features) == weight.numel() // 4
         assert not hasattr(m, "_bitk_frozen"), name  # no int8 codes either
         want = latent.get_submodule(name).weight
         codes, gamma = fmt.ternarize(want.detach().numpy())
         assert m.gamma.dtype == torch.float32 and m.gamma.item() == gamma, name
-        np.testing.assert_array_equal(unpack_ternary_gemm(m.packed, m.out_features, m.in_features), codes)
+        if i2s_layout == "x86":  # the file's bytes, tail and all
+            assert m.layout == "i2s" and m.packed.nbytes == weight.numel() // 4 + 32, name
+            [gguf_name] = [n for n, t in stored.items() if t.nbytes == m.packed.nbytes and np.array_equal(t, m.packed)]
+            assert gguf_name.endswith(".weight"), name
+            np.testing.assert_array_equal(fmt.unpack_i2s(m.packed, tuple(weight.shape))[0], codes)
+        else:
+            assert m.layout == "panels", name
+            assert m.packed.nbytes == codecs.ternary_gemm_packed_size(m.out_features, m.in_features), name
+            np.testing.assert_array_equal(unpack_ternary_gemm(m.packed, m.out_features, m.in_features), codes)
     assert torch.equal(logits(loaded), logits(latent))
     model.set_numerics("i2s")
     assert torch.equal(logits(loaded), logits(model))
@@ -321,6 +331,24 @@ def test_all_zero_i2s_projection_packs_with_the_absmean_floor(tmp_path, monkeypa
     assert loaded.get_submodule(PROJ).gamma.item() == np.float32(1e-5)  # gamma of all-zero latent weights
     assert torch.equal(logits(loaded), logits(latent))
     assert_same_state(loaded, latent)
+
+
+@needs_cpp
+@pytest.mark.parametrize(
+    "where,data,error",
+    [(3, b"\xff", "hold the 2-bit value 3"), (-32, np.float32(np.inf).tobytes(), "scale must be finite")],
+)
+def test_broken_i2s_bytes_are_refused_at_load(tmp_path, relu2_ckpt, where, data, error):
+    """The bytes a packed layer would multiply as they are: checked when the file is loaded."""
+    path = pack(relu2_ckpt, tmp_path / "m.gguf", "i2_s").path
+    with read_gguf(path) as f:
+        t = f.tensors["blk.0.ffn_up.weight"]
+        start = f.data_offset + t.offset + (where if where >= 0 else t.nbytes + where)
+    with open(path, "r+b") as fh:
+        fh.seek(start)
+        fh.write(data)
+    with pytest.raises(ValueError, match=rf"blk\.0\.ffn_up\.weight: .*{error}"):
+        load(path)
 
 
 def test_without_bitk_kernels_i2s_projections_hold_latent_weights(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """Evaluation numerics of BitLinear (bitk.nn.inference) against the reference formulas."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -212,25 +213,35 @@ def test_unpack_ternary_gemm_inverts_the_kernels_packing(shape):
         unpack_ternary_gemm(packed, shape[0] + 16, shape[1])
 
 
+def _packed_weights(layout: str, codes: torch.Tensor, gamma: float) -> tuple[np.ndarray, float]:
+    from bitk.nn.packed import i2s_weights, pack_ternary
+
+    if layout == "i2s":
+        return i2s_weights(fmt.pack_i2s(codes.numpy(), gamma), *codes.shape)
+    return pack_ternary(codes.numpy(), gamma)
+
+
 @needs_cpp
-def test_packed_bitlinear_computes_i2s_from_2_bits_and_unpacks_to_latent_weights():
-    from bitk.nn.packed import PackedBitLinear, hold_packed, pack_ternary
+@pytest.mark.parametrize("layout,k", [("panels", 96), ("i2s", 256)])
+def test_packed_bitlinear_computes_i2s_from_2_bits_and_unpacks_to_latent_weights(layout, k):
+    from bitk.nn.packed import PackedBitLinear, hold_packed
 
     torch.manual_seed(4)
-    layer = BitLinear(96, 40, bias=True)
+    layer = BitLinear(k, 40, bias=True)
     codes, gamma = numerics.quantize_weights(layer.weight.detach())
     set_numerics(layer, "i2s")
-    assert hold_packed(layer, *pack_ternary(codes.numpy(), gamma.item())) is layer
+    assert hold_packed(layer, *_packed_weights(layout, codes, gamma.item()), layout=layout) is layer
     assert type(layer) is PackedBitLinear and layer._parameters["weight"].untyped_storage().nbytes() == 4
-    norm = SubLN(96)
+    assert layer.layout == layout and f"({layout})" in repr(layer)
+    norm = SubLN(k)
     with torch.no_grad():
         norm.weight.uniform_(0.5, 1.5)
-    x = torch.randn(2, 5, 96)
+    x = torch.randn(2, 5, k)
     want = numerics.bitlinear_bitnet_cpp(numerics.rms_norm(x, norm.weight, norm.eps), codes, gamma) + layer.bias
     assert torch.equal(layer(x, norm=norm), want)
     assert torch.equal(layer(x), numerics.bitlinear_bitnet_cpp(x, codes, gamma) + layer.bias)
     assert type(layer) is PackedBitLinear
-    latent = BitLinear(96, 40, bias=True)  # what the layer computes once unpacked
+    latent = BitLinear(k, 40, bias=True)  # what the layer computes once unpacked
     with torch.no_grad():
         latent.weight.copy_(torch.from_numpy(fmt.latent_weights(codes.numpy(), gamma.item())))
         latent.bias.copy_(layer.bias)
@@ -238,12 +249,40 @@ def test_packed_bitlinear_computes_i2s_from_2_bits_and_unpacks_to_latent_weights
     set_numerics(latent, "float")
     with torch.no_grad():
         assert torch.equal(layer(x), latent(x))
-    assert type(layer) is BitLinear and not hasattr(layer, "packed") and torch.equal(layer.weight, latent.weight)
+    assert type(layer) is BitLinear and not hasattr(layer, "packed") and not hasattr(layer, "layout")
+    assert torch.equal(layer.weight, latent.weight)
     with pytest.raises(ValueError, match="takes a BitLinear"):
-        hold_packed(torch.nn.Linear(4, 4), *pack_ternary(codes.numpy(), 1.0))
-    with pytest.raises(ValueError, match="are not the packed codes"):
-        hold_packed(BitLinear(96, 56), *pack_ternary(codes.numpy(), 1.0))
+        hold_packed(torch.nn.Linear(4, 4), *_packed_weights(layout, codes, 1.0), layout=layout)
+    with pytest.raises(ValueError, match="are not the packed codes|are not an I2_S tensor"):
+        hold_packed(BitLinear(k, 56), *_packed_weights(layout, codes, 1.0), layout=layout)
     with pytest.raises(ValueError, match="takes a float32 CPU layer"):
-        hold_packed(BitLinear(96, 40, dtype=torch.bfloat16), *pack_ternary(codes.numpy(), 1.0))
+        hold_packed(BitLinear(k, 40, dtype=torch.bfloat16), *_packed_weights(layout, codes, 1.0), layout=layout)
+    with pytest.raises(ValueError, match="layout must be one of i2s, panels"):
+        hold_packed(BitLinear(k, 40), *_packed_weights(layout, codes, 1.0), layout="x86")
     with pytest.raises(ValueError, match="absmean floor"):
-        pack_ternary(codes.numpy(), 1e-7)
+        _packed_weights(layout, codes, 1e-7)
+
+
+@needs_cpp
+def test_i2s_weights_checks_the_bytes():
+    from bitk.nn.packed import hold_packed, i2s_weights
+
+    codes = torch.randint(-1, 2, (8, 128), dtype=torch.int8).numpy()
+    data = fmt.pack_i2s(codes, 0.25)
+    held, gamma = i2s_weights(data, 8, 128)
+    assert np.array_equal(held, data) and not np.shares_memory(held, data) and gamma == 0.25
+    assert i2s_weights(fmt.pack_i2s(np.zeros_like(codes), 0.25), 8, 128)[1] == np.float32(1e-5)  # the floor
+    with pytest.raises(ValueError, match="whole blocks of 128 values; k=96"):
+        i2s_weights(data, 8, 96)
+    with pytest.raises(ValueError, match="are not an I2_S tensor"):
+        i2s_weights(data[:-1], 8, 128)
+    bad = data.copy()
+    bad[37] |= 0b11 << 4
+    with pytest.raises(ValueError, match="2-bit value 3"):
+        i2s_weights(bad, 8, 128)
+    bad = data.copy()
+    bad[-32:-28] = np.frombuffer(np.float32(np.nan).tobytes(), np.uint8)
+    with pytest.raises(ValueError, match="scale must be finite"):
+        i2s_weights(bad, 8, 128)
+    with pytest.raises(ValueError, match="whole blocks of 128; k=96"):
+        hold_packed(BitLinear(96, 8), data, 0.25, layout="i2s")

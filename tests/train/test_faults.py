@@ -212,7 +212,7 @@ def test_signal_saves_a_checkpoint_and_exits_cleanly(micro_argv, tmp_path, run_e
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("BITK_CPU_KERNEL", "avx9", "BITK_CPU_KERNEL='avx9' is not one of scalar, avx2, avx512_vnni"),
+        ("BITK_CPU_KERNEL", "avx9", "BITK_CPU_KERNEL='avx9' is not one of scalar, avx2, avx_vnni, avx512_vnni"),
         ("BITK_CPU_BACKWARD", "fp8", "BITK_CPU_BACKWARD='fp8' is not one of"),
         ("BITK_CPU_MATMUL", "gpu", "BITK_CPU_MATMUL='gpu' is not one of cpp, int_mm, float"),
     ],

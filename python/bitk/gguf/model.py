@@ -8,10 +8,10 @@ own ternarization maps back to exactly those codes and scale; each BitLinear the
 runtime computes for its tensor type (`NUMERICS_BY_TYPE`, docs/numerics.md "Inference numerics"):
 I2_S -> "i2s" (bitnet.cpp's per-token int8), TQ1_0/TQ2_0 -> "tq" (llama.cpp's int8 per block of
 256), F16 -> "f16" (float16 activations, no int8), F32 -> "float". Where that "i2s" forward runs in
-bitk's C++ kernels (`bitk.nn.cpu.matmul_engine() == "cpp"`), an I2_S projection is packed straight
-from the file's codes instead and holds only its 2-bit weights and gamma
-(`bitk.nn.packed.PackedBitLinear`); its latent weights are built the first time anything else needs
-them. A zero-padded file loads with its padded dimensions, which compute the same logits as the
+bitk's C++ kernels (`bitk.nn.cpu.matmul_engine() == "cpp"`), an I2_S projection holds only its
+2-bit weights and gamma instead (`bitk.nn.packed.PackedBitLinear`): the file's bytes as they are
+(x86 layout), else its codes repacked; its latent weights are built the first time anything else
+needs them. A zero-padded file loads with its padded dimensions, which compute the same logits as the
 model it was packed from.
 torch is imported inside these functions only; the rest of bitk.gguf stays torch-free.
 """
@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from bitk.formats.constants import I2S_DEFAULT_LAYOUT
 from bitk.gguf.constants import (
     ACTIVATION_BY_ARCH,
     ARCH_QWEN3,
@@ -32,6 +33,7 @@ from bitk.gguf.constants import (
     KEY_BOS_ID,
     KEY_CHAT_TEMPLATE,
     KEY_EOS_ID,
+    KEY_I2S_LAYOUT,
     KEY_MERGES,
     KEY_PAD_ID,
     KEY_TOKEN_TYPE,
@@ -152,9 +154,11 @@ def load(path: str | Path, tokenizer_dir: str | Path | None = None) -> Any:
     not BitNet models bitk can express.
 
     With bitk's C++ kernels (`bitk.nn.cpu.matmul_engine() == "cpp"`), the I2_S projections of a
-    ternary model are `bitk.nn.packed.PackedBitLinear` layers holding only their codes packed 2 bits
-    each and gamma (no float32 weights); they compute the same numbers and become plain BitLinears,
-    with the same latent weights, once anything but their CPU "i2s" forward needs the weights.
+    ternary model are `bitk.nn.packed.PackedBitLinear` layers holding only their codes, 2 bits each,
+    and gamma (no float32 weights): the file's I2_S bytes as they are (its x86 layout, which bitk's
+    kernels multiply directly), else repacked for them. They compute the same numbers and become
+    plain BitLinears, with the same latent weights, once anything but their CPU "i2s" forward needs
+    the weights.
     """
     import torch
 
@@ -164,7 +168,7 @@ def load(path: str | Path, tokenizer_dir: str | Path | None = None) -> Any:
     from bitk.models.config import ModelConfig
     from bitk.models.model import CausalLM
     from bitk.nn import set_numerics
-    from bitk.nn.packed import hold_packed, pack_ternary, weight_placeholder
+    from bitk.nn.packed import hold_packed, i2s_weights, pack_ternary, weight_placeholder
 
     with read_gguf(path) as f:
         meta = f.metadata
@@ -213,16 +217,22 @@ def load(path: str | Path, tokenizer_dir: str | Path | None = None) -> Any:
 
         projections = [n for n in types if n.endswith("_proj.weight")]
         is_ternary = all(n in ternary or n in i2s for n in projections)
-        # I2_S projections of a ternary model: packed for bitk's kernels straight from their codes,
-        # one tensor at a time (no float32 values, no int8 codes kept); else decoded as above.
-        packed: dict[str, tuple[np.ndarray, float]] = {}
+        # I2_S projections of a ternary model: the file's bytes, kept as they are for bitk's
+        # kernels (the x86 layout), or packed for them from their codes one tensor at a time (the
+        # other layouts); no float32 values, no int8 codes kept. Else decoded as above.
+        packed: dict[str, tuple[np.ndarray, float, str]] = {}
+        as_stored = meta.get(KEY_I2S_LAYOUT, I2S_DEFAULT_LAYOUT) == "x86"
         for hf, name in i2s.items():
             if not is_ternary:
                 floats[hf] = decode(f, name)[0]
                 continue
-            _, codes, scale = decode(f, name, values=False)
             try:
-                packed[hf] = pack_ternary(codes, scale)
+                if as_stored:
+                    n, k = f.tensors[name].shape
+                    packed[hf] = (*i2s_weights(f.tensor_data(name), n, k), "i2s")
+                else:
+                    _, codes, scale = decode(f, name, values=False)
+                    packed[hf] = (*pack_ternary(codes, scale), "panels")
             except ValueError as exc:
                 raise ValueError(f"{f.path}: {name}: {exc}") from None
         try:
@@ -269,8 +279,8 @@ def load(path: str | Path, tokenizer_dir: str | Path | None = None) -> Any:
     if is_ternary:
         for hf in projections:
             set_numerics(model.get_submodule(hf.removesuffix(".weight")), NUMERICS_BY_TYPE[types[hf]])
-    for hf, (bits, gamma) in packed.items():
-        hold_packed(model.get_submodule(hf.removesuffix(".weight")), bits, gamma)
+    for hf, (bits, gamma, layout) in packed.items():
+        hold_packed(model.get_submodule(hf.removesuffix(".weight")), bits, gamma, layout)
     if tokenizer_dir is not None:
         dest = Path(tokenizer_dir)
         dest.mkdir(parents=True, exist_ok=True)

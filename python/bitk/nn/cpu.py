@@ -83,8 +83,8 @@ def _codecs():
 
 
 def kernel_variants() -> list[str]:
-    """The C++ kernel variants this CPU runs, baseline first ("scalar", "avx2", "avx512_vnni");
-    empty without the extension."""
+    """The C++ kernel variants this CPU runs, baseline first ("scalar", "avx2", "avx_vnni",
+    "avx512_vnni"); empty without the extension."""
     codecs = _codecs()
     return list(codecs.cpu_kernels()) if codecs is not None else []
 
@@ -106,7 +106,7 @@ def _check_kernel_request(value: str) -> None:
     requested = value.strip().lower()
     codecs = _codecs()
     if requested and requested != "auto" and requested not in codecs.cpu_kernels():
-        known = ("scalar", "avx2", "avx512_vnni")
+        known = ("scalar", "avx2", "avx_vnni", "avx512_vnni")
         what = "is not one of " + ", ".join(known) if requested not in known else "is not supported by this CPU"
         raise ValueError(f"BITK_CPU_KERNEL={requested!r} {what} (this CPU runs {', '.join(codecs.cpu_kernels())})")
 

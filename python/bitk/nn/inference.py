@@ -16,7 +16,8 @@ The modes other than "train" are for evaluation: weights count as fully ternary 
 is ignored), what each mode multiplies by is cached until the weight changes, and no gradient
 reaches them. On the CPU, "i2s" keeps only the 2-bit packed weights (no int8 codes) and computes
 in bitk's C++ kernels: activations quantized in one pass, int8 x 2-bit dot products; a
-`bitk.nn.packed.PackedBitLinear` (what `bitk.gguf.load` builds) holds nothing else at all.
+`bitk.nn.packed.PackedBitLinear` (what `bitk.gguf.load` builds) holds nothing else at all, and
+multiplies an I2_S file's bytes as they are.
 """
 
 from __future__ import annotations
@@ -84,16 +85,23 @@ def _out(y: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, out_featur
 
 
 def bitlinear_i2s_packed(
-    x: torch.Tensor, packed: object, gamma: torch.Tensor, bias: torch.Tensor | None, out_features: int
+    x: torch.Tensor,
+    packed: object,
+    gamma: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_features: int,
+    layout: str = "panels",
 ) -> torch.Tensor:
-    """`bitlinear_i2s` of a CPU ``x`` from the weights alone: their codes packed 2 bits each
-    (``ternary_gemm_pack``) and 0-dim float32 ``gamma``, in bitk's C++ kernels (quantization and
-    epilogue as bitnet.cpp's)."""
+    """`bitlinear_i2s` of a CPU ``x`` from the weights alone: their codes 2 bits each and 0-dim
+    float32 ``gamma``, in bitk's C++ kernels (quantization and epilogue as bitnet.cpp's). ``layout``
+    "panels": ``packed`` from ``ternary_gemm_pack``; "i2s": the bytes of the I2_S tensor (x86
+    layout), multiplied as they are."""
     x2 = x.detach().reshape(-1, x.shape[-1])
     codecs = cpu._codecs()
     codecs.set_num_threads(torch.get_num_threads())
     xq, s = codecs.quantize_activations(x2.to(torch.float32).contiguous().numpy(), "bitnet")
-    y = torch.from_numpy(codecs.ternary_gemm_divide(xq, s, packed, out_features, gamma.item()))
+    gemm = codecs.i2s_gemm_divide if layout == "i2s" else codecs.ternary_gemm_divide
+    y = torch.from_numpy(gemm(xq, s, packed, out_features, gamma.item()))
     return _out(y, x, bias, out_features)
 
 

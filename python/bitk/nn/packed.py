@@ -2,9 +2,17 @@
 
 A ternary projection read from a GGUF file is codes and one scale. In "i2s" numerics on the CPU
 with bitk's C++ kernels (`bitk.nn.cpu.matmul_engine() == "cpp"`), BitLinear's forward reads only
-those codes packed 2 bits each (`ternary_gemm_pack`) and gamma, so a `PackedBitLinear` keeps only
-those: about n k / 4 bytes instead of the 4 n k of float32 latent weights. Its ``weight``
-Parameter keeps its shape, dtype, device and ``requires_grad`` but no values (one NaN, broadcast).
+those codes, 2 bits each, and gamma, so a `PackedBitLinear` keeps only those: about n k / 4 bytes
+instead of the 4 n k of float32 latent weights, in one of two layouts (``layout``):
+
+- "i2s": the bytes of the I2_S tensor as the file holds them (the "x86" layout of blocks of 128,
+  docs/formats.md, with the 32-byte tail of its scale), multiplied as they are by
+  ``bitk._codecs.i2s_gemm_divide``: what `bitk.gguf.load` keeps of an I2_S projection;
+- "panels": the codes packed for bitk's training-time kernel (`ternary_gemm_pack`), for I2_S files
+  of the other layouts.
+
+Its ``weight`` Parameter keeps its shape, dtype, device and ``requires_grad`` but no values (one
+NaN, broadcast).
 
 Anything else that needs the weight turns the layer back into a plain BitLinear first
 (`PackedBitLinear.unpack`): a forward in another numerics mode or matmul engine, reading
@@ -24,14 +32,24 @@ import numpy as np
 import torch
 
 from bitk import formats
-from bitk.formats.constants import ABSMEAN_EPS
+from bitk.formats.constants import ABSMEAN_EPS, I2S_ROW_MULTIPLE
 
 from . import cpu, inference
 from . import functional as F
 from .bitlinear import BitLinear
 from .norm import RMSNorm
 
-__all__ = ["PackedBitLinear", "hold_packed", "pack_ternary", "unpack_ternary_gemm", "weight_placeholder"]
+__all__ = [
+    "LAYOUTS",
+    "PackedBitLinear",
+    "hold_packed",
+    "i2s_weights",
+    "pack_ternary",
+    "unpack_ternary_gemm",
+    "weight_placeholder",
+]
+
+LAYOUTS = ("i2s", "panels")
 
 # The layout of `ternary_gemm_pack` (csrc/ternary_gemm.h): 16-row panels of 16-column groups, 64 bytes each.
 _PANEL, _GROUP = 16, 16
@@ -49,6 +67,29 @@ def pack_ternary(codes: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
         raise ValueError(f"scale must be finite and >= {ABSMEAN_EPS} (the absmean floor); got {scale!r}")
     gamma = float(s) if codes.any() else float(np.float32(ABSMEAN_EPS))
     return cpu._codecs().ternary_gemm_pack(np.ascontiguousarray(codes, dtype=np.int8)), gamma
+
+
+def i2s_weights(data: object, n: int, k: int) -> tuple[np.ndarray, float]:
+    """(a copy of ``data``, gamma): the bytes of an I2_S tensor [n, k] in the "x86" layout, with
+    the 32-byte tail of its scale, as an "i2s" `PackedBitLinear` holds them.
+
+    gamma is what `pack_ternary` gives for the same codes and scale. ValueError for a k that is no
+    multiple of 128, a wrong byte count, a 2-bit value 3 (no code) or a scale `pack_ternary` refuses.
+    """
+    body = n * (k // 4)
+    if k % I2S_ROW_MULTIPLE:
+        raise ValueError(f"an I2_S tensor's rows are whole blocks of {I2S_ROW_MULTIPLE} values; k={k} is not")
+    data = np.array(data, dtype=np.uint8, copy=True).reshape(-1)
+    if data.size != body + 32:
+        raise ValueError(f"{data.size} bytes are not an I2_S tensor [{n}, {k}] ({body + 32} bytes with its scale)")
+    codes = data[:body]
+    if np.any(codes & (codes >> 1) & 0x55):
+        raise ValueError("the I2_S bytes hold the 2-bit value 3, which is no ternary code")
+    s = np.float32(data[body : body + 4].view("<f4")[0])
+    if not np.isfinite(s) or s < np.float32(ABSMEAN_EPS):
+        raise ValueError(f"scale must be finite and >= {ABSMEAN_EPS} (the absmean floor); got {float(s)!r}")
+    gamma = float(s) if np.any(codes != 0x55) else float(np.float32(ABSMEAN_EPS))  # 0x55: four zero codes
+    return data, gamma
 
 
 def unpack_ternary_gemm(packed: np.ndarray, n: int, k: int) -> np.ndarray:
@@ -76,7 +117,7 @@ def weight_placeholder(
 
 
 class PackedBitLinear(BitLinear):
-    """A BitLinear holding only its codes packed 2 bits each (``packed``) and ``gamma`` (module doc).
+    """A BitLinear holding only its codes, 2 bits each (``packed``, in ``layout``), and ``gamma`` (module doc).
 
     Made from a BitLinear by `hold_packed`; `unpack` (or anything that needs the float weights)
     turns it back into one. Its "i2s" forward on the CPU with bitk's kernels computes what the
@@ -85,6 +126,7 @@ class PackedBitLinear(BitLinear):
 
     packed: np.ndarray
     gamma: torch.Tensor
+    layout: str
 
     @property
     def weight(self) -> torch.nn.Parameter:  # type: ignore[override]
@@ -96,14 +138,17 @@ class PackedBitLinear(BitLinear):
         if self.numerics == "i2s" and x.device.type == "cpu" and cpu.matmul_engine() == "cpp":
             if norm is not None:
                 x = F.rms_norm(x, norm.weight, norm.eps)
-            return inference.bitlinear_i2s_packed(x, self.packed, self.gamma, self.bias, self.out_features)
+            return inference.bitlinear_i2s_packed(x, self.packed, self.gamma, self.bias, self.out_features, self.layout)
         self.unpack()
         return self.forward(x, norm)
 
     def unpack(self) -> None:
         """Become the BitLinear this layer was made from: float32 latent weights of its codes and gamma."""
         weight = self._parameters["weight"]
-        codes = unpack_ternary_gemm(self.packed, self.out_features, self.in_features)
+        if self.layout == "i2s":
+            codes = formats.unpack_i2s(self.packed, (self.out_features, self.in_features), "x86")[0]
+        else:
+            codes = unpack_ternary_gemm(self.packed, self.out_features, self.in_features)
         try:
             latent = formats.latent_weights(codes, self.gamma.item())
         except ValueError as exc:
@@ -113,7 +158,7 @@ class PackedBitLinear(BitLinear):
             ) from None
         with torch.no_grad():
             weight.data = torch.from_numpy(latent)
-        del self.packed, self.gamma
+        del self.packed, self.gamma, self.layout
         self.__class__ = BitLinear
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> PackedBitLinear:
@@ -133,22 +178,32 @@ class PackedBitLinear(BitLinear):
         self._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, weights=2-bit packed"
+        return f"{super().extra_repr()}, weights=2-bit packed ({self.layout})"
 
 
-def hold_packed(layer: BitLinear, packed: np.ndarray, gamma: float) -> PackedBitLinear:
-    """Make ``layer`` (a float32 CPU BitLinear) a `PackedBitLinear` of ``packed`` and ``gamma`` (`pack_ternary`),
-    in place: its weight Parameter keeps its shape, dtype and device and gives up its values."""
+def hold_packed(layer: BitLinear, packed: np.ndarray, gamma: float, layout: str = "panels") -> PackedBitLinear:
+    """Make ``layer`` (a float32 CPU BitLinear) a `PackedBitLinear` of ``packed`` and ``gamma`` in place:
+    its weight Parameter keeps its shape, dtype and device and gives up its values.
+
+    ``layout`` "panels": ``packed`` and gamma from `pack_ternary`; "i2s": from `i2s_weights`.
+    """
     if type(layer) is not BitLinear:
         raise ValueError(f"hold_packed takes a BitLinear, got {type(layer).__name__}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
     weight = layer.weight
     if weight.device.type != "cpu" or weight.dtype != torch.float32:
         raise ValueError(f"hold_packed takes a float32 CPU layer, got {weight.dtype} on {weight.device}")
-    expected = cpu._codecs().ternary_gemm_packed_size(layer.out_features, layer.in_features)
+    n, k = layer.out_features, layer.in_features
+    if layout == "i2s":
+        if k % I2S_ROW_MULTIPLE:
+            raise ValueError(f"hold_packed: an I2_S tensor's rows are whole blocks of {I2S_ROW_MULTIPLE}; k={k} is not")
+        expected, what = n * (k // 4) + 32, "an I2_S tensor"
+    else:
+        expected, what = cpu._codecs().ternary_gemm_packed_size(n, k), "the packed codes"
     if np.asarray(packed).nbytes != expected:
         raise ValueError(
-            f"hold_packed: {np.asarray(packed).nbytes} bytes are not the packed codes of "
-            f"[{layer.out_features}, {layer.in_features}] ({expected} bytes)"
+            f"hold_packed: {np.asarray(packed).nbytes} bytes are not {what} of [{n}, {k}] ({expected} bytes)"
         )
     with torch.no_grad():
         weight.data = weight_placeholder(weight.shape, weight.dtype, weight.device)
@@ -156,4 +211,5 @@ def hold_packed(layer: BitLinear, packed: np.ndarray, gamma: float) -> PackedBit
     layer.__class__ = PackedBitLinear
     layer.packed = packed
     layer.gamma = torch.tensor(gamma, dtype=torch.float32)
+    layer.layout = layout
     return layer
