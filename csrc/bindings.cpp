@@ -255,16 +255,45 @@ FloatArray ternary_gemm_rows(const py::object& xq_obj, const py::object& factor_
   return y;
 }
 
-// ternary_gemm and ternary_gemm_divide: the same inputs, two epilogues.
+// The weights of a GEMM: the panels of ternary_gemm_pack ("packed"), or an I2_S tensor's bytes ("w").
+struct PanelWeights {
+  static constexpr const char* name = "packed";
+  static std::pair<int64_t, int64_t> check(const py::array_t<int8_t>& xq, const py::array_t<uint8_t>& w, int64_t n) {
+    return gemm_inputs(xq, w, n);
+  }
+};
+
+// Checks xq [m, k] and the I2_S bytes of a tensor [n, k] (its codes, with or without the 32-byte
+// tail of the scale, which is not read); returns (m, k).
+struct I2sWeights {
+  static constexpr const char* name = "w";
+  static std::pair<int64_t, int64_t> check(const py::array_t<int8_t>& xq, const py::array_t<uint8_t>& w, int64_t n) {
+    if (n < 0) throw py::value_error("n must be >= 0, got " + std::to_string(n));
+    const int64_t m = xq.shape(0), k = xq.shape(1);
+    int64_t expected = 0;
+    try {
+      expected = bitk::i2s_gemm_weight_bytes(n, k);
+    } catch (const std::invalid_argument& e) {
+      throw py::value_error(e.what());
+    }
+    if (w.size() != expected && w.size() != expected + 32)
+      throw py::value_error("w has " + std::to_string(w.size()) + " bytes; an I2_S tensor [n=" + std::to_string(n) +
+                            ", k=" + std::to_string(k) + "] (k from xq) has " + std::to_string(expected) +
+                            " bytes of codes, " + std::to_string(expected + 32) + " with its scale");
+    return {m, k};
+  }
+};
+
+// ternary_gemm, ternary_gemm_divide and i2s_gemm_divide: the same inputs, their epilogues.
 using ScaledGemm = void (*)(const int8_t*, const float*, int64_t, int64_t, const uint8_t*, int64_t, float, float*);
 
-template <ScaledGemm Gemm>
+template <ScaledGemm Gemm, class Weights = PanelWeights>
 FloatArray scaled_gemm(const py::object& xq_obj, const py::object& s_obj, const py::object& packed_obj, int64_t n,
                        float scale, const py::object& out) {
   const auto xq = gemm_array<int8_t>(xq_obj, "xq", "int8", 2);
   const auto s = gemm_array<float>(s_obj, "s", "float32", 1);
-  const auto packed = gemm_array<uint8_t>(packed_obj, "packed", "uint8", 1);
-  const auto [m, k] = gemm_inputs(xq, packed, n);
+  const auto packed = gemm_array<uint8_t>(packed_obj, Weights::name, "uint8", 1);
+  const auto [m, k] = Weights::check(xq, packed, n);
   require_shape(s, "s", {m});
   auto y = gemm_output<float>(out, "float32", m, n);
   float* data = y.mutable_data();
@@ -486,59 +515,19 @@ void set_cpu_kernel(const std::string& name) {
   }
 }
 
-py::array_t<int32_t> ternary_gemm_int32(const py::object& xq_obj, const py::object& packed_obj, int64_t n,
-                                        const py::object& out) {
+// ternary_gemm_int32 and i2s_gemm_int32.
+using Int32Gemm = void (*)(const int8_t*, int64_t, int64_t, const uint8_t*, int64_t, int32_t*);
+
+template <Int32Gemm Gemm, class Weights = PanelWeights>
+py::array_t<int32_t> int32_gemm(const py::object& xq_obj, const py::object& packed_obj, int64_t n,
+                                const py::object& out) {
   const auto xq = gemm_array<int8_t>(xq_obj, "xq", "int8", 2);
-  const auto packed = gemm_array<uint8_t>(packed_obj, "packed", "uint8", 1);
-  const auto [m, k] = gemm_inputs(xq, packed, n);
+  const auto packed = gemm_array<uint8_t>(packed_obj, Weights::name, "uint8", 1);
+  const auto [m, k] = Weights::check(xq, packed, n);
   auto acc = gemm_output<int32_t>(out, "int32", m, n);
   int32_t* data = acc.mutable_data();
   py::gil_scoped_release release;
-  bitk::ternary_gemm_int32(xq.data(), m, k, packed.data(), n, data);
-  return acc;
-}
-
-// Checks xq [m, k] and the I2_S bytes of a tensor [n, k] (its codes, with or without the 32-byte
-// tail of the scale, which is not read); returns (m, k).
-std::pair<int64_t, int64_t> i2s_inputs(const py::array_t<int8_t>& xq, const py::array_t<uint8_t>& w, int64_t n) {
-  if (n < 0) throw py::value_error("n must be >= 0, got " + std::to_string(n));
-  const int64_t m = xq.shape(0), k = xq.shape(1);
-  int64_t expected = 0;
-  try {
-    expected = bitk::i2s_gemm_weight_bytes(n, k);
-  } catch (const std::invalid_argument& e) {
-    throw py::value_error(e.what());
-  }
-  if (w.size() != expected && w.size() != expected + 32)
-    throw py::value_error("w has " + std::to_string(w.size()) + " bytes; an I2_S tensor [n=" + std::to_string(n) +
-                          ", k=" + std::to_string(k) + "] (k from xq) has " + std::to_string(expected) +
-                          " bytes of codes, " + std::to_string(expected + 32) + " with its scale");
-  return {m, k};
-}
-
-FloatArray i2s_gemm_divide(const py::object& xq_obj, const py::object& s_obj, const py::object& w_obj, int64_t n,
-                           float scale, const py::object& out) {
-  const auto xq = gemm_array<int8_t>(xq_obj, "xq", "int8", 2);
-  const auto s = gemm_array<float>(s_obj, "s", "float32", 1);
-  const auto w = gemm_array<uint8_t>(w_obj, "w", "uint8", 1);
-  const auto [m, k] = i2s_inputs(xq, w, n);
-  require_shape(s, "s", {m});
-  auto y = gemm_output<float>(out, "float32", m, n);
-  float* data = y.mutable_data();
-  py::gil_scoped_release release;
-  bitk::i2s_gemm_divide(xq.data(), s.data(), m, k, w.data(), n, scale, data);
-  return y;
-}
-
-py::array_t<int32_t> i2s_gemm_int32(const py::object& xq_obj, const py::object& w_obj, int64_t n,
-                                    const py::object& out) {
-  const auto xq = gemm_array<int8_t>(xq_obj, "xq", "int8", 2);
-  const auto w = gemm_array<uint8_t>(w_obj, "w", "uint8", 1);
-  const auto [m, k] = i2s_inputs(xq, w, n);
-  auto acc = gemm_output<int32_t>(out, "int32", m, n);
-  int32_t* data = acc.mutable_data();
-  py::gil_scoped_release release;
-  bitk::i2s_gemm_int32(xq.data(), m, k, w.data(), n, data);
+  Gemm(xq.data(), m, k, packed.data(), n, data);
   return acc;
 }
 
@@ -583,17 +572,18 @@ PYBIND11_MODULE(_codecs, m) {
         py::arg("out") = py::none(),
         "y[m, n] = float32(sum_k xq[m, k] codes[n, k]) * factor[m] as float32 [m, n], exactly (one float32\n"
         "multiply per value); factor float32 [m].");
-  m.def("ternary_gemm_int32", &ternary_gemm_int32, py::arg("xq"), py::arg("packed"), py::arg("n"),
-        py::arg("out") = py::none(), "acc[m, n] = sum_k xq[m, k] codes[n, k] as int32 [m, n].");
+  m.def("ternary_gemm_int32", &int32_gemm<bitk::ternary_gemm_int32>, py::arg("xq"), py::arg("packed"),
+        py::arg("n"), py::arg("out") = py::none(), "acc[m, n] = sum_k xq[m, k] codes[n, k] as int32 [m, n].");
   m.def("ternary_gemm_divide", &scaled_gemm<bitk::ternary_gemm_divide>, py::arg("xq"), py::arg("s"),
         py::arg("packed"), py::arg("n"), py::arg("scale"), py::arg("out") = py::none(),
         "y[m, n] = (float32(sum_k xq[m, k] codes[n, k]) / s[m]) * scale (bitnet.cpp's I2_S epilogue), exactly.");
-  m.def("i2s_gemm_divide", &i2s_gemm_divide, py::arg("xq"), py::arg("s"), py::arg("w"), py::arg("n"),
-        py::arg("scale"), py::arg("out") = py::none(),
+  m.def("i2s_gemm_divide", &scaled_gemm<bitk::i2s_gemm_divide, I2sWeights>, py::arg("xq"), py::arg("s"),
+        py::arg("w"), py::arg("n"), py::arg("scale"), py::arg("out") = py::none(),
         "y[m, n] = (float32(sum_k xq[m, k] codes[n, k]) / s[m]) * scale (bitnet.cpp's I2_S forward), exactly,\n"
         "straight from w, the bytes of an I2_S tensor [n, k] in the x86 layout (k a multiple of 128; with or\n"
         "without its 32-byte tail, which is not read).");
-  m.def("i2s_gemm_int32", &i2s_gemm_int32, py::arg("xq"), py::arg("w"), py::arg("n"), py::arg("out") = py::none(),
+  m.def("i2s_gemm_int32", &int32_gemm<bitk::i2s_gemm_int32, I2sWeights>, py::arg("xq"), py::arg("w"),
+        py::arg("n"), py::arg("out") = py::none(),
         "acc[m, n] = sum_k xq[m, k] codes[n, k] as int32 [m, n], from the bytes of an I2_S tensor [n, k].");
   m.def("quantize_activations", &quantize_activations, py::arg("x"), py::arg("mode") = "train",
         py::arg("out") = py::none(),

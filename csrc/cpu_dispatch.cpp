@@ -30,6 +30,21 @@
 #include "ternary_codecs.h"
 #include "ternary_gemm.h"
 
+// The GEMMs of every build, the avx_vnni one included.
+#define BITK_GEMM_DECLARATIONS                                                                          \
+  void ternary_gemm_rows(const int8_t* xq, const float* factor, int64_t m, int64_t k,                 \
+                         const uint8_t* packed, int64_t n, float* y);                                 \
+  void ternary_gemm(const int8_t* xq, const float* s, int64_t m, int64_t k, const uint8_t* packed,    \
+                    int64_t n, float gamma, float* y);                                                \
+  void ternary_gemm_divide(const int8_t* xq, const float* s, int64_t m, int64_t k,                    \
+                           const uint8_t* packed, int64_t n, float scale, float* y);                  \
+  void ternary_gemm_int32(const int8_t* xq, int64_t m, int64_t k, const uint8_t* packed, int64_t n,   \
+                          int32_t* acc);                                                              \
+  void i2s_gemm_divide(const int8_t* xq, const float* s, int64_t m, int64_t k, const uint8_t* w,      \
+                       int64_t n, float scale, float* y);                                             \
+  void i2s_gemm_int32(const int8_t* xq, int64_t m, int64_t k, const uint8_t* w, int64_t n,            \
+                      int32_t* acc);
+
 // The per-instruction-set builds: the same declarations in bitk::isa_<name>.
 #define BITK_DECLARE_ISA(ns)                                                                          \
   namespace bitk::ns {                                                                                \
@@ -51,20 +66,9 @@
   int64_t ternary_gemm_packed_size(int64_t n, int64_t k);                                             \
   void ternary_gemm_pack(const int8_t* codes, int64_t n, int64_t k, uint8_t* packed);                 \
   void ternary_gemm_pack_transposed(const int8_t* codes, int64_t n, int64_t k, uint8_t* packed);      \
-  void ternary_gemm_rows(const int8_t* xq, const float* factor, int64_t m, int64_t k,                 \
-                         const uint8_t* packed, int64_t n, float* y);                                 \
-  void ternary_gemm(const int8_t* xq, const float* s, int64_t m, int64_t k, const uint8_t* packed,    \
-                    int64_t n, float gamma, float* y);                                                \
-  void ternary_gemm_divide(const int8_t* xq, const float* s, int64_t m, int64_t k,                    \
-                           const uint8_t* packed, int64_t n, float scale, float* y);                  \
-  void ternary_gemm_int32(const int8_t* xq, int64_t m, int64_t k, const uint8_t* packed, int64_t n,   \
-                          int32_t* acc);                                                              \
+  BITK_GEMM_DECLARATIONS                                                                              \
   void ternary_scale(const int8_t* codes, int64_t count, float gamma, float* out);                    \
   int64_t i2s_gemm_weight_bytes(int64_t n, int64_t k);                                                \
-  void i2s_gemm_divide(const int8_t* xq, const float* s, int64_t m, int64_t k, const uint8_t* w,      \
-                       int64_t n, float scale, float* y);                                             \
-  void i2s_gemm_int32(const int8_t* xq, int64_t m, int64_t k, const uint8_t* w, int64_t n,            \
-                      int32_t* acc);                                                                  \
   void quantize_activations(const float* x, int64_t m, int64_t k, ActivationScale mode, int8_t* xq,   \
                             float* s);                                                                \
   void int8_to_bf16(const int8_t* src, int64_t count, uint16_t* out);                                 \
@@ -94,16 +98,7 @@ BITK_DECLARE_ISA(isa_avx512_vnni)
 // The avx_vnni build holds the GEMMs only (ternary_gemm.cpp, i2s_gemm.cpp); the rest of that
 // variant is the AVX2 build's.
 namespace bitk::isa_avx_vnni {
-void ternary_gemm_rows(const int8_t* xq, const float* factor, int64_t m, int64_t k, const uint8_t* packed, int64_t n,
-                       float* y);
-void ternary_gemm(const int8_t* xq, const float* s, int64_t m, int64_t k, const uint8_t* packed, int64_t n,
-                  float gamma, float* y);
-void ternary_gemm_divide(const int8_t* xq, const float* s, int64_t m, int64_t k, const uint8_t* packed, int64_t n,
-                         float scale, float* y);
-void ternary_gemm_int32(const int8_t* xq, int64_t m, int64_t k, const uint8_t* packed, int64_t n, int32_t* acc);
-void i2s_gemm_divide(const int8_t* xq, const float* s, int64_t m, int64_t k, const uint8_t* w, int64_t n, float scale,
-                     float* y);
-void i2s_gemm_int32(const int8_t* xq, int64_t m, int64_t k, const uint8_t* w, int64_t n, int32_t* acc);
+BITK_GEMM_DECLARATIONS
 }  // namespace bitk::isa_avx_vnni
 #endif
 

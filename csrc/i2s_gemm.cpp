@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "gemm_epilogue.h"
 #include "parallel.h"
 
 // Compiled once per instruction set (CMakeLists.txt); cpu_dispatch.cpp calls the build the CPU runs.
@@ -391,29 +392,6 @@ void run_tile(int64_t rx, int64_t rw, const int8_t* x, int64_t k, const uint8_t*
   run_columns<RX>(rw, x, k, w, ws, out, ostride);
 }
 
-// Epilogues of `cols` outputs of one row from their raw sums: acc = raw - sum_k x (plain loops
-// over contiguous values, which the compiler vectorizes; IEEE division and products either way).
-struct DivideStore {  // bitnet.cpp's y = (float(acc) / s[row]) * scale
-  const float* s;
-  float scale;
-  float* y;
-  int64_t n;
-  void operator()(int64_t row, int64_t n0, int64_t cols, const int32_t* raw, int32_t xsum) const {
-    float* out = y + row * n + n0;
-    const float r = s[row], c = scale;
-    for (int64_t j = 0; j < cols; ++j) out[j] = (float(raw[j] - xsum) / r) * c;
-  }
-};
-
-struct Int32Store {
-  int32_t* acc;
-  int64_t n;
-  void operator()(int64_t row, int64_t n0, int64_t cols, const int32_t* raw, int32_t xsum) const {
-    int32_t* out = acc + row * n + n0;
-    for (int64_t j = 0; j < cols; ++j) out[j] = raw[j] - xsum;
-  }
-};
-
 template <class Store>
 void i2s_gemm(const int8_t* xq, int64_t m, int64_t k, const uint8_t* w, int64_t n, const Store& store) {
   if (m == 0 || n == 0) return;
@@ -454,7 +432,7 @@ int64_t i2s_gemm_weight_bytes(int64_t n, int64_t k) {
 void i2s_gemm_divide(const int8_t* xq, const float* s, int64_t m, int64_t k, const uint8_t* w, int64_t n, float scale,
                      float* y) {
   check_sizes("i2s_gemm_divide", m, n, k);
-  i2s_gemm(xq, m, k, w, n, DivideStore{s, scale, y, n});
+  i2s_gemm(xq, m, k, w, n, FloatStore{s, scale, true, y, n});
 }
 
 void i2s_gemm_int32(const int8_t* xq, int64_t m, int64_t k, const uint8_t* w, int64_t n, int32_t* acc) {

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "gemm_epilogue.h"
 #include "parallel.h"
 
 // Compiled once per instruction set (CMakeLists.txt: scalar, AVX2, AVX-512 VNNI); the macros of
@@ -72,47 +73,6 @@ uint32_t pack_group_scalar(const int8_t* row, int64_t k0, int64_t k) {
 }
 
 void store_word(uint8_t* dst, uint32_t word) { std::memcpy(dst, &word, 4); }
-
-// Epilogues: `raw` holds sum_k c x for `cols` columns of one row; acc = raw - sum_k x.
-// FloatStore: the training forward's y = float(acc) * per_row[m] (per_row = gamma / s, one float32
-// division per row), or with `divide` bitnet.cpp's I2_S y = (float(acc) / per_row[m]) * scale
-// (per_row = s: a float32 division, then a multiply).
-struct FloatStore {
-  const float* per_row;
-  float scale;
-  bool divide;
-  float* y;
-  int64_t n;
-  void operator()(int64_t row, int64_t n0, int64_t cols, const int32_t* raw, int32_t xsum) const {
-    float* out = y + row * n + n0;
-    const float r = per_row[row];
-#if defined(BITK_GEMM_AVX2)
-    if (cols == kPanel) {
-      const __m256i sum = _mm256_set1_epi32(xsum);
-      const __m256 rv = _mm256_set1_ps(r), sv = _mm256_set1_ps(scale);
-      for (int h = 0; h < 2; ++h) {
-        const __m256i acc = _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(raw + 8 * h)), sum);
-        const __m256 v = _mm256_cvtepi32_ps(acc);
-        _mm256_storeu_ps(out + 8 * h, divide ? _mm256_mul_ps(_mm256_div_ps(v, rv), sv) : _mm256_mul_ps(v, rv));
-      }
-      return;
-    }
-#endif
-    for (int64_t j = 0; j < cols; ++j) {
-      const float v = float(raw[j] - xsum);
-      out[j] = divide ? (v / r) * scale : v * r;
-    }
-  }
-};
-
-struct Int32Store {
-  int32_t* acc;
-  int64_t n;
-  void operator()(int64_t row, int64_t n0, int64_t cols, const int32_t* raw, int32_t xsum) const {
-    int32_t* out = acc + row * n + n0;
-    for (int64_t j = 0; j < cols; ++j) out[j] = raw[j] - xsum;
-  }
-};
 
 // ---------------------------------------------------------------------------- scalar path
 

@@ -189,6 +189,21 @@ def test_no_wide_instructions_outside_their_builds():
     assert not wrong, f"wide instructions where any CPU may run them: {wrong}"
 
 
+def test_avx_vnni_encodings_are_twins():
+    """The avx_vnni build's vpdpbusd on ymm registers in AVX-VNNI's VEX encoding (what an AVX2 CPU
+    with AVX-VNNI runs; not every test machine can) and in AVX-512 VNNI's EVEX encoding (what the
+    tests run where the CPU has AVX-512 instead): the same instructions, one for one, operands and
+    all. (The AVX-512 build's own vpdpbusd work on zmm registers.)"""
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        pytest.fail("objdump (binutils) is needed to read the extension's machine code")
+    text = subprocess.run([objdump, "-d", "--no-show-raw-insn", C.__file__], capture_output=True, text=True, check=True)
+    vex, evex = [], []
+    for m in re.finditer(r"\t(\{vex\} )?vpdpbusd (%ymm\d+,%ymm\d+,%ymm\d+)\s*$", text.stdout, re.MULTILINE):
+        (vex if m.group(1) else evex).append(m.group(2))
+    assert vex and sorted(vex) == sorted(evex)
+
+
 def test_bf16_conversions_are_torchs(variant):
     """The backward's bf16 operands: torch's round-to-nearest-even bits (a NaN stays a NaN)."""
     g = torch.Generator().manual_seed(5)

@@ -24,20 +24,9 @@ import pytest
 import torch
 
 from bitk import _codecs as C
+from bitk_csrc_testing import random_case, reference_acc, same_bits
 
-
-@pytest.fixture(autouse=True, params=C.cpu_kernels())
-def kernel_variant(request, monkeypatch):
-    """Each test with one kernel variant forced, here and in the subprocesses it starts."""
-    monkeypatch.setenv("BITK_CPU_KERNEL", request.param)
-    C.set_cpu_kernel(request.param)
-    assert C.cpu_kernel() == request.param
-    yield request.param
-    C.set_cpu_kernel("auto")
-
-
-def reference_acc(xq: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    return (xq.astype(np.float64) @ codes.astype(np.float64).T).astype(np.int64)
+pytestmark = pytest.mark.usefixtures("kernel_variant")  # every test on each kernel variant
 
 
 def reference_y(xq: np.ndarray, s: np.ndarray, codes: np.ndarray, gamma: float) -> np.ndarray:
@@ -54,19 +43,6 @@ def reference_pack(codes: np.ndarray) -> np.ndarray:
     c = c.reshape(panels, 16, groups, 4, 4)  # [panel, row, group, t, q]: column 16 g + 4 t + q
     byte = c[..., 0, :] | (c[..., 1, :] << 2) | (c[..., 2, :] << 4) | (c[..., 3, :] << 6)
     return byte.transpose(0, 2, 1, 3).reshape(-1)  # [panel, group, row, q]
-
-
-def random_case(seed: int, m: int, k: int, n: int, density: float = 0.6):
-    rng = np.random.default_rng(seed)
-    xq = rng.integers(-128, 128, (m, k), dtype=np.int8)
-    codes = (rng.random((n, k)) < density) * rng.choice(np.array([-1, 1], np.int8), (n, k))
-    s = (2.0 ** rng.uniform(-8, 8, m)).astype(np.float32)
-    gamma = float(np.float32(rng.uniform(0.01, 2.0)))
-    return xq, codes.astype(np.int8), s, gamma
-
-
-def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
 
 
 @pytest.mark.parametrize("m", range(1, 14))
