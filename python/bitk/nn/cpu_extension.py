@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["codecs", "numpy_view"]
+__all__ = ["codecs", "dense_float32_cpu", "numpy_view"]
 
 
 def codecs(needs: str):
@@ -19,6 +19,11 @@ def codecs(needs: str):
         return None
     _codecs.set_num_threads(torch.get_num_threads())
     return _codecs
+
+
+def dense_float32_cpu(*tensors: torch.Tensor) -> bool:
+    """Whether every tensor is float32, on the CPU and contiguous: what the C++ passes read."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
 
 
 def numpy_view(t: torch.Tensor) -> np.ndarray:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .cpu_extension import codecs as _extension
+from .cpu_extension import dense_float32_cpu
 from .cpu_extension import numpy_view as _np
 
 __all__ = ["applies", "relu2_gate"]
@@ -31,16 +32,7 @@ def _codecs():
 def applies(gate: torch.Tensor, up: torch.Tensor) -> bool:
     """True when this path computes ``square(relu(gate)) * up``: contiguous float32 CPU tensors of
     one shape with a last dimension."""
-    return (
-        gate.device.type == "cpu"
-        and up.device.type == "cpu"
-        and gate.dtype == torch.float32
-        and up.dtype == torch.float32
-        and gate.dim() >= 1
-        and gate.shape == up.shape
-        and gate.is_contiguous()
-        and up.is_contiguous()
-    )
+    return dense_float32_cpu(gate, up) and gate.dim() >= 1 and gate.shape == up.shape
 
 
 def _fused(*tensors: torch.Tensor):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from .cpu_extension import codecs as _extension
+from .cpu_extension import dense_float32_cpu
 from .cpu_extension import numpy_view as _np
 
 __all__ = ["applies", "rms_norm"]
@@ -32,16 +33,7 @@ def _codecs():
 def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """True when this path computes RMSNorm of ``x`` with gain ``weight``: contiguous float32 CPU
     tensors, x with a feature dimension (without bitk's C++ kernels, by torch's ops)."""
-    return (
-        x.device.type == "cpu"
-        and weight.device.type == "cpu"
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
-        and x.dim() >= 1
-        and weight.shape == (x.shape[-1],)
-        and x.is_contiguous()
-        and weight.is_contiguous()
-    )
+    return dense_float32_cpu(x, weight) and x.dim() >= 1 and weight.shape == (x.shape[-1],)
 
 
 def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:

@@ -62,11 +62,17 @@ def pack_ternary(codes: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
     or the absmean floor (1e-5) for all-zero codes (whose latent weights are zeros). ValueError,
     as `bitk.formats.latent_weights`, for a scale that is not finite or under the floor.
     """
+    gamma = _gamma(scale, bool(codes.any()))
+    return cpu._codecs().ternary_gemm_pack(np.ascontiguousarray(codes, dtype=np.int8)), gamma
+
+
+def _gamma(scale: float, any_code: bool) -> float:
+    """float32(scale), or the absmean floor where every code is 0; ValueError for a scale that is
+    not finite or under the floor."""
     s = np.float32(scale)
     if not np.isfinite(s) or s < np.float32(ABSMEAN_EPS):
         raise ValueError(f"scale must be finite and >= {ABSMEAN_EPS} (the absmean floor); got {scale!r}")
-    gamma = float(s) if codes.any() else float(np.float32(ABSMEAN_EPS))
-    return cpu._codecs().ternary_gemm_pack(np.ascontiguousarray(codes, dtype=np.int8)), gamma
+    return float(s) if any_code else float(np.float32(ABSMEAN_EPS))
 
 
 def i2s_weights(data: object, n: int, k: int) -> tuple[np.ndarray, float]:
@@ -85,11 +91,8 @@ def i2s_weights(data: object, n: int, k: int) -> tuple[np.ndarray, float]:
     codes = data[:body]
     if np.any(codes & (codes >> 1) & 0x55):
         raise ValueError("the I2_S bytes hold the 2-bit value 3, which is no ternary code")
-    s = np.float32(data[body : body + 4].view("<f4")[0])
-    if not np.isfinite(s) or s < np.float32(ABSMEAN_EPS):
-        raise ValueError(f"scale must be finite and >= {ABSMEAN_EPS} (the absmean floor); got {float(s)!r}")
-    gamma = float(s) if np.any(codes != 0x55) else float(np.float32(ABSMEAN_EPS))  # 0x55: four zero codes
-    return data, gamma
+    scale = float(data[body : body + 4].view("<f4")[0])
+    return data, _gamma(scale, bool(np.any(codes != 0x55)))  # 0x55: four zero codes
 
 
 def unpack_ternary_gemm(packed: np.ndarray, n: int, k: int) -> np.ndarray:
