@@ -490,23 +490,37 @@ def make_llama_step(
     return step, micro_batch * block
 
 
+VS_LLAMA_MODELS = ("ternary", "float", "llama")
+
+
 def vs_llama_steps(
-    preset: str = "tiny", tokens: tuple[int, int] | None = None, *, overrides: dict | None = None
+    preset: str = "tiny",
+    tokens: tuple[int, int] | None = None,
+    *,
+    overrides: dict | None = None,
+    models: tuple[str, ...] = VS_LLAMA_MODELS,
 ) -> dict[str, Callable[[], object]]:
     """One-optimizer-step calls {"ternary", "float", "llama"} on the same batch, each returning its loss.
 
     "ternary" and "float" are `make_train_step` of bitk's ``preset`` with ``ternary`` True and False
     (the preset's SubLN kept); "llama" is `make_llama_step`, a transformers LlamaForCausalLM of the
     same shape. ``tokens``: (sequences, tokens per sequence), default `VS_LLAMA_TOKENS`; ``overrides``:
-    ModelConfig fields changed in all three. Float32 on the CPU, at torch's current thread count.
+    ModelConfig fields changed in all three; ``models``: which of the three to build (each holds its
+    weights, gradients and AdamW state). Float32 on the CPU, at torch's current thread count.
     Each call's ``tokens`` attribute is the tokens it trains on per step.
     """
+    unknown = sorted(set(models) - set(VS_LLAMA_MODELS))
+    if unknown:
+        raise ValueError(f"unknown models {unknown}: choose from {list(VS_LLAMA_MODELS)}")
     micro_batch, block = tokens or VS_LLAMA_TOKENS.get(preset, VS_LLAMA_TOKENS["tiny"])
     shape = {"block": block, "micro_batch": micro_batch, "overrides": overrides}
     steps: dict[str, Callable[[], object]] = {
-        name: make_train_step(preset, ternary=name == "ternary", **shape)[0] for name in ("ternary", "float")
+        name: make_train_step(preset, ternary=name == "ternary", **shape)[0]
+        for name in ("ternary", "float")
+        if name in models
     }
-    steps["llama"] = make_llama_step(preset, **shape)[0]
+    if "llama" in models:
+        steps["llama"] = make_llama_step(preset, **shape)[0]
     for step in steps.values():
         step.tokens = micro_batch * block
     return steps

@@ -328,6 +328,14 @@ def _vs_llama_step() -> dict[str, Callable[[], object]]:
     return vs_llama_steps("tiny")
 
 
+def _vs_llama_step_smollm2() -> dict[str, Callable[[], object]]:
+    """One training step of the smollm2_135m shape (bench_train.py `vs_llama_steps`, 2 x 256 tokens):
+    bitk's ternary model against a transformers LlamaForCausalLM of the same shape."""
+    from bench_train import vs_llama_steps
+
+    return vs_llama_steps("smollm2_135m", models=("ternary", "llama"))
+
+
 def _mixture_step() -> dict[str, Callable[[], object]]:
     """A training step of the README run that re-weights first (data.mixture=influence, 3 sources,
     2048-token probe; bench_train.py `mixture_due_step`) against a plain step with data.mixture=fixed."""
@@ -348,6 +356,7 @@ def _generate() -> dict[str, Callable[[], object]]:
 
 GATE_NEW_TOKENS = 32
 VS_LLAMA_GROUP = "Train step tiny vs transformers Llama (8 x 256, AdamW)"
+VS_LLAMA_SMOL_GROUP = "Train step smollm2_135m vs transformers Llama (2 x 256, AdamW)"
 SMOL_FORWARD = "BitLinear forward (SmolLM2 width, 512 x 576 -> 1536)"
 SMOL_FORWARD_BACKWARD = "BitLinear forward+backward (SmolLM2 width, 512 x 576 -> 1536)"
 GGUF_PREFILL = "Prefill of a loaded I2_S GGUF, smollm2_135m shape (1 x 256)"
@@ -450,6 +459,14 @@ GROUPS = {
             suite="train",
         ),
         Group(
+            VS_LLAMA_SMOL_GROUP,
+            2 * 256,
+            _vs_llama_step_smollm2,
+            reference="ternary",
+            unchecked=("llama",),
+            suite="train",
+        ),
+        Group(
             MIXTURE_GROUP,
             4 * 256,
             _mixture_step,
@@ -509,6 +526,7 @@ GATE_CASES = [
     GateCase("train_step_ternary_vs_float", "Train step tiny (8 x 256, AdamW)", "ternary", "float"),
     GateCase("mixture_influence_step_vs_fixed", MIXTURE_GROUP, "influence", "fixed"),
     GateCase("train_step_ternary_vs_llama", VS_LLAMA_GROUP, "ternary", "llama"),
+    GateCase("train_step_smollm2_ternary_vs_llama", VS_LLAMA_SMOL_GROUP, "ternary", "llama"),
     GateCase(
         "generate_kv_cache_vs_recompute",
         "Generate tiny (128-token prompt + 32 greedy tokens, i2s)",

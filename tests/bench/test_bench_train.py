@@ -10,6 +10,7 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from bitk.models import CausalLM, preset
@@ -96,6 +97,14 @@ def test_vs_llama_steps_train_three_models_of_one_shape():
     llama.eval()
     with torch.no_grad():
         torch.testing.assert_close(plain(ids).logits, llama(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_vs_llama_steps_builds_only_the_models_asked_for():
+    steps = bench_train.vs_llama_steps("tiny", (1, 16), models=("ternary", "llama"))
+    assert set(steps) == {"ternary", "llama"}
+    assert all(math.isfinite(step()) for step in steps.values())
+    with pytest.raises(ValueError, match="unknown models \\['bf16'\\]"):
+        bench_train.vs_llama_steps("tiny", (1, 16), models=("ternary", "bf16"))
 
 
 def test_measure_vs_llama_reports_paired_ratios():

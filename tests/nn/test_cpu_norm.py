@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 import torch
 
@@ -91,6 +93,42 @@ def test_a_gradient_that_is_not_contiguous_gives_the_same_bits():
     g = torch.randn(48, 12).T  # as a transposing op's backward may hand it
     assert not g.is_contiguous()
     assert_same_bits(_bitk(x, w, g, 1e-5, (True, True)), _reference(x, w, g, 1e-5, (True, True)))
+
+
+class _CountingCodecs:
+    """bitk._codecs, counting the calls of each function."""
+
+    def __init__(self):
+        self.calls = collections.Counter()
+
+    def __getattr__(self, name):
+        fn = getattr(codecs, name)
+
+        def call(*args, **kwargs):
+            self.calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return call
+
+
+def test_a_modules_gain_parameter_takes_the_cxx_passes(monkeypatch):
+    # An RMSNorm's gain is an nn.Parameter (a Tensor subclass with its own memory): the C++ passes
+    # read it as they read a plain tensor, in training and in evaluation.
+    spy = _CountingCodecs()
+    monkeypatch.setattr(cpu_norm, "_codecs", lambda: spy)
+    norm = RMSNorm(64)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x, g = torch.randn(4, 16, 64), torch.randn(4, 16, 64)
+    xb = x.clone().requires_grad_()
+    with use_backend("cpu"):
+        y = norm(xb)
+        y.backward(g)
+        with torch.no_grad():
+            norm(x)
+    got = (y.detach(), xb.grad, norm.weight.grad)
+    assert spy.calls == {"rms_norm_apply": 2, "rms_norm_backward_terms": 1, "rms_norm_backward_input": 1}
+    assert_same_bits(got, _reference(x, norm.weight.detach(), g, norm.eps, (True, True)))
 
 
 def test_without_the_extension_torchs_ops_give_the_same_bits(monkeypatch):

@@ -27,6 +27,7 @@ import weakref
 import torch
 
 from bitk import formats, numerics
+from bitk.nn.cpu_extension import holds_data
 from bitk.numerics.bitlinear import (
     check_linear,
     empty_linear_outputs,
@@ -354,7 +355,7 @@ def _bf16(codecs, t: torch.Tensor, divisor: torch.Tensor | None = None) -> torch
     """bfloat16 ``t`` (``t / divisor`` [rows, 1]) in one multi-threaded pass in C++ (torch's own
     conversions are slower); the same bits. Traced (torch.compile hands fake tensors, which have no
     data) or without the extension, torch's conversions."""
-    if codecs is None or type(t) is not torch.Tensor:
+    if codecs is None or not holds_data(t):
         return (t if divisor is None else t / divisor).to(torch.bfloat16)
     if t.dtype == torch.int8:
         return torch.from_numpy(codecs.int8_to_bf16(t.numpy())).view(torch.bfloat16)
@@ -365,7 +366,7 @@ def _bf16(codecs, t: torch.Tensor, divisor: torch.Tensor | None = None) -> torch
 def _widen(codecs, t: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
     """float32 bfloat16 ``t`` (times scale, one float32 rounding): in C++, multi-threaded, as torch
     computes it."""
-    if codecs is None or type(t) is not torch.Tensor:
+    if codecs is None or not holds_data(t):
         return t.float() if scale is None else t.float() * scale
     bits = t.contiguous().view(torch.int16).numpy().view("uint16")
     return torch.from_numpy(codecs.bf16_to_float(bits, None if scale is None else scale.item()))
@@ -393,7 +394,7 @@ def _bf16_workspace(rows: int, cols: int) -> torch.Tensor:
 def _dw_bf16(codecs, dy2, xq, s, w_dtype) -> torch.Tensor:
     """``bf16(dy / s)^T @ bf16(xq)`` (int8 values are exact in bf16), in w_dtype."""
     a, b = _bf16(codecs, dy2, s).T, _bf16(codecs, xq)
-    if w_dtype != torch.float32 or codecs is None or type(a) is not torch.Tensor:
+    if w_dtype != torch.float32 or codecs is None or not holds_data(a):
         g = a @ b
         return _widen(codecs, g) if w_dtype == torch.float32 else g.to(w_dtype)
     # widened at once into a new tensor: the product may live in the workspace
@@ -411,7 +412,7 @@ def _quantize_gradient(g: torch.Tensor, dim: int, factor: torch.Tensor | None = 
     scale = 127 / max|h| (0 where not finite), q = round(h * scale), step = max|h| / 127 (0 with
     scale 0, NaN for a group holding a non-finite value)."""
     codecs = _codecs()
-    if codecs is not None and type(g) is torch.Tensor:
+    if codecs is not None and holds_data(g):
         if dim == 1:
             q, step = codecs.quantize_gradient_rows(g.numpy())
         else:
@@ -433,7 +434,7 @@ def _dequantize_int32(acc: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
     """float32 ``float(acc) * step[r]`` of int32 acc [R, C], in acc's own memory when the extension
     is built."""
     codecs = _codecs()
-    if codecs is not None and type(acc) is torch.Tensor:
+    if codecs is not None and holds_data(acc):
         codecs.dequantize_int32_rows(acc.numpy(), step.numpy())
         return acc.view(torch.float32)
     return acc.float() * step.unsqueeze(1)
@@ -454,7 +455,7 @@ def _dx_int8(codecs, dy2, codes, gamma) -> torch.Tensor:
     GEMM on codes^T (torch's `_int_mm` where the extension is missing or traced), float32."""
     q, step = _quantize_gradient(dy2, 1)
     factor = step * gamma  # float32 [M]
-    if codecs is not None and type(q) is torch.Tensor:
+    if codecs is not None and holds_data(q):
         packed = codecs.ternary_gemm_pack_transposed(codes.numpy())
         return torch.from_numpy(codecs.ternary_gemm_rows(q.numpy(), factor.numpy(), packed, codes.shape[1]))
     return torch._int_mm(q, codes).float() * factor.unsqueeze(1)

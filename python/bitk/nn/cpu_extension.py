@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["codecs", "dense_float32_cpu", "numpy_view"]
+__all__ = ["codecs", "dense_float32_cpu", "holds_data", "numpy_view"]
 
 
 def codecs(needs: str):
@@ -24,6 +24,12 @@ def codecs(needs: str):
 def dense_float32_cpu(*tensors: torch.Tensor) -> bool:
     """Whether every tensor is float32, on the CPU and contiguous: what the C++ passes read."""
     return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
+
+
+def holds_data(*tensors: torch.Tensor) -> bool:
+    """Whether every tensor is a plain tensor or parameter with its own memory, which the C++ passes
+    can read: not a fake, functional or other subclass that torch.compile traces with (no data)."""
+    return all(type(t) is torch.Tensor or type(t) is torch.nn.Parameter for t in tensors)
 
 
 def numpy_view(t: torch.Tensor) -> np.ndarray:
