@@ -28,6 +28,7 @@ import torch
 
 from bitk import formats, numerics
 from bitk.nn.cpu_extension import holds_data
+from bitk.nn.eager import autograd_twin, traced
 from bitk.numerics.bitlinear import (
     check_linear,
     empty_linear_outputs,
@@ -310,7 +311,8 @@ def _forward(
 
 # The layer as torch.library ops, so that torch.compile sees one opaque op (it cannot trace the C++
 # codecs through numpy): the forward also returns what the STE backward saves, and the backward is
-# the reference's `ste_backward` with the dequantization an op too.
+# the reference's `ste_backward` with the dequantization an op too. Eager calls run the same
+# functions as a torch.autograd.Function (`bitk.nn.eager`).
 
 
 @torch.library.custom_op("bitk::cpu_dequantize_weights", mutates_args=(), device_types="cpu")
@@ -323,8 +325,7 @@ def _(codes, gamma):
     return codes.new_empty(codes.shape, dtype=torch.float32)
 
 
-@torch.library.custom_op("bitk::cpu_bitlinear", mutates_args=(), device_types="cpu")
-def _bitlinear_op(
+def _bitlinear_outputs(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y [..., N] out_dtype, xq int8 [M, K], s float32 [M, 1], codes int8 [N, K], gamma float32 [])."""
@@ -337,6 +338,9 @@ def _bitlinear_op(
         if bias is not None:
             y = y + bias.float()
     return y.to(out_dtype).reshape(*x.shape[:-1], weight.shape[0]), xq, s, codes, gamma
+
+
+_bitlinear_op = torch.library.custom_op("bitk::cpu_bitlinear", _bitlinear_outputs, mutates_args=(), device_types="cpu")
 
 
 @_bitlinear_op.register_fake
@@ -477,7 +481,7 @@ def _bitlinear_backward(ctx, dy, *_):
     the reference's formulas and gradients. Returns None for out_dtype."""
     precision = backward_precision()
     if precision == "float32":
-        return *ste_backward(ctx, dy, dequantize=_dequantize_weights_op), None
+        return *ste_backward(ctx, dy, dequantize=_dequantize_weights_op if traced(dy) else dequantize_weights), None
     dx_form = "int8" if precision in ("int8", "switchback") else "bf16"
     dw_form = {"int8": "int8", "bf16": "bf16", "switchback": _dense_precision()}[precision]
     xq, s, codes, gamma = ctx.saved_tensors
@@ -504,6 +508,7 @@ def _bitlinear_backward(ctx, dy, *_):
 
 
 _bitlinear_op.register_autograd(_bitlinear_backward, setup_context=_bitlinear_setup_context)
+_bitlinear_eager = autograd_twin("CpuBitLinear", _bitlinear_outputs, _bitlinear_setup_context, _bitlinear_backward)
 
 
 def bitlinear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -515,10 +520,10 @@ def bitlinear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
         return numerics.bitlinear(x, weight, bias)  # the reference computes float64 input in float64
     out_dtype = linear_output_dtype(x)
     # Traced, always the op: Dynamo reading the inputs' requires_grad changes the compiled graph.
-    if torch.compiler.is_compiling() or (
-        torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    ):
+    if traced(x, weight, bias):
         return _bitlinear_op(x, weight, bias, out_dtype)[0]
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+        return _bitlinear_eager(x, weight, bias, out_dtype)[0]  # the op's functions, called directly
     # Nothing to differentiate (evaluation, generation): the forward alone, no saved tensors.
     with torch.autocast("cpu", enabled=False):
         y = _forward(x.reshape(-1, x.shape[-1]).float().contiguous(), weight, keep=False, frozen=True)[0]

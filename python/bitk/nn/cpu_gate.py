@@ -8,8 +8,9 @@ formulas in their order, so values and gradients equal torch's bit for bit
 (tests/nn/test_cpu_gate.py). Only gate and up are kept for the backward.
 
 The op pair is torch.library custom ops (``bitk::cpu_relu2_gate`` and its backward), so
-torch.compile takes each as one op. Traced, or without the extension, the same formulas run as
-torch ops.
+torch.compile takes each as one op; eager calls run the same functions as a
+torch.autograd.Function (`bitk.nn.eager`). Traced, or without the extension, the same formulas run
+as torch ops.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from .cpu_extension import codecs as _extension
 from .cpu_extension import dense_float32_cpu, holds_data
 from .cpu_extension import numpy_view as _np
+from .eager import autograd_twin, traced
 
 __all__ = ["applies", "relu2_gate"]
 
@@ -50,10 +52,12 @@ def _forward(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(codecs.relu2_gate(_np(gate.reshape(flat)), _np(up.reshape(flat)))).view(gate.shape)
 
 
-@torch.library.custom_op("bitk::cpu_relu2_gate", mutates_args=(), device_types="cpu")
-def _relu2_gate_op(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+def _relu2_gate(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """``square(relu(gate)) * up`` of float32 gate and up of one shape."""
     return _forward(gate, up)
+
+
+_relu2_gate_op = torch.library.custom_op("bitk::cpu_relu2_gate", _relu2_gate, mutates_args=(), device_types="cpu")
 
 
 @_relu2_gate_op.register_fake
@@ -61,8 +65,7 @@ def _(gate, up):
     return torch.empty_like(gate)
 
 
-@torch.library.custom_op("bitk::cpu_relu2_gate_backward", mutates_args=(), device_types="cpu")
-def _relu2_gate_backward_op(
+def _relu2_gate_backward(
     gh: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, gate_grad: bool, up_grad: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(gate's gradient, up's gradient; empty tensors where not asked) for h's gradient gh:
@@ -84,6 +87,11 @@ def _relu2_gate_backward_op(
     return dgate, dup
 
 
+_relu2_gate_backward_op = torch.library.custom_op(
+    "bitk::cpu_relu2_gate_backward", _relu2_gate_backward, mutates_args=(), device_types="cpu"
+)
+
+
 @_relu2_gate_backward_op.register_fake
 def _(gh, gate, up, gate_grad, up_grad):
     return (torch.empty_like(gate) if gate_grad else gate.new_empty(0)), (
@@ -98,15 +106,19 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, gh):
     gate, up = ctx.saved_tensors
     gate_grad, up_grad = ctx.needs_input_grad
-    dgate, dup = _relu2_gate_backward_op(gh, gate, up, gate_grad, up_grad)
+    backward = _relu2_gate_backward_op if traced(gh, gate, up) else _relu2_gate_backward
+    dgate, dup = backward(gh, gate, up, gate_grad, up_grad)
     return (dgate if gate_grad else None), (dup if up_grad else None)
 
 
 _relu2_gate_op.register_autograd(_backward, setup_context=_setup_context)
+_relu2_gate_eager = autograd_twin("CpuRelu2Gate", _relu2_gate, _setup_context, _backward)
 
 
 def relu2_gate(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """torch's ``square(relu(gate)) * up`` and its gradients, for tensors where `applies` holds."""
-    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad)):
+    if traced(gate, up):
         return _relu2_gate_op(gate, up)
+    if torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad):
+        return _relu2_gate_eager(gate, up)
     return _forward(gate, up)

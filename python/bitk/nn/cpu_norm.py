@@ -10,7 +10,8 @@ operations of autograd's formulas in their order, so forward and gradients equal
 bit for bit (tests/nn/test_cpu_norm.py). It saves only x and rms for the backward.
 
 The layer is a pair of torch.library custom ops (``bitk::cpu_rms_norm`` and its backward), so
-torch.compile takes each as one op. Traced, or without the extension, the same formulas run as torch
+torch.compile takes each as one op; eager calls run the same functions as a
+torch.autograd.Function (`bitk.nn.eager`). Traced, or without the extension, the same formulas run as torch
 ops: the reference's bits still, and only x and rms kept.
 """
 
@@ -21,6 +22,7 @@ import torch
 from .cpu_extension import codecs as _extension
 from .cpu_extension import dense_float32_cpu, holds_data
 from .cpu_extension import numpy_view as _np
+from .eager import autograd_twin, traced
 
 __all__ = ["applies", "rms_norm"]
 
@@ -55,8 +57,7 @@ def _apply(x: torch.Tensor, weight: torch.Tensor, rms: torch.Tensor) -> torch.Te
 # square) go back as two gradients, which autograd adds to x's gradient one after the other, after
 # what reached x before them, as it does on the reference's graph. One summed term would change the
 # order of that sum where x feeds other ops too (a residual stream), and with it the last bits.
-@torch.library.custom_op("bitk::cpu_rms_norm", mutates_args=(), device_types="cpu")
-def _rms_norm_op(
+def _rms_norm_outputs(
     x: torch.Tensor, x_again: torch.Tensor, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(y [...], rms [..., 1]) of float32 x [...] (``x_again``: x itself) and weight [features]."""
@@ -65,13 +66,15 @@ def _rms_norm_op(
         return _apply(x, weight, rms), rms
 
 
+_rms_norm_op = torch.library.custom_op("bitk::cpu_rms_norm", _rms_norm_outputs, mutates_args=(), device_types="cpu")
+
+
 @_rms_norm_op.register_fake
 def _(x, x_again, weight, eps):
     return torch.empty_like(x), x.new_empty((*x.shape[:-1], 1))
 
 
-@torch.library.custom_op("bitk::cpu_rms_norm_backward", mutates_args=(), device_types="cpu")
-def _rms_norm_backward_op(
+def _rms_norm_backward_terms(
     g: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rms: torch.Tensor, x_grad: bool, w_grad: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x's gradient terms from the division and from the square, weight's gradient; empty tensors
@@ -79,6 +82,11 @@ def _rms_norm_backward_op(
     (module doc), in the same order."""
     with torch.autocast("cpu", enabled=False):
         return _backward(g, x, weight, rms, x_grad, w_grad)
+
+
+_rms_norm_backward_op = torch.library.custom_op(
+    "bitk::cpu_rms_norm_backward", _rms_norm_backward_terms, mutates_args=(), device_types="cpu"
+)
 
 
 @_rms_norm_backward_op.register_fake
@@ -134,18 +142,22 @@ def _setup_context(ctx, inputs, output) -> None:
 def _rms_norm_backward(ctx, dy, _drms):
     x, weight, rms = ctx.saved_tensors
     x_grad, w_grad = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
-    from_div, from_square, dw = _rms_norm_backward_op(dy, x, weight, rms, x_grad, w_grad)
+    terms = _rms_norm_backward_op if traced(dy, x, weight, rms) else _rms_norm_backward_terms
+    from_div, from_square, dw = terms(dy, x, weight, rms, x_grad, w_grad)
     if not x_grad:
         return None, None, dw, None
     return from_div, from_square, (dw if w_grad else None), None
 
 
 _rms_norm_op.register_autograd(_rms_norm_backward, setup_context=_setup_context)
+_rms_norm_eager = autograd_twin("CpuRMSNorm", _rms_norm_outputs, _setup_context, _rms_norm_backward)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """The reference RMSNorm's values and gradients for tensors where `applies` holds."""
-    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+    if traced(x, weight):
         return _rms_norm_op(x, x, weight, eps)[0]
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return _rms_norm_eager(x, x, weight, eps)[0]
     with torch.autocast("cpu", enabled=False):  # nothing to differentiate: no op, no saved tensors
         return _apply(x, weight, _rms(x, eps))
