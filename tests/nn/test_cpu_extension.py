@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from bitk.nn.cpu_extension import holds_data
+from bitk.nn.cpu_extension import contiguous_data, holds_data
 
 
 class _Wrapped(torch.Tensor):
@@ -23,3 +23,12 @@ def test_fake_tensors_and_subclasses_do_not():
         fake = torch.empty(3, 4)
     assert not holds_data(fake)
     assert not holds_data(torch.randn(3), torch.randn(2).as_subclass(_Wrapped))
+
+
+def test_contiguous_data_also_asks_for_contiguous_memory():
+    t = torch.randn(3, 4)
+    assert contiguous_data(t, torch.nn.Parameter(torch.randn(4)))
+    assert not contiguous_data(t, t.T)
+    with FakeTensorMode():
+        fake = torch.empty(3, 4)
+    assert not contiguous_data(fake)

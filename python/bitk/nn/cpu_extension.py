@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["codecs", "dense_float32_cpu", "holds_data", "numpy_view"]
+__all__ = ["codecs", "contiguous_data", "dense_float32_cpu", "holds_data", "numpy_view"]
 
 
 def codecs(needs: str):
@@ -30,6 +30,11 @@ def holds_data(*tensors: torch.Tensor) -> bool:
     """Whether every tensor is a plain tensor or parameter with its own memory, which the C++ passes
     can read: not a fake, functional or other subclass that torch.compile traces with (no data)."""
     return all(type(t) is torch.Tensor or type(t) is torch.nn.Parameter for t in tensors)
+
+
+def contiguous_data(*tensors: torch.Tensor) -> bool:
+    """`holds_data`, and every tensor contiguous: what the C++ passes read in place."""
+    return holds_data(*tensors) and all(t.is_contiguous() for t in tensors)
 
 
 def numpy_view(t: torch.Tensor) -> np.ndarray:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .cpu_extension import codecs as _extension
-from .cpu_extension import dense_float32_cpu, holds_data
+from .cpu_extension import contiguous_data, dense_float32_cpu
 from .cpu_extension import numpy_view as _np
 from .eager import autograd_twin, traced
 
@@ -39,7 +39,7 @@ def applies(gate: torch.Tensor, up: torch.Tensor) -> bool:
 
 def _fused(*tensors: torch.Tensor):
     """bitk._codecs where every tensor is a real contiguous tensor, else None (torch's ops)."""
-    if not holds_data(*tensors) or not all(t.is_contiguous() for t in tensors):
+    if not contiguous_data(*tensors):
         return None
     return _codecs()
 

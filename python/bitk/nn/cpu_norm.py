@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from .cpu_extension import codecs as _extension
-from .cpu_extension import dense_float32_cpu, holds_data
+from .cpu_extension import contiguous_data, dense_float32_cpu
 from .cpu_extension import numpy_view as _np
 from .eager import autograd_twin, traced
 
@@ -46,7 +46,7 @@ def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
 def _apply(x: torch.Tensor, weight: torch.Tensor, rms: torch.Tensor) -> torch.Tensor:
     """``(x / rms) * weight``: one C++ pass over real contiguous tensors, else torch's ops."""
     codecs = _codecs()
-    if codecs is None or not holds_data(x, weight, rms) or not all(t.is_contiguous() for t in (x, weight, rms)):
+    if codecs is None or not contiguous_data(x, weight, rms):
         return x / rms * weight
     cols = x.shape[-1]
     y = codecs.rms_norm_apply(_np(x.reshape(-1, cols)), _np(rms.reshape(-1)), _np(weight))
@@ -104,8 +104,7 @@ def _backward(g, x, weight, rms, x_grad: bool, w_grad: bool) -> tuple[torch.Tens
     lead = tuple(range(x.dim() - 1))
     features = x.shape[-1]
     codecs = _codecs()
-    tensors = (g, x, weight, rms)
-    fused = codecs is not None and holds_data(*tensors) and all(t.is_contiguous() for t in tensors)
+    fused = codecs is not None and contiguous_data(g, x, weight, rms)
     if fused:
         shape, flat = x.shape, (-1, features)
         t, p = codecs.rms_norm_backward_terms(
