@@ -65,6 +65,94 @@ def test_one_chunk_is_the_unfused_loss_bit_for_bit():
     assert torch.equal(chunked_next_token_ce(hidden, head, labels, rows=B * L), next_token_ce(head(hidden), labels))
 
 
+def _checkpointed(monkeypatch):
+    """Run chunked_next_token_ce's checkpointed chunks (the path for heads it cannot fuse)."""
+    monkeypatch.setattr(chunked, "_fused_head", lambda head, h: False)
+
+
+def test_ce_gradients_come_from_the_forward(monkeypatch):
+    """A plain head by chunks: no chunk is checkpointed (nothing is recomputed), the loss is the
+    checkpointed chunks' bit for bit (the same per-chunk math, summed in the same order), and the
+    gradients agree with theirs."""
+    hidden, head, labels = _inputs(3)
+    labels[1, ::4] = -100
+
+    def no_checkpoint(*args, **kwargs):
+        raise AssertionError("the fused path checkpointed a chunk")
+
+    with monkeypatch.context() as m:
+        m.setattr(chunked, "checkpoint", no_checkpoint)
+        got = chunked_next_token_ce(hidden, head, labels, rows=8)
+        got_grads = _grads(got, hidden, head)
+    _checkpointed(monkeypatch)
+    want = chunked_next_token_ce(hidden, head, labels, rows=8)
+    want_grads = _grads(want, hidden, head)
+    assert torch.equal(got, want)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("trainable", ["hidden", "head"])
+def test_ce_gradient_of_one_side(trainable):
+    """Only the side that requires a gradient gets one (a frozen head, or hidden states that are
+    not trained through), equal to the unfused loss's."""
+    hidden, head, labels = _inputs(4)
+    hidden.requires_grad_(trainable == "hidden")
+    head.weight.requires_grad_(trainable == "head")
+    leaf = hidden if trainable == "hidden" else head.weight
+    want = torch.autograd.grad(next_token_ce(head(hidden), labels), leaf)[0]
+    got = torch.autograd.grad(chunked_next_token_ce(hidden, head, labels, rows=8), leaf)[0]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_ce_scales_by_the_incoming_gradient():
+    hidden, head, labels = _inputs(5)
+    want = _grads(next_token_ce(head(hidden), labels) * 3.5, hidden, head)
+    got = _grads(chunked_next_token_ce(hidden, head, labels, rows=8) * 3.5, hidden, head)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_ce_under_bf16_autocast_matches_the_checkpointed_chunks(monkeypatch):
+    """The head's product in bfloat16 (autocast), as the checkpointed chunks compute it: the same
+    loss, gradients to bfloat16 rounding."""
+    hidden, head, labels = _inputs(6)
+
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = chunked_next_token_ce(hidden, head, labels, rows=8)
+        return loss, _grads(loss, hidden, head)
+
+    got, got_grads = run()
+    _checkpointed(monkeypatch)
+    want, want_grads = run()
+    assert torch.equal(got, want)
+    for g, w in zip(got_grads, want_grads):
+        assert g.dtype == w.dtype == torch.float32
+        torch.testing.assert_close(g, w, rtol=2e-2, atol=2e-3)
+
+
+def test_ce_second_backward_is_refused():
+    hidden, head, labels = _inputs(7)
+    loss = chunked_next_token_ce(hidden, head, labels, rows=8)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="hands them out once"):
+        loss.backward()
+
+
+def test_ce_without_gradients_takes_no_gradient_work(monkeypatch):
+    """Under no_grad (scoring) the chunks compute the loss only: the same value."""
+    hidden, head, labels = _inputs(8)
+    want = chunked_next_token_ce(hidden, head, labels, rows=8).detach()
+
+    def no_gradients(*args, **kwargs):
+        raise AssertionError("gradients computed under no_grad")
+
+    monkeypatch.setattr(chunked._ChunkedHead, "apply", no_gradients)
+    with torch.no_grad():
+        assert torch.equal(chunked_next_token_ce(hidden, head, labels, rows=8), want)
+
+
 def test_ce_in_float64_agrees_to_rounding():
     hidden, head, labels = _inputs(2, torch.float64)
     want = next_token_ce(head(hidden).double(), labels)  # the unfused loss computes in float32
@@ -104,9 +192,35 @@ def test_kd_matches_unfused(masked, rows):
     )
     got_grads = _grads(got, hidden, head)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    # float32 rounding at the tensor's scale (by chunks the gradient is softmax(s) - softmax(t))
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6 * w.abs().max().item())
+    assert teacher_head.weight.grad is None
+
+
+def test_kd_gradients_come_from_the_forward(monkeypatch):
+    """Logits KD by chunks: neither the student's nor the teacher's chunk is recomputed, the loss is
+    the checkpointed chunks' bit for bit and the gradients agree with theirs."""
+    hidden, head, _ = _inputs(9)
+    teacher_hidden = torch.randn(B, L, H, generator=torch.Generator().manual_seed(10))
+    teacher_head = torch.nn.Linear(H, V, bias=False).requires_grad_(False)
+    valid = torch.ones(B, L, dtype=torch.bool)
+    valid[1, 3:9] = False
+    teacher_calls = []
+    teacher_head.register_forward_hook(lambda *args: teacher_calls.append(1))
+
+    def run():
+        teacher_calls.clear()
+        loss = chunked_logits_kd(hidden, head, teacher_hidden, teacher_head, temperature=3.0, valid_mask=valid, rows=8)
+        return loss, _grads(loss, hidden, head), len(teacher_calls)
+
+    got, got_grads, got_calls = run()
+    _checkpointed(monkeypatch)
+    want, want_grads, want_calls = run()
+    assert torch.equal(got, want)
+    assert got_calls == -(-B * L // 8) and want_calls == 2 * got_calls  # the checkpoints run the teacher again
     for g, w in zip(got_grads, want_grads):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-8)
-    assert teacher_head.weight.grad is None
 
 
 def test_kd_refuses_mismatched_inputs():
@@ -178,5 +292,5 @@ def test_compute_loss_is_the_same_by_chunks(monkeypatch, weights, pad):
     by_chunks, parts, grads = run()
     torch.testing.assert_close(by_chunks, whole, rtol=1e-5, atol=1e-6)
     assert parts.keys() == whole_parts.keys()
-    for g, w in zip(grads, whole_grads):
-        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+    for g, w in zip(grads, whole_grads):  # float32 rounding at the tensor's scale (the chunks' formulas)
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=2e-6 * max(1.0, w.abs().max().item()))

@@ -3,7 +3,7 @@
 Trains a micro CausalLM for a few optimizer steps on a fixed sequence of global batches, either in
 one process with gradient accumulation (`reference`, imported by the test) or under torchrun with
 `bitk.train.distributed` (``torchrun --nproc_per_node 2 _dist_worker.py OUT REF``): DDP and FSDP2,
-each with AdamW and with Muon + AdamW (`bitk.train.optim.build_optimizer`), then resumes through
+with the trainer's chunked next-token loss (several chunks per sequence), each with AdamW and with Muon + AdamW (`bitk.train.optim.build_optimizer`), then resumes through
 `state_dict_for_save` / `load_state_for_resume`. Rank 0 writes what it saw to OUT/results.pt.
 """
 
@@ -14,9 +14,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-import torch.nn.functional as F
 
 from bitk.models import CausalLM, ModelConfig
+from bitk.objectives.chunked import chunked_next_token_ce
 from bitk.train import distributed as D
 from bitk.train.optim import build_optimizer
 
@@ -67,8 +67,9 @@ def train_steps(model, optimizer, data: torch.Tensor, info: D.DistInfo) -> tuple
         for i in range(accum):
             chunk = mine[i * MICRO_BATCH : (i + 1) * MICRO_BATCH]
             with D.no_sync(model, info, last_micro_step=i == accum - 1):
-                logits = model(chunk[:, :-1]).logits
-                loss = F.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten()) / accum
+                # the trainer's loss, in chunks of 8 tokens: the head's gradients come from its forward
+                out = model(chunk, logits=False)
+                loss = chunked_next_token_ce(out.last_hidden, out.head, chunk, rows=8) / accum
                 loss.backward()
             total += loss.detach()
         # The averaged gradient's norm: AdamW is blind to a gradient's scale, the norm is not.

@@ -3,12 +3,21 @@
 The unfused losses take logits [B, L, V]: in float32 that is 4 x tokens x V bytes, and its
 gradient as much again (Qwen3's V = 151,936: 2.5 GB for two sequences of 2048 tokens). Here the
 losses take the final hidden states [B, L, H] and the head (`CausalLM(..., logits=False)`) and
-compute the logits of ``rows`` tokens at a time: each chunk runs under activation checkpointing,
-so only its input is kept and the backward recomputes its logits, one chunk alive at a time.
+compute the logits of ``rows`` tokens at a time, one chunk alive at a time.
 
-Each chunk computes exactly what the unfused loss computes for its tokens (the same head call,
-the same float32 math); only the sum over chunks is added in another order. When all tokens fit
-in one chunk no checkpointing happens and the result is the unfused loss's, bit for bit.
+Each chunk's gradients are computed in the forward, while its logits are at hand: the loss's
+gradient with respect to the logits (for the CE the softmax minus the one-hot targets, for logits
+KD the student's minus the teacher's tempered softmax), multiplied back through the head (the
+hidden states' gradient) and into the head's weight gradient, summed over the chunks. The backward
+only scales them, so no chunk's logits (nor the teacher's) are computed twice. Where that does not
+apply (a head with a bias or that is not an `nn.Linear`, tracing by torch.compile) each chunk runs
+under activation checkpointing instead: only its input is kept and the backward recomputes its
+logits.
+
+Each chunk computes the unfused loss's value for its tokens (the same head call, the same float32
+math); the sum over chunks is added in another order, and the gradients are the same formulas
+computed in another order. When all tokens fit in one chunk the result is the unfused loss's,
+bit for bit.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from .ce import IGNORE_INDEX, next_token_ce
@@ -56,6 +66,96 @@ def _ce_sum(head: Head, h: torch.Tensor, t: torch.Tensor, ignore_index: int) -> 
     return F.cross_entropy(head(h).float(), t, ignore_index=ignore_index, reduction="sum")
 
 
+# (loss of a chunk's logits, float32 0-dim; its gradient with respect to the float32 logits; the
+# rows that get a gradient, bool, or None for all of them) of logits [rows, V] and the chunk's
+# [start, stop) token range.
+ChunkGradient = Callable[[torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+
+
+class _ChunkedHead(torch.autograd.Function):
+    """The sum over chunks of ``rows`` tokens of a loss of ``h @ weight^T`` [N, V], its gradients
+    computed in the forward: per chunk ``chunk_gradient`` gives the loss and g, its gradient with
+    respect to the logits; then dh = g @ W and dW = sum g^T h, in the dtype the head's product has
+    (autocast included), dW summed in float32 (float64 for a float64 head). The backward multiplies
+    them by the incoming gradient, once."""
+
+    @staticmethod
+    def forward(ctx, h, weight, rows, chunk_gradient):
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        dh = torch.empty_like(h) if need_h else None
+        acc_dtype = torch.promote_types(weight.dtype, torch.float32)
+        dw = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if need_w else None
+        w_compute = None
+        for i in range(0, h.shape[0], rows):
+            hc = h[i : i + rows]
+            logits = F.linear(hc, weight)  # what head(hc) computes, under the caller's autocast
+            loss, g, keep = chunk_gradient(logits, i, i + hc.shape[0])
+            total += loss
+            # rows without a target: g holds their softmax, so their rows of dh and of h are zeroed
+            dropped = None if keep is None else ~keep.unsqueeze(1)
+            with torch.autocast(h.device.type, enabled=False):
+                gc = g.to(logits.dtype)
+                if need_h:
+                    if w_compute is None:
+                        w_compute = weight.detach().to(logits.dtype)
+                    dhc = torch.mm(gc, w_compute)
+                    dh[i : i + rows] = dhc if dropped is None else dhc.masked_fill_(dropped, 0)
+                if need_w:
+                    hm = hc.to(logits.dtype)
+                    hm = hm if dropped is None else hm.masked_fill(dropped, 0)
+                    if gc.dtype == acc_dtype:
+                        dw.addmm_(gc.T, hm)
+                    else:
+                        dw += torch.mm(gc.T, hm)
+        ctx.save_for_backward(dh, dw)
+        ctx.weight_dtype = weight.dtype
+        ctx.spent = False
+        return total
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_total):
+        if ctx.spent:  # dW is scaled in place: a head-sized buffer saved
+            raise RuntimeError(
+                "the chunked loss computes its gradients in the forward and hands them out once: "
+                "backward through it again (retain_graph=True) needs a new forward"
+            )
+        ctx.spent = True
+        dh, dw = ctx.saved_tensors
+        dh = None if dh is None else dh * grad_total
+        dw = None if dw is None else dw.mul_(grad_total).to(ctx.weight_dtype)
+        return dh, dw, None, None
+
+
+def _ce_gradient(t: torch.Tensor, ignore_index: int, vocab: int) -> ChunkGradient:
+    """The summed CE of a chunk against its targets t[start:stop] (cross_entropy's own two steps,
+    so the value is the unfused loss's for these tokens), and softmax - onehot(t)."""
+
+    def gradient(logits: torch.Tensor, start: int, stop: int):
+        tc = t[start:stop]
+        g = logits.float().log_softmax(-1)
+        loss = F.nll_loss(g, tc, ignore_index=ignore_index, reduction="sum")
+        valid = tc != ignore_index
+        g.exp_().scatter_add_(1, tc.clamp(0, vocab - 1).unsqueeze(1), valid.to(g.dtype).neg().unsqueeze(1))
+        return loss, g, valid
+
+    return gradient
+
+
+def _fused_head(head: Head, h: torch.Tensor) -> bool:
+    """Whether `_ChunkedHead` computes what ``head(h)``'s loss would: a bias-free nn.Linear without hooks,
+    gradients wanted, and no torch.compile tracing (which takes the checkpointed chunks)."""
+    return (
+        isinstance(head, torch.nn.Linear)
+        and head.bias is None
+        and not (head._forward_hooks or head._forward_pre_hooks)
+        and torch.is_grad_enabled()
+        and (h.requires_grad or head.weight.requires_grad)
+        and not torch.compiler.is_compiling()
+    )
+
+
 def chunked_next_token_ce(
     hidden: torch.Tensor,
     head: Head,
@@ -71,11 +171,14 @@ def chunked_next_token_ce(
     if hidden.shape[0] * hidden.shape[1] <= rows:  # one chunk: the unfused loss itself
         return next_token_ce(head(hidden), labels, ignore_index)
     h, t = _shifted_rows(hidden, labels)
+    count = (t != ignore_index).sum().clamp(min=1)
+    if _fused_head(head, h):
+        return _ChunkedHead.apply(h, head.weight, rows, _ce_gradient(t, ignore_index, _vocab(head))) / count
     total = sum(
         checkpoint(_ce_sum, head, h[i : i + rows], t[i : i + rows], ignore_index, use_reentrant=False)
         for i in range(0, h.shape[0], rows)
     )
-    return total / (t != ignore_index).sum().clamp(min=1)
+    return total / count
 
 
 @torch.no_grad()
@@ -102,6 +205,21 @@ def _kl_sum(
         log_t = F.log_softmax(teacher_head(th).float() / temperature, dim=-1)
     kl = F.kl_div(log_s, log_t, reduction="none", log_target=True).sum(-1)
     return (kl * w).sum()
+
+
+def _kd_gradient(teacher_head: Head, th: torch.Tensor, w: torch.Tensor, temperature: float) -> ChunkGradient:
+    """`_kl_sum` of a chunk (the teacher's logits made here, without gradient) and its gradient with
+    respect to the student's logits: (softmax(s / T) - softmax(t / T)) * w / T."""
+
+    def gradient(logits: torch.Tensor, start: int, stop: int):
+        log_s = F.log_softmax(logits.float() / temperature, dim=-1)
+        log_t = F.log_softmax(teacher_head(th[start:stop]).float() / temperature, dim=-1)
+        kl = F.kl_div(log_s, log_t, reduction="none", log_target=True).sum(-1)
+        wc = w[start:stop]
+        loss = (kl * wc).sum()
+        return loss, log_s.exp_().sub_(log_t.exp_()).mul_((wc / temperature).unsqueeze(1)), None
+
+    return gradient
 
 
 def chunked_logits_kd(
@@ -146,6 +264,9 @@ def chunked_logits_kd(
         if valid_mask is None
         else valid_mask.reshape(-1).to(torch.float32)
     )
+    if _fused_head(head, h):
+        total = _ChunkedHead.apply(h, head.weight, rows, _kd_gradient(teacher_head, th, w, temperature))
+        return beta * temperature**2 * total / w.sum().clamp(min=1)
     total = sum(
         checkpoint(
             _kl_sum,
