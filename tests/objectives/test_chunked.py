@@ -132,6 +132,25 @@ def test_ce_under_bf16_autocast_matches_the_checkpointed_chunks(monkeypatch):
         torch.testing.assert_close(g, w, rtol=2e-2, atol=2e-3)
 
 
+def test_ce_by_chunks_compiles_as_eager():
+    """torch.compile traces the chunks' gradients in the forward as one graph (no graph break) and
+    computes what eager computes (aot_eager: the captured graph without inductor)."""
+    hidden, head, labels = _inputs(11)
+    eager = chunked_next_token_ce(hidden, head, labels, rows=8)
+    eager_grads = _grads(eager, hidden, head)
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(
+            lambda h: chunked_next_token_ce(h, head, labels, rows=8), backend="aot_eager", fullgraph=True
+        )(hidden)
+        compiled_grads = _grads(compiled, hidden, head)
+    finally:
+        torch._dynamo.reset()
+    assert torch.equal(compiled, eager)
+    for g, w in zip(compiled_grads, eager_grads):
+        assert torch.equal(g, w)
+
+
 def test_ce_second_backward_is_refused():
     hidden, head, labels = _inputs(7)
     loss = chunked_next_token_ce(hidden, head, labels, rows=8)

@@ -15,8 +15,10 @@ different summation order would also absorb real changes.
 What must be pinned is pinned instead: torch picks its CPU kernels by the processor's vector
 extensions (ATen's AVX2 and AVX-512 kernels sum in different orders), so the run happens in a
 subprocess with ATEN_CPU_CAPABILITY=avx2, the kernel set every x86-64 machine bitk supports
-has. bitk's own CPU kernels compute exact integer products, the same on every machine. A failure
-on another torch version says so (golden["generated_with"]).
+has, and with BitLinear's CPU backward in float32 (BITK_CPU_BACKWARD=float32, as the whole suite
+runs it: its default takes bf16 products where the CPU has them). bitk's own CPU kernels compute
+exact integer products, the same on every machine. A failure on another torch version says so
+(golden["generated_with"]).
 
 Regenerate after an intended change (and say why in the commit):
     python tests/train/test_golden.py --regenerate
@@ -53,8 +55,15 @@ ARGS = [
 ]
 
 
-# torch's AVX2 kernels: present on every x86-64 machine bitk supports, whatever else the CPU has.
-PINNED_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+# torch's AVX2 kernels: present on every x86-64 machine bitk supports, whatever else the CPU has;
+# BitLinear's float32 backward, which does not depend on the CPU's bf16 support (also when the
+# golden losses are regenerated outside the suite, which pins it in tests/conftest.py).
+PINNED_ENV = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "OMP_NUM_THREADS": "1",
+    "CUDA_VISIBLE_DEVICES": "",
+    "BITK_CPU_BACKWARD": "float32",
+}
 
 
 def run_losses(output_dir: Path) -> list[float]:

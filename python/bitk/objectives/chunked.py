@@ -9,15 +9,14 @@ Each chunk's gradients are computed in the forward, while its logits are at hand
 gradient with respect to the logits (for the CE the softmax minus the one-hot targets, for logits
 KD the student's minus the teacher's tempered softmax), multiplied back through the head (the
 hidden states' gradient) and into the head's weight gradient, summed over the chunks. The backward
-only scales them, so no chunk's logits (nor the teacher's) are computed twice. Where that does not
-apply (a head with a bias or that is not an `nn.Linear`, tracing by torch.compile) each chunk runs
-under activation checkpointing instead: only its input is kept and the backward recomputes its
-logits.
+only scales them, so no chunk's logits (nor the teacher's) are computed twice. For a head with a
+bias or that is not an `nn.Linear` each chunk runs under activation checkpointing instead: only
+its input is kept and the backward recomputes its logits.
 
 Each chunk computes the unfused loss's value for its tokens (the same head call, the same float32
 math); the sum over chunks is added in another order, and the gradients are the same formulas
-computed in another order. When all tokens fit in one chunk the result is the unfused loss's,
-bit for bit.
+computed in another order. When all tokens fit in one chunk the result is the unfused loss's, bit
+for bit (no chunking, no gradients in the forward).
 """
 
 from __future__ import annotations
@@ -144,15 +143,14 @@ def _ce_gradient(t: torch.Tensor, ignore_index: int, vocab: int) -> ChunkGradien
 
 
 def _fused_head(head: Head, h: torch.Tensor) -> bool:
-    """Whether `_ChunkedHead` computes what ``head(h)``'s loss would: a bias-free nn.Linear without hooks,
-    gradients wanted, and no torch.compile tracing (which takes the checkpointed chunks)."""
+    """Whether `_ChunkedHead` computes what ``head(h)``'s loss would: a bias-free nn.Linear without
+    hooks, and gradients wanted (torch.compile traces it as it is)."""
     return (
         isinstance(head, torch.nn.Linear)
         and head.bias is None
         and not (head._forward_hooks or head._forward_pre_hooks)
         and torch.is_grad_enabled()
         and (h.requires_grad or head.weight.requires_grad)
-        and not torch.compiler.is_compiling()
     )
 
 
