@@ -71,8 +71,8 @@ def make_train_step(
     The step is what `bitk.train` does per micro-batch with no accumulation: forward, the trainer's
     next-token loss (`bitk.objectives.chunked_next_token_ce` on the final hidden states and the
     head: the unfused loss when the batch's logits fit one chunk, else by chunks with the gradients
-    computed in the forward), backward, optimizer step (`bitk.train.optim.build_optimizer`: AdamW, fused on
-    CUDA, foreach on CPU), zero_grad, on a fixed random batch of ``micro_batch`` x ``block`` tokens.
+    computed in the forward), backward, optimizer step (`bitk.train.optim.build_optimizer`: AdamW,
+    fused on CUDA, foreach on CPU), zero_grad, on a fixed random batch of ``micro_batch`` x ``block`` tokens.
     ``precision``: "fp32", or "bf16" (autocast; weights and optimizer state stay float32).
     On CUDA the call ends with a synchronize, so it times finished work. Returns the loss.
     """
@@ -463,8 +463,8 @@ def make_llama_step(
     Randomly initialised (seed ``seed``), float32, SDPA attention, trained as `make_train_step` trains
     bitk's model: the same token ids (`train_batch`) and position ids, the same loss value computed
     as a transformers user computes it (`bitk.objectives.next_token_ce` on the whole logits; bitk's
-    trainer takes it by chunks where the logits exceed one), the same optimizer (`build_optimizer`: AdamW with
-    the trainer's default lr, betas, eps and weight decay, and the same groups, since the Llama's
+    trainer takes it by chunks where the logits exceed one), the same optimizer (`build_optimizer`:
+    AdamW with the trainer's default lr, betas, eps and weight decay, and the same groups, since the Llama's
     parameters carry the same names), zero_grad(set_to_none=True). CPU only. Returns (step, tokens).
     """
     from transformers import LlamaForCausalLM

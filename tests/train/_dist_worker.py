@@ -3,7 +3,8 @@
 Trains a micro CausalLM for a few optimizer steps on a fixed sequence of global batches, either in
 one process with gradient accumulation (`reference`, imported by the test) or under torchrun with
 `bitk.train.distributed` (``torchrun --nproc_per_node 2 _dist_worker.py OUT REF``): DDP and FSDP2,
-with the trainer's chunked next-token loss (several chunks per sequence), each with AdamW and with Muon + AdamW (`bitk.train.optim.build_optimizer`), then resumes through
+with the trainer's chunked next-token loss (several chunks per sequence), each with AdamW and with
+Muon + AdamW (`bitk.train.optim.build_optimizer`), then resumes through
 `state_dict_for_save` / `load_state_for_resume`. Rank 0 writes what it saw to OUT/results.pt.
 """
 

@@ -127,7 +127,7 @@ class _ChunkedHead(torch.autograd.Function):
         return dh, dw, None, None
 
 
-def _ce_gradient(t: torch.Tensor, ignore_index: int, vocab: int) -> ChunkGradient:
+def _ce_gradient(t: torch.Tensor, ignore_index: int) -> ChunkGradient:
     """The summed CE of a chunk against its targets t[start:stop] (cross_entropy's own two steps,
     so the value is the unfused loss's for these tokens), and softmax - onehot(t)."""
 
@@ -136,7 +136,7 @@ def _ce_gradient(t: torch.Tensor, ignore_index: int, vocab: int) -> ChunkGradien
         g = logits.float().log_softmax(-1)
         loss = F.nll_loss(g, tc, ignore_index=ignore_index, reduction="sum")
         valid = tc != ignore_index
-        g.exp_().scatter_add_(1, tc.clamp(0, vocab - 1).unsqueeze(1), valid.to(g.dtype).neg().unsqueeze(1))
+        g.exp_().scatter_add_(1, tc.clamp(0, g.shape[-1] - 1).unsqueeze(1), valid.to(g.dtype).neg().unsqueeze(1))
         return loss, g, valid
 
     return gradient
@@ -171,7 +171,7 @@ def chunked_next_token_ce(
     h, t = _shifted_rows(hidden, labels)
     count = (t != ignore_index).sum().clamp(min=1)
     if _fused_head(head, h):
-        return _ChunkedHead.apply(h, head.weight, rows, _ce_gradient(t, ignore_index, _vocab(head))) / count
+        return _ChunkedHead.apply(h, head.weight, rows, _ce_gradient(t, ignore_index)) / count
     total = sum(
         checkpoint(_ce_sum, head, h[i : i + rows], t[i : i + rows], ignore_index, use_reentrant=False)
         for i in range(0, h.shape[0], rows)
