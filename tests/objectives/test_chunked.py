@@ -59,10 +59,26 @@ def test_ce_matches_unfused(masking, rows):
         assert got.item() == 0 and not any(g.abs().sum() for g in got_grads)
 
 
-def test_one_chunk_is_the_unfused_loss_bit_for_bit():
+def test_one_chunk_is_the_unfused_loss_bit_for_bit(monkeypatch):
+    """A batch of one chunk: the unfused loss's value bit for bit, its gradients computed in the
+    forward (autograd never runs the log-softmax's backward), equal to the unfused ones to rounding;
+    a head that cannot be fused takes the unfused loss itself."""
     hidden, head, labels = _inputs(1)
     labels[0, :5] = -100
-    assert torch.equal(chunked_next_token_ce(hidden, head, labels, rows=B * L), next_token_ce(head(hidden), labels))
+    want = next_token_ce(head(hidden), labels)
+    want_grads = _grads(want, hidden, head)
+    with torch.autograd.profiler.profile() as prof:
+        got = chunked_next_token_ce(hidden, head, labels, rows=B * L)
+        got_grads = _grads(got, hidden, head)
+    names = {e.name for e in prof.function_events}
+    assert "aten::_log_softmax" in names and "aten::_log_softmax_backward_data" not in names
+    assert torch.equal(got, want)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-7)
+    _checkpointed(monkeypatch)
+    got = chunked_next_token_ce(hidden, head, labels, rows=B * L)
+    assert torch.equal(got, want)
+    assert all(torch.equal(g, w) for g, w in zip(_grads(got, hidden, head), want_grads))
 
 
 def _checkpointed(monkeypatch):
