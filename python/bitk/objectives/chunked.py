@@ -17,8 +17,8 @@ Each chunk computes the unfused loss's value for its tokens (the same head call,
 math); the sum over chunks is added in another order, and the gradients are the same formulas
 computed in another order. A batch of one chunk takes the same path: its loss is the unfused
 loss's value, and the gradients skip autograd's passes over the logits (the log-softmax's backward,
-the logits' gradient made and read back), ~10% of a training step of the tiny preset. Where the
-head cannot be fused and all tokens fit in one chunk, the unfused loss itself runs.
+the logits' gradient made and read back). Where the head cannot be fused and all tokens fit in one
+chunk, the unfused loss itself runs.
 """
 
 from __future__ import annotations
