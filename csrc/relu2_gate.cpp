@@ -26,7 +26,7 @@ void relu2_gate_backward(const float* gate, const float* up, const float* gh, in
   // Autograd on square(relu(gate)) * up: MulBackward gives up gh * a (a = r * r) and a gh * up;
   // PowBackward (square) gives r (gh * up) * (2 * r); ReluBackward passes it where r > 0 (and NaN).
   // One loop per output, over restrict pointers and without branches, so -O3 vectorizes each (a
-  // loop with both outputs optional and a data-dependent branch stayed scalar: ~25x slower).
+  // loop with both outputs optional and a data-dependent branch stayed scalar: ~20x slower).
   parallel_for(count, 5, [&](int64_t begin, int64_t end) {
     const float* __restrict g = gate;
     const float* __restrict u = up;
