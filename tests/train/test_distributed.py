@@ -333,8 +333,7 @@ MIXTURE_STEPS, MIXTURE_EVERY = 6, 2
 # float model with AdamW's eps at 1e-3, so the weights move continuously with the gradients: over
 # training.seed=0..12 the scores (0.01-0.10 in magnitude) and weights differed from the single
 # process's by 5e-8 at most, under DDP and FSDP2. 1e-5 is above that noise by 200x, and 200x below
-# the smallest real movement of a weight here (2.2e-3 off 1/3) or the effect of leaving out a rank's
-# rows, which changes the scores in their second digit.
+# the smallest real movement of a weight here (2.2e-3 off 1/3).
 # With bitk's defaults the same comparison is discontinuous. Ternary rounding is a step function of
 # the weights: a summation-order difference of 1e-8 that carries a weight across a rounding
 # boundary changes its code, and the later scores with it (4 of the 13 seeds differed by 4e-6 to
