@@ -70,8 +70,7 @@ def make_train_step(
 
     The step is what `bitk.train` does per micro-batch with no accumulation: forward, the trainer's
     next-token loss (`bitk.objectives.chunked_next_token_ce` on the final hidden states and the
-    head: the unfused loss when the batch's logits fit one chunk, else by chunks with the gradients
-    computed in the forward), backward, optimizer step (`bitk.train.optim.build_optimizer`: AdamW,
+    head, by chunks, its gradients computed in the forward; one chunk for the tiny preset), backward, optimizer step (`bitk.train.optim.build_optimizer`: AdamW,
     fused on CUDA, foreach on CPU), zero_grad, on a fixed random batch of ``micro_batch`` x ``block`` tokens.
     ``precision``: "fp32", or "bf16" (autocast; weights and optimizer state stay float32).
     On CUDA the call ends with a synchronize, so it times finished work. Returns the loss.
